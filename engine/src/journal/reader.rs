@@ -1,0 +1,212 @@
+//! A sequential, validating reader over a journal's segments: the one place
+//! where entries are read back in order. The scraper follows the live tail with
+//! it; recovery tests and the journal tool read whole journals with it.
+//!
+//! Invariants checked on every step: each entry's checksum and layout, and that
+//! its sequence is exactly one more than the previous one, across segments. A
+//! published entry that fails these checks is corruption, never skipped.
+//!
+//! The cursor never changes segment by itself: after J-NR it reports
+//! `Step::EndOfSegment`, so a caller holding offsets into the current segment
+//! (a batch) can finish with them before calling `next_segment`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::catalog::Catalog;
+use super::entry::{decode_validated, Entry, EntryType};
+use super::segment::{list_segments, segment_file_name, MappedSegment, SegmentError};
+
+/// One step of the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A valid entry at this offset of the current segment.
+    Entry(usize),
+    /// Nothing is published at the tail yet.
+    Idle,
+    /// The current segment ended with J-NR; call `next_segment`.
+    EndOfSegment,
+}
+
+/// Why reading stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error("HAD0121E journal {dir} no longer holds sequence {requested}: the oldest retained is {oldest}")]
+    Purged {
+        dir: PathBuf,
+        requested: u64,
+        oldest: u64,
+    },
+    #[error("HAD0122E journal {dir} has no segments")]
+    Empty { dir: PathBuf },
+    #[error(
+        "HAD0123E journal segment {path} is missing, but the previous segment's J-NR points to it"
+    )]
+    MissingSegment { path: PathBuf },
+}
+
+/// A position in a journal that reads forward, validating as it goes.
+#[derive(Debug)]
+pub struct JournalCursor {
+    dir: PathBuf,
+    segment: MappedSegment,
+    offset: usize,
+    next_sequence: u64,
+    skip_below: u64,
+    catalog: Catalog,
+    /// Object entry whose catalog change applies at the next step, so callers
+    /// still see the old name of an object being dropped or renamed.
+    pending_catalog: Option<(EntryType, u64)>,
+    at_end_of_segment: bool,
+}
+
+impl JournalCursor {
+    /// A cursor whose first `Step::Entry` is sequence `from_sequence` (or the
+    /// first entry written after it, if the journal has not reached it yet).
+    pub fn open(dir: impl AsRef<Path>, from_sequence: u64) -> Result<JournalCursor, ReadError> {
+        let dir = dir.as_ref().to_owned();
+        let segments = list_segments(&dir).map_err(SegmentError::io("list journal", &dir))?;
+        let oldest = segments
+            .first()
+            .ok_or_else(|| ReadError::Empty { dir: dir.clone() })?
+            .0;
+        let from_sequence = from_sequence.max(1);
+        if from_sequence < oldest {
+            return Err(ReadError::Purged {
+                dir,
+                requested: from_sequence,
+                oldest,
+            });
+        }
+        let path = &segments
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= from_sequence)
+            .expect("oldest <= from")
+            .1;
+        let segment = MappedSegment::open(path, false)?;
+        Ok(JournalCursor {
+            offset: segment.entries_start(),
+            next_sequence: segment.first_sequence(),
+            catalog: segment.catalog()?,
+            skip_below: from_sequence,
+            segment,
+            dir,
+            pending_catalog: None,
+            at_end_of_segment: false,
+        })
+    }
+
+    /// Reads the next entry, if one is published.
+    pub fn step(&mut self) -> Result<Step, ReadError> {
+        loop {
+            if let Some((entry_type, offset)) = self.pending_catalog.take() {
+                let entry = published_entry(&self.segment, offset as usize).expect("validated");
+                debug_assert_eq!(entry.entry_type(), entry_type);
+                self.catalog.apply_entry(&entry);
+            }
+            if self.at_end_of_segment {
+                return Ok(Step::EndOfSegment);
+            }
+            let offset = self.offset;
+            let entry = match self.segment.entry_at(offset) {
+                Ok(None) => return Ok(Step::Idle),
+                Ok(Some(entry)) => entry,
+                Err(err) => return Err(self.corrupt(offset, err.to_string())),
+            };
+            if entry.sequence() != self.next_sequence {
+                let detail = format!(
+                    "entry has sequence {}, expected {}",
+                    entry.sequence(),
+                    self.next_sequence
+                );
+                return Err(self.corrupt(offset, detail));
+            }
+            let entry_type = entry.entry_type();
+            self.offset += entry.padded_bytes();
+            self.next_sequence += 1;
+            if entry_type == EntryType::NextSegment {
+                self.at_end_of_segment = true;
+                return Ok(Step::EndOfSegment);
+            }
+            if entry_type.is_object() {
+                self.pending_catalog = Some((entry_type, offset as u64));
+            }
+            if entry.sequence() >= self.skip_below {
+                return Ok(Step::Entry(offset));
+            }
+        }
+    }
+
+    /// Moves to the segment after a J-NR.
+    pub fn next_segment(&mut self) -> Result<(), ReadError> {
+        assert!(
+            self.at_end_of_segment,
+            "next_segment called before EndOfSegment"
+        );
+        let path = self.dir.join(segment_file_name(self.next_sequence));
+        if !path.exists() {
+            return Err(ReadError::MissingSegment { path });
+        }
+        let segment = MappedSegment::open(&path, false)?;
+        if segment.first_sequence() != self.next_sequence {
+            return Err(self.corrupt(
+                24,
+                format!("next segment starts at {}", segment.first_sequence()),
+            ));
+        }
+        self.offset = segment.entries_start();
+        self.segment = segment;
+        self.at_end_of_segment = false;
+        Ok(())
+    }
+
+    /// The entry that a `Step::Entry(offset)` of the current segment reported.
+    pub fn entry(&self, offset: usize) -> Option<Entry<'_>> {
+        published_entry(&self.segment, offset)
+    }
+
+    /// Sleeps until something may be published at the tail, or `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        if !self.at_end_of_segment {
+            self.segment.wait_published(self.offset, timeout);
+        }
+    }
+
+    /// Sequence of the next entry this cursor will read.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// The object catalog as of the last entry returned.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn segment(&self) -> &MappedSegment {
+        &self.segment
+    }
+
+    fn corrupt(&self, offset: usize, detail: String) -> ReadError {
+        SegmentError::Corrupt {
+            path: self.segment.path().to_owned(),
+            offset: offset as u64,
+            detail,
+        }
+        .into()
+    }
+}
+
+fn published_entry(segment: &MappedSegment, offset: usize) -> Option<Entry<'_>> {
+    if offset + 8 > segment.len() || segment.published_len(offset) == 0 {
+        return None;
+    }
+    let available = segment.len() - offset;
+    // SAFETY: the length word is published (acquire above), so the entry bytes
+    // are complete and immutable; the slice stays inside the map.
+    let bytes = unsafe { std::slice::from_raw_parts(segment.ptr().add(offset), available) };
+    decode_validated(bytes).ok()
+}

@@ -1,0 +1,772 @@
+//! The journal writer: many appenders, one segment tail, group commit.
+//!
+//! Design constraints:
+//! - One atomic add claims both space and sequence numbers: the segment tail is
+//!   a `u64` holding `(entries_claimed << 32) | bytes_claimed`, so concurrent
+//!   appenders never take a lock on the hot path (Aeron's log buffer does the
+//!   same). An appender writes its entry, then publishes the length word.
+//! - The claim that first crosses the segment's usable end writes J-NR in the
+//!   space it claimed (there is always room: the last J-NR-sized bytes are kept
+//!   back) and rotates to the next segment; later claims past the end wait for
+//!   that segment and retry there.
+//! - Object entries change the catalog, which each new segment records. They
+//!   hold the catalog lock from claim to catalog update; rotation takes the same
+//!   lock, so a segment's catalog reflects exactly the entries before it.
+//! - Durability is computed over the *contiguous published prefix*: an entry
+//!   is reported durable only when every entry before it is published and
+//!   synced, so recovery (which stops at the first unpublished slot) never drops
+//!   an entry that was reported durable.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::catalog::Catalog;
+use super::entry::{align_up, write_unpublished, EntryType, NewEntry};
+use super::recover::{recover, RecoveryReport};
+use super::segment::{list_segments, MappedSegment, SegmentError};
+use super::{Durability, JournalError, JournalOptions};
+use crate::limits::{APPEND_BATCH_BYTES_MAX, ENTRY_HEADER_BYTES};
+
+/// Bytes a J-NR entry takes; the end of every segment keeps this much back.
+const NEXT_SEGMENT_BYTES: usize = align_up(ENTRY_HEADER_BYTES);
+const NEXT_SEGMENT_ENTRY: NewEntry<'static> = NewEntry {
+    entry_type: EntryType::NextSegment,
+    commit_cycle: 0,
+    object_id: 0,
+    key: &[],
+    after: &[],
+    before: None,
+};
+
+/// A segment being appended to, and the link to the one after it.
+#[derive(Debug)]
+pub(crate) struct LiveSegment {
+    pub(crate) seg: MappedSegment,
+    usable_end: usize,
+    tail: AtomicU64,
+    next: Mutex<NextSegment>,
+    next_ready: Condvar,
+}
+
+#[derive(Debug)]
+enum NextSegment {
+    Pending,
+    Ready(Arc<LiveSegment>),
+    Failed,
+}
+
+enum Claim {
+    Fits { offset: usize, first_sequence: u64 },
+    Crossed { offset: usize, sequence: u64 },
+    Beyond,
+}
+
+impl LiveSegment {
+    pub(crate) fn new(seg: MappedSegment, tail_offset: usize, tail_entries: u64) -> LiveSegment {
+        let usable_end = seg.len() - NEXT_SEGMENT_BYTES;
+        LiveSegment {
+            seg,
+            usable_end,
+            tail: AtomicU64::new((tail_entries << 32) | tail_offset as u64),
+            next: Mutex::new(NextSegment::Pending),
+            next_ready: Condvar::new(),
+        }
+    }
+
+    fn claim(&self, entries: usize, bytes: usize) -> Claim {
+        let prev = self
+            .tail
+            .fetch_add(((entries as u64) << 32) | bytes as u64, Ordering::AcqRel);
+        let offset = (prev & 0xffff_ffff) as usize;
+        let sequence = self.seg.first_sequence() + (prev >> 32);
+        if offset + bytes <= self.usable_end {
+            Claim::Fits {
+                offset,
+                first_sequence: sequence,
+            }
+        } else if offset <= self.usable_end {
+            Claim::Crossed { offset, sequence }
+        } else {
+            Claim::Beyond
+        }
+    }
+
+    fn next(&self) -> Option<Arc<LiveSegment>> {
+        match &*self.next.lock() {
+            NextSegment::Ready(next) => Some(next.clone()),
+            _ => None,
+        }
+    }
+
+    /// Blocks until the appender that crossed this segment's end has rotated.
+    fn wait_next(&self) -> Option<Arc<LiveSegment>> {
+        let mut next = self.next.lock();
+        loop {
+            match &*next {
+                NextSegment::Ready(seg) => return Some(seg.clone()),
+                NextSegment::Failed => return None,
+                NextSegment::Pending => self.next_ready.wait(&mut next),
+            }
+        }
+    }
+
+    fn set_next(&self, next: NextSegment) {
+        *self.next.lock() = next;
+        self.next_ready.notify_all();
+    }
+
+    /// The sequence the next claim would get (entries past the end included).
+    fn claimed_sequence(&self) -> u64 {
+        self.seg.first_sequence() + (self.tail.load(Ordering::Acquire) >> 32)
+    }
+}
+
+/// Progress of group commit: everything below `cursor` is published and synced.
+#[derive(Debug)]
+struct SyncState {
+    durable_sequence: u64,
+    cursor: Arc<LiveSegment>,
+    cursor_offset: usize,
+    in_progress: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    options: JournalOptions,
+    _lock: File,
+    active: Mutex<Arc<LiveSegment>>,
+    catalog: Mutex<Catalog>,
+    sync: Mutex<SyncState>,
+    sync_done: Condvar,
+    poisoned: AtomicBool,
+    spares: Arc<SpareMaker>,
+    spare_thread: Mutex<Option<JoinHandle<()>>>,
+    recovery: RecoveryReport,
+}
+
+/// An open journal. Cheap to clone; every clone and every `Appender` refers to
+/// the same journal. Only one process may have a journal open for writing.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
+/// A handle one thread uses to append. It caches the current segment so the hot
+/// path touches nothing shared but the segment tail.
+#[derive(Debug)]
+pub struct Appender {
+    shared: Arc<Shared>,
+    segment: Arc<LiveSegment>,
+}
+
+/// What `Journal::purge_before` removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub removed: Vec<PathBuf>,
+    /// First sequence still retained.
+    pub retained_from: u64,
+}
+
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(SegmentError::io("open lock file", &path))?;
+    // SAFETY: flock on an owned descriptor; no memory is passed.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        return Err(JournalError::Locked {
+            dir: dir.to_owned(),
+        });
+    }
+    Ok(file)
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`, recovering it after a
+    /// crash: a torn tail is truncated, corruption before the tail is refused.
+    pub fn open(dir: impl AsRef<Path>, options: JournalOptions) -> Result<Journal, JournalError> {
+        let dir = dir.as_ref().to_owned();
+        options.validate()?;
+        std::fs::create_dir_all(&dir)
+            .map_err(SegmentError::io("create journal directory", &dir))?;
+        let lock = lock_dir(&dir)?;
+        let spares = Arc::new(SpareMaker::new(&dir, options.segment_bytes));
+        let recovered = recover(&dir, &options, &spares)?;
+        let live = Arc::new(LiveSegment::new(
+            recovered.active,
+            recovered.tail_offset,
+            recovered.tail_entries,
+        ));
+        let durable_sequence = recovered.report.next_sequence - 1;
+        let spare_thread = options
+            .background_preallocation
+            .then(|| spares.clone().spawn());
+        Ok(Journal {
+            shared: Arc::new(Shared {
+                sync: Mutex::new(SyncState {
+                    durable_sequence,
+                    cursor: live.clone(),
+                    cursor_offset: recovered.tail_offset,
+                    in_progress: false,
+                }),
+                sync_done: Condvar::new(),
+                active: Mutex::new(live),
+                catalog: Mutex::new(recovered.catalog),
+                poisoned: AtomicBool::new(false),
+                spares,
+                spare_thread: Mutex::new(spare_thread),
+                recovery: recovered.report,
+                dir,
+                options,
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// A handle for one appending thread.
+    pub fn appender(&self) -> Appender {
+        Appender {
+            segment: self.shared.active.lock().clone(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Appends one entry (convenience; threads that append often keep an `Appender`).
+    pub fn append(&self, entry: &NewEntry<'_>) -> Result<u64, JournalError> {
+        self.appender().append(entry)
+    }
+
+    /// Makes every entry published so far durable; returns the durable sequence.
+    pub fn flush(&self) -> Result<u64, JournalError> {
+        self.shared.wait_durable(None)
+    }
+
+    /// Highest sequence known to be durable (0 when none).
+    pub fn durable_sequence(&self) -> u64 {
+        self.shared.sync.lock().durable_sequence
+    }
+
+    /// The sequence the next append will get, if no other thread appends first.
+    pub fn next_sequence(&self) -> u64 {
+        self.shared.active.lock().claimed_sequence()
+    }
+
+    /// The object catalog as of the last completed object entry.
+    pub fn catalog(&self) -> Catalog {
+        self.shared.catalog.lock().clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// What recovery found and did when this journal was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.shared.recovery
+    }
+
+    /// Deletes every segment all of whose entries are at or below `safe_sequence`
+    /// (the slowest consumer's acknowledged position). The segment being
+    /// appended to is never deleted.
+    pub fn purge_before(&self, safe_sequence: u64) -> Result<PurgeReport, JournalError> {
+        let active_first = self.shared.active.lock().seg.first_sequence();
+        let dir = &self.shared.dir;
+        let segments = list_segments(dir).map_err(SegmentError::io("list journal", dir))?;
+        let mut report = PurgeReport {
+            removed: Vec::new(),
+            retained_from: segments.first().map_or(active_first, |s| s.0),
+        };
+        for pair in segments.windows(2) {
+            let ((first, path), (next_first, _)) = (&pair[0], &pair[1]);
+            if *first >= active_first || next_first - 1 > safe_sequence {
+                break;
+            }
+            std::fs::remove_file(path).map_err(SegmentError::io("remove purged segment", path))?;
+            tracing::info!(
+                "HAD0120I journal segment {} purged: all its entries are at or below the safe position {safe_sequence}",
+                path.display()
+            );
+            report.removed.push(path.clone());
+            report.retained_from = *next_first;
+        }
+        Ok(report)
+    }
+}
+
+impl Shared {
+    fn check_poisoned(&self) -> Result<(), JournalError> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(JournalError::Poisoned {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes J-NR at `offset` of `old` after putting the next segment in place.
+    /// `catalog` is the caller's catalog guard if it holds one.
+    fn rotate(
+        &self,
+        old: &LiveSegment,
+        offset: usize,
+        sequence: u64,
+        catalog: Option<&Catalog>,
+    ) -> Result<Arc<LiveSegment>, JournalError> {
+        let result = self.open_next(sequence + 1, catalog);
+        let next = match result {
+            Ok(next) => next,
+            Err(err) => {
+                self.poisoned.store(true, Ordering::SeqCst);
+                old.set_next(NextSegment::Failed);
+                tracing::error!(
+                    "HAD0114E journal {} could not rotate to a new segment: {err}",
+                    self.dir.display()
+                );
+                return Err(err);
+            }
+        };
+        old.set_next(NextSegment::Ready(next.clone()));
+        *self.active.lock() = next.clone();
+        let now = self.options.clock.now_unix_ns();
+        // SAFETY: this claim crossed the usable end, so `offset..offset+56` is ours
+        // and inside the segment (the last NEXT_SEGMENT_BYTES are kept back).
+        let len = unsafe {
+            write_unpublished(
+                old.seg.ptr().add(offset),
+                &NEXT_SEGMENT_ENTRY,
+                sequence,
+                now,
+            )
+        };
+        old.seg.publish(offset, len);
+        Ok(next)
+    }
+
+    fn open_next(
+        &self,
+        first_sequence: u64,
+        catalog: Option<&Catalog>,
+    ) -> Result<Arc<LiveSegment>, JournalError> {
+        let guard;
+        let catalog = match catalog {
+            Some(catalog) => catalog,
+            None => {
+                guard = self.catalog.lock();
+                &*guard
+            }
+        };
+        let spare = self.spares.take()?;
+        if self.options.durability != Durability::None {
+            // Header and catalog must be on disk before the name points at them.
+            self.options
+                .syncer
+                .sync_data(spare.file())
+                .map_err(|source| self.sync_failed(spare.path(), source))?;
+        }
+        let now = self.options.clock.now_unix_ns();
+        let seg = spare.finalize(
+            &self.dir,
+            self.options.journal_id,
+            first_sequence,
+            now,
+            catalog,
+        )?;
+        if self.options.durability != Durability::None {
+            let dir = File::open(&self.dir)
+                .map_err(SegmentError::io("open journal directory", &self.dir))?;
+            dir.sync_all()
+                .map_err(|source| self.sync_failed(&self.dir, source))?;
+        }
+        let entries_start = seg.entries_start();
+        Ok(Arc::new(LiveSegment::new(seg, entries_start, 0)))
+    }
+
+    fn sync_failed(&self, path: &Path, source: std::io::Error) -> JournalError {
+        self.poisoned.store(true, Ordering::SeqCst);
+        tracing::error!(
+            "HAD0103E fsync of {} failed: {source}; journal refuses further writes",
+            path.display()
+        );
+        JournalError::SyncFailed {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Waits until `target` (or, for `None`, everything published now) is durable,
+    /// syncing as the leader of a group commit if no sync is under way.
+    fn wait_durable(&self, target: Option<u64>) -> Result<u64, JournalError> {
+        let mut state = self.sync.lock();
+        let mut synced_once = false;
+        loop {
+            self.check_poisoned()?;
+            if let Some(target) = target {
+                if state.durable_sequence >= target {
+                    return Ok(state.durable_sequence);
+                }
+            } else if synced_once {
+                return Ok(state.durable_sequence);
+            }
+            if state.in_progress {
+                self.sync_done.wait(&mut state);
+                continue;
+            }
+            state.in_progress = true;
+            let cursor = state.cursor.clone();
+            let cursor_offset = state.cursor_offset;
+            let durable = state.durable_sequence;
+            let outcome = parking_lot::MutexGuard::unlocked(&mut state, || {
+                if let Durability::GroupCommit { max_delay } = self.options.durability {
+                    if target.is_some() && !max_delay.is_zero() {
+                        std::thread::sleep(max_delay);
+                    }
+                }
+                self.sync_published(cursor, cursor_offset, durable)
+            });
+            state.in_progress = false;
+            synced_once = true;
+            self.sync_done.notify_all();
+            let (cursor, offset, sequence) = outcome?;
+            state.cursor = cursor;
+            state.cursor_offset = offset;
+            state.durable_sequence = sequence;
+        }
+    }
+
+    /// Walks the published prefix from the cursor, syncs every segment it covers,
+    /// and returns the new cursor and durable sequence.
+    fn sync_published(
+        &self,
+        mut segment: Arc<LiveSegment>,
+        mut offset: usize,
+        mut sequence: u64,
+    ) -> Result<(Arc<LiveSegment>, usize, u64), JournalError> {
+        let start_sequence = sequence;
+        let mut to_sync = Vec::new();
+        loop {
+            let len = segment.seg.published_len(offset) as usize;
+            if len == 0 {
+                break;
+            }
+            // SAFETY: the entry at `offset` is published, so its header bytes are
+            // complete and immutable; the type lies at bytes 40..43 of it.
+            let code = unsafe { *segment.seg.ptr().add(offset + 40) };
+            offset += align_up(len);
+            sequence += 1;
+            if code == b'J' {
+                let next = segment
+                    .next()
+                    .expect("J-NR is published only after the next segment is ready");
+                to_sync.push(std::mem::replace(&mut segment, next));
+                offset = segment.seg.entries_start();
+            }
+        }
+        if sequence == start_sequence {
+            return Ok((segment, offset, sequence));
+        }
+        to_sync.push(segment.clone());
+        for live in &to_sync {
+            self.options
+                .syncer
+                .sync_data(live.seg.file())
+                .map_err(|source| self.sync_failed(live.seg.path(), source))?;
+        }
+        Ok((segment, offset, sequence))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.spares.shutdown();
+        if let Some(thread) = self.spare_thread.lock().take() {
+            let _ = thread.join();
+        }
+        self.spares.discard();
+    }
+}
+
+impl Appender {
+    /// Appends one entry and returns its sequence number. If the entry is a
+    /// commit point and the journal's durability asks for it, returns only once
+    /// the entry (and everything before it) is durable.
+    pub fn append(&mut self, entry: &NewEntry<'_>) -> Result<u64, JournalError> {
+        entry.validate()?;
+        if entry.entry_type.is_object() {
+            return self
+                .append_batch(std::slice::from_ref(entry))
+                .map(|r| r.end - 1);
+        }
+        let bytes = entry.padded_bytes();
+        let sequence = loop {
+            self.shared.check_poisoned()?;
+            match self.segment.claim(1, bytes) {
+                Claim::Fits {
+                    offset,
+                    first_sequence,
+                } => {
+                    let now = self.shared.options.clock.now_unix_ns();
+                    // SAFETY: the claim gave us `offset..offset+bytes` exclusively,
+                    // inside the segment's usable part; offsets are 8-aligned.
+                    let len = unsafe {
+                        write_unpublished(
+                            self.segment.seg.ptr().add(offset),
+                            entry,
+                            first_sequence,
+                            now,
+                        )
+                    };
+                    self.segment.seg.publish(offset, len);
+                    break first_sequence;
+                }
+                Claim::Crossed { offset, sequence } => {
+                    self.segment = self.shared.rotate(&self.segment, offset, sequence, None)?;
+                }
+                Claim::Beyond => self.advance()?,
+            }
+        };
+        if entry.is_commit_point() && self.shared.options.durability != Durability::None {
+            self.shared.wait_durable(Some(sequence))?;
+        }
+        Ok(sequence)
+    }
+
+    /// Appends `entries` in order with consecutive sequence numbers (unless the
+    /// batch is larger than one claim, in which case other appenders' entries may
+    /// fall between its pieces). Returns the sequence range (empty for no entries). Waits for durability
+    /// once, at the end, if any entry is a commit point.
+    pub fn append_batch(&mut self, entries: &[NewEntry<'_>]) -> Result<Range<u64>, JournalError> {
+        for entry in entries {
+            entry.validate()?;
+        }
+        let mut first = None;
+        let mut last = 0;
+        let mut start = 0;
+        while start < entries.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < entries.len()
+                && (end == start || bytes + entries[end].padded_bytes() <= APPEND_BATCH_BYTES_MAX)
+            {
+                bytes += entries[end].padded_bytes();
+                end += 1;
+            }
+            let range = self.append_piece(&entries[start..end], bytes)?;
+            first.get_or_insert(range.start);
+            last = range.end - 1;
+            start = end;
+        }
+        let Some(first) = first else {
+            return Ok(0..0);
+        };
+        if self.shared.options.durability != Durability::None
+            && entries.iter().any(NewEntry::is_commit_point)
+        {
+            self.shared.wait_durable(Some(last))?;
+        }
+        Ok(first..last + 1)
+    }
+
+    fn append_piece(
+        &mut self,
+        entries: &[NewEntry<'_>],
+        bytes: usize,
+    ) -> Result<Range<u64>, JournalError> {
+        let has_object = entries.iter().any(|e| e.entry_type.is_object());
+        loop {
+            self.shared.check_poisoned()?;
+            let mut catalog = has_object.then(|| self.shared.catalog.lock());
+            let updated = match &catalog {
+                Some(current) => Some(checked_catalog(current, entries)?),
+                None => None,
+            };
+            match self.segment.claim(entries.len(), bytes) {
+                Claim::Fits {
+                    offset,
+                    first_sequence,
+                } => {
+                    let now = self.shared.options.clock.now_unix_ns();
+                    let seg = &self.segment.seg;
+                    let mut at = offset;
+                    for (i, entry) in entries.iter().enumerate() {
+                        // SAFETY: the claim gave us `offset..offset+bytes`; each
+                        // entry gets its padded share of it, in order.
+                        unsafe {
+                            write_unpublished(
+                                seg.ptr().add(at),
+                                entry,
+                                first_sequence + i as u64,
+                                now,
+                            )
+                        };
+                        at += entry.padded_bytes();
+                    }
+                    at = offset;
+                    for entry in entries {
+                        seg.publish_quiet(at, entry.frame_bytes() as u32);
+                        at += entry.padded_bytes();
+                    }
+                    seg.wake_readers();
+                    if let (Some(catalog), Some(updated)) = (catalog.as_mut(), updated) {
+                        **catalog = updated;
+                    }
+                    return Ok(first_sequence..first_sequence + entries.len() as u64);
+                }
+                Claim::Crossed { offset, sequence } => {
+                    self.segment =
+                        self.shared
+                            .rotate(&self.segment, offset, sequence, catalog.as_deref())?;
+                }
+                Claim::Beyond => {
+                    drop(catalog);
+                    self.advance()?;
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self) -> Result<(), JournalError> {
+        match self.segment.wait_next() {
+            Some(next) => {
+                self.segment = next;
+                Ok(())
+            }
+            None => Err(JournalError::Poisoned {
+                dir: self.shared.dir.clone(),
+            }),
+        }
+    }
+
+    /// The journal this appender writes to.
+    pub fn journal(&self) -> Journal {
+        Journal {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The catalog after `entries`' object operations, or the first one refused.
+fn checked_catalog(current: &Catalog, entries: &[NewEntry<'_>]) -> Result<Catalog, JournalError> {
+    let mut next = current.clone();
+    for entry in entries.iter().filter(|e| e.entry_type.is_object()) {
+        next.check(entry)?;
+        next.apply(
+            entry.entry_type,
+            entry.object_id,
+            std::str::from_utf8(entry.key).ok(),
+        );
+    }
+    Ok(next)
+}
+
+/// Prepares the next segment file ahead of time (create, preallocate, map,
+/// pre-fault), so rotation costs a rename rather than a 64 MiB page-fault storm.
+#[derive(Debug)]
+pub(crate) struct SpareMaker {
+    dir: PathBuf,
+    segment_bytes: usize,
+    slot: Mutex<SpareSlot>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SpareSlot {
+    spare: Option<MappedSegment>,
+    made: u64,
+    shutdown: bool,
+}
+
+pub(crate) const SPARE_SUFFIX: &str = ".spare";
+
+impl SpareMaker {
+    fn new(dir: &Path, segment_bytes: usize) -> SpareMaker {
+        SpareMaker {
+            dir: dir.to_owned(),
+            segment_bytes,
+            slot: Mutex::new(SpareSlot::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn create(&self) -> Result<MappedSegment, SegmentError> {
+        let n = {
+            let mut slot = self.slot.lock();
+            slot.made += 1;
+            slot.made
+        };
+        let path = self
+            .dir
+            .join(format!("{}-{n}{SPARE_SUFFIX}", std::process::id()));
+        MappedSegment::create_spare(&path, self.segment_bytes)
+    }
+
+    /// The prepared spare, or a new one made now.
+    pub(crate) fn take(&self) -> Result<MappedSegment, SegmentError> {
+        let taken = self.slot.lock().spare.take();
+        self.changed.notify_all();
+        match taken {
+            Some(spare) => Ok(spare),
+            None => self.create(),
+        }
+    }
+
+    fn spawn(self: Arc<Self>) -> JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("jrn-prealloc".into())
+            .spawn(move || loop {
+                {
+                    let mut slot = self.slot.lock();
+                    while slot.spare.is_some() && !slot.shutdown {
+                        self.changed.wait(&mut slot);
+                    }
+                    if slot.shutdown {
+                        return;
+                    }
+                }
+                match self.create() {
+                    Ok(spare) => {
+                        let mut slot = self.slot.lock();
+                        if slot.shutdown {
+                            let _ = std::fs::remove_file(spare.path());
+                            return;
+                        }
+                        slot.spare = Some(spare);
+                    }
+                    Err(err) => {
+                        tracing::warn!("HAD0115W could not prepare a spare journal segment ahead of time: {err}");
+                        let mut slot = self.slot.lock();
+                        if !slot.shutdown {
+                            self.changed.wait(&mut slot);
+                        }
+                    }
+                }
+            })
+            .expect("spawn journal preallocation thread")
+    }
+
+    fn shutdown(&self) {
+        self.slot.lock().shutdown = true;
+        self.changed.notify_all();
+    }
+
+    fn discard(&self) {
+        if let Some(spare) = self.slot.lock().spare.take() {
+            let _ = std::fs::remove_file(spare.path());
+        }
+    }
+}

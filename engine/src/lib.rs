@@ -1,0 +1,8 @@
+//! The replication engine's shared building blocks. Today: the journal format,
+//! its multi-appender writer and crash recovery, and the limits every part obeys.
+//! Frames, transport, staging and the protocol join it in later work.
+
+pub mod clock;
+pub mod journal;
+pub mod limits;
+pub mod sys;

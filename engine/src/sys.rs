@@ -1,0 +1,62 @@
+//! Thin wrappers over the Linux calls the journal needs beyond `std`: space
+//! preallocation, page pre-faulting and a process-shared futex.
+//!
+//! Each wrapper degrades to a no-op (or to a plain sleep) when the kernel refuses
+//! the call, because every one of them is an optimisation, never a correctness
+//! requirement, except `fallocate`, whose failure is reported.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+/// Reserves `len` bytes of disk for `file` so later writes through a map cannot
+/// fail for lack of space. Falls back to `set_len` where `fallocate` is unsupported.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a valid, owned file descriptor; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len),
+        _ => Err(err),
+    }
+}
+
+/// Faults in every page of a writable mapping now, so the appender does not pay a
+/// page fault per 4 KiB on the hot path. Best effort: older kernels lack the advice.
+pub fn populate_write(ptr: *mut u8, len: usize) {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    // SAFETY: `ptr..ptr+len` is a live mapping owned by the caller; the advice only
+    // pre-faults pages and never changes their contents.
+    let _ = unsafe { libc::madvise(ptr.cast(), len, MADV_POPULATE_WRITE) };
+}
+
+/// Sleeps until `word` no longer holds `expected`, a wake arrives, or `timeout`
+/// passes. Works across processes on a shared file mapping.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a valid aligned u32 for the duration of the call; the kernel
+    // only reads it. Shared (non-private) futex so other processes' wakes reach us.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
+/// Wakes every waiter sleeping on `word`.
+pub fn futex_wake_all(word: &AtomicU32) {
+    // SAFETY: `word` is a valid aligned u32; FUTEX_WAKE does not touch memory.
+    let _ = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+}

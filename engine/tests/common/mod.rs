@@ -1,0 +1,109 @@
+//! Helpers shared by the journal test suites: owned copies of entries read
+//! back through the one validating reader, and options for small segments.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use engine::journal::{
+    Durability, EntryType, JournalCursor, JournalOptions, NewEntry, ReadError, Step,
+};
+use engine::limits::SEGMENT_BYTES_MIN;
+
+/// An entry read back, owned, for comparisons.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owned {
+    pub sequence: u64,
+    pub entry_type: EntryType,
+    pub commit_cycle: u64,
+    pub object_id: u64,
+    pub key: Vec<u8>,
+    pub after: Vec<u8>,
+    pub before: Option<Vec<u8>>,
+}
+
+impl Owned {
+    pub fn from_new(sequence: u64, e: &NewEntry<'_>) -> Owned {
+        Owned {
+            sequence,
+            entry_type: e.entry_type,
+            commit_cycle: e.commit_cycle,
+            object_id: e.object_id,
+            key: e.key.to_vec(),
+            after: e.after.to_vec(),
+            before: e.before.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Every entry of the journal from `from`, J-NR excluded, until the tail.
+pub fn read_all_from(dir: &Path, from: u64) -> Result<Vec<Owned>, ReadError> {
+    let mut cursor = JournalCursor::open(dir, from)?;
+    let mut out = Vec::new();
+    loop {
+        match cursor.step()? {
+            Step::Entry(offset) => {
+                let e = cursor.entry(offset).unwrap();
+                out.push(Owned::from_new(e.sequence(), &e.to_new_entry()));
+            }
+            Step::EndOfSegment => cursor.next_segment()?,
+            Step::Idle => return Ok(out),
+        }
+    }
+}
+
+pub fn read_all(dir: &Path) -> Vec<Owned> {
+    read_all_from(dir, 1).unwrap()
+}
+
+/// Smallest segments, so tests rotate often; no background thread, no fsync.
+pub fn small_options() -> JournalOptions {
+    JournalOptions {
+        segment_bytes: SEGMENT_BYTES_MIN,
+        durability: Durability::None,
+        background_preallocation: false,
+        ..JournalOptions::default()
+    }
+}
+
+/// Deterministic image for (thread, index), so a reader can check content.
+pub fn image(tag: u64, i: u64, len: usize) -> Vec<u8> {
+    let mut x = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A seed from `SEED` or the clock, printed so a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: SEED={seed}");
+    seed
+}
+
+/// xorshift64*: small deterministic generator for seeded tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}

@@ -1,0 +1,320 @@
+//! The journal writer end to end: append, rotate, read back, several appenders,
+//! durability policies, fsync failure, retention and exclusive opening.
+
+mod common;
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{image, read_all, read_all_from, small_options, Owned};
+use engine::journal::{
+    Durability, EntryType, Journal, JournalError, JournalOptions, NewEntry, ReadError, SyncFile,
+};
+
+#[test]
+fn appended_entries_read_back_in_order_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    {
+        let journal = Journal::open(dir.path(), small_options()).unwrap();
+        let mut w = journal.appender();
+        let create = NewEntry::create_object(7, "LIB/ORDERS");
+        expected.push(Owned::from_new(w.append(&create).unwrap(), &create));
+        for i in 0..1000u64 {
+            let key = i.to_le_bytes();
+            let after = image(1, i, (i % 300) as usize);
+            let e = match i % 4 {
+                0 => NewEntry::put(7, &key, &after),
+                1 => NewEntry::update(7, &key, &after, Some(b"old")),
+                2 => NewEntry::delete(7, &key, None).in_cycle(5),
+                _ => NewEntry::commit(5),
+            };
+            let seq = w.append(&e).unwrap();
+            expected.push(Owned::from_new(seq, &e));
+        }
+    }
+    assert_eq!(read_all(dir.path()), expected);
+    assert_eq!(
+        expected.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=1001).collect::<Vec<_>>()
+    );
+    let journal = Journal::open(dir.path(), small_options()).unwrap();
+    assert_eq!(journal.next_sequence(), 1002);
+    assert_eq!(journal.recovery_report().truncated_bytes, 0);
+    assert_eq!(journal.catalog().name(7), Some("LIB/ORDERS"));
+}
+
+#[test]
+fn rotation_keeps_sequences_gap_free_and_carries_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), small_options()).unwrap();
+    let mut w = journal.appender();
+    w.append(&NewEntry::create_object(1, "A")).unwrap();
+    let after = vec![0xAB; 1000];
+    let mut batch = Vec::new();
+    for i in 0..5000u64 {
+        batch.push(NewEntry::put(1, b"key", &after).in_cycle(i % 3));
+        if batch.len() == 37 {
+            w.append_batch(&batch).unwrap();
+            batch.clear();
+        }
+        if i == 2500 {
+            w.append(&NewEntry::rename_object(1, "B")).unwrap();
+        }
+    }
+    w.append_batch(&batch).unwrap();
+    let segments = engine::journal::list_segments(dir.path()).unwrap();
+    assert!(
+        segments.len() >= 4,
+        "expected several segments, got {}",
+        segments.len()
+    );
+    // The reader hides J-NR entries but they take sequence numbers: check the
+    // raw cursor sees every number once.
+    let all = read_all(dir.path());
+    let jnr = segments.len() as u64 - 1;
+    assert_eq!(all.len() as u64 + jnr, journal.next_sequence() - 1);
+    // A cursor opened in the last segment knows the object by its later name.
+    let (last_first, _) = segments.last().unwrap();
+    let mut cursor = engine::journal::JournalCursor::open(dir.path(), *last_first).unwrap();
+    assert_eq!(cursor.catalog().name(1), Some("B"));
+    assert!(matches!(
+        cursor.step().unwrap(),
+        engine::journal::Step::Entry(_)
+    ));
+}
+
+#[test]
+fn concurrent_appenders_get_unique_gap_free_sequences_in_their_own_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(
+        dir.path(),
+        JournalOptions {
+            background_preallocation: true,
+            ..small_options()
+        },
+    )
+    .unwrap();
+    const THREADS: u64 = 4;
+    const PER_THREAD: u64 = 20_000;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let journal = journal.clone();
+            s.spawn(move || {
+                let mut w = journal.appender();
+                for i in 0..PER_THREAD {
+                    let key = i.to_le_bytes();
+                    let after = image(t, i, 40 + (i % 64) as usize);
+                    if i % 10 == 0 {
+                        w.append_batch(&[
+                            NewEntry::put(t, &key, &after),
+                            NewEntry::commit(t * PER_THREAD + i + 1),
+                        ])
+                        .unwrap();
+                    } else {
+                        w.append(&NewEntry::put(t, &key, &after)).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let all = read_all(dir.path());
+    let puts: Vec<_> = all
+        .iter()
+        .filter(|e| e.entry_type == EntryType::RecordPut)
+        .collect();
+    assert_eq!(puts.len() as u64, THREADS * PER_THREAD);
+    for t in 0..THREADS {
+        let mine: Vec<_> = puts.iter().filter(|e| e.object_id == t).collect();
+        for (i, e) in mine.iter().enumerate() {
+            assert_eq!(
+                e.key,
+                (i as u64).to_le_bytes(),
+                "thread {t} entry {i} out of order"
+            );
+            assert_eq!(e.after, image(t, i as u64, 40 + (i % 64)));
+        }
+    }
+    assert!(engine::journal::list_segments(dir.path()).unwrap().len() > 3);
+}
+
+/// Counts syncs; fails every sync after the first `fail_after`.
+#[derive(Debug)]
+struct TestSync {
+    calls: AtomicUsize,
+    fail_after: usize,
+}
+
+impl SyncFile for TestSync {
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) >= self.fail_after {
+            return Err(io::Error::other("injected EIO"));
+        }
+        file.sync_data()
+    }
+}
+
+#[test]
+fn a_failed_fsync_makes_the_journal_refuse_further_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sync = Arc::new(TestSync {
+        calls: AtomicUsize::new(0),
+        fail_after: 2,
+    });
+    let options = JournalOptions {
+        durability: Durability::Fsync,
+        syncer: sync.clone(),
+        ..small_options()
+    };
+    let journal = Journal::open(dir.path(), options).unwrap();
+    let mut w = journal.appender();
+    w.append(&NewEntry::put(1, b"a", b"1")).unwrap();
+    w.append(&NewEntry::put(1, b"b", b"2")).unwrap();
+    let err = w.append(&NewEntry::put(1, b"c", b"3")).unwrap_err();
+    assert!(matches!(err, JournalError::SyncFailed { .. }), "{err}");
+    assert!(err.to_string().starts_with("HAD0103E"));
+    let again = w.append(&NewEntry::put(1, b"d", b"4")).unwrap_err();
+    assert!(matches!(again, JournalError::Poisoned { .. }), "{again}");
+    assert!(matches!(
+        journal.flush(),
+        Err(JournalError::Poisoned { .. })
+    ));
+    drop(w);
+    drop(journal);
+    // Reopening recovers: the two durable entries are there.
+    let all = read_all(dir.path());
+    assert_eq!(
+        all[..2].iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+        vec![b"a".to_vec(), b"b".to_vec()]
+    );
+}
+
+#[test]
+fn group_commit_shares_fsyncs_between_concurrent_committers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sync = Arc::new(TestSync {
+        calls: AtomicUsize::new(0),
+        fail_after: usize::MAX,
+    });
+    let options = JournalOptions {
+        durability: Durability::GroupCommit {
+            max_delay: Duration::from_millis(2),
+        },
+        syncer: sync.clone(),
+        ..small_options()
+    };
+    let journal = Journal::open(dir.path(), options).unwrap();
+    const THREADS: usize = 8;
+    const COMMITS: usize = 25;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let journal = journal.clone();
+            s.spawn(move || {
+                let mut w = journal.appender();
+                for i in 0..COMMITS {
+                    let seq = w
+                        .append(&NewEntry::put(t as u64, &i.to_le_bytes(), b"v"))
+                        .unwrap();
+                    assert!(
+                        journal.durable_sequence() >= seq,
+                        "append returned before its entry was durable"
+                    );
+                }
+            });
+        }
+    });
+    let syncs = sync.calls.load(Ordering::SeqCst);
+    assert!(
+        syncs < THREADS * COMMITS / 2,
+        "{syncs} fsyncs for {} commits: not grouped",
+        THREADS * COMMITS
+    );
+    assert_eq!(journal.durable_sequence(), (THREADS * COMMITS) as u64);
+}
+
+#[test]
+fn purge_removes_only_segments_entirely_at_or_below_the_safe_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), small_options()).unwrap();
+    let mut w = journal.appender();
+    let after = vec![1u8; 2000];
+    for _ in 0..2000 {
+        w.append(&NewEntry::put(1, b"k", &after)).unwrap();
+    }
+    let before = engine::journal::list_segments(dir.path()).unwrap();
+    assert!(before.len() >= 3);
+    let second_first = before[1].0;
+    // Safe position one short of the first segment's last entry: nothing goes.
+    assert!(journal
+        .purge_before(second_first - 2)
+        .unwrap()
+        .removed
+        .is_empty());
+    let report = journal.purge_before(second_first - 1).unwrap();
+    assert_eq!(report.removed, vec![before[0].1.clone()]);
+    assert_eq!(report.retained_from, second_first);
+    assert!(matches!(
+        read_all_from(dir.path(), 1),
+        Err(ReadError::Purged { .. })
+    ));
+    assert_eq!(
+        read_all_from(dir.path(), second_first).unwrap()[0].sequence,
+        second_first
+    );
+    // Everything acknowledged: all but the active segment go.
+    journal.purge_before(u64::MAX).unwrap();
+    assert_eq!(engine::journal::list_segments(dir.path()).unwrap().len(), 1);
+}
+
+#[test]
+fn a_second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _journal = Journal::open(dir.path(), small_options()).unwrap();
+    let err = Journal::open(dir.path(), small_options()).unwrap_err();
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+}
+
+#[test]
+fn object_operations_are_checked_against_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), small_options()).unwrap();
+    journal.append(&NewEntry::create_object(1, "A")).unwrap();
+    for bad in [
+        NewEntry::create_object(1, "B"),
+        NewEntry::create_object(2, "A"),
+        NewEntry::drop_object(9),
+    ] {
+        let err = journal.append(&bad).unwrap_err();
+        assert!(matches!(err, JournalError::Catalog(_)), "{err}");
+    }
+    journal.append(&NewEntry::drop_object(1)).unwrap();
+    journal.append(&NewEntry::create_object(2, "A")).unwrap();
+    assert_eq!(read_all(dir.path()).len(), 3);
+}
+
+#[test]
+fn wrong_journal_id_and_bad_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Journal::open(dir.path(), small_options()).unwrap());
+    let err = Journal::open(
+        dir.path(),
+        JournalOptions {
+            journal_id: 2,
+            ..small_options()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, JournalError::WrongJournal { .. }), "{err}");
+    let err = Journal::open(
+        dir.path(),
+        JournalOptions {
+            segment_bytes: 1000,
+            ..small_options()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("HAD0111E"), "{err}");
+}
