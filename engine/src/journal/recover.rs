@@ -216,15 +216,25 @@ pub(crate) fn recover(
             ));
         }
         let scan = scan_checked(&seg, options)?;
-        if scan.entries > 0 || segments.len() == 1 {
+        if segments.len() == 1 {
             break (seg, scan);
         }
-        // An empty last segment is live only if the previous one ends in a J-NR
-        // pointing at it; otherwise rotation crashed before publishing the J-NR.
-        let prev = MappedSegment::open(&segments[segments.len() - 2].1, true)?;
+        // The last segment is live only if the previous one ends in a J-NR that
+        // points at it. Writers publish J-NR before anything can be appended to
+        // the new segment, so without it the new segment must be empty (rotation
+        // crashed in between) and is removed; with entries, it is corruption.
+        let prev = MappedSegment::open(&segments[segments.len() - 2].1, false)?;
         let prev_scan = scan_checked(&prev, options)?;
         if prev_scan.last_type == Some(EntryType::NextSegment) && prev_scan.next_sequence == first {
             break (seg, scan);
+        }
+        if scan.entries > 0 {
+            let detail = format!(
+                "segment ends at sequence {} without the J-NR that leads to {}, which holds entries",
+                prev_scan.next_sequence - 1,
+                seg.path().display()
+            );
+            return Err(corrupt(&prev, prev_scan.end, detail));
         }
         drop(seg);
         remove_orphan(&path, &mut report)?;

@@ -97,13 +97,6 @@ impl LiveSegment {
         }
     }
 
-    fn next(&self) -> Option<Arc<LiveSegment>> {
-        match &*self.next.lock() {
-            NextSegment::Ready(next) => Some(next.clone()),
-            _ => None,
-        }
-    }
-
     /// Blocks until the appender that crossed this segment's end has rotated.
     fn wait_next(&self) -> Option<Arc<LiveSegment>> {
         let mut next = self.next.lock();
@@ -341,8 +334,9 @@ impl Shared {
                 return Err(err);
             }
         };
-        old.set_next(NextSegment::Ready(next.clone()));
-        *self.active.lock() = next.clone();
+        // J-NR first, then hand the new segment out: no entry can reach the new
+        // segment before the J-NR that leads to it is published, so a crash in
+        // between leaves at worst an empty segment that recovery removes.
         let now = self.options.clock.now_unix_ns();
         // SAFETY: this claim crossed the usable end, so `offset..offset+56` is ours
         // and inside the segment (the last NEXT_SEGMENT_BYTES are kept back).
@@ -355,6 +349,8 @@ impl Shared {
             )
         };
         old.seg.publish(offset, len);
+        old.set_next(NextSegment::Ready(next.clone()));
+        *self.active.lock() = next.clone();
         Ok(next)
     }
 
@@ -470,9 +466,11 @@ impl Shared {
             offset += align_up(len);
             sequence += 1;
             if code == b'J' {
-                let next = segment
-                    .next()
-                    .expect("J-NR is published only after the next segment is ready");
+                // The rotating appender hands the next segment out right after
+                // publishing J-NR; wait for it (or for the rotation's failure).
+                let next = segment.wait_next().ok_or_else(|| JournalError::Poisoned {
+                    dir: self.dir.clone(),
+                })?;
                 to_sync.push(std::mem::replace(&mut segment, next));
                 offset = segment.seg.entries_start();
             }

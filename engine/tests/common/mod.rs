@@ -107,3 +107,29 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// Compares entry lists and reports the first difference compactly (entries
+/// can be large; a full dump helps nobody).
+#[track_caller]
+pub fn assert_same(actual: &[Owned], expected: &[Owned], context: &str) {
+    if let Some(i) = (0..actual.len().min(expected.len())).find(|i| actual[*i] != expected[*i]) {
+        panic!(
+            "{context}: entry {i} differs: got seq {} {:?} key {:?}, expected seq {} {:?} key {:?}",
+            actual[i].sequence,
+            actual[i].entry_type,
+            actual[i].key,
+            expected[i].sequence,
+            expected[i].entry_type,
+            expected[i].key
+        );
+    }
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{context}: got {} entries (last seq {:?}), expected {} (last seq {:?})",
+        actual.len(),
+        actual.last().map(|e| e.sequence),
+        expected.len(),
+        expected.last().map(|e| e.sequence)
+    );
+}
