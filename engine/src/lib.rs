@@ -6,3 +6,4 @@ pub mod clock;
 pub mod journal;
 pub mod limits;
 pub mod sys;
+pub mod workload;
