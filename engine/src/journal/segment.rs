@@ -356,8 +356,10 @@ impl MappedSegment {
 
     /// Publishes the entry at `offset` and wakes sleeping readers, if any.
     pub(crate) fn publish(&self, offset: usize, frame_bytes: u32) {
+        // A SeqCst store is a full barrier on its own: no fence is needed
+        // before the waiters check (Dekker with `wait_published`).
         self.word(offset).store(frame_bytes, Ordering::SeqCst);
-        self.wake_readers();
+        self.wake_if_waiting();
     }
 
     /// Publishes without waking; the caller calls `wake_readers` after a batch.
@@ -367,6 +369,10 @@ impl MappedSegment {
 
     pub(crate) fn wake_readers(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
+        self.wake_if_waiting();
+    }
+
+    fn wake_if_waiting(&self) {
         if self.word(WAITERS_AT).load(Ordering::SeqCst) != 0 {
             let epoch = self.word(WAKE_EPOCH_AT);
             epoch.fetch_add(1, Ordering::SeqCst);
