@@ -28,9 +28,11 @@ struct Args {
 fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} entries ({per_sec}, {eta} left)")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>9} [{bar:40}] {pos}/{len} entries ({per_sec}, {eta} left)",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar
@@ -47,13 +49,21 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let durability = if args.group_commit {
-        Durability::GroupCommit { max_delay: Duration::from_micros(200) }
+        Durability::GroupCommit {
+            max_delay: Duration::from_micros(200),
+        }
     } else {
         Durability::None
     };
-    println!("journal-demo: appending {} entries to {} ({durability:?})", args.entries, dir.display());
+    println!(
+        "journal-demo: appending {} entries to {} ({durability:?})",
+        args.entries,
+        dir.display()
+    );
     let appending = bar(args.entries, "append");
-    let appended = bench::append(&dir, durability, args.threads, args.entries, &|n| appending.set_position(n))?;
+    let appended = bench::append(&dir, durability, args.threads, args.entries, &|n| {
+        appending.set_position(n)
+    })?;
     appending.finish();
     println!(
         "appended {} entries in {:.2?}: {:.2} M entries/s, {:.2} GB/s",

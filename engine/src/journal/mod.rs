@@ -50,7 +50,8 @@ pub enum Durability {
     /// committers may still share one fsync.
     Fsync,
     /// Commit points wait for a shared fsync; the first waiter waits up to
-    /// `max_delay` for others to join before it syncs for all of them.
+    /// `max_delay` for others to join before it syncs for all of them (only
+    /// when more than one `Appender` is live; a lone appender syncs at once).
     GroupCommit { max_delay: Duration },
 }
 

@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -139,6 +139,9 @@ struct Shared {
     sync: Mutex<SyncState>,
     sync_done: Condvar,
     poisoned: AtomicBool,
+    /// Live `Appender`s: group commit waits for others to join only when
+    /// there are others (PostgreSQL's `commit_siblings`).
+    appenders: AtomicUsize,
     spares: Arc<SpareMaker>,
     spare_thread: Mutex<Option<JoinHandle<()>>>,
     recovery: RecoveryReport,
@@ -222,6 +225,7 @@ impl Journal {
                 active: Mutex::new(live),
                 catalog: Mutex::new(recovered.catalog),
                 poisoned: AtomicBool::new(false),
+                appenders: AtomicUsize::new(0),
                 spares,
                 spare_thread: Mutex::new(spare_thread),
                 recovery: recovered.report,
@@ -234,6 +238,7 @@ impl Journal {
 
     /// A handle for one appending thread.
     pub fn appender(&self) -> Appender {
+        self.shared.appenders.fetch_add(1, Ordering::Relaxed);
         Appender {
             segment: self.shared.active.lock().clone(),
             shared: self.shared.clone(),
@@ -429,7 +434,8 @@ impl Shared {
             let durable = state.durable_sequence;
             let outcome = parking_lot::MutexGuard::unlocked(&mut state, || {
                 if let Durability::GroupCommit { max_delay } = self.options.durability {
-                    if target.is_some() && !max_delay.is_zero() {
+                    let siblings = self.appenders.load(Ordering::Relaxed) > 1;
+                    if target.is_some() && siblings && !max_delay.is_zero() {
                         std::thread::sleep(max_delay);
                     }
                 }
@@ -496,6 +502,12 @@ impl Drop for Shared {
             let _ = thread.join();
         }
         self.spares.discard();
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.shared.appenders.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
