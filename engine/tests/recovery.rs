@@ -25,15 +25,6 @@ struct Placed {
     frame_bytes: u64,
 }
 
-const NEXT_SEGMENT: NewEntry<'static> = NewEntry {
-    entry_type: EntryType::NextSegment,
-    commit_cycle: 0,
-    object_id: 0,
-    key: &[],
-    after: &[],
-    before: None,
-};
-
 /// Every entry (J-NR included) with its location.
 fn placements(dir: &Path) -> Vec<Placed> {
     let mut cursor = JournalCursor::open(dir, 1).unwrap();
@@ -56,7 +47,7 @@ fn placements(dir: &Path) -> Vec<Placed> {
             Step::EndOfSegment => {
                 let sequence = cursor.next_sequence() - 1;
                 out.push(Placed {
-                    entry: Owned::from_new(sequence, &NEXT_SEGMENT),
+                    entry: Owned::from_new(sequence, &NewEntry::NEXT_SEGMENT),
                     path,
                     offset: last_offset.take().unwrap() as u64,
                     frame_bytes: 56,
@@ -310,19 +301,27 @@ fn fill_until_rotation(dir: &Path) -> Vec<(u64, PathBuf)> {
     list_segments(dir).unwrap()
 }
 
+/// Zeroes the first J-NR, as if rotation crashed before publishing it: the
+/// new segment exists but nothing points to it. Returns the placements from
+/// before and the J-NR's.
+fn undo_first_jnr(dir: &Path) -> (Vec<Placed>, Placed) {
+    let all = placements(dir);
+    let jnr = all
+        .iter()
+        .find(|p| p.entry.entry_type == EntryType::NextSegment)
+        .unwrap()
+        .clone();
+    let file = OpenOptions::new().write(true).open(&jnr.path).unwrap();
+    file.write_all_at(&[0u8; 56], jnr.offset).unwrap();
+    (all, jnr)
+}
+
 #[test]
 fn a_rotation_cut_before_its_jnr_removes_the_empty_segment() {
     let dir = tempfile::tempdir().unwrap();
     let segments = fill_until_rotation(dir.path());
     let before = read_all(dir.path());
-    // Undo the J-NR: the new segment exists but nothing points to it.
-    let all = placements(dir.path());
-    let jnr = all
-        .iter()
-        .find(|p| p.entry.entry_type == EntryType::NextSegment)
-        .unwrap();
-    let file = OpenOptions::new().write(true).open(&jnr.path).unwrap();
-    file.write_all_at(&[0u8; 56], jnr.offset).unwrap();
+    let (all, jnr) = undo_first_jnr(dir.path());
     // Nothing reaches the new segment before its J-NR is published: a crash
     // between the two leaves it empty.
     let first_in_new = all.iter().find(|p| p.path == segments[1].1).unwrap().offset;
@@ -364,13 +363,7 @@ fn a_rotation_whose_new_segment_was_lost_is_completed() {
 fn entries_in_a_segment_no_jnr_leads_to_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     fill_until_rotation(dir.path());
-    let all = placements(dir.path());
-    let jnr = all
-        .iter()
-        .find(|p| p.entry.entry_type == EntryType::NextSegment)
-        .unwrap();
-    let file = OpenOptions::new().write(true).open(&jnr.path).unwrap();
-    file.write_all_at(&[0u8; 56], jnr.offset).unwrap();
+    undo_first_jnr(dir.path());
     let err = Journal::open(dir.path(), small_options()).unwrap_err();
     assert!(err.to_string().contains("without the J-NR"), "{err}");
 }

@@ -87,11 +87,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn scrape(args: &Args, name: &str) -> anyhow::Result<()> {
-    let dir = tempdir(args)?;
     let entries = args.scrape_mib * 1024 * 1024 / 176;
-    bench::append(dir.path(), Durability::None, 1, entries, &|_| {})?;
     let (mut gbs, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.runs {
+        // A fresh journal per run: how its pages land in memory moves the
+        // figure by up to a third between journals, and the median should
+        // cover that, not one lucky or unlucky layout.
+        let dir = tempdir(args)?;
+        bench::append(dir.path(), Durability::None, 1, entries, &|_| {})?;
+        settle()?;
         let figure = bench::scrape(dir.path(), &|_| {})?;
         gbs.push(figure.bytes_per_sec() / 1e9);
         rates.push(figure.entries_per_sec() / 1e6);

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 
 use super::catalog::Catalog;
-use super::entry::{align_up, write_unpublished, EntryType, NewEntry};
+use super::entry::{align_up, write_unpublished, NewEntry};
 use super::recover::{recover, RecoveryReport};
 use super::segment::{list_segments, MappedSegment, SegmentError};
 use super::{Durability, JournalError, JournalOptions};
@@ -35,14 +35,6 @@ use crate::limits::{APPEND_BATCH_BYTES_MAX, ENTRY_HEADER_BYTES};
 
 /// Bytes a J-NR entry takes; the end of every segment keeps this much back.
 const NEXT_SEGMENT_BYTES: usize = align_up(ENTRY_HEADER_BYTES);
-const NEXT_SEGMENT_ENTRY: NewEntry<'static> = NewEntry {
-    entry_type: EntryType::NextSegment,
-    commit_cycle: 0,
-    object_id: 0,
-    key: &[],
-    after: &[],
-    before: None,
-};
 
 /// A segment being appended to, and the link to the one after it.
 #[derive(Debug)]
@@ -348,7 +340,7 @@ impl Shared {
         let len = unsafe {
             write_unpublished(
                 old.seg.ptr().add(offset),
-                &NEXT_SEGMENT_ENTRY,
+                &NewEntry::NEXT_SEGMENT,
                 sequence,
                 now,
             )
