@@ -40,8 +40,6 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"REPLJRNL";
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
 pub const SEGMENT_FILE_EXTENSION: &str = "jrn";
 const WAKE_EPOCH_AT: usize = 56;
-/// How far ahead of the entry being read the reader prefetches.
-const PREFETCH_AHEAD_BYTES: usize = 512;
 const WAITERS_AT: usize = 60;
 
 /// File name of the segment whose first entry has `first_sequence`; names sort
@@ -94,7 +92,7 @@ impl SegmentHeader {
         h[32..40].copy_from_slice(&self.segment_bytes.to_le_bytes());
         h[40..48].copy_from_slice(&self.created_unix_ns.to_le_bytes());
         h[48..52].copy_from_slice(&self.catalog_bytes.to_le_bytes());
-        let crc = crate::checksum::crc32c(&h[0..52]);
+        let crc = crc32c::crc32c(&h[0..52]);
         h[52..56].copy_from_slice(&crc.to_le_bytes());
         h
     }
@@ -109,7 +107,7 @@ impl SegmentHeader {
         if h[0..8] != SEGMENT_MAGIC {
             return Err("bad magic (not a journal segment)");
         }
-        if u32_at(52) != crate::checksum::crc32c(&h[0..52]) {
+        if u32_at(52) != crc32c::crc32c(&h[0..52]) {
             return Err("header checksum mismatch");
         }
         if u32_at(8) != SEGMENT_FORMAT_VERSION {
@@ -395,23 +393,6 @@ impl MappedSegment {
         waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Hints the CPU to start loading the cache line at `offset`: a sequential
-    /// reader validates entries faster than the hardware prefetcher alone
-    /// brings them in (measured: docs/decisions.md).
-    #[inline]
-    fn prefetch(&self, offset: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if offset < self.len() {
-            // SAFETY: a prefetch never faults or reads into Rust-visible memory;
-            // the address is inside the map.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    self.ptr().add(offset).cast(),
-                )
-            }
-        }
-    }
-
     /// The published, validated entry at `offset`, `Ok(None)` if the slot is not
     /// yet published, or the reason the bytes there are not a valid entry.
     pub fn entry_at(&self, offset: usize) -> Result<Option<Entry<'_>>, DecodeError> {
@@ -421,7 +402,6 @@ impl MappedSegment {
                 available: self.len().saturating_sub(offset),
             });
         }
-        self.prefetch(offset + PREFETCH_AHEAD_BYTES);
         let len = self.published_len(offset) as usize;
         if len == 0 {
             return Ok(None);
