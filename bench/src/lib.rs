@@ -16,6 +16,8 @@ use scraper::{ScrapeOptions, Scraper};
 
 /// Records per commit cycle in the append workload.
 pub const CYCLE_ENTRIES: u64 = 1000;
+/// Pause between opening the journal and the first latency sample.
+pub const LATENCY_SETTLE: Duration = Duration::from_millis(250);
 /// Image size of the standard workload.
 pub const IMAGE_BYTES: usize = 100;
 
@@ -199,9 +201,13 @@ pub struct LatencyFigure {
 
 /// One writer appends `samples` entries at `rate_per_sec`; a scraper thread
 /// follows the tail and records now minus each entry's journal timestamp.
+/// Sampling starts `LATENCY_SETTLE` after the journal opens: opening prepares
+/// the next segment in the background (a 64 MiB zero-fill that takes a core
+/// for tens of milliseconds), a start-up cost, not the steady state measured.
 pub fn latency(dir: &Path, samples: u64, rate_per_sec: u64) -> anyhow::Result<LatencyFigure> {
     let journal = Journal::open(dir, options(Durability::None))?;
     journal.append(&NewEntry::create_object(1, "BENCH/T"))?;
+    std::thread::sleep(LATENCY_SETTLE);
     let start_from = journal.next_sequence();
     let empty = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)?;
     let histogram = std::thread::scope(|s| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
