@@ -1,0 +1,20 @@
+//! Apply: the backup side's "match and merge" and apply (iCluster's HADTUP).
+//!
+//! Today this crate holds the reference semantics: `SerialReplica` applies a
+//! journal's entries one transaction at a time, in commit order, in memory.
+//! It defines what "the replica equals the source" means, and it is the
+//! oracle that the lock-striped parallel apply and the replica tables (issue
+//! 4) are tested against ("parallel equals serial", DESIGN.md invariant 5).
+//!
+//! Semantics (also in docs/ARCHITECTURE.md):
+//! - Entries outside commitment control (cycle 0) apply at once, each its own
+//!   transaction.
+//! - Entries of cycle `c` are held until C-CM `c`, then applied together, in
+//!   journal order; C-RB `c` discards them: a rollback leaves no trace.
+//! - R-PT and R-UP store the after image (upsert); R-DL removes the key.
+//! - F-CR creates an empty object, F-DO drops it with its records, F-CL
+//!   empties it, F-RN renames it. Records of an unknown object are refused.
+
+mod serial;
+
+pub use serial::{ApplyError, ObjectState, SerialReplica};
