@@ -3,6 +3,7 @@
 //! Frames, transport, staging and the protocol join it in later work.
 
 pub mod clock;
+pub mod frame;
 pub mod journal;
 pub mod limits;
 pub mod sys;

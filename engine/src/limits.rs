@@ -57,3 +57,18 @@ const _: () = assert!(
 const _: () = assert!(SEGMENT_BYTES_MAX <= (u32::MAX as usize) / 2);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+
+/// Fixed part of every frame.
+pub const FRAME_HEADER_BYTES: usize = 48;
+/// Most entries one frame carries.
+pub const FRAME_ENTRIES_MAX: usize = SCRAPE_BATCH_ENTRIES_MAX;
+/// Largest archived (uncompressed) frame body: the largest scrape batch plus
+/// one more entry (a batch closes after the entry that crosses its byte
+/// limit), its offsets table and rkyv's fixed part.
+pub const FRAME_RAW_BYTES_MAX: usize =
+    SCRAPE_BATCH_BYTES_MAX + ENTRY_BYTES_MAX + 4 * FRAME_ENTRIES_MAX + 4096;
+/// Largest stored frame body: zstd's worst case for the largest raw body.
+pub const FRAME_BODY_BYTES_MAX: usize = FRAME_RAW_BYTES_MAX + FRAME_RAW_BYTES_MAX / 128 + 4096;
+
+const _: () = assert!(FRAME_HEADER_BYTES % 16 == 0); // keeps the body 16-aligned for rkyv
+const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);

@@ -1,0 +1,511 @@
+//! Encoding a batch of entries into a frame, and checking a received frame
+//! before anything of it is used.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::with::InlineAsBox;
+use rkyv::{Archive, Serialize};
+
+use super::header::{Codec, FrameHeader};
+use super::FrameError;
+use crate::journal::entry::decode_validated;
+use crate::journal::Entry;
+use crate::limits::{FRAME_ENTRIES_MAX, FRAME_HEADER_BYTES, FRAME_RAW_BYTES_MAX};
+
+/// The archived part of a frame. Borrowed on the sending side, so the entry
+/// bytes are written into the archive straight from the gathered batch.
+#[derive(Archive, Serialize, Debug)]
+pub struct FrameBody<'a> {
+    pub journal_id: u64,
+    pub first_sequence: u64,
+    pub next_sequence: u64,
+    /// Start of each entry in `entries`.
+    #[rkyv(with = InlineAsBox)]
+    pub offsets: &'a [u32],
+    /// The entries as they are in the journal, each padded to 8 bytes.
+    #[rkyv(with = InlineAsBox)]
+    pub entries: &'a [u8],
+}
+
+/// Turns batches into frames, reusing its buffers and compression context.
+pub struct FrameEncoder {
+    codec: Codec,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    gathered: Vec<u8>,
+    offsets: Vec<u32>,
+    archive: AlignedVec<16>,
+    compressed: Vec<u8>,
+}
+
+impl std::fmt::Debug for FrameEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameEncoder")
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrameEncoder {
+    pub fn new(codec: Codec) -> Result<FrameEncoder, FrameError> {
+        let compressor = match codec {
+            Codec::None => None,
+            Codec::Zstd { level } => Some(
+                zstd::bulk::Compressor::new(level)
+                    .map_err(|e| FrameError::Encode(e.to_string()))?,
+            ),
+        };
+        Ok(FrameEncoder {
+            codec,
+            compressor,
+            gathered: Vec::new(),
+            offsets: Vec::new(),
+            archive: AlignedVec::new(),
+            compressed: Vec::new(),
+        })
+    }
+
+    /// Encodes `entries` (in sequence order) into `out` (cleared first):
+    /// header, then body. `next_sequence` is the sender's position after
+    /// them (entries skipped by selection included).
+    pub fn encode<'e>(
+        &mut self,
+        journal_id: u64,
+        next_sequence: u64,
+        entries: impl IntoIterator<Item = Entry<'e>>,
+        out: &mut Vec<u8>,
+    ) -> Result<FrameHeader, FrameError> {
+        self.gathered.clear();
+        self.offsets.clear();
+        let mut first_sequence = 0;
+        for entry in entries {
+            if self.offsets.is_empty() {
+                first_sequence = entry.sequence();
+            }
+            self.offsets.push(self.gathered.len() as u32);
+            self.gathered.extend_from_slice(entry.as_bytes());
+            self.gathered
+                .resize(self.gathered.len().next_multiple_of(8), 0);
+        }
+        if self.offsets.len() > FRAME_ENTRIES_MAX {
+            return Err(FrameError::Encode(format!(
+                "{} entries, the limit is {FRAME_ENTRIES_MAX}",
+                self.offsets.len()
+            )));
+        }
+        let body = FrameBody {
+            journal_id,
+            first_sequence,
+            next_sequence,
+            offsets: &self.offsets,
+            entries: &self.gathered,
+        };
+        let mut archive = std::mem::take(&mut self.archive);
+        archive.clear();
+        let archive = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&body, archive)
+            .map_err(|e| FrameError::Encode(e.to_string()))?;
+        let raw_bytes = archive.len();
+        if raw_bytes > FRAME_RAW_BYTES_MAX {
+            self.archive = archive;
+            return Err(FrameError::Encode(format!(
+                "archive of {raw_bytes} bytes exceeds {FRAME_RAW_BYTES_MAX}"
+            )));
+        }
+        out.clear();
+        out.resize(FRAME_HEADER_BYTES, 0);
+        match &mut self.compressor {
+            None => out.extend_from_slice(&archive),
+            Some(compressor) => {
+                self.compressed.clear();
+                self.compressed
+                    .reserve(zstd::zstd_safe::compress_bound(raw_bytes));
+                compressor
+                    .compress_to_buffer(&archive[..], &mut self.compressed)
+                    .map_err(|e| FrameError::Encode(e.to_string()))?;
+                out.extend_from_slice(&self.compressed);
+            }
+        }
+        let header = FrameHeader {
+            compressed: self.compressor.is_some(),
+            body_bytes: (out.len() - FRAME_HEADER_BYTES) as u32,
+            raw_bytes: raw_bytes as u32,
+            first_sequence,
+            next_sequence,
+            entry_count: self.offsets.len() as u32,
+            body_crc32c: crc32c::crc32c(&out[FRAME_HEADER_BYTES..]),
+        };
+        out[..FRAME_HEADER_BYTES].copy_from_slice(&header.encode(self.codec));
+        self.archive = archive;
+        Ok(header)
+    }
+}
+
+/// Checks received frames; reuses its decompression buffer and context.
+pub struct FrameDecoder {
+    decompressor: zstd::bulk::Decompressor<'static>,
+    inflated: Vec<u8>,
+    body: AlignedVec<16>,
+}
+
+impl std::fmt::Debug for FrameDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameDecoder").finish_non_exhaustive()
+    }
+}
+
+/// A frame that passed every check; entries are borrowed from the decoder.
+pub struct DecodedFrame<'a> {
+    pub header: FrameHeader,
+    pub journal_id: u64,
+    body: &'a ArchivedFrameBody<'static>,
+}
+
+impl std::fmt::Debug for DecodedFrame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedFrame")
+            .field("header", &self.header)
+            .field("journal_id", &self.journal_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> DecodedFrame<'a> {
+    pub fn len(&self) -> usize {
+        self.body.offsets.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.body.offsets.is_empty()
+    }
+    /// The frame's entries, in order (structure checked by `decode`).
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = Entry<'a>> + 'a {
+        let body: &'a ArchivedFrameBody<'static> = self.body;
+        body.offsets.iter().map(move |offset| {
+            decode_validated(&body.entries[offset.to_native() as usize..])
+                .expect("checked by decode")
+        })
+    }
+}
+
+impl FrameDecoder {
+    pub fn new() -> Result<FrameDecoder, FrameError> {
+        Ok(FrameDecoder {
+            decompressor: zstd::bulk::Decompressor::new()
+                .map_err(|e| FrameError::Encode(e.to_string()))?,
+            inflated: Vec::new(),
+            body: AlignedVec::new(),
+        })
+    }
+
+    /// Checks `frame` (header and body, exactly) and returns a view of it.
+    pub fn decode<'d>(&'d mut self, frame: &[u8]) -> Result<DecodedFrame<'d>, FrameError> {
+        let header = FrameHeader::decode(frame)?;
+        let body = &frame[FRAME_HEADER_BYTES..];
+        if body.len() != header.body_bytes as usize {
+            return Err(FrameError::Header("body length differs from the header's"));
+        }
+        let computed = crc32c::crc32c(body);
+        if computed != header.body_crc32c {
+            return Err(FrameError::BodyChecksum {
+                stored: header.body_crc32c,
+                computed,
+            });
+        }
+        let raw_bytes = header.raw_bytes as usize;
+        self.body.clear();
+        if header.compressed {
+            // Bounded by the declared size (capped in the header check): a
+            // body that would inflate past it is refused, not grown into.
+            self.inflated.clear();
+            self.inflated.resize(raw_bytes, 0);
+            let written = self
+                .decompressor
+                .decompress_to_buffer(body, &mut self.inflated[..])
+                .map_err(|e| FrameError::Decompress {
+                    declared: raw_bytes,
+                    detail: e.to_string(),
+                })?;
+            if written != raw_bytes {
+                return Err(FrameError::Decompress {
+                    declared: raw_bytes,
+                    detail: format!("got {written} bytes"),
+                });
+            }
+            self.body.extend_from_slice(&self.inflated);
+        } else {
+            self.body.extend_from_slice(body);
+        }
+        let archived = rkyv::access::<ArchivedFrameBody<'static>, rancor::Error>(&self.body[..])
+            .map_err(|e| FrameError::Archive(e.to_string()))?;
+        check_body(&header, archived)?;
+        Ok(DecodedFrame {
+            journal_id: archived.journal_id.to_native(),
+            header,
+            body: archived,
+        })
+    }
+}
+
+/// The body agrees with the header, and every entry is structurally sound and
+/// in sequence. (The body checksum already covered the entry bytes.)
+fn check_body(header: &FrameHeader, body: &ArchivedFrameBody<'static>) -> Result<(), FrameError> {
+    let mismatch = |detail| Err(FrameError::Header(detail));
+    if body.offsets.len() != header.entry_count as usize {
+        return mismatch("entry count differs from the header's");
+    }
+    if body.first_sequence.to_native() != header.first_sequence
+        || body.next_sequence.to_native() != header.next_sequence
+    {
+        return mismatch("positions differ from the header's");
+    }
+    let entries = &body.entries[..];
+    let mut expected_offset = 0usize;
+    let mut previous = None;
+    for (index, offset) in body.offsets.iter().enumerate() {
+        let bad = |detail: String| Err(FrameError::Entry { index, detail });
+        let offset = offset.to_native() as usize;
+        if offset != expected_offset {
+            return bad(format!("starts at {offset}, expected {expected_offset}"));
+        }
+        let entry = match decode_validated(&entries[offset.min(entries.len())..]) {
+            Ok(entry) => entry,
+            Err(e) => return bad(e.to_string()),
+        };
+        let sequence = entry.sequence();
+        match previous {
+            None if sequence != header.first_sequence => {
+                return bad(format!(
+                    "sequence {sequence}, header says {}",
+                    header.first_sequence
+                ))
+            }
+            Some(previous) if sequence <= previous => {
+                return bad(format!("sequence {sequence} after {previous}"))
+            }
+            _ => {}
+        }
+        if sequence >= header.next_sequence {
+            return bad(format!(
+                "sequence {sequence} at or past the frame's next sequence {}",
+                header.next_sequence
+            ));
+        }
+        previous = Some(sequence);
+        expected_offset = offset + entry.padded_bytes();
+    }
+    if expected_offset != entries.len() {
+        return mismatch("entry bytes do not end where the last entry does");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::entry::{decode, encode_to_vec};
+    use crate::journal::NewEntry;
+    use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_RAW_BYTES_MAX};
+
+    /// Encoded entries with sequences from `first`.
+    fn entries(first: u64, count: u64) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|i| {
+                let mut out = Vec::new();
+                let image = vec![(i % 7) as u8; 40 + (i as usize % 90)];
+                let entry = match i % 3 {
+                    0 => NewEntry::put(1, b"key", &image),
+                    1 => NewEntry::update(1, b"key", &image, Some(b"old")).in_cycle(4),
+                    _ => NewEntry::commit(4),
+                };
+                encode_to_vec(&entry, first + i, 1000 + i, &mut out);
+                out
+            })
+            .collect()
+    }
+
+    fn frame(codec: Codec, encoded: &[Vec<u8>], next: u64) -> Vec<u8> {
+        let mut encoder = FrameEncoder::new(codec).unwrap();
+        let mut out = Vec::new();
+        encoder
+            .encode(
+                9,
+                next,
+                encoded.iter().map(|e| decode(e).unwrap()),
+                &mut out,
+            )
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn frames_roundtrip_with_every_codec() {
+        let encoded = entries(100, 50);
+        for codec in [
+            Codec::None,
+            Codec::Zstd { level: 1 },
+            Codec::Zstd { level: 19 },
+        ] {
+            let bytes = frame(codec, &encoded, 160);
+            let mut decoder = FrameDecoder::new().unwrap();
+            let decoded = decoder.decode(&bytes).unwrap();
+            assert_eq!(decoded.journal_id, 9);
+            assert_eq!(decoded.header.first_sequence, 100);
+            assert_eq!(decoded.header.next_sequence, 160);
+            assert_eq!(decoded.header.compressed, codec != Codec::None);
+            let got: Vec<&[u8]> = decoded.entries().map(|e| e.as_bytes()).collect();
+            let want: Vec<&[u8]> = encoded
+                .iter()
+                .map(|e| decode(e).unwrap().as_bytes())
+                .collect();
+            assert_eq!(got, want, "{codec:?}");
+        }
+        // An empty frame carries only a position (everything was filtered).
+        let bytes = frame(Codec::None, &[], 7);
+        let mut decoder = FrameDecoder::new().unwrap();
+        let decoded = decoder.decode(&bytes).unwrap();
+        assert!(decoded.is_empty());
+        assert_eq!(decoded.header.next_sequence, 7);
+    }
+
+    #[test]
+    fn every_bit_flip_and_every_truncation_is_refused() {
+        let encoded = entries(1, 4);
+        for codec in [Codec::None, Codec::Zstd { level: 1 }] {
+            let bytes = frame(codec, &encoded, 5);
+            let mut decoder = FrameDecoder::new().unwrap();
+            for bit in 0..bytes.len() * 8 {
+                let mut bad = bytes.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                let err = decoder.decode(&bad).unwrap_err();
+                assert!(
+                    err.to_string().starts_with("HAD030"),
+                    "{codec:?} bit {bit}: {err}"
+                );
+            }
+            for len in 0..bytes.len() {
+                assert!(
+                    decoder.decode(&bytes[..len]).is_err(),
+                    "{codec:?} truncated to {len}"
+                );
+            }
+        }
+    }
+
+    /// A frame whose header and body checksums are right but whose content lies.
+    fn forged(body: &[u8], header: FrameHeader, codec: Codec) -> Vec<u8> {
+        let header = FrameHeader {
+            body_crc32c: crc32c::crc32c(body),
+            body_bytes: body.len() as u32,
+            ..header
+        };
+        let mut out = header.encode(codec).to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn archive(offsets: &[u32], entries: &[u8], first: u64, next: u64) -> Vec<u8> {
+        let body = FrameBody {
+            journal_id: 1,
+            first_sequence: first,
+            next_sequence: next,
+            offsets,
+            entries,
+        };
+        rkyv::to_bytes::<rancor::Error>(&body).unwrap().to_vec()
+    }
+
+    fn base(raw: usize, count: u32, first: u64, next: u64) -> FrameHeader {
+        FrameHeader {
+            compressed: false,
+            body_bytes: raw as u32,
+            raw_bytes: raw as u32,
+            first_sequence: first,
+            next_sequence: next,
+            entry_count: count,
+            body_crc32c: 0,
+        }
+    }
+
+    #[test]
+    fn well_checksummed_lies_are_refused() {
+        let encoded = entries(10, 2);
+        let mut joined = encoded[0].clone();
+        joined.extend_from_slice(&encoded[1]);
+        let second = encoded[0].len() as u32;
+        let mut decoder = FrameDecoder::new().unwrap();
+        let cases: [(&str, Vec<u32>, u64, u64, u32); 5] = [
+            ("offset out of range", vec![0, 1 << 20], 10, 12, 2),
+            (
+                "offset not where the previous entry ends",
+                vec![0, second + 8],
+                10,
+                12,
+                2,
+            ),
+            ("header count differs", vec![0, second], 10, 12, 3),
+            ("first sequence differs", vec![0, second], 11, 12, 2),
+            ("next sequence inside the frame", vec![0, second], 10, 11, 2),
+        ];
+        for (what, offsets, first, next, count) in cases {
+            let body = archive(&offsets, &joined, first, next);
+            let bytes = forged(&body, base(body.len(), count, first, next), Codec::None);
+            let err = decoder.decode(&bytes).map(|_| ()).unwrap_err();
+            assert!(err.to_string().starts_with("HAD030"), "{what}: {err}");
+        }
+        // Entries out of order inside a well-formed archive.
+        let mut swapped = encoded[1].clone();
+        swapped.extend_from_slice(&encoded[0]);
+        let body = archive(&[0, encoded[1].len() as u32], &swapped, 11, 13);
+        let bytes = forged(&body, base(body.len(), 2, 11, 13), Codec::None);
+        assert!(matches!(
+            decoder.decode(&bytes),
+            Err(FrameError::Entry { .. })
+        ));
+        // Garbage with good checksums is not an archive.
+        let garbage = vec![0xA5u8; 256];
+        let bytes = forged(&garbage, base(256, 0, 0, 0), Codec::None);
+        assert!(matches!(
+            decoder.decode(&bytes),
+            Err(FrameError::Archive(_)) | Err(FrameError::Header(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_allocating() {
+        let mut decoder = FrameDecoder::new().unwrap();
+        let header = FrameHeader {
+            body_bytes: (FRAME_BODY_BYTES_MAX + 1) as u32,
+            ..base(0, 0, 0, 0)
+        };
+        let err = decoder.decode(&header.encode(Codec::None)).unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge { what: "body", .. }),
+            "{err}"
+        );
+        let header = FrameHeader {
+            compressed: true,
+            raw_bytes: (FRAME_RAW_BYTES_MAX + 1) as u32,
+            ..base(0, 0, 0, 0)
+        };
+        let err = decoder
+            .decode(&header.encode(Codec::Zstd { level: 1 }))
+            .unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        // 8 MiB of zeros compress to a few hundred bytes; the header claims 4 KiB.
+        let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap();
+        let header = FrameHeader {
+            compressed: true,
+            raw_bytes: 4096,
+            ..base(bomb.len(), 0, 0, 0)
+        };
+        let bytes = forged(&bomb, header, Codec::Zstd { level: 3 });
+        let mut decoder = FrameDecoder::new().unwrap();
+        let err = decoder.decode(&bytes).unwrap_err();
+        assert!(
+            matches!(err, FrameError::Decompress { declared: 4096, .. }),
+            "{err}"
+        );
+    }
+}
