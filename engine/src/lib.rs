@@ -6,5 +6,6 @@ pub mod clock;
 pub mod frame;
 pub mod journal;
 pub mod limits;
+pub mod staging;
 pub mod sys;
 pub mod workload;

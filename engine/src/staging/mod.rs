@@ -1,0 +1,491 @@
+//! The staging store: the backup node's durable log of received frames
+//! (iCluster's HAX). A frame is acknowledged only after `sync` made it durable
+//! here; apply reads frames back from here, and a segment is purged once the
+//! apply position has passed everything in it.
+//!
+//! Layout: a directory of segment files `<start position, 20 digits>.stg`,
+//! each a 16-byte file header (`"REPLSTG1"`, version u32, reserved u32) then
+//! frames back to back, exactly as received (docs/format.md "Frame"). The
+//! start position is the staged position (the `next_sequence` of the frame
+//! before) when the segment was begun.
+//!
+//! Positions are "next sequence" values, like a frame's `next_sequence`:
+//! every entry below the staged position is staged; an empty store is at 1.
+//!
+//! Invariants:
+//! - Frames are staged in position order with no gap: a frame is accepted
+//!   only if it starts at or below the staged position and moves it forward;
+//!   a resend of frames already staged is ignored, a gap is refused.
+//! - `durable_position <= staged_position`; only the durable position may be
+//!   acknowledged.
+//! - After a failed fsync the store refuses every write until reopened.
+//! - The disk budget is never exceeded: an append that would pass it fails
+//!   with HAX0012E and the caller holds the sender back.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::frame::FrameHeader;
+use crate::journal::{OsSync, SyncFile};
+use crate::limits::FRAME_HEADER_BYTES;
+
+pub const STAGING_MAGIC: [u8; 8] = *b"REPLSTG1";
+const FILE_HEADER_BYTES: u64 = 16;
+const EXTENSION: &str = "stg";
+
+/// How a staging store is opened.
+#[derive(Clone, Debug)]
+pub struct StagingOptions {
+    /// A new segment is begun once the active one holds this many bytes.
+    pub segment_bytes: u64,
+    /// Most bytes the store may hold on disk; appends beyond fail (HAX0012E).
+    pub budget_bytes: u64,
+    pub syncer: Arc<dyn SyncFile>,
+}
+
+impl Default for StagingOptions {
+    fn default() -> Self {
+        StagingOptions {
+            segment_bytes: 256 << 20,
+            budget_bytes: 64 << 30,
+            syncer: Arc::new(OsSync),
+        }
+    }
+}
+
+/// Why staging refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StagingError {
+    #[error("HAX0001E staging I/O failed: {context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HAX0002E staging segment {path} is corrupt at offset {offset}: {detail}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    #[error("HAX0003E fsync of staging segment {path} failed; the store refuses writes until reopened: {source}")]
+    SyncFailed {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HAX0004E staging store {dir} refuses writes: an earlier fsync failed (reopen it)")]
+    Poisoned { dir: PathBuf },
+    #[error("HAX0006E frame refused by staging: it starts at {first} but the staged position is {staged} (a gap)")]
+    Gap { first: u64, staged: u64 },
+    #[error("HAX0007E frame refused by staging: {0}")]
+    BadFrame(String),
+    #[error("HAX0012E staging store {dir} is full (budget {budget_bytes} bytes, holding {held_bytes}): backpressure applied")]
+    Full {
+        dir: PathBuf,
+        budget_bytes: u64,
+        held_bytes: u64,
+    },
+}
+
+fn io<'p>(
+    context: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> StagingError + 'p {
+    move |source| StagingError::Io {
+        context,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    start_position: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// What `append` did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Staged (not yet durable); the staged position is now this.
+    Staged { staged_position: u64 },
+    /// Everything in it was staged before (a resend after reconnecting).
+    AlreadyStaged,
+}
+
+/// What opening found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StagingRecovery {
+    pub frames: u64,
+    pub truncated_bytes: u64,
+    pub staged_position: u64,
+}
+
+/// An open staging store (one writer).
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    options: StagingOptions,
+    segments: Vec<Segment>,
+    active: File,
+    /// Segments written since the last sync (the active one included).
+    unsynced: Vec<PathBuf>,
+    staged_position: u64,
+    durable_position: u64,
+    poisoned: bool,
+}
+
+fn segment_name(start_position: u64) -> String {
+    format!("{start_position:020}.{EXTENSION}")
+}
+
+fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StagingError> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(io("list staging", dir))? {
+        let path = item.map_err(io("list staging", dir))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if let Some(start) = name
+            .strip_suffix(".stg")
+            .filter(|s| s.len() == 20)
+            .and_then(|s| s.parse().ok())
+        {
+            out.push((start, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One frame read from a segment: its header and full bytes, checksums checked.
+fn read_frame(
+    file: &mut File,
+    path: &Path,
+    offset: u64,
+    file_bytes: u64,
+    buf: &mut Vec<u8>,
+) -> Result<Option<FrameHeader>, String> {
+    if offset == file_bytes {
+        return Ok(None);
+    }
+    if file_bytes - offset < FRAME_HEADER_BYTES as u64 {
+        return Err("partial frame header".into());
+    }
+    buf.resize(FRAME_HEADER_BYTES, 0);
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut buf[..]))
+        .map_err(|e| format!("read {}: {e}", path.display()))?;
+    let header = FrameHeader::decode(buf).map_err(|e| e.to_string())?;
+    let total = FRAME_HEADER_BYTES as u64 + header.body_bytes as u64;
+    if file_bytes - offset < total {
+        return Err("partial frame body".into());
+    }
+    buf.resize(total as usize, 0);
+    file.read_exact(&mut buf[FRAME_HEADER_BYTES..])
+        .map_err(|e| format!("read {}: {e}", path.display()))?;
+    if crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]) != header.body_crc32c {
+        return Err("frame body checksum mismatch".into());
+    }
+    Ok(Some(header))
+}
+
+/// Whether a valid frame header starts anywhere after `from` in `bytes`.
+fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
+    (from + 1..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).any(|at| {
+        bytes[at..at + 4] == crate::frame::FRAME_MAGIC && FrameHeader::decode(&bytes[at..]).is_ok()
+    })
+}
+
+impl Staging {
+    /// Opens (creating if needed) the store in `dir`, recovering the last
+    /// segment: a torn tail is truncated; damage before it is refused.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        options: StagingOptions,
+    ) -> Result<(Staging, StagingRecovery), StagingError> {
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).map_err(io("create staging directory", &dir))?;
+        let mut found = list(&dir)?;
+        if found.is_empty() {
+            // Positions are "next sequence" values: nothing staged is 1.
+            let path = dir.join(segment_name(1));
+            create_segment(&path)?;
+            found.push((1, path));
+        }
+        let mut segments = Vec::new();
+        for (start_position, path) in &found {
+            let bytes = std::fs::metadata(path)
+                .map_err(io("stat staging segment", path))?
+                .len();
+            segments.push(Segment {
+                start_position: *start_position,
+                path: path.clone(),
+                bytes,
+            });
+        }
+        let last = segments.last_mut().expect("at least one segment");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&last.path)
+            .map_err(io("open staging segment", &last.path))?;
+        if last.bytes < FILE_HEADER_BYTES {
+            // Created by a rotation that crashed before its header was durable:
+            // it holds no frame; write the header again.
+            file.set_len(0)
+                .map_err(io("reset staging segment", &last.path))?;
+            drop(file);
+            std::fs::remove_file(&last.path).map_err(io("reset staging segment", &last.path))?;
+            file = create_segment(&last.path)?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(io("seek staging segment", &last.path))?;
+            last.bytes = FILE_HEADER_BYTES;
+        }
+        let mut header = [0u8; FILE_HEADER_BYTES as usize];
+        let corrupt = |offset: u64, detail: String| StagingError::Corrupt {
+            path: last.path.clone(),
+            offset,
+            detail,
+        };
+        if file.read_exact(&mut header).is_err() || header[..8] != STAGING_MAGIC {
+            return Err(corrupt(
+                0,
+                "not a staging segment (bad or short file header)".into(),
+            ));
+        }
+        let mut recovery = StagingRecovery {
+            staged_position: last.start_position,
+            ..StagingRecovery::default()
+        };
+        let mut offset = FILE_HEADER_BYTES;
+        let mut buf = Vec::new();
+        loop {
+            match read_frame(&mut file, &last.path, offset, last.bytes, &mut buf) {
+                Ok(Some(h)) => {
+                    offset += buf.len() as u64;
+                    recovery.frames += 1;
+                    recovery.staged_position = h.next_sequence;
+                }
+                Ok(None) => break,
+                Err(detail) => {
+                    let mut rest = Vec::new();
+                    file.seek(SeekFrom::Start(offset))
+                        .and_then(|_| file.read_to_end(&mut rest))
+                        .map_err(io("read staging segment", &last.path))?;
+                    if valid_frame_after(&rest, 0) {
+                        return Err(corrupt(
+                            offset,
+                            format!("{detail}; valid frames follow, so this is not a torn tail"),
+                        ));
+                    }
+                    tracing::warn!("HAX0005W staging segment {} had a torn tail at offset {offset} ({detail}): {} bytes truncated", last.path.display(), last.bytes - offset);
+                    recovery.truncated_bytes = last.bytes - offset;
+                    file.set_len(offset)
+                        .map_err(io("truncate staging segment", &last.path))?;
+                    options
+                        .syncer
+                        .sync_data(&file)
+                        .map_err(|source| StagingError::SyncFailed {
+                            path: last.path.clone(),
+                            source,
+                        })?;
+                    last.bytes = offset;
+                    break;
+                }
+            }
+        }
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io("seek staging segment", &last.path))?;
+        Ok((
+            Staging {
+                dir,
+                options,
+                active: file,
+                unsynced: Vec::new(),
+                staged_position: recovery.staged_position,
+                durable_position: recovery.staged_position,
+                segments,
+                poisoned: false,
+            },
+            recovery,
+        ))
+    }
+
+    /// Appends a received frame (already checked by `FrameDecoder`). Not
+    /// durable until `sync`.
+    pub fn append(&mut self, frame: &[u8]) -> Result<Appended, StagingError> {
+        if self.poisoned {
+            return Err(StagingError::Poisoned {
+                dir: self.dir.clone(),
+            });
+        }
+        let header =
+            FrameHeader::decode(frame).map_err(|e| StagingError::BadFrame(e.to_string()))?;
+        if frame.len() != FRAME_HEADER_BYTES + header.body_bytes as usize {
+            return Err(StagingError::BadFrame(
+                "length differs from the header's".into(),
+            ));
+        }
+        if header.next_sequence <= self.staged_position {
+            return Ok(Appended::AlreadyStaged);
+        }
+        if header.entry_count > 0 && header.first_sequence > self.staged_position {
+            return Err(StagingError::Gap {
+                first: header.first_sequence,
+                staged: self.staged_position,
+            });
+        }
+        let held_bytes: u64 = self.segments.iter().map(|s| s.bytes).sum();
+        if held_bytes + frame.len() as u64 > self.options.budget_bytes {
+            return Err(StagingError::Full {
+                dir: self.dir.clone(),
+                budget_bytes: self.options.budget_bytes,
+                held_bytes,
+            });
+        }
+        if self.segments.last().expect("active").bytes + frame.len() as u64
+            > self.options.segment_bytes
+            && self.segments.last().expect("active").bytes > FILE_HEADER_BYTES
+        {
+            self.rotate()?;
+        }
+        let active = self.segments.last_mut().expect("active");
+        self.active
+            .write_all(frame)
+            .map_err(io("write staging segment", &active.path))?;
+        active.bytes += frame.len() as u64;
+        if !self.unsynced.contains(&active.path) {
+            self.unsynced.push(active.path.clone());
+        }
+        self.staged_position = header.next_sequence;
+        Ok(Appended::Staged {
+            staged_position: self.staged_position,
+        })
+    }
+
+    fn rotate(&mut self) -> Result<(), StagingError> {
+        let path = self.dir.join(segment_name(self.staged_position));
+        self.active = create_segment(&path)?;
+        // The new name must survive a crash before anything in it is acked.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync staging directory", &self.dir))?;
+        self.segments.push(Segment {
+            start_position: self.staged_position,
+            path,
+            bytes: FILE_HEADER_BYTES,
+        });
+        Ok(())
+    }
+
+    /// Makes everything staged durable; returns the new durable position (the
+    /// one to acknowledge). A failure poisons the store.
+    pub fn sync(&mut self) -> Result<u64, StagingError> {
+        if self.poisoned {
+            return Err(StagingError::Poisoned {
+                dir: self.dir.clone(),
+            });
+        }
+        for path in std::mem::take(&mut self.unsynced) {
+            let file = if self.segments.last().is_some_and(|s| s.path == path) {
+                None
+            } else {
+                Some(File::open(&path).map_err(io("open staging segment", &path))?)
+            };
+            let result = self
+                .options
+                .syncer
+                .sync_data(file.as_ref().unwrap_or(&self.active));
+            if let Err(source) = result {
+                self.poisoned = true;
+                tracing::error!(
+                    "HAX0003E fsync of staging segment {} failed: {source}",
+                    path.display()
+                );
+                return Err(StagingError::SyncFailed { path, source });
+            }
+        }
+        self.durable_position = self.staged_position;
+        Ok(self.durable_position)
+    }
+
+    /// Deletes segments all of whose frames end at or below `applied_position`.
+    /// The active segment is kept. Returns the bytes freed.
+    pub fn purge_through(&mut self, applied_position: u64) -> Result<u64, StagingError> {
+        let mut freed = 0;
+        while self.segments.len() > 1 && self.segments[1].start_position <= applied_position {
+            let segment = self.segments.remove(0);
+            std::fs::remove_file(&segment.path)
+                .map_err(io("remove staging segment", &segment.path))?;
+            tracing::info!(
+                "HAX0020I staging segment {} purged: applied through {applied_position}",
+                segment.path.display()
+            );
+            freed += segment.bytes;
+        }
+        Ok(freed)
+    }
+
+    pub fn staged_position(&self) -> u64 {
+        self.staged_position
+    }
+    pub fn durable_position(&self) -> u64 {
+        self.durable_position
+    }
+    pub fn held_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every frame staged (durable or not), in order, each as its full bytes.
+    /// Sequential reads; apply builds on this.
+    pub fn read_all(&self) -> Result<Vec<Vec<u8>>, StagingError> {
+        let mut frames = Vec::new();
+        for segment in &self.segments {
+            let mut file =
+                File::open(&segment.path).map_err(io("open staging segment", &segment.path))?;
+            let mut offset = FILE_HEADER_BYTES;
+            let mut buf = Vec::new();
+            loop {
+                match read_frame(&mut file, &segment.path, offset, segment.bytes, &mut buf) {
+                    Ok(Some(_)) => {
+                        offset += buf.len() as u64;
+                        frames.push(buf.clone());
+                    }
+                    Ok(None) => break,
+                    Err(detail) => {
+                        return Err(StagingError::Corrupt {
+                            path: segment.path.clone(),
+                            offset,
+                            detail,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(frames)
+    }
+}
+
+fn create_segment(path: &Path) -> Result<File, StagingError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io("create staging segment", path))?;
+    let mut header = [0u8; FILE_HEADER_BYTES as usize];
+    header[..8].copy_from_slice(&STAGING_MAGIC);
+    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    file.write_all(&header)
+        .map_err(io("write staging segment header", path))?;
+    Ok(file)
+}
