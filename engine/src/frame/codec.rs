@@ -142,7 +142,6 @@ impl FrameEncoder {
 /// Checks received frames; reuses its decompression buffer and context.
 pub struct FrameDecoder {
     decompressor: zstd::bulk::Decompressor<'static>,
-    inflated: Vec<u8>,
     body: AlignedVec<16>,
 }
 
@@ -190,7 +189,6 @@ impl FrameDecoder {
         Ok(FrameDecoder {
             decompressor: zstd::bulk::Decompressor::new()
                 .map_err(|e| FrameError::Encode(e.to_string()))?,
-            inflated: Vec::new(),
             body: AlignedVec::new(),
         })
     }
@@ -214,11 +212,10 @@ impl FrameDecoder {
         if header.compressed {
             // Bounded by the declared size (capped in the header check): a
             // body that would inflate past it is refused, not grown into.
-            self.inflated.clear();
-            self.inflated.resize(raw_bytes, 0);
+            self.body.resize(raw_bytes, 0);
             let written = self
                 .decompressor
-                .decompress_to_buffer(body, &mut self.inflated[..])
+                .decompress_to_buffer(body, self.body.as_mut_slice())
                 .map_err(|e| FrameError::Decompress {
                     declared: raw_bytes,
                     detail: e.to_string(),
@@ -229,8 +226,8 @@ impl FrameDecoder {
                     detail: format!("got {written} bytes"),
                 });
             }
-            self.body.extend_from_slice(&self.inflated);
         } else {
+            // The received body is not necessarily 16-aligned: rkyv needs it to be.
             self.body.extend_from_slice(body);
         }
         let archived = rkyv::access::<ArchivedFrameBody<'static>, rancor::Error>(&self.body[..])
