@@ -6,6 +6,8 @@ pub mod clock;
 pub mod frame;
 pub mod journal;
 pub mod limits;
+pub mod protocol;
 pub mod staging;
 pub mod sys;
+pub mod transport;
 pub mod workload;

@@ -270,6 +270,44 @@ fn purge_removes_only_segments_entirely_at_or_below_the_safe_position() {
 }
 
 #[test]
+fn retention_keeps_every_segment_some_backup_has_not_acknowledged() {
+    use engine::journal::AckRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), small_options()).unwrap();
+    let mut w = journal.appender();
+    let after = vec![1u8; 2000];
+    for _ in 0..2000 {
+        w.append(&NewEntry::put(1, b"k", &after)).unwrap();
+    }
+    let segments = engine::journal::list_segments(dir.path()).unwrap();
+    assert!(segments.len() >= 4);
+    // No backup recorded: nothing is purged.
+    assert!(journal.purge_acknowledged().unwrap().is_none());
+    assert_eq!(engine::journal::list_segments(dir.path()).unwrap(), segments);
+
+    // Two backups; the slower one holds everything it has not acknowledged.
+    let mut fast = AckRecord::open(dir.path(), "fast").unwrap();
+    let mut slow = AckRecord::open(dir.path(), "slow").unwrap();
+    fast.store(segments[3].0).unwrap();
+    slow.store(segments[1].0).unwrap();
+    // An older position never moves a record back.
+    fast.store(2).unwrap();
+    assert_eq!(AckRecord::open(dir.path(), "fast").unwrap().position(), segments[3].0);
+    let report = journal.purge_acknowledged().unwrap().unwrap();
+    assert_eq!(report.removed, vec![segments[0].1.clone()]);
+    assert_eq!(report.retained_from, segments[1].0);
+
+    // A damaged record retains everything for that backup.
+    std::fs::write(dir.path().join("acked-slow.pos"), [0xff; 16]).unwrap();
+    assert_eq!(
+        engine::journal::acked_positions(dir.path()).unwrap(),
+        vec![("fast".to_owned(), segments[3].0), ("slow".to_owned(), 1)]
+    );
+    assert!(journal.purge_acknowledged().unwrap().unwrap().removed.is_empty());
+    assert!(AckRecord::open(dir.path(), "../x").is_err());
+}
+
+#[test]
 fn a_second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _journal = Journal::open(dir.path(), small_options()).unwrap();

@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod entry;
 pub mod reader;
 mod recover;
+pub mod retention;
 pub mod segment;
 mod writer;
 
@@ -34,6 +35,7 @@ pub use catalog::{Catalog, CatalogError};
 pub use entry::{decode, DecodeError, Entry, EntryError, EntryType, NewEntry};
 pub use reader::{JournalCursor, ReadError, Step};
 pub use recover::RecoveryReport;
+pub use retention::{acked_positions, AckRecord};
 pub use segment::{list_segments, segment_file_name, MappedSegment, SegmentError};
 pub use writer::{Appender, Journal, PurgeReport};
 

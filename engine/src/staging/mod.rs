@@ -117,6 +117,34 @@ pub enum Appended {
     AlreadyStaged,
 }
 
+/// Segments to make durable, taken from the store by `prepare_sync`.
+#[derive(Debug)]
+pub struct PendingSync {
+    files: Vec<(File, PathBuf)>,
+    position: u64,
+    syncer: Arc<dyn SyncFile>,
+}
+
+impl PendingSync {
+    /// The position that becomes durable when this succeeds.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+    /// Whether there is nothing to sync.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+    /// fdatasync of every segment written since the last sync.
+    pub fn run(&self) -> Result<(), (PathBuf, std::io::Error)> {
+        for (file, path) in &self.files {
+            self.syncer
+                .sync_data(file)
+                .map_err(|e| (path.clone(), e))?;
+        }
+        Ok(())
+    }
+}
+
 /// What opening found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StagingRecovery {
@@ -387,31 +415,57 @@ impl Staging {
     /// Makes everything staged durable; returns the new durable position (the
     /// one to acknowledge). A failure poisons the store.
     pub fn sync(&mut self) -> Result<u64, StagingError> {
+        let pending = self.prepare_sync()?;
+        let result = pending.run();
+        self.complete_sync(pending, result)
+    }
+
+    /// The first half of `sync`, for a caller that runs the fsyncs without
+    /// holding the store (group commit: frames keep arriving meanwhile). Run
+    /// the returned `PendingSync`, then hand its result to `complete_sync`.
+    pub fn prepare_sync(&mut self) -> Result<PendingSync, StagingError> {
         if self.poisoned {
             return Err(StagingError::Poisoned {
                 dir: self.dir.clone(),
             });
         }
+        let mut files = Vec::new();
         for path in std::mem::take(&mut self.unsynced) {
             let file = if self.segments.last().is_some_and(|s| s.path == path) {
-                None
+                self.active.try_clone()
             } else {
-                Some(File::open(&path).map_err(io("open staging segment", &path))?)
+                File::open(&path)
             };
-            let result = self
-                .options
-                .syncer
-                .sync_data(file.as_ref().unwrap_or(&self.active));
-            if let Err(source) = result {
-                self.poisoned = true;
-                tracing::error!(
-                    "HAX0003E fsync of staging segment {} failed: {source}",
-                    path.display()
-                );
-                return Err(StagingError::SyncFailed { path, source });
-            }
+            files.push((file.map_err(io("open staging segment", &path))?, path));
         }
-        self.durable_position = self.staged_position;
+        Ok(PendingSync {
+            files,
+            position: self.staged_position,
+            syncer: Arc::clone(&self.options.syncer),
+        })
+    }
+
+    /// The second half of `sync`: on success the durable position moves to
+    /// what was staged when `prepare_sync` ran; a failure poisons the store.
+    pub fn complete_sync(
+        &mut self,
+        pending: PendingSync,
+        result: Result<(), (PathBuf, std::io::Error)>,
+    ) -> Result<u64, StagingError> {
+        if let Err((path, source)) = result {
+            self.poisoned = true;
+            tracing::error!(
+                "HAX0003E fsync of staging segment {} failed: {source}",
+                path.display()
+            );
+            return Err(StagingError::SyncFailed { path, source });
+        }
+        if self.poisoned {
+            return Err(StagingError::Poisoned {
+                dir: self.dir.clone(),
+            });
+        }
+        self.durable_position = self.durable_position.max(pending.position);
         Ok(self.durable_position)
     }
 
