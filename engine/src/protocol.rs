@@ -131,9 +131,7 @@ impl Control {
                 put_str(out, reason, TEXT_BYTES_MAX)
             }
             Control::DataHello { session } => put_u64(out, *session),
-            Control::Ack { position } | Control::Heartbeat { position } => {
-                put_u64(out, *position)
-            }
+            Control::Ack { position } | Control::Heartbeat { position } => put_u64(out, *position),
             Control::Held { position, reason } => {
                 put_u64(out, *position);
                 put_str(out, reason, TEXT_BYTES_MAX);
@@ -217,10 +215,7 @@ impl Control {
             kind => return bad(format!("unknown kind {kind}")),
         };
         if !r.buf.is_empty() {
-            return bad(format!(
-                "{} bytes left over after the fields",
-                r.buf.len()
-            ));
+            return bad(format!("{} bytes left over after the fields", r.buf.len()));
         }
         Ok(Some((message, total)))
     }
@@ -240,10 +235,14 @@ impl Reader<'_> {
         Ok(head)
     }
     fn u16(&mut self) -> Result<u16, ProtocolError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, ProtocolError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn string(&mut self, max: usize) -> Result<String, ProtocolError> {
         let len = self.u16()? as usize;
@@ -309,7 +308,11 @@ mod tests {
             let mut buf = Vec::new();
             message.encode(&mut buf);
             for cut in 0..buf.len() {
-                assert_eq!(Control::decode(&buf[..cut]), Ok(None), "{message:?} cut {cut}");
+                assert_eq!(
+                    Control::decode(&buf[..cut]),
+                    Ok(None),
+                    "{message:?} cut {cut}"
+                );
             }
             buf.extend_from_slice(b"next");
             let (decoded, used) = Control::decode(&buf).unwrap().unwrap();

@@ -283,7 +283,10 @@ fn retention_keeps_every_segment_some_backup_has_not_acknowledged() {
     assert!(segments.len() >= 4);
     // No backup recorded: nothing is purged.
     assert!(journal.purge_acknowledged().unwrap().is_none());
-    assert_eq!(engine::journal::list_segments(dir.path()).unwrap(), segments);
+    assert_eq!(
+        engine::journal::list_segments(dir.path()).unwrap(),
+        segments
+    );
 
     // Two backups; the slower one holds everything it has not acknowledged.
     let mut fast = AckRecord::open(dir.path(), "fast").unwrap();
@@ -292,7 +295,10 @@ fn retention_keeps_every_segment_some_backup_has_not_acknowledged() {
     slow.store(segments[1].0).unwrap();
     // An older position never moves a record back.
     fast.store(2).unwrap();
-    assert_eq!(AckRecord::open(dir.path(), "fast").unwrap().position(), segments[3].0);
+    assert_eq!(
+        AckRecord::open(dir.path(), "fast").unwrap().position(),
+        segments[3].0
+    );
     let report = journal.purge_acknowledged().unwrap().unwrap();
     assert_eq!(report.removed, vec![segments[0].1.clone()]);
     assert_eq!(report.retained_from, segments[1].0);
@@ -303,7 +309,12 @@ fn retention_keeps_every_segment_some_backup_has_not_acknowledged() {
         engine::journal::acked_positions(dir.path()).unwrap(),
         vec![("fast".to_owned(), segments[3].0), ("slow".to_owned(), 1)]
     );
-    assert!(journal.purge_acknowledged().unwrap().unwrap().removed.is_empty());
+    assert!(journal
+        .purge_acknowledged()
+        .unwrap()
+        .unwrap()
+        .removed
+        .is_empty());
     assert!(AckRecord::open(dir.path(), "../x").is_err());
 }
 

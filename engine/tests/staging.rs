@@ -14,6 +14,11 @@ use engine::staging::{Appended, Staging, StagingError, StagingOptions};
 
 /// A frame of `count` entries with sequences `first..`, then position `next`.
 fn frame(first: u64, count: u64, next: u64) -> Vec<u8> {
+    frame_from(first, first, count, next)
+}
+
+/// As `frame`, covering positions from `start` (entries before `first` skipped).
+fn frame_from(start: u64, first: u64, count: u64, next: u64) -> Vec<u8> {
     let encoded: Vec<Vec<u8>> = (0..count)
         .map(|i| {
             let mut out = Vec::new();
@@ -32,6 +37,7 @@ fn frame(first: u64, count: u64, next: u64) -> Vec<u8> {
         .unwrap()
         .encode(
             1,
+            start,
             next,
             encoded.iter().map(|e| decode(e).unwrap()),
             &mut out,
@@ -100,11 +106,26 @@ fn a_gap_is_refused() {
         ),
         "{err}"
     );
-    // A frame overlapping what is staged but reaching further is accepted
-    // (the sender resumed from an older acknowledgement).
+    // A frame overlapping what is staged is refused: it would stage 4 and 5 twice.
+    let err = staging.append(&frame(4, 5, 9)).unwrap_err();
+    assert!(
+        matches!(err, StagingError::Overlap { staged: 6, .. }),
+        "{err}"
+    );
+    // One that starts at the staged position is taken, even when selection
+    // skipped its first positions.
     assert!(matches!(
-        staging.append(&frame(4, 5, 9)).unwrap(),
-        Appended::Staged { staged_position: 9 }
+        staging.append(&frame_from(6, 8, 2, 12)).unwrap(),
+        Appended::Staged {
+            staged_position: 12
+        }
+    ));
+    // An empty frame moves the position (everything in it was filtered).
+    assert!(matches!(
+        staging.append(&frame_from(12, 12, 0, 20)).unwrap(),
+        Appended::Staged {
+            staged_position: 20
+        }
     ));
 }
 

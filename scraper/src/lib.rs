@@ -146,6 +146,11 @@ impl Scraper {
         })
     }
 
+    /// The id of the journal being read (from its segment headers).
+    pub fn journal_id(&self) -> u64 {
+        self.cursor.segment().header().journal_id
+    }
+
     /// The sequence of the next entry the scraper will read.
     pub fn next_sequence(&self) -> u64 {
         self.cursor.next_sequence()

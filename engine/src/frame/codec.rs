@@ -17,7 +17,8 @@ use crate::limits::{FRAME_ENTRIES_MAX, FRAME_HEADER_BYTES, FRAME_RAW_BYTES_MAX};
 #[derive(Archive, Serialize, Debug)]
 pub struct FrameBody<'a> {
     pub journal_id: u64,
-    pub first_sequence: u64,
+    /// The sender's position before this frame (see `FrameHeader`).
+    pub start_position: u64,
     pub next_sequence: u64,
     /// Start of each entry in `entries`.
     #[rkyv(with = InlineAsBox)]
@@ -65,22 +66,40 @@ impl FrameEncoder {
     }
 
     /// Encodes `entries` (in sequence order) into `out` (cleared first):
-    /// header, then body. `next_sequence` is the sender's position after
-    /// them (entries skipped by selection included).
+    /// header, then body. The frame covers positions `start_position..
+    /// next_sequence`: `entries` are those of them the selection kept.
     pub fn encode<'e>(
         &mut self,
         journal_id: u64,
+        start_position: u64,
+        next_sequence: u64,
+        entries: impl IntoIterator<Item = Entry<'e>>,
+        out: &mut Vec<u8>,
+    ) -> Result<FrameHeader, FrameError> {
+        out.clear();
+        self.encode_append(journal_id, start_position, next_sequence, entries, out)
+    }
+
+    /// As `encode`, appending the frame to `out` after what it holds.
+    pub fn encode_append<'e>(
+        &mut self,
+        journal_id: u64,
+        start_position: u64,
         next_sequence: u64,
         entries: impl IntoIterator<Item = Entry<'e>>,
         out: &mut Vec<u8>,
     ) -> Result<FrameHeader, FrameError> {
         self.gathered.clear();
         self.offsets.clear();
-        let mut first_sequence = 0;
+        let mut previous = start_position.wrapping_sub(1);
         for entry in entries {
-            if self.offsets.is_empty() {
-                first_sequence = entry.sequence();
+            let sequence = entry.sequence();
+            if sequence <= previous || sequence >= next_sequence {
+                return Err(FrameError::Encode(format!(
+                    "entry {sequence} is out of order or outside positions {start_position}..{next_sequence}"
+                )));
             }
+            previous = sequence;
             self.offsets.push(self.gathered.len() as u32);
             self.gathered.extend_from_slice(entry.as_bytes());
             self.gathered
@@ -94,7 +113,7 @@ impl FrameEncoder {
         }
         let body = FrameBody {
             journal_id,
-            first_sequence,
+            start_position,
             next_sequence,
             offsets: &self.offsets,
             entries: &self.gathered,
@@ -110,8 +129,8 @@ impl FrameEncoder {
                 "archive of {raw_bytes} bytes exceeds {FRAME_RAW_BYTES_MAX}"
             )));
         }
-        out.clear();
-        out.resize(FRAME_HEADER_BYTES, 0);
+        let at = out.len();
+        out.resize(at + FRAME_HEADER_BYTES, 0);
         match &mut self.compressor {
             None => out.extend_from_slice(&archive),
             Some(compressor) => {
@@ -126,14 +145,14 @@ impl FrameEncoder {
         }
         let header = FrameHeader {
             compressed: self.compressor.is_some(),
-            body_bytes: (out.len() - FRAME_HEADER_BYTES) as u32,
+            body_bytes: (out.len() - at - FRAME_HEADER_BYTES) as u32,
             raw_bytes: raw_bytes as u32,
-            first_sequence,
+            start_position,
             next_sequence,
             entry_count: self.offsets.len() as u32,
-            body_crc32c: crc32c::crc32c(&out[FRAME_HEADER_BYTES..]),
+            body_crc32c: crc32c::crc32c(&out[at + FRAME_HEADER_BYTES..]),
         };
-        out[..FRAME_HEADER_BYTES].copy_from_slice(&header.encode(self.codec));
+        out[at..at + FRAME_HEADER_BYTES].copy_from_slice(&header.encode(self.codec));
         self.archive = archive;
         Ok(header)
     }
@@ -248,7 +267,7 @@ fn check_body(header: &FrameHeader, body: &ArchivedFrameBody<'static>) -> Result
     if body.offsets.len() != header.entry_count as usize {
         return mismatch("entry count differs from the header's");
     }
-    if body.first_sequence.to_native() != header.first_sequence
+    if body.start_position.to_native() != header.start_position
         || body.next_sequence.to_native() != header.next_sequence
     {
         return mismatch("positions differ from the header's");
@@ -268,10 +287,10 @@ fn check_body(header: &FrameHeader, body: &ArchivedFrameBody<'static>) -> Result
         };
         let sequence = entry.sequence();
         match previous {
-            None if sequence != header.first_sequence => {
+            None if sequence < header.start_position => {
                 return bad(format!(
-                    "sequence {sequence}, header says {}",
-                    header.first_sequence
+                    "sequence {sequence} is below the frame's start position {}",
+                    header.start_position
                 ))
             }
             Some(previous) if sequence <= previous => {
@@ -319,11 +338,15 @@ mod tests {
     }
 
     fn frame(codec: Codec, encoded: &[Vec<u8>], next: u64) -> Vec<u8> {
+        let start = encoded
+            .first()
+            .map_or(next, |e| decode(e).unwrap().sequence());
         let mut encoder = FrameEncoder::new(codec).unwrap();
         let mut out = Vec::new();
         encoder
             .encode(
                 9,
+                start,
                 next,
                 encoded.iter().map(|e| decode(e).unwrap()),
                 &mut out,
@@ -344,7 +367,7 @@ mod tests {
             let mut decoder = FrameDecoder::new().unwrap();
             let decoded = decoder.decode(&bytes).unwrap();
             assert_eq!(decoded.journal_id, 9);
-            assert_eq!(decoded.header.first_sequence, 100);
+            assert_eq!(decoded.header.start_position, 100);
             assert_eq!(decoded.header.next_sequence, 160);
             assert_eq!(decoded.header.compressed, codec != Codec::None);
             let got: Vec<&[u8]> = decoded.entries().map(|e| e.as_bytes()).collect();
@@ -353,6 +376,32 @@ mod tests {
                 .map(|e| decode(e).unwrap().as_bytes())
                 .collect();
             assert_eq!(got, want, "{codec:?}");
+        }
+        // Positions skipped by selection before the first entry.
+        let mut out = Vec::new();
+        let mut encoder = FrameEncoder::new(Codec::None).unwrap();
+        encoder
+            .encode(
+                9,
+                90,
+                160,
+                encoded.iter().map(|e| decode(e).unwrap()),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(FrameDecoder::new().unwrap().decode(&out).unwrap().len(), 50);
+        // Entries outside the positions are not encoded.
+        for (start, next) in [(101, 160), (90, 149)] {
+            let err = encoder
+                .encode(
+                    9,
+                    start,
+                    next,
+                    encoded.iter().map(|e| decode(e).unwrap()),
+                    &mut out,
+                )
+                .unwrap_err();
+            assert!(matches!(err, FrameError::Encode(_)), "{err}");
         }
         // An empty frame carries only a position (everything was filtered).
         let bytes = frame(Codec::None, &[], 7);
@@ -401,7 +450,7 @@ mod tests {
     fn archive(offsets: &[u32], entries: &[u8], first: u64, next: u64) -> Vec<u8> {
         let body = FrameBody {
             journal_id: 1,
-            first_sequence: first,
+            start_position: first,
             next_sequence: next,
             offsets,
             entries,
@@ -414,7 +463,7 @@ mod tests {
             compressed: false,
             body_bytes: raw as u32,
             raw_bytes: raw as u32,
-            first_sequence: first,
+            start_position: first,
             next_sequence: next,
             entry_count: count,
             body_crc32c: 0,
@@ -438,7 +487,7 @@ mod tests {
                 2,
             ),
             ("header count differs", vec![0, second], 10, 12, 3),
-            ("first sequence differs", vec![0, second], 11, 12, 2),
+            ("first entry below the start", vec![0, second], 11, 12, 2),
             ("next sequence inside the frame", vec![0, second], 10, 11, 2),
         ];
         for (what, offsets, first, next, count) in cases {
@@ -458,7 +507,7 @@ mod tests {
         ));
         // Garbage with good checksums is not an archive.
         let garbage = vec![0xA5u8; 256];
-        let bytes = forged(&garbage, base(256, 0, 0, 0), Codec::None);
+        let bytes = forged(&garbage, base(256, 0, 1, 1), Codec::None);
         assert!(matches!(
             decoder.decode(&bytes),
             Err(FrameError::Archive(_)) | Err(FrameError::Header(_))
@@ -470,7 +519,7 @@ mod tests {
         let mut decoder = FrameDecoder::new().unwrap();
         let header = FrameHeader {
             body_bytes: (FRAME_BODY_BYTES_MAX + 1) as u32,
-            ..base(0, 0, 0, 0)
+            ..base(0, 0, 1, 1)
         };
         let err = decoder.decode(&header.encode(Codec::None)).unwrap_err();
         assert!(
@@ -480,7 +529,7 @@ mod tests {
         let header = FrameHeader {
             compressed: true,
             raw_bytes: (FRAME_RAW_BYTES_MAX + 1) as u32,
-            ..base(0, 0, 0, 0)
+            ..base(0, 0, 1, 1)
         };
         let err = decoder
             .decode(&header.encode(Codec::Zstd { level: 1 }))
@@ -495,7 +544,7 @@ mod tests {
         let header = FrameHeader {
             compressed: true,
             raw_bytes: 4096,
-            ..base(bomb.len(), 0, 0, 0)
+            ..base(bomb.len(), 0, 1, 1)
         };
         let bytes = forged(&bomb, header, Codec::Zstd { level: 3 });
         let mut decoder = FrameDecoder::new().unwrap();

@@ -7,8 +7,8 @@
 //!  6 flags          u16     must be 0
 //!  8 body_bytes     u32     stored body length (after compression)
 //! 12 raw_bytes      u32     archived body length (before compression)
-//! 16 first_sequence u64     sequence of the first entry (0 if none)
-//! 24 next_sequence  u64     the sender's scrape position after this frame
+//! 16 start_position u64     the sender's position before this frame
+//! 24 next_sequence  u64     the sender's position after this frame
 //! 32 entry_count    u32
 //! 36 body_crc32c    u32     CRC32C of the stored body
 //! 40 reserved       u32     must be 0
@@ -47,7 +47,11 @@ pub struct FrameHeader {
     pub compressed: bool,
     pub body_bytes: u32,
     pub raw_bytes: u32,
-    pub first_sequence: u64,
+    /// The sender's position before this frame. A frame covers the positions
+    /// `start_position..next_sequence`; its entries are those of them that
+    /// object selection kept (all of them when nothing is filtered).
+    pub start_position: u64,
+    /// The sender's position after this frame.
     pub next_sequence: u64,
     pub entry_count: u32,
     pub body_crc32c: u32,
@@ -61,7 +65,7 @@ impl FrameHeader {
         h[5] = codec.id();
         h[8..12].copy_from_slice(&self.body_bytes.to_le_bytes());
         h[12..16].copy_from_slice(&self.raw_bytes.to_le_bytes());
-        h[16..24].copy_from_slice(&self.first_sequence.to_le_bytes());
+        h[16..24].copy_from_slice(&self.start_position.to_le_bytes());
         h[24..32].copy_from_slice(&self.next_sequence.to_le_bytes());
         h[32..36].copy_from_slice(&self.entry_count.to_le_bytes());
         h[36..40].copy_from_slice(&self.body_crc32c.to_le_bytes());
@@ -97,7 +101,7 @@ impl FrameHeader {
             compressed: h[5] == 1,
             body_bytes: u32_at(8),
             raw_bytes: u32_at(12),
-            first_sequence: u64_at(16),
+            start_position: u64_at(16),
             next_sequence: u64_at(24),
             entry_count: u32_at(32),
             body_crc32c: u32_at(36),
@@ -123,12 +127,15 @@ impl FrameHeader {
         if !header.compressed && header.raw_bytes != header.body_bytes {
             return Err(bad("uncompressed body with differing lengths"));
         }
-        if header.next_sequence
-            < header
-                .first_sequence
-                .saturating_add(header.entry_count as u64)
+        if header.start_position == 0
+            || header.next_sequence
+                < header
+                    .start_position
+                    .saturating_add(header.entry_count as u64)
         {
-            return Err(bad("next sequence is below the frame's last entry"));
+            return Err(bad(
+                "positions cannot hold the entries (start 0, or next below start + count)",
+            ));
         }
         Ok(header)
     }

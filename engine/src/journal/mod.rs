@@ -35,7 +35,7 @@ pub use catalog::{Catalog, CatalogError};
 pub use entry::{decode, DecodeError, Entry, EntryError, EntryType, NewEntry};
 pub use reader::{JournalCursor, ReadError, Step};
 pub use recover::RecoveryReport;
-pub use retention::{acked_positions, AckRecord};
+pub use retention::{acked_positions, read_position_file, AckRecord, PositionFile};
 pub use segment::{list_segments, segment_file_name, MappedSegment, SegmentError};
 pub use writer::{Appender, Journal, PurgeReport};
 

@@ -37,12 +37,7 @@ fn ack_path(dir: &Path, node: &str) -> PathBuf {
 }
 
 /// A backup's acknowledged position as the primary records it.
-#[derive(Debug)]
-pub struct AckRecord {
-    file: std::fs::File,
-    path: PathBuf,
-    position: u64,
-}
+pub type AckRecord = PositionFile;
 
 impl AckRecord {
     /// Opens (creating at position 1 if new) the record of `node` in the
@@ -53,7 +48,24 @@ impl AckRecord {
                 detail: format!("node name {node:?} is not 1..=64 of [A-Za-z0-9._-]"),
             });
         }
-        let path = ack_path(dir, node);
+        PositionFile::open_path(ack_path(dir, node))
+    }
+}
+
+/// A position kept in a small file (16 bytes: position u64, CRC32C u32,
+/// reserved u32), rewritten in place. Used for acknowledged positions on the
+/// primary and the applied position on the backup. Readers treat a damaged
+/// file as position 1: the conservative answer for retention.
+#[derive(Debug)]
+pub struct PositionFile {
+    file: std::fs::File,
+    path: PathBuf,
+    position: u64,
+}
+
+impl PositionFile {
+    /// Opens (creating at position 1 if new) the file at `path`.
+    pub fn open_path(path: PathBuf) -> Result<PositionFile, JournalError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -62,7 +74,7 @@ impl AckRecord {
             .open(&path)
             .map_err(SegmentError::io("open ack record", &path))?;
         let position = read_position(&file, &path);
-        let mut record = AckRecord {
+        let mut record = PositionFile {
             file,
             path,
             position,
@@ -77,12 +89,18 @@ impl AckRecord {
         self.position
     }
 
-    /// Records that the backup has everything below `position` durably staged.
-    /// Positions only move forward; an older one is ignored.
+    /// Records a new position. Positions only move forward here; an older
+    /// one is ignored (see `reset`).
     pub fn store(&mut self, position: u64) -> Result<(), JournalError> {
         if position <= self.position && self.position != 0 {
             return Ok(());
         }
+        self.reset(position)
+    }
+
+    /// Records `position` even if it is older (a backup that lost staging
+    /// and asks to resume from further back).
+    pub fn reset(&mut self, position: u64) -> Result<(), JournalError> {
         let mut bytes = [0u8; FILE_BYTES];
         bytes[..8].copy_from_slice(&position.to_le_bytes());
         let crc = crc32c::crc32c(&bytes[..8]);
@@ -123,6 +141,13 @@ fn read_position(file: &std::fs::File, path: &Path) -> u64 {
     }
 }
 
+/// The position in the file at `path`: `None` if there is no file, 1 if it
+/// is damaged.
+pub fn read_position_file(path: &Path) -> Option<u64> {
+    let file = std::fs::File::open(path).ok()?;
+    Some(read_position(&file, path).max(1))
+}
+
 /// Every backup's recorded position in journal directory `dir`, by node name.
 pub fn acked_positions(dir: &Path) -> Result<Vec<(String, u64)>, JournalError> {
     let mut out = Vec::new();
@@ -137,7 +162,8 @@ pub fn acked_positions(dir: &Path) -> Result<Vec<(String, u64)>, JournalError> {
         else {
             continue;
         };
-        let file = std::fs::File::open(&path).map_err(SegmentError::io("open ack record", &path))?;
+        let file =
+            std::fs::File::open(&path).map_err(SegmentError::io("open ack record", &path))?;
         out.push((node.to_owned(), read_position(&file, &path).max(1)));
     }
     out.sort();

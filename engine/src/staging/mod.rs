@@ -13,9 +13,9 @@
 //! every entry below the staged position is staged; an empty store is at 1.
 //!
 //! Invariants:
-//! - Frames are staged in position order with no gap: a frame is accepted
-//!   only if it starts at or below the staged position and moves it forward;
-//!   a resend of frames already staged is ignored, a gap is refused.
+//! - Frames are staged in position order with no gap and no overlap: a frame
+//!   is accepted only if it starts exactly at the staged position; a resend
+//!   of frames already staged is ignored; a gap or an overlap is refused.
 //! - `durable_position <= staged_position`; only the durable position may be
 //!   acknowledged.
 //! - After a failed fsync the store refuses every write until reopened.
@@ -80,6 +80,8 @@ pub enum StagingError {
     Poisoned { dir: PathBuf },
     #[error("HAX0006E frame refused by staging: it starts at {first} but the staged position is {staged} (a gap)")]
     Gap { first: u64, staged: u64 },
+    #[error("HAX0008E frame refused by staging: it covers positions {start}..{next} but the staged position {staged} lies inside (resends must start at the staged position)")]
+    Overlap { start: u64, next: u64, staged: u64 },
     #[error("HAX0007E frame refused by staging: {0}")]
     BadFrame(String),
     #[error("HAX0012E staging store {dir} is full (budget {budget_bytes} bytes, holding {held_bytes}): backpressure applied")]
@@ -137,9 +139,7 @@ impl PendingSync {
     /// fdatasync of every segment written since the last sync.
     pub fn run(&self) -> Result<(), (PathBuf, std::io::Error)> {
         for (file, path) in &self.files {
-            self.syncer
-                .sync_data(file)
-                .map_err(|e| (path.clone(), e))?;
+            self.syncer.sync_data(file).map_err(|e| (path.clone(), e))?;
         }
         Ok(())
     }
@@ -363,9 +363,17 @@ impl Staging {
         if header.next_sequence <= self.staged_position {
             return Ok(Appended::AlreadyStaged);
         }
-        if header.entry_count > 0 && header.first_sequence > self.staged_position {
+        if header.start_position > self.staged_position {
             return Err(StagingError::Gap {
-                first: header.first_sequence,
+                first: header.start_position,
+                staged: self.staged_position,
+            });
+        }
+        if header.start_position < self.staged_position {
+            // Part staged, part new: taking it would stage entries twice.
+            return Err(StagingError::Overlap {
+                start: header.start_position,
+                next: header.next_sequence,
                 staged: self.staged_position,
             });
         }

@@ -36,7 +36,11 @@ pub type Token = u64;
 pub enum Op {
     /// Send `buf[from..]` on a stream socket (no SIGPIPE). Completes with the
     /// number of bytes sent, which may be fewer.
-    Send { fd: RawFd, buf: Vec<u8>, from: usize },
+    Send {
+        fd: RawFd,
+        buf: Vec<u8>,
+        from: usize,
+    },
     /// Read into the spare capacity of `buf` (it must have some). Completes
     /// with the number of bytes read, 0 at end of stream; `buf`'s length has
     /// grown by that much.
@@ -111,7 +115,9 @@ pub fn open_driver(mode: IoMode) -> Result<Box<dyn Driver>, UringUnavailable> {
         IoMode::Auto => match UringDriver::probe() {
             Ok(driver) => Ok(Box::new(driver)),
             Err(reason) => {
-                tracing::warn!("DMK0002W io_uring is not available ({reason}); using plain sockets");
+                tracing::warn!(
+                    "DMK0002W io_uring is not available ({reason}); using plain sockets"
+                );
                 Ok(Box::new(PlainDriver::new()))
             }
         },
@@ -133,9 +139,8 @@ impl Waker {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(Waker {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Waker { fd })
     }
 
     pub fn wake(&self) {
@@ -183,14 +188,23 @@ mod tests {
     fn sends_and_reads_move_every_byte_in_order() {
         for mut driver in drivers() {
             let (a, mut b) = pair();
-            let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i * 7 + i / 4096) as u8).collect();
+            let data: Vec<u8> = (0..8 << 20)
+                .map(|i: u32| (i * 7 + i / 4096) as u8)
+                .collect();
             let reader = std::thread::spawn(move || {
                 let mut got = Vec::new();
                 b.read_to_end(&mut got).unwrap();
                 got
             });
             let mut from = 0;
-            driver.submit(1, Op::Send { fd: a.as_raw_fd(), buf: data.clone(), from });
+            driver.submit(
+                1,
+                Op::Send {
+                    fd: a.as_raw_fd(),
+                    buf: data.clone(),
+                    from,
+                },
+            );
             let mut done = Vec::new();
             loop {
                 driver.wait(Duration::from_secs(5), &mut done).unwrap();
@@ -199,7 +213,14 @@ mod tests {
                 if from == data.len() {
                     break;
                 }
-                driver.submit(1, Op::Send { fd: a.as_raw_fd(), buf: c.buf, from });
+                driver.submit(
+                    1,
+                    Op::Send {
+                        fd: a.as_raw_fd(),
+                        buf: c.buf,
+                        from,
+                    },
+                );
             }
             drop(a);
             assert!(reader.join().unwrap() == data, "{:?}", driver.kind());
@@ -210,7 +231,13 @@ mod tests {
     fn reads_complete_with_what_arrived_and_zero_at_the_end() {
         for mut driver in drivers() {
             let (a, mut b) = pair();
-            driver.submit(7, Op::Read { fd: a.as_raw_fd(), buf: Vec::with_capacity(100) });
+            driver.submit(
+                7,
+                Op::Read {
+                    fd: a.as_raw_fd(),
+                    buf: Vec::with_capacity(100),
+                },
+            );
             let mut done = Vec::new();
             driver.wait(Duration::from_millis(20), &mut done).unwrap();
             assert!(done.is_empty(), "nothing sent yet");
@@ -219,9 +246,18 @@ mod tests {
                 driver.wait(Duration::from_secs(5), &mut done).unwrap();
             }
             let c = done.pop().unwrap();
-            assert_eq!((c.token, c.result.unwrap(), &c.buf[..]), (7, 5, &b"hello"[..]));
+            assert_eq!(
+                (c.token, c.result.unwrap(), &c.buf[..]),
+                (7, 5, &b"hello"[..])
+            );
             drop(b);
-            driver.submit(8, Op::Read { fd: a.as_raw_fd(), buf: c.buf });
+            driver.submit(
+                8,
+                Op::Read {
+                    fd: a.as_raw_fd(),
+                    buf: c.buf,
+                },
+            );
             while done.is_empty() {
                 driver.wait(Duration::from_secs(5), &mut done).unwrap();
             }
@@ -235,7 +271,13 @@ mod tests {
             let waker = std::sync::Arc::new(Waker::new().unwrap());
             driver.submit(1, waker.wake_op(Vec::new()));
             let (a, _b) = pair();
-            driver.submit(2, Op::Read { fd: a.as_raw_fd(), buf: Vec::with_capacity(10) });
+            driver.submit(
+                2,
+                Op::Read {
+                    fd: a.as_raw_fd(),
+                    buf: Vec::with_capacity(10),
+                },
+            );
             let w = waker.clone();
             let t = std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(30));

@@ -153,7 +153,11 @@ impl Driver for UringDriver {
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
             Err(e) => return Err(e),
         }
         self.reap(out);
@@ -163,7 +167,9 @@ impl Driver for UringDriver {
     fn cancel_all(&mut self, out: &mut Vec<Completion>) {
         let ids: Vec<u64> = self.ops.keys().copied().collect();
         for id in ids {
-            let cancel = opcode::AsyncCancel::new(id).build().user_data(id | CANCEL_BIT);
+            let cancel = opcode::AsyncCancel::new(id)
+                .build()
+                .user_data(id | CANCEL_BIT);
             self.push(&cancel);
         }
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -1,0 +1,495 @@
+//! The replication pair's configuration: one small TOML file read by both
+//! the sender (primary node) and the receiver (backup node).
+//!
+//! ```toml
+//! group = "PAYROLL"
+//!
+//! [primary]
+//! node = "prod1"
+//! journal = "/var/lib/repl/journal"   # relative paths are relative to this file
+//! journal_name = "J1"                 # default "main"
+//! connect = "10.0.0.2:7400"           # default: the backup's listen address
+//!
+//! [backup]
+//! node = "dr1"
+//! listen = "0.0.0.0:7400"
+//! staging = "/var/lib/repl/staging"
+//! budget = "64GiB"                    # staging disk budget
+//!
+//! [transport]
+//! io = "auto"                         # auto | uring | plain
+//! compression = "none"                # none | zstd | zstd:<level>
+//! window = "64MiB"                    # most bytes sent and not yet acknowledged
+//! ```
+//!
+//! Every error names the file, the line and column, and the key (CSI0001E).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use engine::frame::Codec;
+use engine::journal::retention::valid_node_name;
+use engine::transport::IoMode;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error, located.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("CSI0001E {file}:{line}:{column}: key `{key}`: {detail}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        detail: String,
+    },
+    #[error("CSI0002E cannot read configuration file {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    group: Spanned<String>,
+    primary: RawPrimary,
+    backup: RawBackup,
+    #[serde(default)]
+    transport: RawTransport,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrimary {
+    node: Spanned<String>,
+    journal: Spanned<String>,
+    journal_name: Option<Spanned<String>>,
+    connect: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    node: Spanned<String>,
+    listen: Spanned<String>,
+    staging: Spanned<String>,
+    budget: Option<Spanned<String>>,
+    segment: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTransport {
+    io: Option<Spanned<String>>,
+    compression: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
+    frame_bytes: Option<Spanned<String>>,
+    frame_entries: Option<Spanned<u64>>,
+    heartbeat_ms: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    reconnect_max_ms: Option<Spanned<u64>>,
+}
+
+/// The primary node's part.
+#[derive(Clone, Debug)]
+pub struct Primary {
+    pub node: String,
+    pub journal: PathBuf,
+    pub journal_name: String,
+    pub connect: SocketAddr,
+}
+
+/// The backup node's part.
+#[derive(Clone, Debug)]
+pub struct Backup {
+    pub node: String,
+    pub listen: SocketAddr,
+    /// The staging root; this journal stages in `staging/<group>/<journal_name>`.
+    pub staging: PathBuf,
+    pub budget_bytes: u64,
+    pub segment_bytes: u64,
+}
+
+/// How the two talk.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    pub io: IoMode,
+    pub codec: Codec,
+    pub window_bytes: u64,
+    pub frame_bytes: usize,
+    pub frame_entries: usize,
+    pub heartbeat: Duration,
+    pub timeout: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub group: String,
+    pub primary: Primary,
+    pub backup: Backup,
+    pub transport: Transport,
+}
+
+impl Config {
+    /// This journal's staging directory on the backup.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.backup
+            .staging
+            .join(&self.group)
+            .join(&self.primary.journal_name)
+    }
+
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parses `text` as if read from `file` (paths resolve against its directory).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = |span: std::ops::Range<usize>, key: &str, detail: String| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                column,
+                key: key.to_owned(),
+                detail,
+            }
+        };
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|e| at(e.span().unwrap_or(0..0), "", e.message().to_owned()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            // Spanned<T> shows up in the path as a private field: drop it.
+            let key = e
+                .path()
+                .to_string()
+                .split('.')
+                .filter(|part| !part.starts_with("$__"))
+                .collect::<Vec<_>>()
+                .join(".");
+            let inner = e.into_inner();
+            at(
+                inner.span().unwrap_or(0..0),
+                &key,
+                inner.message().to_owned(),
+            )
+        })?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let path = |s: &Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
+            if s.get_ref().is_empty() {
+                return Err(at(s.span(), key, "a path is required".into()));
+            }
+            Ok(base.join(s.get_ref()))
+        };
+        let name = |s: &Spanned<String>, key: &str| -> Result<String, ConfigError> {
+            if !valid_node_name(s.get_ref()) {
+                return Err(at(
+                    s.span(),
+                    key,
+                    format!("{:?} is not a name: use 1 to 64 of A-Z a-z 0-9 . _ - (not starting with .)", s.get_ref()),
+                ));
+            }
+            Ok(s.get_ref().clone())
+        };
+        let address = |s: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
+            s.get_ref()
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    at(
+                        s.span(),
+                        key,
+                        format!("{:?} is not a host:port address", s.get_ref()),
+                    )
+                })
+        };
+        let bytes = |s: &Option<Spanned<String>>, key: &str, default: u64, min: u64, max: u64| {
+            let Some(s) = s else { return Ok(default) };
+            match parse_bytes(s.get_ref()) {
+                Some(n) if (min..=max).contains(&n) => Ok(n),
+                Some(n) => Err(at(
+                    s.span(),
+                    key,
+                    format!("{n} bytes is out of range ({min}..={max})"),
+                )),
+                None => Err(at(
+                    s.span(),
+                    key,
+                    format!("{:?} is not a size (e.g. 512KiB, 64MiB, 2GiB)", s.get_ref()),
+                )),
+            }
+        };
+        let millis = |s: &Option<Spanned<u64>>, key: &str, default: u64, min: u64, max: u64| {
+            let Some(s) = s else {
+                return Ok(Duration::from_millis(default));
+            };
+            let v = *s.get_ref();
+            if (min..=max).contains(&v) {
+                Ok(Duration::from_millis(v))
+            } else {
+                Err(at(
+                    s.span(),
+                    key,
+                    format!("{v} is out of range ({min}..={max})"),
+                ))
+            }
+        };
+
+        let group = name(&raw.group, "group")?;
+        let primary_node = name(&raw.primary.node, "primary.node")?;
+        let backup_node = name(&raw.backup.node, "backup.node")?;
+        if primary_node == backup_node {
+            return Err(at(
+                raw.backup.node.span(),
+                "backup.node",
+                "the backup node must differ from the primary node".into(),
+            ));
+        }
+        let journal_name = match &raw.primary.journal_name {
+            Some(s) => name(s, "primary.journal_name")?,
+            None => "main".to_owned(),
+        };
+        let listen = address(&raw.backup.listen, "backup.listen")?;
+        let connect = match &raw.primary.connect {
+            Some(s) => address(s, "primary.connect")?,
+            None => listen,
+        };
+        let t = &raw.transport;
+        let io = match &t.io {
+            None => IoMode::Auto,
+            Some(s) => match s.get_ref().as_str() {
+                "auto" => IoMode::Auto,
+                "uring" => IoMode::Uring,
+                "plain" => IoMode::Plain,
+                other => {
+                    return Err(at(
+                        s.span(),
+                        "transport.io",
+                        format!("{other:?} is not one of auto, uring, plain"),
+                    ))
+                }
+            },
+        };
+        let codec = match &t.compression {
+            None => Codec::None,
+            Some(s) => parse_codec(s.get_ref()).ok_or_else(|| {
+                at(
+                    s.span(),
+                    "transport.compression",
+                    format!("{:?} is not one of none, zstd, zstd:<1..=22>", s.get_ref()),
+                )
+            })?,
+        };
+        let frame_entries = match &t.frame_entries {
+            None => 4096,
+            Some(s) => {
+                let v = *s.get_ref();
+                if !(1..=engine::limits::SCRAPE_BATCH_ENTRIES_MAX as u64).contains(&v) {
+                    return Err(at(
+                        s.span(),
+                        "transport.frame_entries",
+                        format!(
+                            "{v} is out of range (1..={})",
+                            engine::limits::SCRAPE_BATCH_ENTRIES_MAX
+                        ),
+                    ));
+                }
+                v as usize
+            }
+        };
+        let frame_bytes = bytes(
+            &t.frame_bytes,
+            "transport.frame_bytes",
+            1 << 20,
+            4096,
+            engine::limits::SCRAPE_BATCH_BYTES_MAX as u64,
+        )? as usize;
+        let window_bytes = bytes(&t.window, "transport.window", 64 << 20, 1 << 20, 1 << 40)?;
+        if window_bytes < 2 * (frame_bytes as u64 + engine::limits::ENTRY_BYTES_MAX as u64) {
+            return Err(at(
+                t.window.as_ref().map_or(0..0, |s| s.span()),
+                "transport.window",
+                format!("{window_bytes} bytes must hold at least two frames of transport.frame_bytes ({frame_bytes}) plus an entry"),
+            ));
+        }
+        Ok(Config {
+            file: file.to_owned(),
+            group,
+            primary: Primary {
+                node: primary_node,
+                journal: path(&raw.primary.journal, "primary.journal")?,
+                journal_name,
+                connect,
+            },
+            backup: Backup {
+                node: backup_node,
+                listen,
+                staging: path(&raw.backup.staging, "backup.staging")?,
+                budget_bytes: bytes(
+                    &raw.backup.budget,
+                    "backup.budget",
+                    64 << 30,
+                    64 << 20,
+                    u64::MAX,
+                )?,
+                segment_bytes: bytes(
+                    &raw.backup.segment,
+                    "backup.segment",
+                    256 << 20,
+                    1 << 20,
+                    16 << 30,
+                )?,
+            },
+            transport: Transport {
+                io,
+                codec,
+                window_bytes,
+                frame_bytes,
+                frame_entries,
+                heartbeat: millis(&t.heartbeat_ms, "transport.heartbeat_ms", 1000, 10, 60_000)?,
+                timeout: millis(&t.timeout_ms, "transport.timeout_ms", 10_000, 100, 600_000)?,
+                reconnect_max: millis(
+                    &t.reconnect_max_ms,
+                    "transport.reconnect_max_ms",
+                    5000,
+                    10,
+                    600_000,
+                )?,
+            },
+        })
+    }
+}
+
+/// "123", "64KiB", "64MiB", "2GiB", "1TiB" (also KB/MB/GB as powers of 1000).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// "none", "zstd" (level 1), "zstd:<level>".
+pub fn parse_codec(text: &str) -> Option<Codec> {
+    match text {
+        "none" => Some(Codec::None),
+        "zstd" => Some(Codec::Zstd { level: 1 }),
+        _ => {
+            let level: i32 = text.strip_prefix("zstd:")?.parse().ok()?;
+            (1..=22).contains(&level).then_some(Codec::Zstd { level })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+group = "PAYROLL"
+
+[primary]
+node = "prod1"
+journal = "journal"
+
+[backup]
+node = "dr1"
+listen = "127.0.0.1:7400"
+staging = "/var/staging"
+
+[transport]
+compression = "zstd:3"
+window = "32MiB"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(Path::new("/etc/repl/pair.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_good_file_resolves_with_defaults() {
+        let c = Config::parse(Path::new("/etc/repl/pair.toml"), GOOD).unwrap();
+        assert_eq!(c.primary.journal, Path::new("/etc/repl/journal"));
+        assert_eq!(c.backup.staging, Path::new("/var/staging"));
+        assert_eq!(c.staging_dir(), Path::new("/var/staging/PAYROLL/main"));
+        assert_eq!(c.primary.connect, c.backup.listen);
+        assert_eq!(c.transport.codec, Codec::Zstd { level: 3 });
+        assert_eq!(c.transport.window_bytes, 32 << 20);
+        assert_eq!(c.transport.io, IoMode::Auto);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = err(&GOOD.replace("\"127.0.0.1:7400\"", "\"nowhere\""));
+        assert!(
+            e.starts_with("CSI0001E /etc/repl/pair.toml:10:10: key `backup.listen`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("window = \"32MiB\"", "window = \"lots\""));
+        assert!(e.contains(":15:10: key `transport.window`"), "{e}");
+        let e = err(&GOOD.replace("[backup]\n", "[backup]\ncolour = 1\n"));
+        assert!(
+            e.contains(":9:1: key `backup.colour`") && e.contains("unknown field"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("node = \"dr1\"\n", ""));
+        assert!(
+            e.contains("key `backup`") && e.contains("missing field `node`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("window = \"32MiB\"", "window = 32"));
+        assert!(
+            e.contains(":15:10: key `transport.window`") && e.contains("invalid type"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("\"dr1\"", "\"prod1\""));
+        assert!(
+            e.contains("key `backup.node`") && e.contains("must differ"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("\"PAYROLL\"", "\"../x\""));
+        assert!(e.contains(":2:9: key `group`"), "{e}");
+        let e = err("group = [");
+        assert!(e.starts_with("CSI0001E /etc/repl/pair.toml:1:"), "{e}");
+        let e = err(&GOOD.replace("zstd:3", "zstd:99"));
+        assert!(e.contains("key `transport.compression`"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("64MiB"), Some(64 << 20));
+        assert_eq!(parse_bytes("10 GB"), Some(10_000_000_000));
+        assert_eq!(parse_bytes("12"), Some(12));
+        assert_eq!(parse_bytes("1XB"), None);
+        assert_eq!(parse_bytes("99999999999TiB"), None);
+    }
+}

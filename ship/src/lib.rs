@@ -1,0 +1,33 @@
+//! Shipping a journal to a backup: the sender (primary node) scrapes the
+//! journal and streams frames; the receiver (backup node) checks them,
+//! stages them durably and acknowledges. See docs/protocol.md.
+
+pub mod config;
+pub mod link;
+pub mod receiver;
+pub mod sender;
+
+/// Logs to stderr, `RUST_LOG`-filtered (default info), for the binaries.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Sets `flag` on SIGINT or SIGTERM, so the binaries stop cleanly (a
+/// SIGKILL is safe too: that is what the crash tests do).
+pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs an async-signal-safe handler (one atomic store).
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+    &STOP
+}
