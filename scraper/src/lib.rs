@@ -153,7 +153,7 @@ impl Scraper {
 
     /// The sequence of the next entry the scraper will read.
     pub fn next_sequence(&self) -> u64 {
-        self.cursor.next_sequence()
+        self.cursor.position()
     }
 
     /// The next batch: as many selected entries as are published, up to the
@@ -200,7 +200,7 @@ impl Scraper {
             cursor: &self.cursor,
             offsets: &self.offsets,
             bytes,
-            next_sequence: self.cursor.next_sequence(),
+            next_sequence: self.cursor.position(),
         })
     }
 }

@@ -114,9 +114,16 @@ proptest! {
         let mut scraper = Scraper::open(dir.path(), ScrapeOptions {
             from_sequence: from, batch_entries_max: entries_max, batch_bytes_max: bytes_max, ..ScrapeOptions::default()
         }).unwrap();
+        // The position starts where asked, even mid-segment, and every
+        // batch's entries lie between the position before and after it.
+        prop_assert_eq!(scraper.next_sequence(), from);
         let mut got = Vec::new();
         loop {
+            let start = scraper.next_sequence();
             let batch = scraper.next_batch(Duration::ZERO).unwrap();
+            for e in batch.iter() {
+                prop_assert!(start <= e.sequence() && e.sequence() < batch.next_sequence());
+            }
             if batch.is_empty() && batch.next_sequence() >= end {
                 break;
             }

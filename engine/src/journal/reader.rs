@@ -181,6 +181,12 @@ impl JournalCursor {
         self.next_sequence
     }
 
+    /// Sequence of the next entry this cursor will return: entries below the
+    /// `from_sequence` it was opened at are read but never returned.
+    pub fn position(&self) -> u64 {
+        self.next_sequence.max(self.skip_below)
+    }
+
     /// The object catalog as of the last entry returned.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog

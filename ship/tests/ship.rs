@@ -1,0 +1,159 @@
+//! Shipping across real processes on loopback: a journal written here
+//! appears, byte for byte, in the backup's staging store; with both socket
+//! drivers; through SIGKILLs of either side; with a full staging store.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn ship_everything(io: &str) {
+    let pair = Pair::new(io, None, "", "");
+    let journal = open_journal(&pair);
+    write(&journal, 30_000, 30_000, Duration::ZERO, 1);
+    let _recv = Proc::start(RECV, "replrecv", &pair.config);
+    let send = Proc::start(SEND, "replsend", &pair.config);
+    // Appended while shipping, too.
+    write(&journal, 30_000, 3000, Duration::from_millis(10), 2);
+    wait_acked(&pair, &journal, Duration::from_secs(60));
+    drop(send);
+    assert_staging_equals_journal(&pair);
+}
+
+#[test]
+fn a_journal_arrives_byte_for_byte_over_plain_sockets() {
+    ship_everything("plain");
+}
+
+#[test]
+fn a_journal_arrives_byte_for_byte_over_io_uring() {
+    if engine::transport::UringDriver::probe().is_err() {
+        eprintln!("io_uring is not available here: skipped (the plain test covers the path)");
+        return;
+    }
+    ship_everything("uring");
+}
+
+#[test]
+fn sigkill_of_sender_or_receiver_at_random_points_loses_and_duplicates_nothing() {
+    for io in ["plain", "auto"] {
+        let seed = seed(&format!("sigkill[{io}]"));
+        let mut rng = Rng(seed | 1);
+        let pair = Pair::new(io, None, "", "");
+        let journal = open_journal(&pair);
+        let mut recv = Proc::start(RECV, "replrecv", &pair.config);
+        let mut send = Proc::start(SEND, "replsend", &pair.config);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| write(&journal, 150_000, 2000, Duration::from_millis(8), 3));
+            for kill in 0..8 {
+                std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
+                let receiver = rng.below(2) == 0;
+                eprintln!(
+                    "kill {kill}: SIGKILL {}",
+                    if receiver { "receiver" } else { "sender" }
+                );
+                if receiver {
+                    recv.kill();
+                    std::thread::sleep(Duration::from_millis(rng.below(200)));
+                    recv = Proc::start(RECV, "replrecv", &pair.config);
+                } else {
+                    send.kill();
+                    std::thread::sleep(Duration::from_millis(rng.below(200)));
+                    send = Proc::start(SEND, "replsend", &pair.config);
+                }
+            }
+            writer.join().unwrap();
+        });
+        wait_acked(&pair, &journal, Duration::from_secs(60));
+        send.kill();
+        recv.kill();
+        assert_staging_equals_journal(&pair);
+    }
+}
+
+#[test]
+fn a_full_staging_store_holds_the_primary_back_until_apply_frees_space() {
+    // A 64 MiB budget (the smallest allowed) and 1 MiB staging segments.
+    let pair = Pair::new("auto", None, "", "budget = \"64MiB\"\n");
+    let journal = open_journal(&pair);
+    // About 100 MiB of entries: more than the budget.
+    write(&journal, 600_000, 600_000, Duration::ZERO, 4);
+    let recv = Proc::start(RECV, "replrecv", &pair.config);
+    let send = Proc::start(SEND, "replsend", &pair.config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(send.log().contains("DMK0031W") && recv.log().contains("DMK0054W")) {
+        assert!(std::time::Instant::now() < deadline, "never held back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held_at = pair.acked();
+    assert!(held_at < journal.next_sequence());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pair.acked(), held_at, "nothing acknowledged while held");
+    let held_bytes: u64 = std::fs::read_dir(pair.staging())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        held_bytes <= 64 << 20,
+        "staging holds {held_bytes} bytes, over its budget"
+    );
+
+    // Apply (a later issue) records what it has applied; staging purges below it.
+    let mut applied =
+        engine::journal::PositionFile::open_path(pair.staging().join("applied.pos")).unwrap();
+    applied.store(held_at).unwrap();
+    wait_acked(&pair, &journal, Duration::from_secs(60));
+    assert!(
+        send.log().contains("DMK0033I"),
+        "the sender says when the backup accepts again"
+    );
+    assert!(recv.log().contains("HAX0020I"), "segments were purged");
+    // What is left staged is exactly the journal's tail, in order.
+    drop(send);
+    drop(recv);
+    let staged = staged_entries_from(&pair);
+    let all = journal_entries(&pair.journal());
+    assert!(!staged.is_empty());
+    assert_eq!(staged[..], all[all.len() - staged.len()..]);
+}
+
+/// Staged entries when the store no longer starts at position 1.
+fn staged_entries_from(pair: &Pair) -> Vec<Vec<u8>> {
+    use engine::staging::{Staging, StagingOptions};
+    let (staging, _) = Staging::open(pair.staging(), StagingOptions::default()).unwrap();
+    let mut decoder = engine::frame::FrameDecoder::new().unwrap();
+    let mut out = Vec::new();
+    for frame in staging.read_all().unwrap() {
+        out.extend(
+            decoder
+                .decode(&frame)
+                .unwrap()
+                .entries()
+                .map(|e| e.as_bytes().to_vec()),
+        );
+    }
+    out
+}
+
+#[test]
+fn a_bad_configuration_is_named_and_the_process_exits() {
+    let pair = Pair::new("auto", None, "", "");
+    let text = std::fs::read_to_string(&pair.config).unwrap();
+    std::fs::write(&pair.config, text.replace("io = \"auto\"", "io = \"fast\"")).unwrap();
+    for binary in [SEND, RECV] {
+        let out = std::process::Command::new(binary)
+            .arg("--config")
+            .arg(&pair.config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("CSI0001E")
+                && stderr.contains("pair.toml:")
+                && stderr.contains("key `transport.io`"),
+            "{stderr}"
+        );
+    }
+}
