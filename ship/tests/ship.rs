@@ -157,3 +157,77 @@ fn a_bad_configuration_is_named_and_the_process_exits() {
         );
     }
 }
+
+/// A seccomp filter that fails io_uring_setup with EPERM, as a locked-down
+/// container would; installed in the child between fork and exec.
+fn block_io_uring() -> std::io::Result<()> {
+    const IO_URING_SETUP: u32 = 425; // the same number on every architecture
+    let filter = [
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // if A == io_uring_setup: next, else skip one
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: IO_URING_SETUP,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x0005_0000 | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        },
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with a filter program that outlives the call; runs in
+    // the forked child before exec, where only async-signal-safe calls are
+    // allowed (prctl is a plain system call).
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_SECCOMP, 2, &program as *const libc::sock_fprog) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn where_seccomp_blocks_io_uring_both_sides_fall_back_to_plain_sockets() {
+    use std::os::unix::process::CommandExt;
+    let pair = Pair::new("auto", None, "", "");
+    let journal = open_journal(&pair);
+    write(&journal, 20_000, 20_000, Duration::ZERO, 7);
+    let blocked = |c: &mut std::process::Command| {
+        // SAFETY: the hook only calls prctl (see block_io_uring).
+        unsafe { c.pre_exec(block_io_uring) };
+    };
+    let recv = Proc::start_with(RECV, "replrecv", &pair.config, blocked);
+    let send = Proc::start_with(SEND, "replsend", &pair.config, blocked);
+    wait_acked(&pair, &journal, Duration::from_secs(60));
+    for (name, log) in [("sender", send.log()), ("receiver", recv.log())] {
+        assert!(
+            log.contains("DMK0002W io_uring is not available")
+                && log.contains("using plain sockets"),
+            "{name} did not report the fallback:\n{log}"
+        );
+    }
+    drop(send);
+    drop(recv);
+    assert_staging_equals_journal(&pair);
+}

@@ -112,15 +112,32 @@ pub fn open_driver(mode: IoMode) -> Result<Box<dyn Driver>, UringUnavailable> {
     match mode {
         IoMode::Plain => Ok(Box::new(PlainDriver::new())),
         IoMode::Uring => Ok(Box::new(UringDriver::probe().map_err(UringUnavailable)?)),
-        IoMode::Auto => match UringDriver::probe() {
-            Ok(driver) => Ok(Box::new(driver)),
-            Err(reason) => {
-                tracing::warn!(
-                    "DMK0002W io_uring is not available ({reason}); using plain sockets"
-                );
-                Ok(Box::new(PlainDriver::new()))
+        IoMode::Auto => {
+            // Probed once per process: the answer does not change, and the
+            // message is logged once.
+            static UNAVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            if *UNAVAILABLE.get().unwrap_or(&false) {
+                return Ok(Box::new(PlainDriver::new()));
             }
-        },
+            match UringDriver::probe() {
+                Ok(driver) => {
+                    UNAVAILABLE.get_or_init(|| {
+                        tracing::info!("DMK0001I socket I/O through io_uring");
+                        false
+                    });
+                    Ok(Box::new(driver))
+                }
+                Err(reason) => {
+                    UNAVAILABLE.get_or_init(|| {
+                        tracing::warn!(
+                            "DMK0002W io_uring is not available ({reason}); using plain sockets"
+                        );
+                        true
+                    });
+                    Ok(Box::new(PlainDriver::new()))
+                }
+            }
+        }
     }
 }
 
