@@ -7,6 +7,8 @@
 //! once per cycle and thread. Baselines (memcpy of the same bytes) are
 //! measured in the same run so figures read as fractions of memory speed.
 
+pub mod ship;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -297,5 +299,29 @@ mod tests {
         assert_eq!(lat.samples, 200);
         assert!(lat.p50_us <= lat.p99_us && lat.p99_us <= lat.max_us);
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn shipping_measurements_run_at_smoke_size() {
+        let root = tempfile::tempdir().unwrap();
+        let end = ship::fill_journal(&root.path().join("journal"), 20_000).unwrap();
+        assert_eq!(end, 20_002);
+        for (compression, io) in [("none", "uring"), ("zstd:1", "plain")] {
+            if io == "uring" && engine::transport::UringDriver::probe().is_err() {
+                continue;
+            }
+            let staging = root.path().join("staging");
+            let figure = ship::ship(root.path(), &staging, end, compression, io).unwrap();
+            assert_eq!(figure.entries, 20_001);
+            assert_eq!(figure.journal_bytes, 20_000 * 104 + 64);
+            assert!(figure.staged_bytes > 0);
+        }
+        assert!(ship::raw_tcp(root.path()).unwrap() > 0.0);
+        let root = tempfile::tempdir().unwrap();
+        let staging = root.path().join("staging");
+        let figure =
+            ship::latency(root.path(), &staging, 20_000, Duration::from_millis(200)).unwrap();
+        assert!(figure.staged.len() >= 2_000);
+        assert!(figure.sent.value_at_quantile(0.5) <= figure.staged.value_at_quantile(0.5));
     }
 }

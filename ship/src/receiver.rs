@@ -52,6 +52,7 @@ const IDENTITY_FILE: &str = "IDENTITY";
 /// Positions the receiver reports (for tests and progress).
 #[derive(Debug, Default)]
 pub struct ReceiverStatus {
+    /// Everything below this is durably staged (updated after every sync).
     pub durable: AtomicU64,
     pub sessions: AtomicU64,
     pub refused_frames: AtomicU64,
@@ -67,6 +68,7 @@ struct Shared {
     session_waker: Mutex<Option<Arc<Waker>>>,
     stop_syncer: AtomicBool,
     failed: Mutex<Option<String>>,
+    status: Arc<ReceiverStatus>,
 }
 
 /// Runs the receiver until `stop` is set (or staging fails: the error).
@@ -104,6 +106,7 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &Arc<ReceiverStatus>) -> 
         session_waker: Mutex::new(None),
         stop_syncer: AtomicBool::new(false),
         failed: Mutex::new(None),
+        status: Arc::clone(status),
     });
     let syncer = {
         let shared = Arc::clone(&shared);
@@ -142,6 +145,7 @@ fn sync_loop(shared: &Shared) {
         match result {
             Ok(durable) => {
                 shared.durable.store(durable, Ordering::Relaxed);
+                shared.status.durable.store(durable, Ordering::Relaxed);
                 if let Some(waker) = &*shared.session_waker.lock() {
                     waker.wake();
                 }
@@ -199,9 +203,6 @@ fn accept_loop(
                 "staging failed; restart the receiver to recover: {failure}"
             ));
         }
-        status
-            .durable
-            .store(shared.durable.load(Ordering::Relaxed), Ordering::Relaxed);
         if Instant::now() >= next_purge {
             purge(dir, shared);
             next_purge = Instant::now() + PURGE_EVERY;
@@ -269,6 +270,7 @@ fn accept_loop(
                     let mut staging = shared.staging.lock();
                     let durable = staging.sync()?;
                     shared.durable.store(durable, Ordering::Relaxed);
+                    status.durable.store(durable, Ordering::Relaxed);
                     durable
                 };
                 session_counter += 1;

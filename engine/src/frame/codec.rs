@@ -118,6 +118,26 @@ impl FrameEncoder {
             offsets: &self.offsets,
             entries: &self.gathered,
         };
+        let at = out.len();
+        if self.compressor.is_none() {
+            // Archived straight into place after the header: no copy of the body.
+            out.resize(at + FRAME_HEADER_BYTES, 0);
+            let base = at + FRAME_HEADER_BYTES;
+            let written =
+                rkyv::api::high::to_bytes_in::<_, rancor::Error>(&body, BodyWriter { out, base });
+            if let Err(e) = written {
+                out.truncate(at);
+                return Err(FrameError::Encode(e.to_string()));
+            }
+            let raw_bytes = out.len() - base;
+            if raw_bytes > FRAME_RAW_BYTES_MAX {
+                out.truncate(at);
+                return Err(FrameError::Encode(format!(
+                    "archive of {raw_bytes} bytes exceeds {FRAME_RAW_BYTES_MAX}"
+                )));
+            }
+            return Ok(self.finish_header(at, raw_bytes, start_position, next_sequence, out));
+        }
         let mut archive = std::mem::take(&mut self.archive);
         archive.clear();
         let archive = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&body, archive)
@@ -129,20 +149,35 @@ impl FrameEncoder {
                 "archive of {raw_bytes} bytes exceeds {FRAME_RAW_BYTES_MAX}"
             )));
         }
-        let at = out.len();
         out.resize(at + FRAME_HEADER_BYTES, 0);
-        match &mut self.compressor {
-            None => out.extend_from_slice(&archive),
-            Some(compressor) => {
-                self.compressed.clear();
-                self.compressed
-                    .reserve(zstd::zstd_safe::compress_bound(raw_bytes));
-                compressor
-                    .compress_to_buffer(&archive[..], &mut self.compressed)
-                    .map_err(|e| FrameError::Encode(e.to_string()))?;
-                out.extend_from_slice(&self.compressed);
-            }
+        let compressor = self
+            .compressor
+            .as_mut()
+            .expect("the uncompressed case returned");
+        self.compressed.clear();
+        self.compressed
+            .reserve(zstd::zstd_safe::compress_bound(raw_bytes));
+        let compressed = compressor
+            .compress_to_buffer(&archive[..], &mut self.compressed)
+            .map_err(|e| FrameError::Encode(e.to_string()));
+        self.archive = archive;
+        if let Err(e) = compressed {
+            out.truncate(at);
+            return Err(e);
         }
+        out.extend_from_slice(&self.compressed);
+        Ok(self.finish_header(at, raw_bytes, start_position, next_sequence, out))
+    }
+
+    /// Writes the header of the frame whose body ends `out`, at `at`.
+    fn finish_header(
+        &self,
+        at: usize,
+        raw_bytes: usize,
+        start_position: u64,
+        next_sequence: u64,
+        out: &mut [u8],
+    ) -> FrameHeader {
         let header = FrameHeader {
             compressed: self.compressor.is_some(),
             body_bytes: (out.len() - at - FRAME_HEADER_BYTES) as u32,
@@ -153,8 +188,28 @@ impl FrameEncoder {
             body_crc32c: crc32c::crc32c(&out[at + FRAME_HEADER_BYTES..]),
         };
         out[at..at + FRAME_HEADER_BYTES].copy_from_slice(&header.encode(self.codec));
-        self.archive = archive;
-        Ok(header)
+        header
+    }
+}
+
+/// rkyv output straight into a frame buffer after its header. Positions are
+/// relative to the body's start, so alignment padding is computed for the
+/// body wherever it lands in the buffer.
+struct BodyWriter<'a> {
+    out: &'a mut Vec<u8>,
+    base: usize,
+}
+
+impl rkyv::ser::Positional for BodyWriter<'_> {
+    fn pos(&self) -> usize {
+        self.out.len() - self.base
+    }
+}
+
+impl<E> rkyv::ser::Writer<E> for BodyWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.out.extend_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -409,6 +464,36 @@ mod tests {
         let decoded = decoder.decode(&bytes).unwrap();
         assert!(decoded.is_empty());
         assert_eq!(decoded.header.next_sequence, 7);
+    }
+
+    #[test]
+    fn frames_appended_anywhere_in_a_buffer_decode() {
+        let encoded = entries(1, 30);
+        for codec in [Codec::None, Codec::Zstd { level: 1 }] {
+            let mut encoder = FrameEncoder::new(codec).unwrap();
+            let mut out = vec![0xEE; 5]; // an odd prefix: bodies land unaligned
+            let mut spans = Vec::new();
+            for (start, part) in [(1, &encoded[..10]), (11, &encoded[10..])] {
+                let at = out.len();
+                let next = start + part.len() as u64;
+                let parts = part.iter().map(|e| decode(e).unwrap());
+                encoder
+                    .encode_append(9, start, next, parts, &mut out)
+                    .unwrap();
+                spans.push(at..out.len());
+            }
+            let mut decoder = FrameDecoder::new().unwrap();
+            let mut got = Vec::new();
+            for span in spans {
+                let frame = decoder.decode(&out[span]).unwrap();
+                got.extend(frame.entries().map(|e| e.as_bytes().to_vec()));
+            }
+            let want: Vec<Vec<u8>> = encoded
+                .iter()
+                .map(|e| decode(e).unwrap().as_bytes().to_vec())
+                .collect();
+            assert_eq!(got, want, "{codec:?}");
+        }
     }
 
     #[test]
