@@ -7,9 +7,15 @@
 //!
 //! Design constraints:
 //! - Entries are not re-serialized: their journal bytes (already checksummed,
-//!   8-aligned) are copied as one run into the archive. Copies, in order: the
-//!   batch's entries gathered into one buffer (they may be scattered by object
-//!   selection), rkyv writing them into the archive, zstd compressing it.
+//!   8-aligned) are copied as one run into the archive. Copies on the sending
+//!   side: the batch's entries gathered into one buffer (they may be
+//!   scattered by object selection, and rkyv archives one slice), then rkyv
+//!   writing them into the archive, which for the uncompressed codec is the
+//!   frame buffer itself, right after the header (so the socket sends it as
+//!   is); with zstd, the archive is compressed and the result copied behind
+//!   the header. On the receiving side: the socket read, then the body copied
+//!   into a 16-aligned buffer for rkyv (or decompressed into it), and the
+//!   staging write of the received bytes.
 //! - `frame` does no I/O.
 //! - Decoding trusts nothing: length caps before any allocation, the header
 //!   and body checksums, decompression bounded by the declared size, rkyv's

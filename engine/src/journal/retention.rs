@@ -125,7 +125,7 @@ fn read_position(file: &std::fs::File, path: &Path) -> u64 {
                 position
             } else {
                 tracing::warn!(
-                    "HAD0122W ack record {} is damaged; retaining the whole journal for that backup",
+                    "HAD0125W ack record {} is damaged; retaining the whole journal for that backup",
                     path.display()
                 );
                 1
@@ -133,7 +133,7 @@ fn read_position(file: &std::fs::File, path: &Path) -> u64 {
         }
         _ => {
             tracing::warn!(
-                "HAD0122W ack record {} is damaged; retaining the whole journal for that backup",
+                "HAD0125W ack record {} is damaged; retaining the whole journal for that backup",
                 path.display()
             );
             1
@@ -178,7 +178,7 @@ impl Journal {
         let acked = acked_positions(self.dir())?;
         let Some(lowest) = acked.iter().map(|(_, p)| *p).min() else {
             tracing::info!(
-                "HAD0121I journal {}: no backup has acknowledged anything yet; nothing purged",
+                "HAD0124I journal {}: no backup has acknowledged anything yet; nothing purged",
                 self.dir().display()
             );
             return Ok(None);
