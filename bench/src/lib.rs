@@ -9,6 +9,14 @@
 
 pub mod ship;
 
+/// A temporary directory in `dir`, or in the system's temp dir.
+pub fn tempdir_in(dir: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
+    Ok(match dir {
+        Some(dir) => tempfile::tempdir_in(dir)?,
+        None => tempfile::tempdir()?,
+    })
+}
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

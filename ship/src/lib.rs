@@ -18,6 +18,30 @@ pub fn init_logging() {
         .init();
 }
 
+/// The body of `replsend` and `replrecv`: logging, the configuration (exit
+/// status 2 with CSI0001E/CSI0002E when it is wrong), signals, then `run`
+/// until SIGINT/SIGTERM (status 1 if it fails).
+pub fn main_with(
+    config: &std::path::Path,
+    run: impl FnOnce(&config::Config, &std::sync::atomic::AtomicBool) -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    init_logging();
+    let config = match config::Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(&config, stop_on_signals()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sets `flag` on SIGINT or SIGTERM, so the binaries stop cleanly (a
 /// SIGKILL is safe too: that is what the crash tests do).
 pub fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {

@@ -124,6 +124,27 @@ impl ControlOut {
     pub fn idle(&self) -> bool {
         !self.in_flight && self.queued.is_empty()
     }
+
+    /// Best effort at the end of a session: lets what is queued (a goodbye,
+    /// a resend request) go out for up to half a second. Completions of
+    /// other operations are dropped; the session is ending.
+    pub fn flush(&mut self, driver: &mut dyn Driver) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut completions = Vec::new();
+        while !self.idle() && Instant::now() < deadline {
+            if driver
+                .wait(Duration::from_millis(50), &mut completions)
+                .is_err()
+            {
+                return;
+            }
+            for c in completions.drain(..) {
+                if c.token == self.token && self.complete(c.result, c.buf, driver).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Reconnect delays: 100 ms doubling to a maximum, with jitter so a fleet of

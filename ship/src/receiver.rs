@@ -457,7 +457,6 @@ impl Session {
     fn run(&mut self) -> anyhow::Result<String> {
         let heartbeat = self.config.transport.heartbeat;
         let timeout = self.config.transport.timeout;
-        let data_fd = self.data.as_raw_fd();
         let control_fd = self.control.as_raw_fd();
         let mut data_buf = std::mem::take(&mut self.data_in);
         let mut control_buf = std::mem::take(&mut self.control_in);
@@ -475,16 +474,9 @@ impl Session {
         if let Some(reason) = self.take_control(&mut control_buf, &mut last_heard)? {
             return Ok(reason);
         }
-        match self.process(&mut data_buf)? {
-            Flow::More => self.driver.submit(
-                T_DATA_READ,
-                Op::Read {
-                    fd: data_fd,
-                    buf: Vec::with_capacity(READ_CHUNK),
-                },
-            ),
-            Flow::Held => self.held_since = Some(Instant::now()),
-            Flow::Refused(reason) => return self.refuse(reason),
+        let flow = self.process(&mut data_buf)?;
+        if let Some(end) = self.follow(flow, Vec::new())? {
+            return Ok(end);
         }
         let mut completions = Vec::new();
         loop {
@@ -508,23 +500,13 @@ impl Session {
                 );
             }
             // Held: retry the frame that did not fit as apply frees space.
-            if let Some(since) = self.held_since {
-                if since.elapsed() >= FULL_RETRY {
-                    match self.process(&mut data_buf)? {
-                        Flow::More => {
-                            tracing::info!("DMK0053I staging has room again; receiving");
-                            self.held_since = None;
-                            self.driver.submit(
-                                T_DATA_READ,
-                                Op::Read {
-                                    fd: data_fd,
-                                    buf: Vec::with_capacity(READ_CHUNK),
-                                },
-                            );
-                        }
-                        Flow::Held => self.held_since = Some(Instant::now()),
-                        Flow::Refused(reason) => return self.refuse(reason),
-                    }
+            if self
+                .held_since
+                .is_some_and(|since| since.elapsed() >= FULL_RETRY)
+            {
+                let flow = self.process(&mut data_buf)?;
+                if let Some(end) = self.follow(flow, Vec::new())? {
+                    return Ok(end);
                 }
             }
             let wait = next_heartbeat
@@ -546,25 +528,9 @@ impl Session {
                             data_buf.extend_from_slice(&buf);
                         }
                         buf.clear();
-                        match self.process(&mut data_buf)? {
-                            Flow::More => {
-                                if buf.capacity() < READ_CHUNK {
-                                    buf.reserve(READ_CHUNK);
-                                }
-                                self.driver
-                                    .submit(T_DATA_READ, Op::Read { fd: data_fd, buf });
-                            }
-                            Flow::Held => {
-                                self.held_since = Some(Instant::now());
-                                let position = self.shared.durable.load(Ordering::Relaxed);
-                                let reason =
-                                    "HAX0012E staging is full: waiting for apply to free space"
-                                        .to_owned();
-                                tracing::warn!("DMK0054W holding the primary back at position {position}: {reason}");
-                                self.control_out
-                                    .push(&Control::Held { position, reason }, &mut *self.driver);
-                            }
-                            Flow::Refused(reason) => return self.refuse(reason),
+                        let flow = self.process(&mut data_buf)?;
+                        if let Some(end) = self.follow(flow, buf)? {
+                            return Ok(end);
                         }
                     }
                     T_CONTROL_READ => {
@@ -601,6 +567,39 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Acts on what processing received bytes led to: read on (reusing
+    /// `buf`), hold the primary back (saying so once), or refuse. `Some` ends
+    /// the session.
+    fn follow(&mut self, flow: Flow, mut buf: Vec<u8>) -> anyhow::Result<Option<String>> {
+        match flow {
+            Flow::More => {
+                if self.held_since.take().is_some() {
+                    tracing::info!("DMK0053I staging has room again; receiving");
+                }
+                if buf.capacity() < READ_CHUNK {
+                    buf.reserve(READ_CHUNK);
+                }
+                let fd = self.data.as_raw_fd();
+                self.driver.submit(T_DATA_READ, Op::Read { fd, buf });
+            }
+            Flow::Held => {
+                if self.held_since.is_none() {
+                    let position = self.shared.durable.load(Ordering::Relaxed);
+                    let reason =
+                        "HAX0012E staging is full: waiting for apply to free space".to_owned();
+                    tracing::warn!(
+                        "DMK0054W holding the primary back at position {position}: {reason}"
+                    );
+                    self.control_out
+                        .push(&Control::Held { position, reason }, &mut *self.driver);
+                }
+                self.held_since = Some(Instant::now());
+            }
+            Flow::Refused(reason) => return self.refuse(reason).map(Some),
+        }
+        Ok(None)
     }
 
     fn ack_if_moved(&mut self) {
@@ -663,7 +662,7 @@ impl Session {
             },
             &mut *self.driver,
         );
-        self.flush_control();
+        self.control_out.flush(&mut *self.driver);
         Ok(format!("frame refused: {reason}"))
     }
 
@@ -689,30 +688,6 @@ impl Session {
         };
         buf.drain(..used);
         result
-    }
-
-    fn flush_control(&mut self) {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        let mut completions = Vec::new();
-        while !self.control_out.idle() && Instant::now() < deadline {
-            if self
-                .driver
-                .wait(Duration::from_millis(50), &mut completions)
-                .is_err()
-            {
-                return;
-            }
-            for c in completions.drain(..) {
-                if c.token == T_CONTROL_SEND
-                    && self
-                        .control_out
-                        .complete(c.result, c.buf, &mut *self.driver)
-                        .is_err()
-                {
-                    return;
-                }
-            }
-        }
     }
 
     fn finish(&mut self) {

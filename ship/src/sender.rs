@@ -339,7 +339,7 @@ impl SessionIo<'_> {
                     },
                     self.driver,
                 );
-                self.flush_control();
+                self.control_out.flush(self.driver);
                 return Ok(End::Stopped);
             }
             if self.sending.is_none() {
@@ -518,30 +518,5 @@ impl SessionIo<'_> {
             self.shared.acked_cv.notify_all();
         }
         Ok(())
-    }
-
-    /// Best effort: lets a goodbye go out before the connection closes.
-    fn flush_control(&mut self) {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        let mut completions = Vec::new();
-        while !self.control_out.idle() && Instant::now() < deadline {
-            if self
-                .driver
-                .wait(Duration::from_millis(50), &mut completions)
-                .is_err()
-            {
-                return;
-            }
-            for c in completions.drain(..) {
-                if c.token == T_CONTROL_SEND
-                    && self
-                        .control_out
-                        .complete(c.result, c.buf, self.driver)
-                        .is_err()
-                {
-                    return;
-                }
-            }
-        }
     }
 }

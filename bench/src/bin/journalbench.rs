@@ -33,10 +33,7 @@ struct Args {
 }
 
 fn tempdir(args: &Args) -> anyhow::Result<tempfile::TempDir> {
-    Ok(match &args.dir {
-        Some(dir) => tempfile::tempdir_in(dir)?,
-        None => tempfile::tempdir()?,
-    })
+    bench::tempdir_in(args.dir.as_deref())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -56,10 +56,7 @@ fn staging(
 }
 
 fn tempdir(args: &Args) -> anyhow::Result<tempfile::TempDir> {
-    Ok(match &args.dir {
-        Some(dir) => tempfile::tempdir_in(dir)?,
-        None => tempfile::tempdir()?,
-    })
+    bench::tempdir_in(args.dir.as_deref())
 }
 
 fn main() -> anyhow::Result<()> {

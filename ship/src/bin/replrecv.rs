@@ -17,21 +17,8 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    ship::init_logging();
-    let config = match ship::config::Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let stop = ship::stop_on_signals();
-    let status = Arc::new(ship::receiver::ReceiverStatus::default());
-    match ship::receiver::run(&config, stop, &status) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ship::main_with(&args.config, |config, stop| {
+        let status = Arc::new(ship::receiver::ReceiverStatus::default());
+        ship::receiver::run(config, stop, &status)
+    })
 }

@@ -16,21 +16,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    ship::init_logging();
-    let config = match ship::config::Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let stop = ship::stop_on_signals();
-    let status = ship::sender::SenderStatus::default();
-    match ship::sender::run(&config, stop, &status) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ship::main_with(&args.config, |config, stop| {
+        ship::sender::run(config, stop, &ship::sender::SenderStatus::default())
+    })
 }
