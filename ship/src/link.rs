@@ -51,6 +51,28 @@ pub fn read_control(
     }
 }
 
+/// Hands every complete control message at the front of `buf` to `each`, in
+/// order, and removes them; stops early when `each` returns `Some` (the
+/// session ends) or an error. A partial message stays for the next read.
+pub fn take_messages<T>(
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(Control) -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<Option<T>> {
+    let mut used = 0;
+    let result = loop {
+        let Some((message, n)) = Control::decode(&buf[used..])? else {
+            break Ok(None);
+        };
+        used += n;
+        match each(message) {
+            Ok(None) => {}
+            other => break other,
+        }
+    };
+    buf.drain(..used);
+    result
+}
+
 /// Outgoing control messages of a session: one send in flight, the rest
 /// queued behind it.
 #[derive(Debug)]

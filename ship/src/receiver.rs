@@ -32,7 +32,7 @@ use engine::transport::{open_driver, Completion, Driver, Op, Waker};
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
-use crate::link::{read_control, write_control, ControlOut};
+use crate::link::{read_control, take_messages, write_control, ControlOut};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const FULL_RETRY: Duration = Duration::from_millis(100);
@@ -671,23 +671,14 @@ impl Session {
         buf: &mut Vec<u8>,
         last_heard: &mut Instant,
     ) -> anyhow::Result<Option<String>> {
-        let mut used = 0;
-        let result = loop {
-            let Some((message, n)) = Control::decode(&buf[used..])? else {
-                break Ok(None);
-            };
-            used += n;
+        take_messages(buf, |message| {
             *last_heard = Instant::now();
             match message {
-                Control::Heartbeat { .. } => {}
-                Control::Bye { reason } => {
-                    break Ok(Some(format!("the primary said goodbye: {reason}")))
-                }
-                other => break Err(anyhow::anyhow!("DMK0105E unexpected {other:?}")),
+                Control::Heartbeat { .. } => Ok(None),
+                Control::Bye { reason } => Ok(Some(format!("the primary said goodbye: {reason}"))),
+                other => bail!("DMK0105E unexpected {other:?}"),
             }
-        };
-        buf.drain(..used);
-        result
+        })
     }
 
     fn finish(&mut self) {

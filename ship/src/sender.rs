@@ -27,7 +27,7 @@ use parking_lot::{Condvar, Mutex};
 use scraper::{ScrapeOptions, Scraper};
 
 use crate::config::Config;
-use crate::link::{read_control, write_control, Backoff, ControlOut};
+use crate::link::{read_control, take_messages, write_control, Backoff, ControlOut};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -456,12 +456,7 @@ impl SessionIo<'_> {
         buf: &mut Vec<u8>,
         last_heard: &mut Instant,
     ) -> anyhow::Result<Option<End>> {
-        let mut used = 0;
-        let result = loop {
-            let Some((message, n)) = Control::decode(&buf[used..])? else {
-                break Ok(None);
-            };
-            used += n;
+        take_messages(buf, |message| {
             *last_heard = Instant::now();
             match message {
                 Control::Ack { position } => self.acked(position)?,
@@ -480,18 +475,15 @@ impl SessionIo<'_> {
                         "DMK0032W backup {} refused a frame and asks for everything from position {from} again: {reason}",
                         self.config.backup.node
                     );
-                    break Ok(Some(End::Resend));
+                    return Ok(Some(End::Resend));
                 }
                 Control::Bye { reason } => {
-                    break Err(anyhow::anyhow!(
-                        "DMK0028W the backup ended the session: {reason}"
-                    ))
+                    bail!("DMK0028W the backup ended the session: {reason}")
                 }
-                other => break Err(anyhow::anyhow!("DMK0105E unexpected {other:?}")),
+                other => bail!("DMK0105E unexpected {other:?}"),
             }
-        };
-        buf.drain(..used);
-        result
+            Ok(None)
+        })
     }
 
     fn acked(&mut self, position: u64) -> anyhow::Result<()> {
