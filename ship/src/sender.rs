@@ -300,7 +300,7 @@ struct SessionIo<'a> {
     control_out: ControlOut,
     /// Frames sent (or being sent) and not acknowledged: (next position, bytes).
     unacked: VecDeque<(u64, u64)>,
-    /// The frame on the socket: (buffer, bytes sent so far, its next position).
+    /// The frame on the socket: (its next position, bytes sent so far).
     sending: Option<(u64, usize)>,
     held: bool,
 }
