@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use engine::frame::FrameEncoder;
-use engine::journal::segment::SegmentHeader;
-use engine::journal::{list_segments, AckRecord};
-use engine::limits::SEGMENT_HEADER_BYTES;
+use engine::journal::{list_segments, AckRecord, MappedSegment};
 use engine::protocol::{Control, PROTOCOL_VERSION};
 use engine::transport::{open_driver, Completion, Driver, Op, Waker};
 use parking_lot::{Condvar, Mutex};
@@ -115,20 +113,17 @@ fn sleep_unless(stop: &AtomicBool, delay: Duration) {
     }
 }
 
-/// The journal's id, from its first segment header.
+/// The journal's id, from its first segment's header (read through the
+/// journal's own segment opener: the header only, not the segment).
 fn journal_id(dir: &Path) -> anyhow::Result<u64> {
     let segments = list_segments(dir)
         .with_context(|| format!("DMK0022E cannot list journal {}", dir.display()))?;
     let (_, path) = segments
         .first()
         .with_context(|| format!("DMK0022E journal {} has no segments yet", dir.display()))?;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let header = SegmentHeader::decode(
-        &bytes[..SEGMENT_HEADER_BYTES.min(bytes.len())],
-        bytes.len() as u64,
-    )
-    .map_err(|e| anyhow::anyhow!("DMK0022E journal segment {}: {e}", path.display()))?;
-    Ok(header.journal_id)
+    let segment = MappedSegment::open(path, false)
+        .map_err(|e| anyhow::anyhow!("DMK0022E journal segment {}: {e}", path.display()))?;
+    Ok(segment.header().journal_id)
 }
 
 fn connect(config: &Config) -> anyhow::Result<TcpStream> {
