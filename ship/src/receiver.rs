@@ -54,8 +54,6 @@ const IDENTITY_FILE: &str = "IDENTITY";
 pub struct ReceiverStatus {
     /// Everything below this is durably staged (updated after every sync).
     pub durable: AtomicU64,
-    pub sessions: AtomicU64,
-    pub refused_frames: AtomicU64,
 }
 
 /// State shared by the acceptor, the session and the syncer.
@@ -302,9 +300,8 @@ fn accept_loop(
                     );
                     continue;
                 };
-                status.sessions.fetch_add(1, Ordering::Relaxed);
                 // Frames that came right behind the data handshake are kept.
-                running = Some(start_session(config, shared, p, stream, leftover, status)?);
+                running = Some(start_session(config, shared, p, stream, leftover)?);
             }
             Ok(other) => tracing::warn!("DMK0105E unexpected first message {other:?}"),
             Err(e) => tracing::warn!("DMK0048W handshake failed: {e:#}"),
@@ -390,7 +387,6 @@ fn start_session(
     pending: Pending,
     data: TcpStream,
     data_in: Vec<u8>,
-    status: &Arc<ReceiverStatus>,
 ) -> anyhow::Result<Running> {
     let stop = Arc::new(AtomicBool::new(false));
     let waker = Arc::new(Waker::new()?);
@@ -410,7 +406,6 @@ fn start_session(
         decoder: FrameDecoder::new()?,
         acked: 0,
         held_since: None,
-        status: Arc::clone(status),
     };
     let id = pending.session;
     tracing::info!("DMK0049I session {id:#x} joined");
@@ -440,7 +435,6 @@ struct Session {
     decoder: FrameDecoder,
     acked: u64,
     held_since: Option<Instant>,
-    status: Arc<ReceiverStatus>,
 }
 
 /// What processing the received bytes led to.
@@ -652,7 +646,6 @@ impl Session {
     }
 
     fn refuse(&mut self, reason: String) -> anyhow::Result<String> {
-        self.status.refused_frames.fetch_add(1, Ordering::Relaxed);
         let from = self.shared.staging.lock().staged_position();
         tracing::error!("DMK0055E frame refused, nothing of it staged; asking for a resend from position {from}: {reason}");
         self.control_out.push(

@@ -42,8 +42,6 @@ pub struct SenderStatus {
     pub acked: AtomicU64,
     /// Frames up to this position have been handed to the socket.
     pub sent: AtomicU64,
-    /// Completed sessions (handshakes).
-    pub sessions: AtomicU64,
 }
 
 /// How a session ended without an error.
@@ -188,7 +186,6 @@ fn session(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
     acks.reset(resume)?;
     status.acked.store(resume, Ordering::Relaxed);
     status.sent.store(resume, Ordering::Relaxed);
-    status.sessions.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         "DMK0025I session {session_id:#x} with backup {} open; resuming at position {resume}",
         config.backup.node

@@ -128,14 +128,6 @@ pub struct PendingSync {
 }
 
 impl PendingSync {
-    /// The position that becomes durable when this succeeds.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-    /// Whether there is nothing to sync.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
     /// fdatasync of every segment written since the last sync.
     pub fn run(&self) -> Result<(), (PathBuf, std::io::Error)> {
         for (file, path) in &self.files {
