@@ -51,16 +51,14 @@ fn forged_header(body_bytes: u32, entry_count: u32) -> Vec<u8> {
 }
 
 struct Proxy {
-    port: u16,
     stop: Arc<AtomicBool>,
     /// Damage for the next data connections, in order; then clean.
     plan: Arc<Mutex<Vec<Damage>>>,
 }
 
 impl Proxy {
-    fn start(upstream: u16, plan: Vec<Damage>) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+    /// Forwards connections accepted on `listener` to `upstream`.
+    fn start(listener: TcpListener, upstream: u16, plan: Vec<Damage>) -> Proxy {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let plan = Arc::new(Mutex::new(plan.into_iter().rev().collect::<Vec<_>>()));
@@ -81,7 +79,7 @@ impl Proxy {
                 std::thread::spawn(move || pump_forward(client, server, &plan));
             }
         });
-        Proxy { port, stop, plan }
+        Proxy { stop, plan }
     }
 }
 
@@ -171,7 +169,6 @@ fn pump_forward(mut from: TcpStream, mut to: TcpStream, plan: &Mutex<Vec<Damage>
 fn frames_damaged_on_the_wire_are_refused_and_resent() {
     let seed = seed("wire");
     let mut rng = Rng(seed | 1);
-    let recv_port = free_port();
     let mut plan = Vec::new();
     for _ in 0..3 {
         plan.push(Damage::FlipBit {
@@ -188,18 +185,10 @@ fn frames_damaged_on_the_wire_are_refused_and_resent() {
         });
     }
     eprintln!("damage plan: {plan:?}");
-    let proxy = Proxy::start(recv_port, plan);
-    let pair = Pair::new("auto", Some(proxy.port), "", "");
-    // The receiver must listen where the proxy forwards.
-    let text = std::fs::read_to_string(&pair.config).unwrap();
-    std::fs::write(
-        &pair.config,
-        text.replace(
-            &format!("127.0.0.1:{}\"\nstaging", pair.port),
-            &format!("127.0.0.1:{recv_port}\"\nstaging"),
-        ),
-    )
-    .unwrap();
+    // The sender connects to the proxy; the proxy forwards to the receiver.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pair = Pair::new("auto", Some(listener.local_addr().unwrap().port()), "", "");
+    let proxy = Proxy::start(listener, pair.port, plan);
     let journal = open_journal(&pair);
     write(&journal, 40_000, 40_000, Duration::ZERO, 5);
     let recv = Proc::start(RECV, "replrecv", &pair.config);
