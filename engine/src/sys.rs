@@ -1,5 +1,5 @@
 //! Thin wrappers over the Linux calls the journal needs beyond `std`: space
-//! preallocation, page pre-faulting and a process-shared futex.
+//! preallocation and a process-shared futex.
 //!
 //! Each wrapper degrades to a no-op (or to a plain sleep) when the kernel refuses
 //! the call, because every one of them is an optimisation, never a correctness
@@ -24,15 +24,6 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
         Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len),
         _ => Err(err),
     }
-}
-
-/// Faults in every page of a writable mapping now, so the appender does not pay a
-/// page fault per 4 KiB on the hot path. Best effort: older kernels lack the advice.
-pub fn populate_write(ptr: *mut u8, len: usize) {
-    const MADV_POPULATE_WRITE: libc::c_int = 23;
-    // SAFETY: `ptr..ptr+len` is a live mapping owned by the caller; the advice only
-    // pre-faults pages and never changes their contents.
-    let _ = unsafe { libc::madvise(ptr.cast(), len, MADV_POPULATE_WRITE) };
 }
 
 /// Sleeps until `word` no longer holds `expected`, a wake arrives, or `timeout`

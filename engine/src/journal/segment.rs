@@ -186,7 +186,9 @@ impl SegmentError {
 
 impl MappedSegment {
     /// Creates a new segment file at `path` (which must not exist), preallocated to
-    /// `segment_bytes` and pre-faulted. The header is written by `finalize`.
+    /// `segment_bytes` and mapped. Pages are faulted in by the appends themselves:
+    /// pre-faulting ahead cost append-to-staged latency and bought no append
+    /// throughput (decisions.md 5). The header is written by `finalize`.
     pub fn create_spare(path: &Path, segment_bytes: usize) -> Result<MappedSegment, SegmentError> {
         let file = OpenOptions::new()
             .read(true)
@@ -200,7 +202,6 @@ impl MappedSegment {
             .len(segment_bytes)
             .map_raw(&file)
             .map_err(SegmentError::io("map segment", path))?;
-        sys::populate_write(map.as_mut_ptr(), segment_bytes);
         let header = SegmentHeader {
             journal_id: 0,
             first_sequence: 0,

@@ -676,8 +676,8 @@ fn checked_catalog(current: &Catalog, entries: &[NewEntry<'_>]) -> Result<Catalo
     Ok(next)
 }
 
-/// Prepares the next segment file ahead of time (create, preallocate, map,
-/// pre-fault), so rotation costs a rename rather than a 64 MiB page-fault storm.
+/// Prepares the next segment file ahead of time (create, preallocate, map), so
+/// rotation costs a rename rather than file creation and block allocation.
 #[derive(Debug)]
 pub(crate) struct SpareMaker {
     dir: PathBuf,
@@ -720,8 +720,7 @@ impl SpareMaker {
     }
 
     /// The prepared spare, or a new one made now. Waits for a spare the
-    /// background thread is making rather than racing it with a second one
-    /// (two zero-fills at once on two cores slow the appender more).
+    /// background thread is making rather than racing it with a second one.
     pub(crate) fn take(&self) -> Result<MappedSegment, SegmentError> {
         let mut slot = self.slot.lock();
         while slot.spare.is_none() && slot.creating && !slot.shutdown {
