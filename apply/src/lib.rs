@@ -15,6 +15,16 @@
 //! - F-CR creates an empty object, F-DO drops it with its records, F-CL
 //!   empties it, F-RN renames it. Records of an unknown object are refused.
 
+mod assemble;
+mod position;
 mod serial;
+mod store;
+mod tables;
+mod txn;
 
+pub use assemble::{AssembleError, Assembler};
+pub use position::{AppliedPosition, JournalPosition};
 pub use serial::{ApplyError, ObjectState, SerialReplica};
+pub use store::{record_hash, stripe_of, ObjectInfo, Store, StoreError};
+pub use tables::{ReplicaTables, DATA_FILE_BYTES};
+pub use txn::{Op, OpKind, Txn, TxnBatch, TxnMeta};

@@ -1,0 +1,143 @@
+//! The store trait: where records live, on the source and on the replica.
+
+use std::path::PathBuf;
+
+use crate::position::AppliedPosition;
+use crate::txn::Txn;
+
+/// An object of a store: its id and current name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub object_id: u64,
+    pub name: String,
+}
+
+/// Why a store refused or failed a call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("HAD0201E sequence {sequence}: {label} for object {object_id}, which the replica does not have")]
+    UnknownObject {
+        sequence: u64,
+        label: &'static str,
+        object_id: u64,
+    },
+    #[error(
+        "HAD0202E sequence {sequence}: F-CR for object {object_id}, which the replica already has"
+    )]
+    ObjectExists { sequence: u64, object_id: u64 },
+    #[error("HAD0210E {context} {}: {source}", path.display())]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HAD0211E {} is damaged: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("HAD0212E {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    /// Refusals of one transaction (the store is unchanged and can go on);
+    /// every other error stops apply.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::UnknownObject { .. } | StoreError::ObjectExists { .. }
+        )
+    }
+
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io {
+            context,
+            path,
+            source,
+        }
+    }
+}
+
+/// One trait for the source's tables and the backup's replica.
+///
+/// Semantics are those of `SerialReplica`: puts store the after image, a
+/// transaction whose change names an object the store lacks (or creates one it
+/// has) is refused whole, object-level changes act on every record of their
+/// object.
+pub trait Store: Send + Sync {
+    /// Applies one committed transaction all or nothing: a reader never sees
+    /// part of it. Called from several threads at once, but only for
+    /// transactions whose stripes (`stripe_of`) are disjoint; a transaction
+    /// with object-level changes is never concurrent with any other.
+    fn apply(&self, txn: &Txn<'_>) -> Result<(), StoreError>;
+
+    /// Makes everything applied so far durable together with `position`.
+    /// Called only while no `apply` runs, when what is applied is exactly the
+    /// transactions `position` covers. A store that keeps its position in the
+    /// same transaction as the data (SQLite) has nothing left to do.
+    fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError>;
+
+    /// The position stored with the data: apply resumes after it.
+    fn applied_position(&self) -> AppliedPosition;
+
+    /// Objects, by ascending id.
+    fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Calls `visit` for every record of `object_id`, by ascending key (byte
+    /// order), so two stores can be hashed in the same order.
+    fn scan(&self, object_id: u64, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError>;
+
+    fn get(&self, object_id: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// How many transactions this store can apply at once.
+    fn max_parallel(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// A well-mixed 64-bit hash of a record's identity (object and key).
+pub fn record_hash(object_id: u64, key: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = object_id.wrapping_mul(K) ^ key.len() as u64;
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        h = (h ^ u64::from_le_bytes(c.try_into().unwrap()))
+            .wrapping_mul(K)
+            .rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    // murmur3's finalizer: every input bit reaches every output bit.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The stripe (of `stripes`) a record belongs to.
+pub fn stripe_of(object_id: u64, key: &[u8], stripes: usize) -> usize {
+    (record_hash(object_id, key) % stripes as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_spread_sequential_keys_evenly() {
+        let mut counts = [0usize; 16];
+        for i in 0u64..16_000 {
+            counts[stripe_of(1, &i.to_be_bytes(), 16)] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "{counts:?}");
+        }
+        assert_ne!(record_hash(1, b"a"), record_hash(2, b"a"));
+        assert_ne!(record_hash(1, b"a"), record_hash(1, b"a\0"));
+    }
+}

@@ -1,0 +1,713 @@
+//! Replica tables: the embedded default store, built for apply speed.
+//!
+//! Shape (Bitcask-like, decisions.md 16):
+//! - Records live in append-only, memory-mapped data files (`data-<id>.tbl`,
+//!   64 MiB each). A put appends `[crc32c u32][object u64][key len u32]
+//!   [value len u32][key][value]` and points the index at it.
+//! - The index is in memory: 64 shards by record hash, each a map
+//!   object -> key -> (file, offset, length). Cost per key: the key itself
+//!   plus about 60 bytes (hash-table slot, boxed key header, location).
+//!   Values stay on disk (page cache), so tables larger than memory work as
+//!   long as the keys fit.
+//! - No write-ahead log: staging already is one. `checkpoint` syncs the data
+//!   files written since the last one, then writes the whole index, the
+//!   objects and the applied position to `checkpoint.tmp`, syncs it and
+//!   renames it over `checkpoint`. Opening loads the last checkpoint and
+//!   deletes data files made after it; apply then replays staging from the
+//!   checkpoint's position.
+//! - Writers hold the write locks of every shard their transaction touches
+//!   (in shard order) while they update the index, and readers take the read
+//!   lock of the shard (or shards, `get_many`) they read: a reader sees a
+//!   transaction all at once or not at all.
+//! - Space of replaced and deleted records is counted (`dead_bytes`) but not
+//!   yet reclaimed: no merge yet.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use rustc_hash::FxHashMap;
+
+use crate::position::AppliedPosition;
+use crate::store::{record_hash, ObjectInfo, Store, StoreError};
+use crate::txn::{Op, OpKind, Txn};
+
+const SHARDS: usize = 64;
+const LANES: usize = 4;
+/// Size of one data file.
+pub const DATA_FILE_BYTES: usize = 64 << 20;
+const RECORD_HEADER_BYTES: usize = 20;
+const CHECKPOINT_MAGIC: &[u8; 8] = b"HATBLCK1";
+const CHECKPOINT_FILE: &str = "checkpoint";
+const MAX_JOURNALS: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    file: u32,
+    offset: u32,
+    len: u32,
+}
+
+/// One data file, mapped for its whole size.
+#[derive(Debug)]
+struct DataFile {
+    id: u32,
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    /// Bytes written so far (only the owning lane writes).
+    used: AtomicU32,
+}
+
+impl DataFile {
+    fn create(dir: &Path, id: u32) -> Result<DataFile, StoreError> {
+        let path = data_path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(StoreError::io("create data file", &path))?;
+        file.set_len(DATA_FILE_BYTES as u64)
+            .map_err(StoreError::io("size data file", &path))?;
+        DataFile::map(id, path, file, 0)
+    }
+
+    fn open(dir: &Path, id: u32, used: u32) -> Result<DataFile, StoreError> {
+        let path = data_path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io("open data file", &path))?;
+        let len = file
+            .metadata()
+            .map_err(StoreError::io("stat data file", &path))?
+            .len();
+        if len != DATA_FILE_BYTES as u64 || used as usize > DATA_FILE_BYTES {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: format!(
+                    "size {len}, checkpoint says {used} bytes used of {DATA_FILE_BYTES}"
+                ),
+            });
+        }
+        DataFile::map(id, path, file, used)
+    }
+
+    fn map(id: u32, path: PathBuf, file: File, used: u32) -> Result<DataFile, StoreError> {
+        let map = MmapOptions::new()
+            .len(DATA_FILE_BYTES)
+            .map_raw(&file)
+            .map_err(StoreError::io("map data file", &path))?;
+        Ok(DataFile {
+            id,
+            path,
+            file,
+            map,
+            used: AtomicU32::new(used),
+        })
+    }
+
+    /// The record at `loc`, checked against its checksum.
+    fn record(&self, loc: Loc) -> Result<(u64, &[u8], &[u8]), StoreError> {
+        let end = loc.offset as usize + loc.len as usize;
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        };
+        if end > self.used.load(Ordering::Acquire) as usize
+            || (loc.len as usize) < RECORD_HEADER_BYTES
+        {
+            return Err(corrupt(format!(
+                "record at {} ({} bytes) lies outside the written part",
+                loc.offset, loc.len
+            )));
+        }
+        // SAFETY: offset..end lies inside the map and below `used`, so it was
+        // written completely before the index entry pointing at it was
+        // published (under the shard lock the caller holds or held); records
+        // are never rewritten.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(loc.offset as usize), loc.len as usize)
+        };
+        let crc = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+        if crc32c::crc32c(&bytes[4..]) != crc {
+            return Err(corrupt(format!(
+                "checksum mismatch in the record at offset {}",
+                loc.offset
+            )));
+        }
+        let object = u64::from_le_bytes(bytes[4..12].try_into().unwrap());
+        let klen = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let vlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+        if RECORD_HEADER_BYTES + klen + vlen != bytes.len() {
+            return Err(corrupt(format!(
+                "record at offset {} has inconsistent lengths",
+                loc.offset
+            )));
+        }
+        let key = &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + klen];
+        Ok((object, key, &bytes[RECORD_HEADER_BYTES + klen..]))
+    }
+}
+
+fn data_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("data-{id:08}.tbl"))
+}
+
+fn parse_data_name(name: &str) -> Option<u32> {
+    name.strip_prefix("data-")?
+        .strip_suffix(".tbl")?
+        .parse()
+        .ok()
+}
+
+/// A lane appends records to its current data file.
+#[derive(Debug, Default)]
+struct Lane {
+    file: Option<Arc<DataFile>>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    objects: FxHashMap<u64, FxHashMap<Box<[u8]>, Loc>>,
+}
+
+/// Data files by id; `None` for ids never made or deleted.
+#[derive(Debug, Default)]
+struct Files {
+    by_id: Vec<Option<Arc<DataFile>>>,
+}
+
+impl Files {
+    fn get(&self, id: u32) -> Option<&Arc<DataFile>> {
+        self.by_id.get(id as usize)?.as_ref()
+    }
+
+    fn insert(&mut self, file: Arc<DataFile>) {
+        let id = file.id as usize;
+        if self.by_id.len() <= id {
+            self.by_id.resize(id + 1, None);
+        }
+        self.by_id[id] = Some(file);
+    }
+}
+
+/// The replica tables of one group.
+#[derive(Debug)]
+pub struct ReplicaTables {
+    dir: PathBuf,
+    objects: RwLock<BTreeMap<u64, String>>,
+    shards: Box<[RwLock<Shard>]>,
+    lanes: Box<[Mutex<Lane>]>,
+    files: RwLock<Files>,
+    next_file: AtomicU32,
+    /// Files written since the last checkpoint.
+    dirty: Mutex<Vec<Arc<DataFile>>>,
+    position: Mutex<AppliedPosition>,
+    dead_bytes: AtomicU64,
+}
+
+fn shard_of(hash: u64) -> usize {
+    // The high bits: stripes (`stripe_of`) use the remainder, so shards and
+    // stripes do not alias.
+    (hash >> 58) as usize % SHARDS
+}
+
+impl ReplicaTables {
+    /// Opens (or creates) the tables in `dir` at their last checkpoint.
+    pub fn open(dir: impl AsRef<Path>) -> Result<ReplicaTables, StoreError> {
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).map_err(StoreError::io("create tables directory", &dir))?;
+        let tables = ReplicaTables {
+            objects: RwLock::new(BTreeMap::new()),
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            lanes: (0..LANES).map(|_| Mutex::new(Lane::default())).collect(),
+            files: RwLock::new(Files::default()),
+            next_file: AtomicU32::new(1),
+            dirty: Mutex::new(Vec::new()),
+            position: Mutex::new(AppliedPosition::default()),
+            dead_bytes: AtomicU64::new(0),
+            dir,
+        };
+        let path = tables.dir.join(CHECKPOINT_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => tables.load_checkpoint(&path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("read checkpoint", &path)(e)),
+        }
+        tables.remove_unlisted_files()?;
+        Ok(tables)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes of records replaced or deleted since open (not yet reclaimed).
+    pub fn dead_bytes(&self) -> u64 {
+        self.dead_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records held, over all objects.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().objects.values().map(|m| m.len()).sum::<usize>())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads several records under one lock set: all as of the same moment,
+    /// never part of a transaction.
+    pub fn get_many(&self, keys: &[(u64, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let hashes: Vec<usize> = keys
+            .iter()
+            .map(|(o, k)| shard_of(record_hash(*o, k)))
+            .collect();
+        let mut ids = hashes.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let guards: Vec<_> = ids.iter().map(|&s| self.shards[s].read()).collect();
+        let files = self.files.read();
+        keys.iter()
+            .zip(&hashes)
+            .map(|((object, key), shard)| {
+                let guard = &guards[ids.binary_search(shard).unwrap()];
+                self.read_value(&files, guard.objects.get(object).and_then(|m| m.get(*key)))
+            })
+            .collect()
+    }
+
+    fn read_value(&self, files: &Files, loc: Option<&Loc>) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(&loc) = loc else { return Ok(None) };
+        let file = files.get(loc.file).ok_or_else(|| StoreError::Corrupt {
+            path: data_path(&self.dir, loc.file),
+            detail: "the index names a data file that does not exist".into(),
+        })?;
+        Ok(Some(file.record(loc)?.2.to_vec()))
+    }
+
+    /// Appends one record through `lane`, opening a new data file when the
+    /// current one is full.
+    fn append(&self, lane: &mut Lane, op: &Op<'_>) -> Result<Loc, StoreError> {
+        let len = RECORD_HEADER_BYTES + op.key.len() + op.value.len();
+        let file = match &lane.file {
+            Some(f) if f.used.load(Ordering::Relaxed) as usize + len <= DATA_FILE_BYTES => {
+                f.clone()
+            }
+            _ => {
+                let id = self.next_file.fetch_add(1, Ordering::Relaxed);
+                let file = Arc::new(DataFile::create(&self.dir, id)?);
+                self.files.write().insert(file.clone());
+                self.dirty.lock().push(file.clone());
+                lane.file = Some(file.clone());
+                file
+            }
+        };
+        let offset = file.used.load(Ordering::Relaxed) as usize;
+        let mut header = [0u8; RECORD_HEADER_BYTES];
+        header[4..12].copy_from_slice(&op.object_id.to_le_bytes());
+        header[12..16].copy_from_slice(&(op.key.len() as u32).to_le_bytes());
+        header[16..20].copy_from_slice(&(op.value.len() as u32).to_le_bytes());
+        let mut crc = crc32c::crc32c(&header[4..]);
+        crc = crc32c::crc32c_append(crc, op.key);
+        crc = crc32c::crc32c_append(crc, op.value);
+        header[..4].copy_from_slice(&crc.to_le_bytes());
+        // SAFETY: offset..offset+len lies inside the map (checked above) and
+        // past `used`, so no reader looks at it and only this lane (whose lock
+        // we hold) writes this file.
+        unsafe {
+            let dst = file.map.as_mut_ptr().add(offset);
+            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, RECORD_HEADER_BYTES);
+            let dst = dst.add(RECORD_HEADER_BYTES);
+            std::ptr::copy_nonoverlapping(op.key.as_ptr(), dst, op.key.len());
+            std::ptr::copy_nonoverlapping(op.value.as_ptr(), dst.add(op.key.len()), op.value.len());
+        }
+        file.used.store((offset + len) as u32, Ordering::Release);
+        Ok(Loc {
+            file: file.id,
+            offset: offset as u32,
+            len: len as u32,
+        })
+    }
+
+    fn put_or_delete(
+        &self,
+        shard: &mut Shard,
+        lane: &mut Lane,
+        op: &Op<'_>,
+    ) -> Result<(), StoreError> {
+        let old = match op.kind {
+            OpKind::Put => {
+                let loc = self.append(lane, op)?;
+                let records = shard.objects.entry(op.object_id).or_default();
+                match records.get_mut(op.key) {
+                    Some(slot) => Some(std::mem::replace(slot, loc)),
+                    None => {
+                        records.insert(op.key.into(), loc);
+                        None
+                    }
+                }
+            }
+            OpKind::Delete => shard
+                .objects
+                .get_mut(&op.object_id)
+                .and_then(|records| records.remove(op.key)),
+            _ => unreachable!("object-level changes go through apply_exclusive"),
+        };
+        if let Some(old) = old {
+            self.dead_bytes.fetch_add(old.len as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A transaction with object-level changes: everything locked, checked
+    /// first against object existence as the transaction itself changes it.
+    fn apply_exclusive(&self, txn: &Txn<'_>) -> Result<(), StoreError> {
+        let mut objects = self.objects.write();
+        let mut shards: Vec<RwLockWriteGuard<'_, Shard>> =
+            self.shards.iter().map(|s| s.write()).collect();
+        let mut exists: BTreeMap<u64, bool> = BTreeMap::new();
+        for op in txn.ops() {
+            let present = *exists
+                .entry(op.object_id)
+                .or_insert_with(|| objects.contains_key(&op.object_id));
+            match op.kind {
+                OpKind::Create if present => {
+                    return Err(StoreError::ObjectExists {
+                        sequence: op.sequence,
+                        object_id: op.object_id,
+                    })
+                }
+                OpKind::Create => {
+                    exists.insert(op.object_id, true);
+                }
+                _ if !present => {
+                    return Err(StoreError::UnknownObject {
+                        sequence: op.sequence,
+                        label: op.kind.label(),
+                        object_id: op.object_id,
+                    })
+                }
+                OpKind::Drop => {
+                    exists.insert(op.object_id, false);
+                }
+                _ => {}
+            }
+        }
+        let mut lane = self.lanes[0].lock();
+        for op in txn.ops() {
+            match op.kind {
+                OpKind::Create => {
+                    objects.insert(op.object_id, String::from_utf8_lossy(op.key).into_owned());
+                }
+                OpKind::Rename => {
+                    objects.insert(op.object_id, String::from_utf8_lossy(op.key).into_owned());
+                }
+                OpKind::Drop | OpKind::Clear => {
+                    if op.kind == OpKind::Drop {
+                        objects.remove(&op.object_id);
+                    }
+                    for shard in shards.iter_mut() {
+                        if let Some(records) = shard.objects.remove(&op.object_id) {
+                            let dead: u64 = records.values().map(|l| l.len as u64).sum();
+                            self.dead_bytes.fetch_add(dead, Ordering::Relaxed);
+                        }
+                    }
+                }
+                OpKind::Put | OpKind::Delete => {
+                    let shard = shard_of(record_hash(op.object_id, op.key));
+                    self.put_or_delete(&mut shards[shard], &mut lane, &op)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_dirty(&self) -> Result<(), StoreError> {
+        let dirty = std::mem::take(&mut *self.dirty.lock());
+        for file in &dirty {
+            file.file
+                .sync_data()
+                .map_err(StoreError::io("sync data file", &file.path))?;
+        }
+        // Files still being written stay dirty for the next checkpoint. (Lane
+        // locks are taken before the dirty list's, as `append` does.)
+        let current: Vec<Arc<DataFile>> = self
+            .lanes
+            .iter()
+            .filter_map(|lane| lane.lock().file.clone())
+            .collect();
+        let mut again = self.dirty.lock();
+        for f in current {
+            if !again.iter().any(|d| d.id == f.id) {
+                again.push(f);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
+        let mut body = Vec::new();
+        position.encode(&mut body);
+        let objects = self.objects.read();
+        body.extend_from_slice(&(objects.len() as u32).to_le_bytes());
+        for (id, name) in objects.iter() {
+            body.extend_from_slice(&id.to_le_bytes());
+            body.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            body.extend_from_slice(name.as_bytes());
+        }
+        let files = self.files.read();
+        let listed: Vec<&Arc<DataFile>> = files.by_id.iter().flatten().collect();
+        body.extend_from_slice(&(listed.len() as u32).to_le_bytes());
+        for f in &listed {
+            body.extend_from_slice(&f.id.to_le_bytes());
+            body.extend_from_slice(&f.used.load(Ordering::Acquire).to_le_bytes());
+        }
+        let count: u64 = self.len() as u64;
+        body.extend_from_slice(&count.to_le_bytes());
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for (object, records) in &shard.objects {
+                for (key, loc) in records {
+                    body.extend_from_slice(&object.to_le_bytes());
+                    body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                    body.extend_from_slice(key);
+                    body.extend_from_slice(&loc.file.to_le_bytes());
+                    body.extend_from_slice(&loc.offset.to_le_bytes());
+                    body.extend_from_slice(&loc.len.to_le_bytes());
+                }
+            }
+        }
+        let tmp = self.dir.join("checkpoint.tmp");
+        let file = File::create(&tmp).map_err(StoreError::io("create checkpoint", &tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let write = |out: &mut BufWriter<File>, bytes: &[u8]| {
+            out.write_all(bytes)
+                .map_err(StoreError::io("write checkpoint", &tmp))
+        };
+        write(&mut out, CHECKPOINT_MAGIC)?;
+        write(&mut out, &(body.len() as u64).to_le_bytes())?;
+        write(&mut out, &crc32c::crc32c(&body).to_le_bytes())?;
+        write(&mut out, &body)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| StoreError::io("write checkpoint", &tmp)(e.into_error()))?;
+        file.sync_all()
+            .map_err(StoreError::io("sync checkpoint", &tmp))?;
+        let path = self.dir.join(CHECKPOINT_FILE);
+        std::fs::rename(&tmp, &path).map_err(StoreError::io("rename checkpoint", &path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(StoreError::io("sync tables directory", &self.dir))?;
+        Ok(())
+    }
+
+    fn load_checkpoint(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if bytes.len() < 20 || &bytes[..8] != CHECKPOINT_MAGIC {
+            return Err(corrupt("not a replica tables checkpoint (bad magic)"));
+        }
+        let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        let crc = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
+        let body = &bytes[20..];
+        if body.len() as u64 != len {
+            return Err(corrupt(&format!(
+                "body is {} bytes, header says {len}",
+                body.len()
+            )));
+        }
+        if crc32c::crc32c(body) != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let mut r = Reader { bytes: body, at: 0 };
+        let short = || corrupt("ends early");
+        let (position, used) =
+            AppliedPosition::decode(body, MAX_JOURNALS).ok_or_else(|| corrupt("bad position"))?;
+        r.at = used;
+        let mut objects = self.objects.write();
+        for _ in 0..r.u32().ok_or_else(short)? {
+            let id = r.u64().ok_or_else(short)?;
+            let n = r.u32().ok_or_else(short)? as usize;
+            let name = r.take(n).ok_or_else(short)?;
+            objects.insert(id, String::from_utf8_lossy(name).into_owned());
+        }
+        let mut files = self.files.write();
+        let mut max_id = 0;
+        for _ in 0..r.u32().ok_or_else(short)? {
+            let id = r.u32().ok_or_else(short)?;
+            let used = r.u32().ok_or_else(short)?;
+            files.insert(Arc::new(DataFile::open(&self.dir, id, used)?));
+            max_id = max_id.max(id);
+        }
+        self.next_file.store(max_id + 1, Ordering::Relaxed);
+        let count = r.u64().ok_or_else(short)?;
+        for _ in 0..count {
+            let object = r.u64().ok_or_else(short)?;
+            let n = r.u32().ok_or_else(short)? as usize;
+            let key = r.take(n).ok_or_else(short)?;
+            let loc = Loc {
+                file: r.u32().ok_or_else(short)?,
+                offset: r.u32().ok_or_else(short)?,
+                len: r.u32().ok_or_else(short)?,
+            };
+            let known = files.get(loc.file).is_some_and(|f| {
+                loc.offset as u64 + loc.len as u64 <= f.used.load(Ordering::Relaxed) as u64
+            });
+            if !known {
+                return Err(corrupt(
+                    "an index entry points outside the listed data files",
+                ));
+            }
+            let shard = shard_of(record_hash(object, key));
+            self.shards[shard]
+                .write()
+                .objects
+                .entry(object)
+                .or_default()
+                .insert(key.into(), loc);
+        }
+        if r.at != body.len() {
+            return Err(corrupt("trailing bytes after the index"));
+        }
+        *self.position.lock() = position;
+        Ok(())
+    }
+
+    /// Data files a crash left behind after the last checkpoint hold nothing
+    /// the checkpoint points at: staging replays their contents.
+    fn remove_unlisted_files(&self) -> Result<(), StoreError> {
+        let files = self.files.read();
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(StoreError::io("list tables directory", &self.dir))?;
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("list tables directory", &self.dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale = match parse_data_name(&name) {
+                Some(id) => files.get(id).is_none(),
+                None => name == "checkpoint.tmp",
+            };
+            if stale {
+                std::fs::remove_file(entry.path())
+                    .map_err(StoreError::io("remove stale file", entry.path()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+impl Store for ReplicaTables {
+    fn apply(&self, txn: &Txn<'_>) -> Result<(), StoreError> {
+        if txn.is_empty() {
+            return Ok(());
+        }
+        if txn.has_object_ops() {
+            return self.apply_exclusive(txn);
+        }
+        let objects = self.objects.read();
+        if let Some(op) = txn.ops().find(|op| !objects.contains_key(&op.object_id)) {
+            return Err(StoreError::UnknownObject {
+                sequence: op.sequence,
+                label: op.kind.label(),
+                object_id: op.object_id,
+            });
+        }
+        let mut ids: Vec<usize> = txn
+            .ops()
+            .map(|op| shard_of(record_hash(op.object_id, op.key)))
+            .collect();
+        let per_op = ids.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut guards: Vec<RwLockWriteGuard<'_, Shard>> =
+            ids.iter().map(|&s| self.shards[s].write()).collect();
+        let mut lane = self.lanes[ids[0] % LANES].lock();
+        for (op, shard) in txn.ops().zip(per_op) {
+            let guard = &mut guards[ids.binary_search(&shard).unwrap()];
+            self.put_or_delete(guard, &mut lane, &op)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
+        self.sync_dirty()?;
+        self.write_checkpoint(position)?;
+        *self.position.lock() = position.clone();
+        Ok(())
+    }
+
+    fn applied_position(&self) -> AppliedPosition {
+        self.position.lock().clone()
+    }
+
+    fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
+        Ok(self
+            .objects
+            .read()
+            .iter()
+            .map(|(id, name)| ObjectInfo {
+                object_id: *id,
+                name: name.clone(),
+            })
+            .collect())
+    }
+
+    fn scan(&self, object_id: u64, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        let mut locs: Vec<(Box<[u8]>, Loc)> = Vec::new();
+        for shard in self.shards.iter() {
+            if let Some(records) = shard.read().objects.get(&object_id) {
+                locs.extend(records.iter().map(|(k, l)| (k.clone(), *l)));
+            }
+        }
+        locs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let files = self.files.read();
+        for (key, loc) in &locs {
+            if let Some(value) = self.read_value(&files, Some(loc))? {
+                visit(key, &value);
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, object_id: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let shard = self.shards[shard_of(record_hash(object_id, key))].read();
+        let files = self.files.read();
+        self.read_value(
+            &files,
+            shard.objects.get(&object_id).and_then(|m| m.get(key)),
+        )
+    }
+}

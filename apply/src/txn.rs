@@ -1,0 +1,283 @@
+//! Committed transactions as apply sees them: a batch arena of changes.
+//!
+//! A `TxnBatch` holds many transactions in two flat vectors (bytes and ops),
+//! so assembling and handing over a transaction costs no allocation per entry
+//! or per transaction; a batch is allocated once and reused.
+
+use std::ops::Range;
+
+use engine::journal::EntryType;
+
+/// What one change does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// Insert or replace the record `key` with `value` (R-PT, R-UP after image).
+    Put,
+    /// Remove the record `key` (R-DL).
+    Delete,
+    /// Create the empty object; `key` is its name (F-CR).
+    Create,
+    /// Drop the object with its records (F-DO).
+    Drop,
+    /// Remove every record of the object (F-CL).
+    Clear,
+    /// Rename the object; `key` is the new name (F-RN).
+    Rename,
+}
+
+impl OpKind {
+    /// The change an entry makes, or `None` for entries that change no data
+    /// (commit control, next segment).
+    pub fn of(entry_type: EntryType) -> Option<OpKind> {
+        Some(match entry_type {
+            EntryType::RecordPut | EntryType::RecordUpdate => OpKind::Put,
+            EntryType::RecordDelete => OpKind::Delete,
+            EntryType::ObjectCreate => OpKind::Create,
+            EntryType::ObjectDrop => OpKind::Drop,
+            EntryType::ObjectClear => OpKind::Clear,
+            EntryType::ObjectRename => OpKind::Rename,
+            _ => return None,
+        })
+    }
+
+    /// Object-level changes touch every record of their object.
+    pub fn is_object_level(self) -> bool {
+        !matches!(self, OpKind::Put | OpKind::Delete)
+    }
+
+    /// The journal label of the entry type this change came from.
+    pub fn label(self) -> &'static str {
+        match self {
+            OpKind::Put => "R-PT",
+            OpKind::Delete => "R-DL",
+            OpKind::Create => "F-CR",
+            OpKind::Drop => "F-DO",
+            OpKind::Clear => "F-CL",
+            OpKind::Rename => "F-RN",
+        }
+    }
+}
+
+/// One change; its key and value live in the owning arena's bytes.
+#[derive(Clone, Copy, Debug)]
+struct OpSlot {
+    kind: OpKind,
+    object_id: u64,
+    sequence: u64,
+    key: (u32, u32),
+    value: (u32, u32),
+}
+
+/// A change as a store applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Op<'a> {
+    pub kind: OpKind,
+    pub object_id: u64,
+    /// Sequence of the journal entry the change came from (for messages).
+    pub sequence: u64,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// Where a transaction came from and where replay resumes after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnMeta {
+    /// Index of the journal in the group.
+    pub journal: u32,
+    /// Sequence of the commit entry (or of the entry itself outside
+    /// commitment control): the journal's applied position once it is applied.
+    pub commit_sequence: u64,
+    /// First sequence of this journal still needed after this transaction:
+    /// the first entry of the oldest transaction still open, else
+    /// `commit_sequence + 1`.
+    pub resume_from: u64,
+}
+
+/// Changes in arena form, shared by open transactions and batches.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Changes {
+    bytes: Vec<u8>,
+    ops: Vec<OpSlot>,
+}
+
+impl Changes {
+    fn push_bytes(&mut self, data: &[u8]) -> (u32, u32) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        (start as u32, self.bytes.len() as u32)
+    }
+
+    pub(crate) fn push(&mut self, op: Op<'_>) {
+        let key = self.push_bytes(op.key);
+        let value = self.push_bytes(op.value);
+        self.ops.push(OpSlot {
+            kind: op.kind,
+            object_id: op.object_id,
+            sequence: op.sequence,
+            key,
+            value,
+        });
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub(crate) fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.ops.clear();
+    }
+
+    pub(crate) fn op(&self, i: usize) -> Op<'_> {
+        let slot = &self.ops[i];
+        Op {
+            kind: slot.kind,
+            object_id: slot.object_id,
+            sequence: slot.sequence,
+            key: &self.bytes[slot.key.0 as usize..slot.key.1 as usize],
+            value: &self.bytes[slot.value.0 as usize..slot.value.1 as usize],
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = Op<'_>> + '_ {
+        (0..self.ops.len()).map(move |i| self.op(i))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct TxnSlot {
+    meta: TxnMeta,
+    ops: Range<usize>,
+}
+
+/// Committed transactions, in commit order, in one arena.
+#[derive(Clone, Debug, Default)]
+pub struct TxnBatch {
+    changes: Changes,
+    txns: Vec<TxnSlot>,
+}
+
+impl TxnBatch {
+    pub fn new() -> TxnBatch {
+        TxnBatch::default()
+    }
+
+    /// Appends a transaction made of `ops`.
+    pub fn push<'o>(&mut self, meta: TxnMeta, ops: impl IntoIterator<Item = Op<'o>>) {
+        let start = self.changes.len();
+        for op in ops {
+            self.changes.push(op);
+        }
+        self.txns.push(TxnSlot {
+            meta,
+            ops: start..self.changes.len(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.txns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.txns.is_empty()
+    }
+
+    /// Changes in the batch, over all its transactions.
+    pub fn op_count(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Bytes of keys and values held.
+    pub fn byte_len(&self) -> usize {
+        self.changes.byte_len()
+    }
+
+    pub fn clear(&mut self) {
+        self.changes.clear();
+        self.txns.clear();
+    }
+
+    pub fn get(&self, i: usize) -> Txn<'_> {
+        Txn {
+            changes: &self.changes,
+            meta: self.txns[i].meta,
+            ops: self.txns[i].ops.clone(),
+        }
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Txn<'_>> + '_ {
+        (0..self.txns.len()).map(move |i| self.get(i))
+    }
+}
+
+/// One committed transaction of a batch.
+#[derive(Clone, Debug)]
+pub struct Txn<'a> {
+    changes: &'a Changes,
+    meta: TxnMeta,
+    ops: Range<usize>,
+}
+
+impl<'a> Txn<'a> {
+    pub fn meta(&self) -> TxnMeta {
+        self.meta
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn ops(&self) -> impl ExactSizeIterator<Item = Op<'a>> + 'a {
+        let changes = self.changes;
+        self.ops.clone().map(move |i| changes.op(i))
+    }
+
+    /// True if any change is object-level (create, drop, clear, rename).
+    pub fn has_object_ops(&self) -> bool {
+        self.ops().any(|op| op.kind.is_object_level())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_gives_back_each_transaction_and_its_changes() {
+        let mut batch = TxnBatch::new();
+        let meta = |s| TxnMeta {
+            journal: 0,
+            commit_sequence: s,
+            resume_from: s + 1,
+        };
+        let put = |k: &'static [u8], v: &'static [u8]| Op {
+            kind: OpKind::Put,
+            object_id: 7,
+            sequence: 1,
+            key: k,
+            value: v,
+        };
+        batch.push(meta(3), [put(b"a", b"1"), put(b"bb", b"22")]);
+        batch.push(meta(5), []);
+        batch.push(meta(9), [put(b"c", b"")]);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.op_count(), 3);
+        let txns: Vec<_> = batch.iter().collect();
+        assert_eq!(txns[0].meta().commit_sequence, 3);
+        let ops: Vec<_> = txns[0].ops().collect();
+        assert_eq!(ops, vec![put(b"a", b"1"), put(b"bb", b"22")]);
+        assert!(txns[1].is_empty());
+        assert_eq!(txns[2].ops().next().unwrap().key, b"c");
+        assert!(!txns[2].has_object_ops());
+        batch.clear();
+        assert!(batch.is_empty());
+    }
+}

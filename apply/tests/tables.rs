@@ -1,0 +1,187 @@
+//! Replica tables: apply semantics, checkpoints, reopening, damage.
+
+use apply::{
+    AppliedPosition, Op, OpKind, ReplicaTables, Store, StoreError, TxnBatch, TxnMeta,
+    DATA_FILE_BYTES,
+};
+
+fn op<'a>(kind: OpKind, object_id: u64, key: &'a [u8], value: &'a [u8]) -> Op<'a> {
+    Op {
+        kind,
+        object_id,
+        sequence: 1,
+        key,
+        value,
+    }
+}
+
+fn meta(sequence: u64) -> TxnMeta {
+    TxnMeta {
+        journal: 0,
+        commit_sequence: sequence,
+        resume_from: sequence + 1,
+    }
+}
+
+/// Applies each transaction of `batch`, in order.
+fn apply_all(store: &dyn Store, batch: &TxnBatch) -> Vec<Result<(), StoreError>> {
+    batch.iter().map(|t| store.apply(&t)).collect()
+}
+
+fn records(store: &dyn Store, object_id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    store
+        .scan(object_id, &mut |k, v| out.push((k.to_vec(), v.to_vec())))
+        .unwrap();
+    out
+}
+
+#[test]
+fn puts_deletes_and_object_operations_follow_serial_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = ReplicaTables::open(dir.path()).unwrap();
+    let mut batch = TxnBatch::new();
+    batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
+    batch.push(
+        meta(2),
+        [
+            op(OpKind::Put, 1, b"b", b"2"),
+            op(OpKind::Put, 1, b"a", b"1"),
+            op(OpKind::Put, 1, b"a", b"1x"),
+        ],
+    );
+    batch.push(meta(3), [op(OpKind::Delete, 1, b"b", b"")]);
+    // Refused whole: the second change names an object that does not exist.
+    batch.push(
+        meta(4),
+        [
+            op(OpKind::Put, 1, b"c", b"3"),
+            op(OpKind::Put, 9, b"c", b"3"),
+        ],
+    );
+    batch.push(meta(5), [op(OpKind::Create, 1, b"again", b"")]);
+    batch.push(
+        meta(6),
+        [
+            op(OpKind::Create, 2, b"U", b""),
+            op(OpKind::Put, 2, b"k", b"v"),
+        ],
+    );
+    batch.push(meta(7), [op(OpKind::Rename, 2, b"U2", b"")]);
+    let results = apply_all(&tables, &batch);
+    assert!(results[..4].iter().take(3).all(Result::is_ok));
+    assert!(matches!(
+        results[3],
+        Err(StoreError::UnknownObject { object_id: 9, .. })
+    ));
+    assert!(matches!(
+        results[4],
+        Err(StoreError::ObjectExists { object_id: 1, .. })
+    ));
+    assert!(results[5].is_ok() && results[6].is_ok());
+    assert_eq!(records(&tables, 1), vec![(b"a".to_vec(), b"1x".to_vec())]);
+    assert_eq!(tables.get(2, b"k").unwrap(), Some(b"v".to_vec()));
+    let names: Vec<_> = tables
+        .objects()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(names, ["T", "U2"]);
+
+    batch.clear();
+    batch.push(meta(8), [op(OpKind::Clear, 1, b"", b"")]);
+    batch.push(meta(9), [op(OpKind::Drop, 2, b"", b"")]);
+    batch.push(meta(10), [op(OpKind::Put, 2, b"k", b"v")]);
+    let results = apply_all(&tables, &batch);
+    assert!(results[0].is_ok() && results[1].is_ok());
+    assert!(results[2].as_ref().unwrap_err().is_refusal());
+    assert!(records(&tables, 1).is_empty());
+    assert_eq!(tables.get(2, b"k").unwrap(), None);
+    assert!(tables.dead_bytes() > 0);
+}
+
+#[test]
+fn reopening_returns_the_last_checkpoint_exactly_and_drops_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = vec![7u8; 100];
+    let mut position = AppliedPosition::new(1);
+    {
+        let tables = ReplicaTables::open(dir.path()).unwrap();
+        let mut batch = TxnBatch::new();
+        batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
+        // Enough to span more than one data file.
+        let keys: Vec<[u8; 8]> = (0..(DATA_FILE_BYTES / 100 + 5000) as u64)
+            .map(u64::to_be_bytes)
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            batch.push(meta(2 + i as u64), [op(OpKind::Put, 1, k, &value)]);
+        }
+        for t in batch.iter() {
+            tables.apply(&t).unwrap();
+            position.advance(&t.meta());
+        }
+        tables.checkpoint(&position).unwrap();
+        // Applied after the checkpoint: gone after a crash.
+        batch.clear();
+        batch.push(meta(1 << 30), [op(OpKind::Put, 1, b"late", b"x")]);
+        batch.push(meta((1 << 30) + 1), [op(OpKind::Delete, 1, &keys[0], b"")]);
+        apply_all(&tables, &batch)
+            .into_iter()
+            .for_each(|r| r.unwrap());
+        assert_eq!(tables.get(1, b"late").unwrap(), Some(b"x".to_vec()));
+        // Dropped without a checkpoint: a crash as far as the files know.
+    }
+    let tables = ReplicaTables::open(dir.path()).unwrap();
+    assert_eq!(tables.applied_position(), position);
+    assert_eq!(tables.len(), DATA_FILE_BYTES / 100 + 5000);
+    assert_eq!(tables.get(1, b"late").unwrap(), None);
+    assert_eq!(
+        tables.get(1, &0u64.to_be_bytes()).unwrap(),
+        Some(value.clone())
+    );
+    let mut n = 0;
+    let mut last: Option<Vec<u8>> = None;
+    tables
+        .scan(1, &mut |k, v| {
+            assert!(last.as_deref() < Some(k), "scan must ascend");
+            assert_eq!(v, &value[..]);
+            last = Some(k.to_vec());
+            n += 1;
+        })
+        .unwrap();
+    assert_eq!(n, tables.len());
+}
+
+#[test]
+fn a_damaged_checkpoint_or_record_is_reported_not_guessed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let tables = ReplicaTables::open(dir.path()).unwrap();
+        let mut batch = TxnBatch::new();
+        batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
+        batch.push(meta(2), [op(OpKind::Put, 1, b"k", b"value")]);
+        apply_all(&tables, &batch)
+            .into_iter()
+            .for_each(|r| r.unwrap());
+        tables.checkpoint(&AppliedPosition::new(1)).unwrap();
+    }
+    // A flipped bit in the record: the read names the file.
+    let data = dir.path().join("data-00000001.tbl");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[22] ^= 1;
+    std::fs::write(&data, &bytes).unwrap();
+    let tables = ReplicaTables::open(dir.path()).unwrap();
+    let err = tables.get(1, b"k").unwrap_err();
+    assert!(err.to_string().starts_with("HAD0211E"), "{err}");
+    assert!(err.to_string().contains("data-00000001.tbl"), "{err}");
+    drop(tables);
+    // A flipped bit in the checkpoint: open refuses.
+    let cp = dir.path().join("checkpoint");
+    let mut bytes = std::fs::read(&cp).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&cp, &bytes).unwrap();
+    let err = ReplicaTables::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+}
