@@ -16,6 +16,7 @@
 //!   empties it, F-RN renames it. Records of an unknown object are refused.
 
 mod assemble;
+mod parallel;
 mod position;
 mod serial;
 mod store;
@@ -23,6 +24,7 @@ mod tables;
 mod txn;
 
 pub use assemble::{AssembleError, Assembler};
+pub use parallel::{ApplyOptions, ParallelApply};
 pub use position::{AppliedPosition, JournalPosition};
 pub use serial::{ApplyError, ObjectState, SerialReplica};
 pub use store::{record_hash, stripe_of, ObjectInfo, Store, StoreError};

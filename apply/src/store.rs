@@ -67,7 +67,7 @@ impl StoreError {
 /// transaction whose change names an object the store lacks (or creates one it
 /// has) is refused whole, object-level changes act on every record of their
 /// object.
-pub trait Store: Send + Sync {
+pub trait Store: Send + Sync + std::fmt::Debug {
     /// Applies one committed transaction all or nothing: a reader never sees
     /// part of it. Called from several threads at once, but only for
     /// transactions whose stripes (`stripe_of`) are disjoint; a transaction

@@ -1,0 +1,357 @@
+//! Lock-striped parallel apply.
+//!
+//! Every record belongs to one of S stripes (`stripe_of`: hash of object and
+//! key); a transaction's stripe set is the stripes of its records, or all S
+//! for a transaction with object-level changes (a drop is never overtaken by a
+//! put, nor a put by a drop). Each stripe is a ticket lock: the dispatcher
+//! hands tickets out in commit order, and a worker applies a transaction only
+//! when every stripe it needs is serving that transaction's ticket, then moves
+//! each of those stripes on by one. So transactions whose stripes overlap
+//! apply in commit order, and disjoint ones apply in parallel.
+//!
+//! No deadlock: queues are FIFO in commit order, so the oldest unfinished
+//! transaction has all its predecessors finished and sits at the head of its
+//! worker's queue. The dispatcher never blocks while it holds transactions it
+//! has not sent: when too much is in flight it first sends everything, then
+//! waits.
+//!
+//! Workers are placed by the transaction's first stripe, so transactions on
+//! the same keys tend to run on the same worker and not wait for each other.
+//!
+//! The stored position is always a low watermark: `checkpoint` waits until
+//! everything dispatched is applied (a short pause in a steady stream), then
+//! stores the dispatched position, which is then exactly what is applied.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::position::AppliedPosition;
+use crate::store::{stripe_of, Store, StoreError};
+use crate::txn::{Txn, TxnBatch};
+
+/// How many workers and stripes.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    pub workers: usize,
+    pub stripes: usize,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            workers: 2,
+            stripes: 1024,
+        }
+    }
+}
+
+/// Transactions handed to a worker at once.
+const WORK_TXNS: usize = 256;
+/// Changes dispatched and not yet applied before the dispatcher waits.
+const IN_FLIGHT_OPS: u64 = 1 << 20;
+
+/// A worker's share: transactions and, per transaction, its stripe tickets.
+#[derive(Debug, Default)]
+struct Work {
+    txns: TxnBatch,
+    tickets: Vec<(u32, u64)>,
+    ranges: Vec<(u32, u32)>,
+}
+
+impl Work {
+    fn clear(&mut self) {
+        self.txns.clear();
+        self.tickets.clear();
+        self.ranges.clear();
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Per stripe, the ticket it serves now.
+    serving: Box<[AtomicU64]>,
+    finished_txns: AtomicU64,
+    finished_ops: AtomicU64,
+    refused: AtomicU64,
+    /// Set at the first error that is not a refusal; workers stop applying
+    /// (they still move tickets on, so nobody waits forever).
+    failed: AtomicBool,
+    failure: Mutex<Option<StoreError>>,
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    progress: Condvar,
+}
+
+impl Shared {
+    fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock();
+            self.progress.notify_all();
+        }
+    }
+
+    /// Waits until `ready()`: a short spin, then sleeping on `progress`.
+    fn wait_until(&self, ready: impl Fn() -> bool) {
+        for _ in 0..256 {
+            if ready() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            let mut guard = self.lock.lock();
+            let done = ready();
+            if !done {
+                self.progress.wait_for(&mut guard, Duration::from_millis(2));
+            }
+            drop(guard);
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            if done || ready() {
+                return;
+            }
+        }
+    }
+}
+
+/// Applies committed transactions with several workers.
+#[derive(Debug)]
+pub struct ParallelApply {
+    store: Arc<dyn Store>,
+    stripes: usize,
+    shared: Arc<Shared>,
+    senders: Vec<Sender<Work>>,
+    threads: Vec<JoinHandle<()>>,
+    spare: Receiver<Work>,
+    pending: Vec<Work>,
+    next_ticket: Vec<u64>,
+    scratch: Vec<u32>,
+    position: AppliedPosition,
+    dispatched_txns: u64,
+    dispatched_ops: u64,
+}
+
+impl ParallelApply {
+    /// Starts the workers; apply continues after the store's position.
+    /// A store that cannot apply in parallel gets one worker.
+    pub fn new(store: Arc<dyn Store>, options: &ApplyOptions) -> ParallelApply {
+        let workers = options.workers.clamp(1, store.max_parallel().max(1));
+        let stripes = options.stripes.max(1);
+        let shared = Arc::new(Shared {
+            serving: (0..stripes).map(|_| AtomicU64::new(0)).collect(),
+            finished_txns: AtomicU64::new(0),
+            finished_ops: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            waiters: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            progress: Condvar::new(),
+        });
+        let (spare_tx, spare) = crossbeam_channel::unbounded();
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for w in 0..workers {
+            let (tx, rx) = crossbeam_channel::unbounded::<Work>();
+            let (store, shared, spare_tx) = (store.clone(), shared.clone(), spare_tx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("apply-{w}"))
+                    .spawn(move || worker(&*store, &shared, rx, spare_tx))
+                    .expect("spawn apply worker"),
+            );
+            senders.push(tx);
+        }
+        ParallelApply {
+            position: store.applied_position(),
+            store,
+            stripes,
+            shared,
+            senders,
+            threads,
+            spare,
+            pending: (0..workers).map(|_| Work::default()).collect(),
+            next_ticket: vec![0; stripes],
+            scratch: Vec::new(),
+            dispatched_txns: 0,
+            dispatched_ops: 0,
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// The position once everything submitted is applied.
+    pub fn submitted_position(&self) -> &AppliedPosition {
+        &self.position
+    }
+
+    /// Transactions the store refused (logged with their message ID).
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Changes applied so far (including those of refused transactions).
+    pub fn applied_ops(&self) -> u64 {
+        self.shared.finished_ops.load(Ordering::Relaxed)
+    }
+
+    /// Hands every transaction of `batch` (in commit order) to the workers.
+    pub fn submit(&mut self, batch: &TxnBatch) -> Result<(), StoreError> {
+        for txn in batch.iter() {
+            self.check_failed()?;
+            if self.dispatched_ops - self.shared.finished_ops.load(Ordering::Relaxed)
+                > IN_FLIGHT_OPS
+            {
+                self.flush();
+                let target = self.dispatched_ops - IN_FLIGHT_OPS / 2;
+                let shared = self.shared.clone();
+                shared.wait_until(|| {
+                    shared.finished_ops.load(Ordering::SeqCst) >= target
+                        || shared.failed.load(Ordering::SeqCst)
+                });
+            }
+            self.dispatch(&txn);
+        }
+        self.flush();
+        self.check_failed()
+    }
+
+    fn dispatch(&mut self, txn: &Txn<'_>) {
+        self.scratch.clear();
+        if txn.has_object_ops() {
+            self.scratch.extend(0..self.stripes as u32);
+        } else {
+            self.scratch.extend(
+                txn.ops()
+                    .map(|op| stripe_of(op.object_id, op.key, self.stripes) as u32),
+            );
+        }
+        let first = self.scratch.first().copied().unwrap_or(0);
+        self.scratch.sort_unstable();
+        self.scratch.dedup();
+        let w = first as usize % self.senders.len();
+        let work = &mut self.pending[w];
+        let start = work.tickets.len() as u32;
+        for &s in &self.scratch {
+            let ticket = &mut self.next_ticket[s as usize];
+            work.tickets.push((s, *ticket));
+            *ticket += 1;
+        }
+        work.ranges.push((start, work.tickets.len() as u32));
+        work.txns.push(txn.meta(), txn.ops());
+        self.position.advance(&txn.meta());
+        self.dispatched_txns += 1;
+        self.dispatched_ops += txn.len() as u64;
+        if work.txns.len() >= WORK_TXNS {
+            // Everything earlier goes out first, so no queued transaction
+            // waits on one still held here.
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        for (w, work) in self.pending.iter_mut().enumerate() {
+            if work.txns.is_empty() {
+                continue;
+            }
+            let fresh = self.spare.try_recv().unwrap_or_default();
+            let full = std::mem::replace(work, fresh);
+            // A worker only goes away when we drop its sender.
+            let _ = self.senders[w].send(full);
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        if self.shared.failed.load(Ordering::SeqCst) {
+            if let Some(e) = self.shared.failure.lock().take() {
+                return Err(e);
+            }
+            return Err(StoreError::Database(
+                "apply stopped after an earlier failure".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until everything submitted is applied; returns that position.
+    pub fn drain(&mut self) -> Result<AppliedPosition, StoreError> {
+        self.flush();
+        let target = self.dispatched_txns;
+        let shared = self.shared.clone();
+        shared.wait_until(|| shared.finished_txns.load(Ordering::SeqCst) >= target);
+        self.check_failed()?;
+        Ok(self.position.clone())
+    }
+
+    /// Drains, then stores the position with the data.
+    pub fn checkpoint(&mut self) -> Result<AppliedPosition, StoreError> {
+        let position = self.drain()?;
+        self.store.checkpoint(&position)?;
+        Ok(position)
+    }
+
+    /// Drains and stops the workers (without a checkpoint).
+    pub fn finish(mut self) -> Result<AppliedPosition, StoreError> {
+        let result = self.drain();
+        self.stop();
+        result
+    }
+
+    fn stop(&mut self) {
+        self.senders.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ParallelApply {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<Work>) {
+    for mut work in rx {
+        for (i, txn) in work.txns.iter().enumerate() {
+            let (start, end) = work.ranges[i];
+            let tickets = &work.tickets[start as usize..end as usize];
+            shared.wait_until(|| {
+                tickets
+                    .iter()
+                    .all(|&(s, t)| shared.serving[s as usize].load(Ordering::SeqCst) == t)
+            });
+            if !shared.failed.load(Ordering::SeqCst) {
+                match store.apply(&txn) {
+                    Ok(()) => {}
+                    Err(e) if e.is_refusal() => {
+                        tracing::error!("{e}; transaction refused, apply continues");
+                        shared.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}; apply stops");
+                        shared.failure.lock().get_or_insert(e);
+                        shared.failed.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+            for &(s, t) in tickets {
+                shared.serving[s as usize].store(t + 1, Ordering::SeqCst);
+            }
+            shared
+                .finished_ops
+                .fetch_add(txn.len() as u64, Ordering::SeqCst);
+            shared.finished_txns.fetch_add(1, Ordering::SeqCst);
+            shared.notify();
+        }
+        work.clear();
+        let _ = spare.send(work);
+    }
+}
