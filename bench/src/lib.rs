@@ -7,6 +7,7 @@
 //! once per cycle and thread. Baselines (memcpy of the same bytes) are
 //! measured in the same run so figures read as fractions of memory speed.
 
+pub mod apply;
 pub mod ship;
 
 /// A temporary directory in `dir`, or in the system's temp dir.
