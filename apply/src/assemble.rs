@@ -55,6 +55,16 @@ impl JournalAssembly {
             .min(sequence + 1)
     }
 
+    /// The transaction committing at `sequence`, or `None` if it was applied
+    /// before (replay).
+    fn committing(&self, journal: u32, sequence: u64) -> Option<TxnMeta> {
+        (sequence > self.applied).then(|| TxnMeta {
+            journal,
+            commit_sequence: sequence,
+            resume_from: self.resume_from(sequence),
+        })
+    }
+
     fn open(&mut self, cycle: u64, sequence: u64) -> &mut OpenTxn {
         let spare = &mut self.spare;
         self.open.entry(cycle).or_insert_with(|| OpenTxn {
@@ -123,6 +133,7 @@ impl Assembler {
             });
         }
         state.last_sequence = sequence;
+        let before = out.len();
         let cycle = entry.commit_cycle();
         let entry_type = entry.entry_type();
         match entry_type {
@@ -138,19 +149,10 @@ impl Assembler {
             }
             EntryType::Commit => {
                 let txn = state.open.remove(&cycle);
-                if sequence <= state.applied {
-                    self.skipped += 1;
-                } else {
-                    let meta = TxnMeta {
-                        journal,
-                        commit_sequence: sequence,
-                        resume_from: state.resume_from(sequence),
-                    };
-                    match &txn {
-                        Some(txn) => out.push(meta, txn.changes.iter()),
-                        None => out.push(meta, []),
-                    }
-                    self.committed += 1;
+                match (state.committing(journal, sequence), &txn) {
+                    (None, _) => self.skipped += 1,
+                    (Some(meta), Some(txn)) => out.push(meta, txn.changes.iter()),
+                    (Some(meta), None) => out.push(meta, []),
                 }
                 if let Some(txn) = txn {
                     state.recycle(txn.changes);
@@ -173,19 +175,15 @@ impl Assembler {
                 };
                 if cycle != 0 {
                     state.open(cycle, sequence).changes.push(op);
-                } else if sequence <= state.applied {
-                    self.skipped += 1;
                 } else {
-                    let meta = TxnMeta {
-                        journal,
-                        commit_sequence: sequence,
-                        resume_from: state.resume_from(sequence),
-                    };
-                    out.push(meta, [op]);
-                    self.committed += 1;
+                    match state.committing(journal, sequence) {
+                        None => self.skipped += 1,
+                        Some(meta) => out.push(meta, [op]),
+                    }
                 }
             }
         }
+        self.committed += (out.len() - before) as u64;
         Ok(())
     }
 
