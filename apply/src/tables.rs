@@ -408,10 +408,7 @@ impl ReplicaTables {
         let mut lane = self.lanes[0].lock();
         for op in txn.ops() {
             match op.kind {
-                OpKind::Create => {
-                    objects.insert(op.object_id, String::from_utf8_lossy(op.key).into_owned());
-                }
-                OpKind::Rename => {
+                OpKind::Create | OpKind::Rename => {
                     objects.insert(op.object_id, String::from_utf8_lossy(op.key).into_owned());
                 }
                 OpKind::Drop | OpKind::Clear => {
