@@ -38,10 +38,6 @@ impl AppliedPosition {
         }
     }
 
-    pub fn from_journals(journals: Vec<JournalPosition>) -> AppliedPosition {
-        AppliedPosition { journals }
-    }
-
     pub fn journals(&self) -> &[JournalPosition] {
         &self.journals
     }
@@ -65,11 +61,6 @@ impl AppliedPosition {
             applied: meta.commit_sequence,
             resume_from: meta.resume_from,
         };
-    }
-
-    /// Total applied over journals, for progress messages.
-    pub fn applied_sum(&self) -> u64 {
-        self.journals.iter().map(|j| j.applied).sum()
     }
 
     /// Fixed little-endian encoding: count u32, then (applied u64,

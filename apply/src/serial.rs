@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use engine::journal::{Entry, EntryType};
 
+use crate::store::{check_objects, StoreError};
+use crate::txn::OpKind;
+
 /// One object of the replica: its name and records (key -> image).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectState {
@@ -111,32 +114,36 @@ impl SerialReplica {
     /// against object existence as the transaction itself changes it, the
     /// second applies them (and cannot fail).
     fn apply_transaction(&mut self, changes: &[Change]) -> Result<(), ApplyError> {
-        let mut exists: HashMap<u64, bool> = HashMap::new();
-        for change in changes {
-            let present = *exists
-                .entry(change.object_id)
-                .or_insert_with(|| self.objects.contains_key(&change.object_id));
-            let unknown = || ApplyError::UnknownObject {
-                sequence: change.sequence,
-                entry_type: change.entry_type.label(),
-                object_id: change.object_id,
-            };
-            match change.entry_type {
-                EntryType::ObjectCreate if present => {
-                    return Err(ApplyError::ObjectExists {
-                        sequence: change.sequence,
-                        object_id: change.object_id,
-                    })
-                }
-                EntryType::ObjectCreate => {
-                    exists.insert(change.object_id, true);
-                }
-                _ if !present => return Err(unknown()),
-                EntryType::ObjectDrop => {
-                    exists.insert(change.object_id, false);
-                }
-                _ => {}
+        let checked = check_objects(
+            changes.iter().filter_map(|c| {
+                let kind = OpKind::of(c.entry_type)?;
+                Some((kind, c.object_id, c.sequence, c.entry_type.label()))
+            }),
+            |id| self.objects.contains_key(&id),
+        );
+        match checked {
+            Ok(()) => {}
+            Err(StoreError::ObjectExists {
+                sequence,
+                object_id,
+            }) => {
+                return Err(ApplyError::ObjectExists {
+                    sequence,
+                    object_id,
+                })
             }
+            Err(StoreError::UnknownObject {
+                sequence,
+                label,
+                object_id,
+            }) => {
+                return Err(ApplyError::UnknownObject {
+                    sequence,
+                    entry_type: label,
+                    object_id,
+                })
+            }
+            Err(other) => unreachable!("check_objects only refuses: {other}"),
         }
         for change in changes {
             apply_change(&mut self.objects, change);

@@ -1,9 +1,10 @@
 //! The store trait: where records live, on the source and on the replica.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::position::AppliedPosition;
-use crate::txn::Txn;
+use crate::txn::{OpKind, Txn};
 
 /// An object of a store: its id and current name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,45 @@ impl StoreError {
             source,
         }
     }
+}
+
+/// Checks a transaction's changes `(kind, object id, sequence, label)` against
+/// object existence as the transaction itself changes it: a record change or
+/// drop/clear/rename needs the object, a create needs it absent. `present`
+/// answers for objects before the transaction.
+pub(crate) fn check_objects(
+    changes: impl Iterator<Item = (OpKind, u64, u64, &'static str)>,
+    present: impl Fn(u64) -> bool,
+) -> Result<(), StoreError> {
+    let mut exists: BTreeMap<u64, bool> = BTreeMap::new();
+    for (kind, object_id, sequence, label) in changes {
+        let here = *exists
+            .entry(object_id)
+            .or_insert_with(|| present(object_id));
+        match kind {
+            OpKind::Create if here => {
+                return Err(StoreError::ObjectExists {
+                    sequence,
+                    object_id,
+                })
+            }
+            OpKind::Create => {
+                exists.insert(object_id, true);
+            }
+            _ if !here => {
+                return Err(StoreError::UnknownObject {
+                    sequence,
+                    label,
+                    object_id,
+                })
+            }
+            OpKind::Drop => {
+                exists.insert(object_id, false);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// One trait for the source's tables and the backup's replica.

@@ -34,7 +34,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use rustc_hash::FxHashMap;
 
 use crate::position::AppliedPosition;
-use crate::store::{record_hash, ObjectInfo, Store, StoreError};
+use crate::store::{check_objects, record_hash, ObjectInfo, Store, StoreError};
 use crate::txn::{Op, OpKind, Txn};
 
 const SHARDS: usize = 64;
@@ -377,34 +377,11 @@ impl ReplicaTables {
         let mut objects = self.objects.write();
         let mut shards: Vec<RwLockWriteGuard<'_, Shard>> =
             self.shards.iter().map(|s| s.write()).collect();
-        let mut exists: BTreeMap<u64, bool> = BTreeMap::new();
-        for op in txn.ops() {
-            let present = *exists
-                .entry(op.object_id)
-                .or_insert_with(|| objects.contains_key(&op.object_id));
-            match op.kind {
-                OpKind::Create if present => {
-                    return Err(StoreError::ObjectExists {
-                        sequence: op.sequence,
-                        object_id: op.object_id,
-                    })
-                }
-                OpKind::Create => {
-                    exists.insert(op.object_id, true);
-                }
-                _ if !present => {
-                    return Err(StoreError::UnknownObject {
-                        sequence: op.sequence,
-                        label: op.kind.label(),
-                        object_id: op.object_id,
-                    })
-                }
-                OpKind::Drop => {
-                    exists.insert(op.object_id, false);
-                }
-                _ => {}
-            }
-        }
+        check_objects(
+            txn.ops()
+                .map(|op| (op.kind, op.object_id, op.sequence, op.kind.label())),
+            |id| objects.contains_key(&id),
+        )?;
         let mut lane = self.lanes[0].lock();
         for op in txn.ops() {
             match op.kind {
