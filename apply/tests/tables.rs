@@ -185,3 +185,52 @@ fn a_damaged_checkpoint_or_record_is_reported_not_guessed() {
     let err = ReplicaTables::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
 }
+
+#[test]
+fn a_reader_sees_a_transaction_all_at_once() {
+    // Each transaction writes the same value to keys spread over many shards;
+    // a concurrent reader of all of them must never see two values.
+    let dir = tempfile::tempdir().unwrap();
+    let tables = std::sync::Arc::new(ReplicaTables::open(dir.path()).unwrap());
+    let keys: Vec<[u8; 8]> = (0..32u64).map(u64::to_be_bytes).collect();
+    let mut setup = TxnBatch::new();
+    setup.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
+    setup.push(
+        meta(2),
+        keys.iter().map(|k| op(OpKind::Put, 1, k, &[0u8; 8])),
+    );
+    apply_all(&*tables, &setup)
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (tables, done, keys) = (tables.clone(), done.clone(), keys.clone());
+        std::thread::spawn(move || {
+            let wanted: Vec<(u64, &[u8])> = keys.iter().map(|k| (1, &k[..])).collect();
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                let values = tables.get_many(&wanted).unwrap();
+                let first = values[0].clone();
+                assert!(
+                    values.iter().all(|v| *v == first),
+                    "a reader saw part of a transaction: {values:?}"
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for round in 1..=2000u64 {
+        let value = round.to_le_bytes();
+        let mut batch = TxnBatch::new();
+        batch.push(
+            meta(2 + round),
+            keys.iter().map(|k| op(OpKind::Put, 1, k, &value)),
+        );
+        apply_all(&*tables, &batch)
+            .into_iter()
+            .for_each(|r| r.unwrap());
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+}
