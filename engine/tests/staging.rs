@@ -10,7 +10,7 @@ use std::sync::Arc;
 use engine::frame::{Codec, FrameEncoder};
 use engine::journal::entry::{decode, encode_to_vec};
 use engine::journal::{NewEntry, SyncFile};
-use engine::staging::{Appended, Staging, StagingError, StagingOptions};
+use engine::staging::{Appended, Staging, StagingError, StagingOptions, StagingReader};
 
 /// A frame of `count` entries with sequences `first..`, then position `next`.
 fn frame(first: u64, count: u64, next: u64) -> Vec<u8> {
@@ -249,4 +249,111 @@ fn a_segment_torn_at_creation_is_reset() {
     staging.append(&all[4]).unwrap();
     staging.sync().unwrap();
     assert_eq!(staging.read_all().unwrap(), all);
+}
+
+/// Everything a reader hands out until it says "nothing more yet".
+fn read_available(reader: &mut StagingReader) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while reader.next(&mut buf).unwrap().is_some() {
+        out.push(buf.clone());
+    }
+    out
+}
+
+#[test]
+fn a_reader_follows_the_store_across_segments_while_it_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(60);
+    // The store does not exist yet: nothing to read, no error.
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert!(read_available(&mut reader).is_empty());
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    let mut seen = Vec::new();
+    for (i, f) in all.iter().enumerate() {
+        staging.append(f).unwrap();
+        if i % 7 == 0 {
+            seen.extend(read_available(&mut reader));
+        }
+    }
+    seen.extend(read_available(&mut reader));
+    assert_eq!(seen, all);
+    assert_eq!(reader.position(), 601);
+    assert!(
+        std::fs::read_dir(&dir).unwrap().count() > 3,
+        "expected rotation"
+    );
+}
+
+#[test]
+fn a_reader_waits_for_a_frame_being_written_and_starts_mid_store() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(5);
+    let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
+    for f in &all[..4] {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    drop(staging);
+    // Write the fifth frame a piece at a time, as a receiver would be seen
+    // mid-write by another process.
+    let segment = dir.join(format!("{:020}.stg", 1));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    // From position 25: the frame holding 21..31 is the first handed out.
+    let mut reader = StagingReader::open(&dir, 25).unwrap();
+    assert_eq!(read_available(&mut reader), all[2..4]);
+    let last = &all[4];
+    for piece in last.chunks(last.len() / 5 + 1) {
+        assert!(read_available(&mut reader).is_empty());
+        std::io::Write::write_all(&mut file, piece).unwrap();
+    }
+    assert_eq!(read_available(&mut reader), all[4..]);
+}
+
+#[test]
+fn a_reader_refuses_purged_positions_and_damage_in_a_finished_segment() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(40);
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    for f in &all {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    assert!(staging.purge_through(200).unwrap() > 0);
+    let err = StagingReader::open(&dir, 1).unwrap_err();
+    assert!(err.to_string().starts_with("HAX0009E"), "{err}");
+    let mut reader = StagingReader::open(&dir, 201).unwrap();
+    assert_eq!(read_available(&mut reader), all[20..]);
+
+    // Flip a byte in the body of the first frame of a segment that is not
+    // the newest: the reader stops there and names it.
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    let damaged = &segments[0];
+    let mut bytes = std::fs::read(damaged).unwrap();
+    bytes[16 + 80] ^= 0x10;
+    std::fs::write(damaged, &bytes).unwrap();
+    let start: u64 = damaged
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut reader = StagingReader::open(&dir, start).unwrap();
+    let err = reader.next(&mut Vec::new()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("HAX0002E")
+            && err.to_string().contains(&damaged.display().to_string()),
+        "{err}"
+    );
 }

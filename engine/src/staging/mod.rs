@@ -31,6 +31,9 @@ use crate::frame::FrameHeader;
 use crate::journal::{OsSync, SyncFile};
 use crate::limits::FRAME_HEADER_BYTES;
 
+mod reader;
+pub use reader::StagingReader;
+
 pub const STAGING_MAGIC: [u8; 8] = *b"REPLSTG1";
 const FILE_HEADER_BYTES: u64 = 16;
 const EXTENSION: &str = "stg";
@@ -84,6 +87,12 @@ pub enum StagingError {
     Overlap { start: u64, next: u64, staged: u64 },
     #[error("HAX0007E frame refused by staging: {0}")]
     BadFrame(String),
+    #[error("HAX0009E staging store {dir} no longer holds position {wanted}: its oldest segment starts at {oldest} (purged past what apply needs)")]
+    Purged {
+        dir: PathBuf,
+        wanted: u64,
+        oldest: u64,
+    },
     #[error("HAX0012E staging store {dir} is full (budget {budget_bytes} bytes, holding {held_bytes}): backpressure applied")]
     Full {
         dir: PathBuf,

@@ -1,0 +1,218 @@
+//! Reading a staging store while its receiver keeps writing it: apply's
+//! source. A `StagingReader` follows the segments in position order from a
+//! given position and hands out whole frames, checksums checked.
+//!
+//! The reader never writes. It may run in another process than the
+//! receiver, so it learns what is there from the files alone:
+//! - A frame is taken only when all its bytes are present and its body
+//!   checksum matches. A partial or damaged frame at the end of the newest
+//!   segment is a write in progress (or a torn tail the receiver will cut
+//!   off when it restarts): the reader waits for it.
+//! - A segment is finished once a later segment exists: the receiver begins
+//!   a new segment (named by the staged position) and never appends to an
+//!   older one. A partial or damaged frame in a finished segment is
+//!   corruption (HAX0002E).
+//! - Frames follow each other without gap: a frame that does not start
+//!   where the previous one ended is corruption too.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{list, segment_name, StagingError, FILE_HEADER_BYTES, STAGING_MAGIC};
+use crate::frame::FrameHeader;
+use crate::limits::FRAME_HEADER_BYTES;
+
+/// Follows one staging store from a position.
+#[derive(Debug)]
+pub struct StagingReader {
+    dir: PathBuf,
+    /// The segment being read, once there is one.
+    segment: Option<OpenSegment>,
+    /// Everything below this has been handed out (or skipped as below the
+    /// starting position); the next frame must start here.
+    position: u64,
+    /// Frames ending at or below this are skipped, not handed out.
+    skip_through: u64,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    start: u64,
+    file: File,
+    path: PathBuf,
+    offset: u64,
+}
+
+/// What the reader found at its position.
+enum Found {
+    Frame(FrameHeader),
+    /// No whole, checked frame at the offset; `trailing` bytes follow it.
+    NotYet {
+        trailing: u64,
+    },
+}
+
+impl StagingReader {
+    /// A reader that will hand out the frames holding positions `from` and
+    /// after (the first one may begin below `from`: the caller skips those
+    /// entries). Refuses (HAX0009E) when staging no longer holds `from`.
+    pub fn open(dir: impl AsRef<Path>, from: u64) -> Result<StagingReader, StagingError> {
+        let mut reader = StagingReader {
+            dir: dir.as_ref().to_owned(),
+            segment: None,
+            position: 0,
+            skip_through: from.saturating_sub(1),
+        };
+        reader.find_start(from)?;
+        Ok(reader)
+    }
+
+    /// The position after the last frame handed out or skipped.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Chooses the segment holding `from`, if the store exists yet.
+    fn find_start(&mut self, from: u64) -> Result<(), StagingError> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        let found = list(&self.dir)?;
+        let Some((start, path)) = found.iter().rev().find(|(start, _)| *start <= from) else {
+            return match found.first() {
+                None => Ok(()),
+                Some((oldest, _)) => Err(StagingError::Purged {
+                    dir: self.dir.clone(),
+                    wanted: from,
+                    oldest: *oldest,
+                }),
+            };
+        };
+        self.position = *start;
+        self.segment = Some(open_segment(*start, path)?);
+        Ok(())
+    }
+
+    /// The next whole frame into `buf` (header and body), or `None` when
+    /// nothing more is staged yet. Call again later for more.
+    pub fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<FrameHeader>, StagingError> {
+        loop {
+            if self.segment.is_none() {
+                self.find_start(self.skip_through + 1)?;
+                if self.segment.is_none() {
+                    return Ok(None);
+                }
+            }
+            match self.read_at_offset(buf)? {
+                Found::Frame(header) => {
+                    if header.next_sequence <= self.skip_through {
+                        continue;
+                    }
+                    return Ok(Some(header));
+                }
+                Found::NotYet { trailing: 0 } => {
+                    let current = self.segment.as_ref().expect("open").start;
+                    let next = self.dir.join(segment_name(self.position));
+                    if current == self.position || !next.exists() {
+                        return Ok(None);
+                    }
+                    self.segment = Some(open_segment(self.position, &next)?);
+                }
+                Found::NotYet { trailing } => {
+                    // A write in progress, unless the receiver has moved on
+                    // to a later segment: then these bytes are damage.
+                    let current = self.segment.as_ref().expect("open");
+                    if list(&self.dir)?
+                        .iter()
+                        .any(|(start, _)| *start > current.start)
+                    {
+                        return Err(StagingError::Corrupt {
+                            path: current.path.clone(),
+                            offset: current.offset,
+                            detail: format!(
+                                "{trailing} bytes here are not a whole, intact frame, and a later segment exists"
+                            ),
+                        });
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn read_at_offset(&mut self, buf: &mut Vec<u8>) -> Result<Found, StagingError> {
+        let segment = self.segment.as_mut().expect("open");
+        let len = segment
+            .file
+            .metadata()
+            .map_err(super::io("stat staging segment", &segment.path))?
+            .len();
+        let not_yet = Found::NotYet {
+            trailing: len.saturating_sub(segment.offset),
+        };
+        if len < segment.offset + FRAME_HEADER_BYTES as u64 {
+            return Ok(not_yet);
+        }
+        buf.resize(FRAME_HEADER_BYTES, 0);
+        segment
+            .file
+            .read_exact_at(buf, segment.offset)
+            .map_err(super::io("read staging segment", &segment.path))?;
+        let Ok(header) = FrameHeader::decode(buf) else {
+            return Ok(not_yet);
+        };
+        let total = FRAME_HEADER_BYTES as u64 + header.body_bytes as u64;
+        if len < segment.offset + total {
+            return Ok(not_yet);
+        }
+        buf.resize(total as usize, 0);
+        segment
+            .file
+            .read_exact_at(
+                &mut buf[FRAME_HEADER_BYTES..],
+                segment.offset + FRAME_HEADER_BYTES as u64,
+            )
+            .map_err(super::io("read staging segment", &segment.path))?;
+        if crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]) != header.body_crc32c {
+            return Ok(not_yet);
+        }
+        if header.start_position != self.position {
+            return Err(StagingError::Corrupt {
+                path: segment.path.clone(),
+                offset: segment.offset,
+                detail: format!(
+                    "frame covers {}..{} but the previous frame ended at {}",
+                    header.start_position, header.next_sequence, self.position
+                ),
+            });
+        }
+        segment.offset += total;
+        self.position = header.next_sequence;
+        Ok(Found::Frame(header))
+    }
+}
+
+fn open_segment(start: u64, path: &Path) -> Result<OpenSegment, StagingError> {
+    let file = File::open(path).map_err(super::io("open staging segment", path))?;
+    let mut header = [0u8; FILE_HEADER_BYTES as usize];
+    // A segment shorter than its header is one being created: its frames
+    // start after the header once it is written.
+    if file.read_exact_at(&mut header, 0).is_ok() && header[..8] != STAGING_MAGIC {
+        return Err(StagingError::Corrupt {
+            path: path.to_owned(),
+            offset: 0,
+            detail: "not a staging segment (bad file header)".into(),
+        });
+    }
+    Ok(OpenSegment {
+        start,
+        file,
+        path: path.to_owned(),
+        offset: FILE_HEADER_BYTES,
+    })
+}
