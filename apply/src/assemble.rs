@@ -57,11 +57,13 @@ impl JournalAssembly {
 
     /// The transaction committing at `sequence`, or `None` if it was applied
     /// before (replay).
-    fn committing(&self, journal: u32, sequence: u64) -> Option<TxnMeta> {
+    fn committing(&self, journal: u32, entry: &Entry<'_>) -> Option<TxnMeta> {
+        let sequence = entry.sequence();
         (sequence > self.applied).then(|| TxnMeta {
             journal,
             commit_sequence: sequence,
             resume_from: self.resume_from(sequence),
+            commit_time_ns: entry.timestamp_ns(),
         })
     }
 
@@ -149,7 +151,7 @@ impl Assembler {
             }
             EntryType::Commit => {
                 let txn = state.open.remove(&cycle);
-                match (state.committing(journal, sequence), &txn) {
+                match (state.committing(journal, entry), &txn) {
                     (None, _) => self.skipped += 1,
                     (Some(meta), Some(txn)) => out.push(meta, txn.changes.iter()),
                     (Some(meta), None) => out.push(meta, []),
@@ -176,7 +178,7 @@ impl Assembler {
                 if cycle != 0 {
                     state.open(cycle, sequence).changes.push(op);
                 } else {
-                    match state.committing(journal, sequence) {
+                    match state.committing(journal, entry) {
                         None => self.skipped += 1,
                         Some(meta) => out.push(meta, [op]),
                     }

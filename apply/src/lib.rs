@@ -18,6 +18,7 @@
 mod assemble;
 mod parallel;
 mod position;
+mod run;
 mod serial;
 mod store;
 mod tables;
@@ -26,6 +27,7 @@ mod txn;
 pub use assemble::{AssembleError, Assembler};
 pub use parallel::{ApplyOptions, ParallelApply};
 pub use position::{AppliedPosition, JournalPosition};
+pub use run::{run, RunError, RunOptions, RunStatus, StagedJournal, APPLIED_FILE};
 pub use serial::{ApplyError, ObjectState, SerialReplica};
 pub use store::{record_hash, stripe_of, ObjectInfo, Store, StoreError};
 pub use tables::{ReplicaTables, DATA_FILE_BYTES};

@@ -105,6 +105,7 @@ mod tests {
             journal: 2,
             commit_sequence: 40,
             resume_from: 31,
+            commit_time_ns: 0,
         });
         assert_eq!(p.journal(0), JournalPosition::default());
         assert_eq!(p.journal(2).resume_from, 31);

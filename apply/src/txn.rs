@@ -91,6 +91,9 @@ pub struct TxnMeta {
     /// the first entry of the oldest transaction still open, else
     /// `commit_sequence + 1`.
     pub resume_from: u64,
+    /// Timestamp of the commit entry (ns since the Unix epoch): the key by
+    /// which transactions of several journals are merged.
+    pub commit_time_ns: u64,
 }
 
 /// Changes in arena form, shared by open transactions and batches.
@@ -257,6 +260,7 @@ mod tests {
             journal: 0,
             commit_sequence: s,
             resume_from: s + 1,
+            commit_time_ns: 0,
         };
         let put = |k: &'static [u8], v: &'static [u8]| Op {
             kind: OpKind::Put,

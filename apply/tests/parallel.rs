@@ -4,112 +4,17 @@
 //! tables, must end in exactly the state `SerialReplica` reaches in commit
 //! order. proptest prints the failing seed and settings.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use apply::{
-    AppliedPosition, ApplyOptions, Assembler, ObjectInfo, ParallelApply, ReplicaTables,
-    SerialReplica, Store, StoreError, Txn, TxnBatch,
+    AppliedPosition, ApplyOptions, Assembler, ObjectInfo, ParallelApply, ReplicaTables, Store,
+    StoreError, Txn, TxnBatch,
 };
-use engine::journal::entry::encode_to_vec;
-use engine::journal::{decode, NewEntry};
+use engine::journal::decode;
 use proptest::prelude::*;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// A random journal: encoded entries with sequences 1.., in journal order.
-fn workload(seed: u64, entries: usize) -> Vec<Vec<u8>> {
-    let mut rng = Rng(seed);
-    let mut out = Vec::new();
-    let mut open: Vec<u64> = Vec::new();
-    let mut next_cycle = 1;
-    let names = ["A", "B", "C", "D"];
-    let push = |out: &mut Vec<Vec<u8>>, e: NewEntry<'_>| {
-        let mut buf = Vec::new();
-        let seq = out.len() as u64 + 1;
-        encode_to_vec(&e, seq, 1_000 + seq, &mut buf);
-        out.push(buf);
-    };
-    push(&mut out, NewEntry::create_object(1, "A"));
-    push(&mut out, NewEntry::create_object(2, "B"));
-    while out.len() < entries {
-        // Most changes go to open cycles when there are some.
-        let cycle = if !open.is_empty() && rng.below(4) != 0 {
-            open[rng.below(open.len() as u64) as usize]
-        } else {
-            0
-        };
-        let object = 1 + rng.below(3);
-        // Hot keys: small numbers far more often than large ones.
-        let spread = 1 + rng.below(64);
-        let key = rng.below(spread).to_be_bytes();
-        let image = rng.next().to_le_bytes().repeat(1 + rng.below(4) as usize);
-        match rng.below(100) {
-            0..=54 => push(
-                &mut out,
-                NewEntry::put(object, &key, &image).in_cycle(cycle),
-            ),
-            55..=64 => push(
-                &mut out,
-                NewEntry::delete(object, &key, None).in_cycle(cycle),
-            ),
-            65..=74 if open.len() < 4 => {
-                push(&mut out, NewEntry::commit_start(next_cycle));
-                open.push(next_cycle);
-                next_cycle += 1;
-            }
-            75..=84 if !open.is_empty() => {
-                let c = open.swap_remove(rng.below(open.len() as u64) as usize);
-                push(&mut out, NewEntry::commit(c));
-            }
-            85..=89 if !open.is_empty() => {
-                let c = open.swap_remove(rng.below(open.len() as u64) as usize);
-                push(&mut out, NewEntry::rollback(c));
-            }
-            90 => {
-                // A large transaction.
-                let c = next_cycle;
-                next_cycle += 1;
-                push(&mut out, NewEntry::commit_start(c));
-                for k in 0..300 + rng.below(700) {
-                    let key = (k % 200).to_be_bytes();
-                    push(&mut out, NewEntry::put(object, &key, &image).in_cycle(c));
-                }
-                push(&mut out, NewEntry::commit(c));
-            }
-            91..=92 => push(
-                &mut out,
-                NewEntry::create_object(object + rng.below(2), names[rng.below(4) as usize])
-                    .in_cycle(cycle),
-            ),
-            93 => push(&mut out, NewEntry::drop_object(object).in_cycle(cycle)),
-            94..=95 => push(&mut out, NewEntry::clear_object(object).in_cycle(cycle)),
-            96 => push(
-                &mut out,
-                NewEntry::rename_object(object, names[rng.below(4) as usize]).in_cycle(cycle),
-            ),
-            _ => push(
-                &mut out,
-                NewEntry::put(object, &key, &image).in_cycle(cycle),
-            ),
-        }
-    }
-    out
-}
+mod common;
+use common::{serial_state, store_state, workload};
 
 /// Replica tables that remember the commit sequence of every transaction
 /// handed to them.
@@ -149,38 +54,6 @@ fn all_commits(entries: &[Vec<u8>]) -> Vec<u64> {
         assembler.push(0, &decode(e).unwrap(), &mut batch).unwrap();
     }
     batch.iter().map(|t| t.meta().commit_sequence).collect()
-}
-
-type State = BTreeMap<u64, (String, BTreeMap<Vec<u8>, Vec<u8>>)>;
-
-fn serial_state(entries: &[Vec<u8>]) -> State {
-    let mut replica = SerialReplica::new();
-    for e in entries {
-        // Refused transactions are part of the semantics: ignore the error.
-        let _ = replica.apply(&decode(e).unwrap());
-    }
-    replica
-        .objects()
-        .iter()
-        .map(|(id, o)| (*id, (o.name.clone(), o.records.clone())))
-        .collect()
-}
-
-fn store_state(store: &dyn Store) -> State {
-    store
-        .objects()
-        .unwrap()
-        .into_iter()
-        .map(|o| {
-            let mut records = BTreeMap::new();
-            store
-                .scan(o.object_id, &mut |k, v| {
-                    records.insert(k.to_vec(), v.to_vec());
-                })
-                .unwrap();
-            (o.object_id, (o.name, records))
-        })
-        .collect()
 }
 
 /// Assembles `entries` from `position` and applies them in chunks of

@@ -20,6 +20,7 @@ fn meta(sequence: u64) -> TxnMeta {
         journal: 0,
         commit_sequence: sequence,
         resume_from: sequence + 1,
+        commit_time_ns: 0,
     }
 }
 

@@ -45,6 +45,7 @@ pub fn batches(w: &Workload, seed: u64) -> Vec<TxnBatch> {
             journal: 0,
             commit_sequence: sequence,
             resume_from: sequence + 1,
+            commit_time_ns: 0,
         },
         [Op {
             kind: OpKind::Create,
@@ -84,6 +85,7 @@ pub fn batches(w: &Workload, seed: u64) -> Vec<TxnBatch> {
                 journal: 0,
                 commit_sequence: sequence,
                 resume_from: sequence + 1,
+                commit_time_ns: 0,
             },
             ops,
         );

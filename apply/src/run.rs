@@ -1,0 +1,355 @@
+//! The apply process's loop: staged frames of each journal of the group ->
+//! transactions (Assembler) -> merged commit order -> ParallelApply -> the
+//! store, with periodic checkpoints.
+//!
+//! Durability: the store keeps the applied position with its data
+//! (`Store::checkpoint`); after a crash, apply replays staging from the
+//! position's `resume_from` and the Assembler drops what was applied before,
+//! so every transaction is applied exactly once. Only after a checkpoint is
+//! durable does the loop write `resume_from` to each journal's
+//! `applied.pos` in its staging directory, which lets the receiver purge
+//! segments below it: staging is never purged past what a restart needs.
+//!
+//! Merging several journals: each journal is assembled on its own; their
+//! committed transactions are then released in (commit timestamp, journal,
+//! commit sequence) order. A transaction is released once every other
+//! journal either has a later transaction waiting, has shown an entry at or
+//! after its timestamp, or has staged nothing new for `merge_wait` (the
+//! bound that keeps an idle journal from stopping the group).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::frame::{FrameDecoder, FrameError};
+use engine::journal::{JournalError, PositionFile};
+use engine::staging::{StagingError, StagingReader};
+use parking_lot::Mutex;
+
+use crate::assemble::{AssembleError, Assembler};
+use crate::parallel::{ApplyOptions, ParallelApply};
+use crate::position::AppliedPosition;
+use crate::store::{Store, StoreError};
+use crate::txn::TxnBatch;
+
+/// The file in a journal's staging directory that apply keeps its
+/// `resume_from` in: the receiver purges segments wholly below it.
+pub const APPLIED_FILE: &str = "applied.pos";
+
+/// One journal of the group as staged on this node.
+#[derive(Clone, Debug)]
+pub struct StagedJournal {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// How the loop runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub apply: ApplyOptions,
+    /// Time between checkpoints (each drains apply and writes the store's
+    /// checkpoint): bounds replay after a crash.
+    pub checkpoint_every: Duration,
+    /// Sleep when nothing new is staged.
+    pub idle_wait: Duration,
+    /// Most time an idle journal holds back the others' transactions.
+    pub merge_wait: Duration,
+    /// Changes gathered before a batch is handed to the workers.
+    pub batch_ops: usize,
+    /// Time between progress messages (HAD0221I).
+    pub progress_every: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            apply: ApplyOptions::default(),
+            checkpoint_every: Duration::from_secs(1),
+            idle_wait: Duration::from_millis(1),
+            merge_wait: Duration::from_millis(20),
+            batch_ops: 16 * 1024,
+            progress_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the loop stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error(transparent)]
+    Staging(#[from] StagingError),
+    #[error("HAD0220E journal {journal}: staged frame at position {position} in {dir}: {source}")]
+    Frame {
+        journal: String,
+        dir: PathBuf,
+        position: u64,
+        source: FrameError,
+    },
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("HAD0222E cannot record the applied position in {}: {source}", dir.display())]
+    AppliedFile { dir: PathBuf, source: JournalError },
+}
+
+/// Counters the loop keeps, readable while it runs.
+#[derive(Debug, Default)]
+pub struct RunStatus {
+    /// Transactions handed to the workers.
+    pub submitted_txns: AtomicU64,
+    /// Changes applied by the workers.
+    pub applied_ops: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// The position of the last checkpoint (at start: the store's).
+    pub checkpointed: Mutex<AppliedPosition>,
+}
+
+struct Feed {
+    journal: u32,
+    name: String,
+    reader: StagingReader,
+    decoder: FrameDecoder,
+    frame: Vec<u8>,
+    /// Entries below this were read before (replay starts at `resume_from`).
+    next_sequence: u64,
+    /// Committed transactions not yet released to apply.
+    batch: TxnBatch,
+    released: usize,
+    /// Latest entry timestamp seen in this journal.
+    seen_time_ns: u64,
+    /// When the reader last found nothing new; `None` while it finds frames.
+    idle_since: Option<Instant>,
+    applied_file: PositionFile,
+}
+
+impl Feed {
+    fn pending(&self) -> usize {
+        self.batch.len() - self.released
+    }
+
+    /// Reads staged frames into transactions until `batch_ops` changes wait
+    /// or nothing more is staged. Returns whether anything was read.
+    fn fill(&mut self, assembler: &mut Assembler, batch_ops: usize) -> Result<bool, RunError> {
+        let mut read = false;
+        while self.batch.op_count() < batch_ops {
+            let Some(header) = self.reader.next(&mut self.frame)? else {
+                if !read && self.idle_since.is_none() {
+                    self.idle_since = Some(Instant::now());
+                }
+                break;
+            };
+            read = true;
+            self.idle_since = None;
+            let decoded = self
+                .decoder
+                .decode(&self.frame)
+                .map_err(|source| RunError::Frame {
+                    journal: self.name.clone(),
+                    dir: self.reader.dir().to_owned(),
+                    position: header.start_position,
+                    source,
+                })?;
+            for entry in decoded.entries() {
+                if entry.sequence() < self.next_sequence {
+                    continue;
+                }
+                self.next_sequence = entry.sequence() + 1;
+                self.seen_time_ns = self.seen_time_ns.max(entry.timestamp_ns());
+                assembler.push(self.journal, &entry, &mut self.batch)?;
+            }
+        }
+        Ok(read)
+    }
+
+    fn idle_for(&self, wait: Duration) -> bool {
+        self.idle_since.is_some_and(|t| t.elapsed() >= wait)
+    }
+}
+
+/// Applies the group's staged journals to `store` until `stop` is set, then
+/// checkpoints. `journals` are in the group's fixed order: journal `i` of
+/// the applied position is `journals[i]`.
+pub fn run(
+    store: Arc<dyn Store>,
+    journals: &[StagedJournal],
+    options: &RunOptions,
+    stop: &AtomicBool,
+    status: &RunStatus,
+) -> Result<AppliedPosition, RunError> {
+    let position = store.applied_position();
+    let mut feeds = Vec::new();
+    for (i, j) in journals.iter().enumerate() {
+        let from = position.journal(i as u32).resume_from;
+        std::fs::create_dir_all(&j.dir).map_err(|source| StagingError::Io {
+            context: "create staging directory",
+            path: j.dir.clone(),
+            source,
+        })?;
+        let applied_file = PositionFile::open_path(j.dir.join(APPLIED_FILE)).map_err(|source| {
+            RunError::AppliedFile {
+                dir: j.dir.clone(),
+                source,
+            }
+        })?;
+        feeds.push(Feed {
+            journal: i as u32,
+            name: j.name.clone(),
+            reader: StagingReader::open(&j.dir, from)?,
+            decoder: FrameDecoder::new().map_err(|source| RunError::Frame {
+                journal: j.name.clone(),
+                dir: j.dir.clone(),
+                position: from,
+                source,
+            })?,
+            frame: Vec::new(),
+            next_sequence: from,
+            batch: TxnBatch::new(),
+            released: 0,
+            seen_time_ns: 0,
+            idle_since: None,
+            applied_file,
+        });
+    }
+    tracing::info!(
+        "HAD0223I apply starts after {}",
+        describe(&position, journals)
+    );
+    let mut assembler = Assembler::new(&position);
+    let mut apply = ParallelApply::new(store, &options.apply);
+    let mut merged = TxnBatch::new();
+    let mut next_checkpoint = Instant::now() + options.checkpoint_every;
+    let mut next_progress = Instant::now() + options.progress_every;
+    let mut last = (Instant::now(), 0u64);
+    *status.checkpointed.lock() = position.clone();
+    let mut checkpointed = position;
+
+    while !stop.load(Ordering::Relaxed) {
+        let mut progressed = false;
+        for feed in &mut feeds {
+            progressed |= feed.fill(&mut assembler, options.batch_ops)?;
+        }
+        if let [feed] = feeds.as_mut_slice() {
+            if !feed.batch.is_empty() {
+                apply.submit(&feed.batch)?;
+                feed.batch.clear();
+            }
+        } else {
+            release_merged(&mut feeds, &mut merged, options.merge_wait);
+            if !merged.is_empty() {
+                apply.submit(&merged)?;
+                merged.clear();
+            }
+        }
+        status
+            .submitted_txns
+            .store(assembler.committed(), Ordering::Relaxed);
+        status
+            .applied_ops
+            .store(apply.applied_ops(), Ordering::Relaxed);
+        let now = Instant::now();
+        if now >= next_checkpoint {
+            if *apply.submitted_position() != checkpointed {
+                checkpointed = checkpoint(&mut apply, &mut feeds, status)?;
+            }
+            next_checkpoint = now + options.checkpoint_every;
+        }
+        if now >= next_progress {
+            let ops = apply.applied_ops();
+            let rate = (ops - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+            tracing::info!(
+                "HAD0221I apply: {} transactions, {ops} changes applied ({rate:.0}/s), {} open ({} bytes), {} refused; checkpointed at {}",
+                assembler.committed(),
+                assembler.open_transactions(),
+                assembler.open_bytes(),
+                apply.refused(),
+                describe(&checkpointed, journals)
+            );
+            last = (now, ops);
+            next_progress = now + options.progress_every;
+        }
+        if !progressed {
+            std::thread::sleep(options.idle_wait);
+        }
+    }
+    let position = checkpoint(&mut apply, &mut feeds, status)?;
+    apply.finish()?;
+    tracing::info!(
+        "HAD0224I apply stopped at {}",
+        describe(&position, journals)
+    );
+    Ok(position)
+}
+
+/// Moves transactions from the feeds to `merged` in (commit time, journal,
+/// commit sequence) order, as far as the merge rule allows.
+fn release_merged(feeds: &mut [Feed], merged: &mut TxnBatch, merge_wait: Duration) {
+    loop {
+        let next = feeds
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.pending() > 0)
+            .map(|(i, f)| {
+                let meta = f.batch.get(f.released).meta();
+                ((meta.commit_time_ns, meta.journal, meta.commit_sequence), i)
+            })
+            .min();
+        let Some(((time, _, _), i)) = next else {
+            break;
+        };
+        let held_back = feeds.iter().enumerate().any(|(k, f)| {
+            k != i && f.pending() == 0 && f.seen_time_ns < time && !f.idle_for(merge_wait)
+        });
+        if held_back {
+            break;
+        }
+        let feed = &mut feeds[i];
+        let txn = feed.batch.get(feed.released);
+        merged.push(txn.meta(), txn.ops());
+        feed.released += 1;
+        if feed.pending() == 0 {
+            feed.batch.clear();
+            feed.released = 0;
+        }
+    }
+}
+
+/// Drains apply, makes the store's checkpoint durable, then lets the
+/// receivers purge what a restart no longer needs.
+fn checkpoint(
+    apply: &mut ParallelApply,
+    feeds: &mut [Feed],
+    status: &RunStatus,
+) -> Result<AppliedPosition, RunError> {
+    let position = apply.checkpoint()?;
+    for feed in feeds {
+        let resume_from = position.journal(feed.journal).resume_from;
+        feed.applied_file
+            .store(resume_from)
+            .map_err(|source| RunError::AppliedFile {
+                dir: feed.reader.dir().to_owned(),
+                source,
+            })?;
+    }
+    status.checkpoints.fetch_add(1, Ordering::Relaxed);
+    *status.checkpointed.lock() = position.clone();
+    Ok(position)
+}
+
+/// "main: applied 1200, resume from 1180; J2: ..." for messages.
+fn describe(position: &AppliedPosition, journals: &[StagedJournal]) -> String {
+    journals
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let p = position.journal(i as u32);
+            format!(
+                "{}: applied {}, resume from {}",
+                j.name, p.applied, p.resume_from
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,238 @@
+//! The apply loop over real staging stores: frames staged while it runs,
+//! stops and restarts at random points, several journals merged in commit
+//! time order; the replica must end equal to the serial reference and the
+//! applied position must reach staging's `applied.pos`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apply::{
+    AppliedPosition, Assembler, JournalPosition, ReplicaTables, RunOptions, RunStatus,
+    StagedJournal, Store, TxnBatch, APPLIED_FILE,
+};
+use engine::frame::{Codec, FrameEncoder};
+use engine::journal::entry::encode_to_vec;
+use engine::journal::{decode, read_position_file, NewEntry};
+use engine::staging::{Staging, StagingOptions};
+
+mod common;
+use common::{journal_workload, seed, serial_state, store_state, Rng, State};
+
+/// Stages `entries[from..to]` (sequences from 1) as frames of up to
+/// `per_frame` entries, with `codec`.
+fn stage(staging: &mut Staging, entries: &[Vec<u8>], from: usize, to: usize, per_frame: usize) {
+    let mut encoder = FrameEncoder::new(Codec::Zstd { level: 1 }).unwrap();
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let end = (at + per_frame).min(to);
+        out.clear();
+        encoder
+            .encode(
+                1,
+                at as u64 + 1,
+                end as u64 + 1,
+                entries[at..end].iter().map(|e| decode(e).unwrap()),
+                &mut out,
+            )
+            .unwrap();
+        staging.append(&out).unwrap();
+        at = end;
+    }
+    staging.sync().unwrap();
+}
+
+/// This journal's position once everything in it is applied.
+fn final_position(entries: &[Vec<u8>]) -> JournalPosition {
+    let mut assembler = Assembler::new(&AppliedPosition::default());
+    let mut batch = TxnBatch::new();
+    for e in entries {
+        assembler.push(0, &decode(e).unwrap(), &mut batch).unwrap();
+    }
+    batch.iter().last().map_or(JournalPosition::default(), |t| {
+        let meta = t.meta();
+        JournalPosition {
+            applied: meta.commit_sequence,
+            resume_from: meta.resume_from,
+        }
+    })
+}
+
+fn options() -> RunOptions {
+    RunOptions {
+        checkpoint_every: Duration::from_millis(5),
+        batch_ops: 300,
+        // Long enough that a slow test machine does not make a journal
+        // look idle while it is still being staged.
+        merge_wait: Duration::from_secs(1),
+        ..RunOptions::default()
+    }
+}
+
+/// Runs apply over `journals` until its checkpoint reaches `target` or
+/// `stop_after` passes, then stops it.
+fn run_until(
+    replica: &std::path::Path,
+    journals: &[StagedJournal],
+    target: Option<&[JournalPosition]>,
+    stop_after: Duration,
+) -> Arc<ReplicaTables> {
+    let store = Arc::new(ReplicaTables::open(replica).unwrap());
+    let stop = AtomicBool::new(false);
+    let status = RunStatus::default();
+    std::thread::scope(|s| {
+        let runner = s.spawn(|| apply::run(store.clone(), journals, &options(), &stop, &status));
+        let started = Instant::now();
+        while target.is_none_or(|t| status.checkpointed.lock().journals() != t)
+            && started.elapsed() < stop_after
+            && !runner.is_finished()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::Relaxed);
+        runner.join().unwrap().unwrap();
+    });
+    store
+}
+
+#[test]
+fn staged_transactions_apply_exactly_once_across_stops_and_restarts() {
+    let seed = seed("staged_transactions_apply_exactly_once_across_stops_and_restarts");
+    let mut rng = Rng(seed);
+    let entries = journal_workload(seed, 6000, 0, |s| 1_000 + s);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let replica = root.path().join("replica");
+    let journals = [StagedJournal {
+        name: "main".into(),
+        dir: dir.clone(),
+    }];
+    let (mut staging, _) = Staging::open(
+        &dir,
+        StagingOptions {
+            segment_bytes: 64 << 10,
+            ..StagingOptions::default()
+        },
+    )
+    .unwrap();
+    let target = [final_position(&entries)];
+    let mut staged = 0;
+    // Stage a piece, apply for a random while, stop; again, until all is in.
+    while staged < entries.len() {
+        let to = (staged + 1 + rng.below(1500) as usize).min(entries.len());
+        stage(
+            &mut staging,
+            &entries,
+            staged,
+            to,
+            1 + rng.below(400) as usize,
+        );
+        staged = to;
+        let stop_after = Duration::from_millis(rng.below(30));
+        run_until(&replica, &journals, None, stop_after);
+        // The receiver purges below the applied position: apply must
+        // still find everything a restart needs.
+        let applied = read_position_file(&dir.join(APPLIED_FILE)).unwrap();
+        staging.purge_through(applied).unwrap();
+    }
+    let store = run_until(&replica, &journals, Some(&target), Duration::from_secs(60));
+    assert_eq!(store.applied_position().journals(), target);
+    assert_eq!(
+        read_position_file(&dir.join(APPLIED_FILE)),
+        Some(target[0].resume_from)
+    );
+    assert_eq!(store_state(&*store), serial_state(&entries));
+}
+
+/// Appends cycle-0 puts of `keys` keys of object 100 to `entries`, the
+/// `i`th at timestamp `time(sequence)`, image "journal:i".
+fn shared_puts(entries: &mut Vec<Vec<u8>>, journal: u8, puts: u64, time: impl Fn(u64) -> u64) {
+    for i in 0..puts {
+        let seq = entries.len() as u64 + 1;
+        let key = (i % 20).to_be_bytes();
+        let image = [vec![journal], i.to_le_bytes().to_vec()].concat();
+        let mut buf = Vec::new();
+        encode_to_vec(&NewEntry::put(100, &key, &image), seq, time(seq), &mut buf);
+        entries.push(buf);
+    }
+}
+
+#[test]
+fn several_journals_merge_in_commit_time_order() {
+    let seed = seed("several_journals_merge_in_commit_time_order");
+    let root = tempfile::tempdir().unwrap();
+    // Two journals with their own objects, interleaved in time, then both
+    // writing the keys of one shared object turn about.
+    let mut j0 = journal_workload(seed, 2000, 0, |s| 10 * s);
+    let mut j1 = journal_workload(seed ^ 1, 2000, 10, |s| 10 * s + 5);
+    let (n0, n1) = (j0.len(), j1.len());
+    // Timestamps grow within each journal; the shared part starts after
+    // both random parts.
+    let created = 10 * (n0.max(n1) as u64 + 1);
+    let mut buf = Vec::new();
+    encode_to_vec(
+        &NewEntry::create_object(100, "S"),
+        n0 as u64 + 1,
+        created,
+        &mut buf,
+    );
+    j0.push(buf);
+    let (first0, first1) = (n0 as u64 + 2, n1 as u64 + 1);
+    shared_puts(&mut j0, 0, 100, |s| created + 10 + 10 * (s - first0));
+    shared_puts(&mut j1, 1, 100, |s| created + 5 + 10 * (s - first1));
+
+    let mut journals = Vec::new();
+    let mut target = Vec::new();
+    let mut stagings = Vec::new();
+    for (name, entries) in [("J0", &j0), ("J1", &j1)] {
+        let dir = root.path().join(name);
+        stagings.push(Staging::open(&dir, StagingOptions::default()).unwrap().0);
+        target.push(final_position(entries));
+        journals.push(StagedJournal {
+            name: name.into(),
+            dir,
+        });
+    }
+    // J0 is staged at once; J1 arrives a small frame at a time while apply
+    // runs (a slower link): only the merge rule keeps J0's later
+    // transactions from overtaking J1's earlier ones.
+    stage(&mut stagings[0], &j0, 0, j0.len(), 100);
+    let mut slow = stagings.pop().unwrap();
+    let store = std::thread::scope(|s| {
+        s.spawn(|| {
+            for at in (0..j1.len()).step_by(40) {
+                stage(&mut slow, &j1, at, (at + 40).min(j1.len()), 40);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        run_until(
+            &root.path().join("replica"),
+            &journals,
+            Some(&target),
+            Duration::from_secs(60),
+        )
+    });
+
+    // The expected state: each journal's own objects as it left them, and
+    // for each shared key the put with the latest timestamp.
+    let mut expected: State = serial_state(&j0[..n0]);
+    expected.extend(serial_state(&j1[..n1]));
+    let mut latest = std::collections::BTreeMap::new();
+    for e in j0[n0 + 1..].iter().chain(&j1[n1..]) {
+        let e = decode(e).unwrap();
+        let slot = latest.entry(e.key().to_vec()).or_insert((0, Vec::new()));
+        if e.timestamp_ns() > slot.0 {
+            *slot = (e.timestamp_ns(), e.after().to_vec());
+        }
+    }
+    expected.insert(
+        100,
+        (
+            "S".into(),
+            latest.into_iter().map(|(k, (_, v))| (k, v)).collect(),
+        ),
+    );
+    assert_eq!(store.applied_position().journals(), target);
+    assert_eq!(store_state(&*store), expected);
+}
