@@ -20,6 +20,15 @@
 //! io = "auto"                         # auto | uring | plain
 //! compression = "none"                # none | zstd | zstd:<level>
 //! window = "64MiB"                    # most bytes sent and not yet acknowledged
+//!
+//! [apply]                             # replapply, on the backup node
+//! replica = "/var/lib/repl/replica"   # default: <staging>/<group>.replica
+//! workers = 2
+//! stripes = 1024
+//! checkpoint_ms = 1000                # bounds replay after a crash
+//! journals = ["J1"]                   # the group's journals, in a fixed order
+//!                                     # (default: [primary.journal_name])
+//! merge_wait_ms = 20                  # most an idle journal holds the others
 //! ```
 //!
 //! Every error names the file, the line and column, and the key (CSI0001E).
@@ -60,6 +69,8 @@ struct RawConfig {
     backup: RawBackup,
     #[serde(default)]
     transport: RawTransport,
+    #[serde(default)]
+    apply: RawApply,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +103,17 @@ struct RawTransport {
     heartbeat_ms: Option<Spanned<u64>>,
     timeout_ms: Option<Spanned<u64>>,
     reconnect_max_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApply {
+    replica: Option<Spanned<String>>,
+    workers: Option<Spanned<u64>>,
+    stripes: Option<Spanned<u64>>,
+    checkpoint_ms: Option<Spanned<u64>>,
+    journals: Option<Spanned<Vec<String>>>,
+    merge_wait_ms: Option<Spanned<u64>>,
 }
 
 /// The primary node's part.
@@ -127,6 +149,20 @@ pub struct Transport {
     pub reconnect_max: Duration,
 }
 
+/// How replapply applies the group on the backup.
+#[derive(Clone, Debug)]
+pub struct Apply {
+    /// The replica tables' directory.
+    pub replica: PathBuf,
+    pub workers: usize,
+    pub stripes: usize,
+    pub checkpoint: Duration,
+    /// The group's journals in their fixed order (the applied position is
+    /// kept per index): each stages in `staging/<group>/<name>`.
+    pub journals: Vec<String>,
+    pub merge_wait: Duration,
+}
+
 /// A checked configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -135,15 +171,18 @@ pub struct Config {
     pub primary: Primary,
     pub backup: Backup,
     pub transport: Transport,
+    pub apply: Apply,
 }
 
 impl Config {
     /// This journal's staging directory on the backup.
     pub fn staging_dir(&self) -> PathBuf {
-        self.backup
-            .staging
-            .join(&self.group)
-            .join(&self.primary.journal_name)
+        self.journal_staging_dir(&self.primary.journal_name)
+    }
+
+    /// The staging directory of the group's journal `name` on the backup.
+    pub fn journal_staging_dir(&self, name: &str) -> PathBuf {
+        self.backup.staging.join(&self.group).join(name)
     }
 
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
@@ -325,8 +364,61 @@ impl Config {
                 format!("{window_bytes} bytes must hold at least two frames of transport.frame_bytes ({frame_bytes}) plus an entry"),
             ));
         }
+        let a = &raw.apply;
+        let count = |s: &Option<Spanned<u64>>, key: &str, default: u64, min: u64, max: u64| {
+            let Some(s) = s else {
+                return Ok(default as usize);
+            };
+            let v = *s.get_ref();
+            if (min..=max).contains(&v) {
+                Ok(v as usize)
+            } else {
+                Err(at(
+                    s.span(),
+                    key,
+                    format!("{v} is out of range ({min}..={max})"),
+                ))
+            }
+        };
+        let journals = match &a.journals {
+            None => vec![journal_name.clone()],
+            Some(list) => {
+                let mut names: Vec<String> = Vec::new();
+                for n in list.get_ref() {
+                    if !valid_node_name(n) || names.contains(n) {
+                        return Err(at(
+                            list.span(),
+                            "apply.journals",
+                            format!("{n:?} is not a name or is listed twice: use distinct names of 1 to 64 of A-Z a-z 0-9 . _ -"),
+                        ));
+                    }
+                    names.push(n.clone());
+                }
+                if names.is_empty() {
+                    return Err(at(
+                        list.span(),
+                        "apply.journals",
+                        "name at least one journal".into(),
+                    ));
+                }
+                names
+            }
+        };
+        let staging = path(&raw.backup.staging, "backup.staging")?;
+        let apply = Apply {
+            replica: match &a.replica {
+                Some(s) => path(s, "apply.replica")?,
+                None => staging.join(format!("{group}.replica")),
+            },
+            workers: count(&a.workers, "apply.workers", 2, 1, 64)?,
+            stripes: count(&a.stripes, "apply.stripes", 1024, 1, 1 << 20)?,
+            checkpoint: millis(&a.checkpoint_ms, "apply.checkpoint_ms", 1000, 10, 3_600_000)?,
+            journals,
+            merge_wait: millis(&a.merge_wait_ms, "apply.merge_wait_ms", 20, 0, 600_000)?,
+        };
         Ok(Config {
             file: file.to_owned(),
+            apply,
             group,
             primary: Primary {
                 node: primary_node,
@@ -337,7 +429,7 @@ impl Config {
             backup: Backup {
                 node: backup_node,
                 listen,
-                staging: path(&raw.backup.staging, "backup.staging")?,
+                staging,
                 budget_bytes: bytes(
                     &raw.backup.budget,
                     "backup.budget",
@@ -445,6 +537,36 @@ window = "32MiB"
         assert_eq!(c.transport.codec, Codec::Zstd { level: 3 });
         assert_eq!(c.transport.window_bytes, 32 << 20);
         assert_eq!(c.transport.io, IoMode::Auto);
+        assert_eq!(c.apply.replica, Path::new("/var/staging/PAYROLL.replica"));
+        assert_eq!(c.apply.journals, ["main"]);
+        assert_eq!(c.apply.workers, 2);
+    }
+
+    #[test]
+    fn the_apply_section_is_checked() {
+        let with = |apply: &str| format!("{GOOD}\n[apply]\n{apply}\n");
+        let c = Config::parse(
+            Path::new("/etc/repl/pair.toml"),
+            &with("replica = \"rep\"\nworkers = 1\njournals = [\"J1\", \"J2\"]"),
+        )
+        .unwrap();
+        assert_eq!(c.apply.replica, Path::new("/etc/repl/rep"));
+        assert_eq!(c.apply.journals, ["J1", "J2"]);
+        assert_eq!(
+            c.journal_staging_dir("J2"),
+            Path::new("/var/staging/PAYROLL/J2")
+        );
+        let e = err(&with("workers = 0"));
+        assert!(e.contains(":18:11: key `apply.workers`"), "{e}");
+        let e = err(&with("journals = [\"J1\", \"J1\"]"));
+        assert!(
+            e.contains("key `apply.journals`") && e.contains("twice"),
+            "{e}"
+        );
+        let e = err(&with("journals = []"));
+        assert!(e.contains("key `apply.journals`"), "{e}");
+        let e = err(&with("colour = 1"));
+        assert!(e.contains("key `apply.colour`"), "{e}");
     }
 
     #[test]

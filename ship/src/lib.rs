@@ -2,6 +2,7 @@
 //! journal and streams frames; the receiver (backup node) checks them,
 //! stages them durably and acknowledges. See docs/protocol.md.
 
+pub mod apply;
 pub mod config;
 pub mod link;
 pub mod receiver;

@@ -44,9 +44,9 @@ const T_CONTROL_READ: u64 = 2;
 const T_CONTROL_SEND: u64 = 3;
 const T_WAKE: u64 = 4;
 
-/// The file apply (a later issue) writes its applied position to, in the
-/// staging directory: segments wholly below it are purged.
-pub const APPLIED_FILE: &str = "applied.pos";
+/// The file apply writes its applied position to, in the staging
+/// directory: segments wholly below it are purged.
+pub use apply::APPLIED_FILE;
 const IDENTITY_FILE: &str = "IDENTITY";
 
 /// Positions the receiver reports (for tests and progress).

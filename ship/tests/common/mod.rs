@@ -83,6 +83,16 @@ impl Pair {
     pub fn staging(&self) -> PathBuf {
         self.root.path().join("staging/TEST/main")
     }
+    /// The replica tables' directory (the [apply] default).
+    pub fn replica(&self) -> PathBuf {
+        self.root.path().join("staging/TEST.replica")
+    }
+    /// Appends `text` (a whole table, e.g. "[apply]\n...") to the configuration.
+    pub fn add_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(text);
+        std::fs::write(&self.config, config).unwrap();
+    }
     pub fn acked(&self) -> u64 {
         read_position_file(&self.journal().join("acked-back.pos")).unwrap_or(0)
     }
@@ -193,6 +203,66 @@ impl Drop for Proc {
 
 pub const SEND: &str = env!("CARGO_BIN_EXE_replsend");
 pub const RECV: &str = env!("CARGO_BIN_EXE_replrecv");
+pub const APPLY: &str = env!("CARGO_BIN_EXE_replapply");
+
+/// Objects with their names and records, for comparing a replica with its source.
+pub type State =
+    std::collections::BTreeMap<u64, (String, std::collections::BTreeMap<Vec<u8>, Vec<u8>>)>;
+
+/// The source's state: the journal applied by the serial reference.
+pub fn source_state(journal: &Path) -> State {
+    let mut replica = apply::SerialReplica::new();
+    for e in journal_entries(journal) {
+        replica
+            .apply(&engine::journal::decode(&e).unwrap())
+            .unwrap();
+    }
+    replica
+        .objects()
+        .iter()
+        .map(|(id, o)| (*id, (o.name.clone(), o.records.clone())))
+        .collect()
+}
+
+/// A store's state, read through the store trait.
+pub fn store_state(store: &dyn apply::Store) -> State {
+    store
+        .objects()
+        .unwrap()
+        .into_iter()
+        .map(|o| {
+            let mut records = std::collections::BTreeMap::new();
+            store
+                .scan(o.object_id, &mut |k, v| {
+                    records.insert(k.to_vec(), v.to_vec());
+                })
+                .unwrap();
+            (o.object_id, (o.name, records))
+        })
+        .collect()
+}
+
+/// Asks a process to stop (SIGTERM) and waits for a clean exit.
+pub fn terminate(proc: &mut Proc) {
+    // SAFETY: sends a signal to our own child.
+    unsafe { libc::kill(proc.child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = proc.child.wait().unwrap();
+    assert!(status.success(), "{} exited with {status}", proc.name);
+}
+
+/// Waits until apply has recorded `target` as its applied position.
+pub fn wait_applied(pair: &Pair, target: u64, limit: Duration) {
+    let start = Instant::now();
+    let file = pair.staging().join(apply::APPLIED_FILE);
+    while read_position_file(&file).unwrap_or(0) < target {
+        assert!(
+            start.elapsed() < limit,
+            "applied {:?} of {target} after {limit:?}",
+            read_position_file(&file)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// Waits until the backup has acknowledged everything the journal holds.
 pub fn wait_acked(pair: &Pair, journal: &Journal, limit: Duration) {
