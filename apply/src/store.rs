@@ -68,7 +68,7 @@ impl StoreError {
 /// answers for objects before the transaction.
 pub(crate) fn check_objects(
     changes: impl Iterator<Item = (OpKind, u64, u64, &'static str)>,
-    present: impl Fn(u64) -> bool,
+    mut present: impl FnMut(u64) -> bool,
 ) -> Result<(), StoreError> {
     let mut exists: BTreeMap<u64, bool> = BTreeMap::new();
     for (kind, object_id, sequence, label) in changes {
@@ -117,7 +117,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Makes everything applied so far durable together with `position`.
     /// Called only while no `apply` runs, when what is applied is exactly the
     /// transactions `position` covers. A store that keeps its position in the
-    /// same transaction as the data (SQLite) has nothing left to do.
+    /// same transaction as the data (SQLite) only makes its commits durable.
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError>;
 
     /// The position stored with the data: apply resumes after it.

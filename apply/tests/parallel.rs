@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use apply::{
-    AppliedPosition, ApplyOptions, Assembler, ObjectInfo, ParallelApply, ReplicaTables, Store,
-    StoreError, Txn, TxnBatch,
+    AppliedPosition, ApplyOptions, Assembler, ObjectInfo, ParallelApply, ReplicaTables,
+    SqliteStore, Store, StoreError, Txn, TxnBatch,
 };
 use engine::journal::decode;
 use proptest::prelude::*;
@@ -139,6 +139,37 @@ proptest! {
         let applied = position.journal(0).applied;
         let expected: Vec<u64> = all_commits(&entries).into_iter().filter(|&c| c > applied).collect();
         prop_assert_eq!(replayed, expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn apply_into_sqlite_ends_in_the_serial_state_and_keeps_its_position(
+        seed in any::<u64>(),
+        split in 0usize..3000,
+    ) {
+        let entries = workload(seed, 3000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica.db");
+        {
+            let store = Arc::new(SqliteStore::open(&path).unwrap());
+            // No checkpoint: every SQLite transaction carries its position.
+            apply_from(&store, &entries[..split], &ApplyOptions::default(), 100)
+                .finish()
+                .unwrap();
+        }
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let mut apply = apply_from(&store, &entries, &ApplyOptions::default(), 100);
+        apply.checkpoint().unwrap();
+        drop(apply);
+        prop_assert_eq!(store_state(&*store), serial_state(&entries));
+        drop(store);
+        prop_assert_eq!(
+            store_state(&SqliteStore::open(&path).unwrap()),
+            serial_state(&entries)
+        );
     }
 }
 

@@ -1,7 +1,7 @@
 //! Replica tables: apply semantics, checkpoints, reopening, damage.
 
 use apply::{
-    AppliedPosition, Op, OpKind, ReplicaTables, Store, StoreError, TxnBatch, TxnMeta,
+    AppliedPosition, Op, OpKind, ReplicaTables, SqliteStore, Store, StoreError, TxnBatch, TxnMeta,
     DATA_FILE_BYTES,
 };
 
@@ -41,6 +41,46 @@ fn records(store: &dyn Store, object_id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn puts_deletes_and_object_operations_follow_serial_semantics() {
     let dir = tempfile::tempdir().unwrap();
     let tables = ReplicaTables::open(dir.path()).unwrap();
+    follows_serial_semantics(&tables);
+    assert!(tables.dead_bytes() > 0);
+}
+
+#[test]
+fn the_sqlite_store_follows_the_same_semantics_and_reads_with_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("replica.db");
+    let store = SqliteStore::open(&path).unwrap();
+    follows_serial_semantics(&store);
+    // Refused transactions moved the position too.
+    assert_eq!(store.applied_position().journal(0).applied, 10);
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.applied_position().journal(0).applied, 10);
+    assert_eq!(records(&store, 1), vec![]);
+
+    // Anyone can read the replica with SQL.
+    let sql = rusqlite::Connection::open(&path).unwrap();
+    let objects: Vec<(i64, String, String)> = sql
+        .prepare("SELECT object_id, name, table_name FROM repl_objects")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(objects, [(1, "T".to_owned(), "obj_1".to_owned())]);
+    let applied: i64 = sql
+        .query_row(
+            "SELECT applied FROM repl_applied WHERE journal = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(applied, 10);
+}
+
+/// The shared semantics test: the same transactions, the same outcome on
+/// every store.
+fn follows_serial_semantics(tables: &dyn Store) {
     let mut batch = TxnBatch::new();
     batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
     batch.push(
@@ -69,7 +109,7 @@ fn puts_deletes_and_object_operations_follow_serial_semantics() {
         ],
     );
     batch.push(meta(7), [op(OpKind::Rename, 2, b"U2", b"")]);
-    let results = apply_all(&tables, &batch);
+    let results = apply_all(tables, &batch);
     assert!(results[..3].iter().all(Result::is_ok));
     assert!(matches!(
         results[3],
@@ -80,7 +120,7 @@ fn puts_deletes_and_object_operations_follow_serial_semantics() {
         Err(StoreError::ObjectExists { object_id: 1, .. })
     ));
     assert!(results[5].is_ok() && results[6].is_ok());
-    assert_eq!(records(&tables, 1), vec![(b"a".to_vec(), b"1x".to_vec())]);
+    assert_eq!(records(tables, 1), vec![(b"a".to_vec(), b"1x".to_vec())]);
     assert_eq!(tables.get(2, b"k").unwrap(), Some(b"v".to_vec()));
     let names: Vec<_> = tables
         .objects()
@@ -94,12 +134,11 @@ fn puts_deletes_and_object_operations_follow_serial_semantics() {
     batch.push(meta(8), [op(OpKind::Clear, 1, b"", b"")]);
     batch.push(meta(9), [op(OpKind::Drop, 2, b"", b"")]);
     batch.push(meta(10), [op(OpKind::Put, 2, b"k", b"v")]);
-    let results = apply_all(&tables, &batch);
+    let results = apply_all(tables, &batch);
     assert!(results[0].is_ok() && results[1].is_ok());
     assert!(results[2].as_ref().unwrap_err().is_refusal());
-    assert!(records(&tables, 1).is_empty());
+    assert!(records(tables, 1).is_empty());
     assert_eq!(tables.get(2, b"k").unwrap(), None);
-    assert!(tables.dead_bytes() > 0);
 }
 
 #[test]

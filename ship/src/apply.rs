@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
+
+/// The SQLite store's file in the replica directory.
+pub const SQLITE_FILE: &str = "replica.db";
 
 /// Opens the replica and applies until `stop` is set.
 pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> anyhow::Result<()> {
@@ -20,13 +23,23 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
         })
         .collect();
     let started = std::time::Instant::now();
-    let store = apply::ReplicaTables::open(&a.replica)
-        .with_context(|| format!("opening the replica {}", a.replica.display()))?;
+    let context = || format!("opening the replica {}", a.replica.display());
+    let (store, records): (Arc<dyn apply::Store>, String) = match a.store {
+        StoreKind::Tables => {
+            let tables = apply::ReplicaTables::open(&a.replica).with_context(context)?;
+            let records = format!("replica tables, {} records", tables.len());
+            (Arc::new(tables), records)
+        }
+        StoreKind::Sqlite => {
+            let sqlite =
+                apply::SqliteStore::open(a.replica.join(SQLITE_FILE)).with_context(context)?;
+            (Arc::new(sqlite), format!("SQLite {SQLITE_FILE}"))
+        }
+    };
     tracing::info!(
-        "HAD0225I replica {} opened in {} ms ({} records)",
+        "HAD0225I replica {} ({records}) opened in {} ms",
         a.replica.display(),
         started.elapsed().as_millis(),
-        store.len()
     );
     let options = apply::RunOptions {
         apply: apply::ApplyOptions {
@@ -37,6 +50,6 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
         merge_wait: a.merge_wait,
         ..apply::RunOptions::default()
     };
-    apply::run(Arc::new(store), &journals, &options, stop, status)?;
+    apply::run(store, &journals, &options, stop, status)?;
     Ok(())
 }

@@ -22,7 +22,9 @@
 //! window = "64MiB"                    # most bytes sent and not yet acknowledged
 //!
 //! [apply]                             # replapply, on the backup node
-//! replica = "/var/lib/repl/replica"   # default: <staging>/<group>.replica
+//! store = "tables"                    # tables (replica tables) | sqlite
+//! replica = "/var/lib/repl/replica"   # the replica's directory (sqlite: replica.db
+//!                                     # in it); default: <staging>/<group>.replica
 //! workers = 2
 //! stripes = 1024
 //! checkpoint_ms = 1000                # bounds replay after a crash
@@ -108,6 +110,7 @@ struct RawTransport {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawApply {
+    store: Option<Spanned<String>>,
     replica: Option<Spanned<String>>,
     workers: Option<Spanned<u64>>,
     stripes: Option<Spanned<u64>>,
@@ -149,10 +152,20 @@ pub struct Transport {
     pub reconnect_max: Duration,
 }
 
+/// Which store holds the replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// Replica tables (the default, built for apply speed).
+    Tables,
+    /// One SQLite database, `replica.db` in the replica directory.
+    Sqlite,
+}
+
 /// How replapply applies the group on the backup.
 #[derive(Clone, Debug)]
 pub struct Apply {
-    /// The replica tables' directory.
+    pub store: StoreKind,
+    /// The replica's directory.
     pub replica: PathBuf,
     pub workers: usize,
     pub stripes: usize,
@@ -405,7 +418,22 @@ impl Config {
             }
         };
         let staging = path(&raw.backup.staging, "backup.staging")?;
+        let store = match &a.store {
+            None => StoreKind::Tables,
+            Some(s) => match s.get_ref().as_str() {
+                "tables" => StoreKind::Tables,
+                "sqlite" => StoreKind::Sqlite,
+                other => {
+                    return Err(at(
+                        s.span(),
+                        "apply.store",
+                        format!("{other:?} is not one of tables, sqlite"),
+                    ))
+                }
+            },
+        };
         let apply = Apply {
+            store,
             replica: match &a.replica {
                 Some(s) => path(s, "apply.replica")?,
                 None => staging.join(format!("{group}.replica")),
@@ -565,6 +593,11 @@ window = "32MiB"
         );
         let e = err(&with("journals = []"));
         assert!(e.contains("key `apply.journals`"), "{e}");
+        let e = err(&with("store = \"oracle\""));
+        assert!(
+            e.contains("key `apply.store`") && e.contains("tables, sqlite"),
+            "{e}"
+        );
         let e = err(&with("colour = 1"));
         assert!(e.contains("key `apply.colour`"), "{e}");
     }

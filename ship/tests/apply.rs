@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use apply::{ReplicaTables, Store};
+use apply::{ReplicaTables, SqliteStore, Store};
 use common::*;
 use engine::journal::NewEntry;
 
@@ -15,9 +15,14 @@ const APPLY_CONFIG: &str = "\n[apply]\ncheckpoint_ms = 50\n";
 /// Stops apply cleanly and compares the replica with the source.
 fn assert_replica_equals_source(pair: &Pair, mut apply: Proc) {
     terminate(&mut apply);
-    let replica = ReplicaTables::open(pair.replica()).unwrap();
+    let config = std::fs::read_to_string(&pair.config).unwrap();
+    let replica: Box<dyn Store> = if config.contains("store = \"sqlite\"") {
+        Box::new(SqliteStore::open(pair.replica().join(ship::apply::SQLITE_FILE)).unwrap())
+    } else {
+        Box::new(ReplicaTables::open(pair.replica()).unwrap())
+    };
     let expected = source_state(&pair.journal());
-    let actual = store_state(&replica);
+    let actual = store_state(&*replica);
     assert_eq!(actual.len(), expected.len(), "objects");
     for (id, (name, records)) in &expected {
         let (got_name, got) = &actual[id];
@@ -30,8 +35,17 @@ fn assert_replica_equals_source(pair: &Pair, mut apply: Proc) {
 
 #[test]
 fn writer_sender_receiver_and_apply_end_with_the_replica_equal_to_the_source() {
+    end_to_end(APPLY_CONFIG);
+}
+
+#[test]
+fn the_same_end_to_end_into_the_sqlite_store() {
+    end_to_end(&format!("{APPLY_CONFIG}store = \"sqlite\"\n"));
+}
+
+fn end_to_end(apply_config: &str) {
     let pair = Pair::new("auto", None, "", "");
-    pair.add_config(APPLY_CONFIG);
+    pair.add_config(apply_config);
     let journal = open_journal(&pair);
     let _recv = Proc::start(RECV, "replrecv", &pair.config);
     let _send = Proc::start(SEND, "replsend", &pair.config);
@@ -54,10 +68,19 @@ fn writer_sender_receiver_and_apply_end_with_the_replica_equal_to_the_source() {
 
 #[test]
 fn sigkill_of_apply_at_random_points_loses_nothing_and_applies_nothing_twice() {
-    let seed = seed("sigkill_of_apply");
+    sigkill_apply("tables", APPLY_CONFIG);
+}
+
+#[test]
+fn sigkill_of_apply_into_sqlite_loses_nothing_and_applies_nothing_twice() {
+    sigkill_apply("sqlite", &format!("{APPLY_CONFIG}store = \"sqlite\"\n"));
+}
+
+fn sigkill_apply(store: &str, apply_config: &str) {
+    let seed = seed(&format!("sigkill_of_apply[{store}]"));
     let mut rng = Rng(seed | 1);
     let pair = Pair::new("auto", None, "", "");
-    pair.add_config(APPLY_CONFIG);
+    pair.add_config(apply_config);
     let journal = open_journal(&pair);
     let mut recv = Proc::start(RECV, "replrecv", &pair.config);
     let _send = Proc::start(SEND, "replsend", &pair.config);
