@@ -66,7 +66,7 @@ impl StoreError {
 /// object existence as the transaction itself changes it: a record change or
 /// drop/clear/rename needs the object, a create needs it absent. `present`
 /// answers for objects before the transaction.
-pub(crate) fn check_objects(
+pub fn check_objects(
     changes: impl Iterator<Item = (OpKind, u64, u64, &'static str)>,
     mut present: impl FnMut(u64) -> bool,
 ) -> Result<(), StoreError> {
