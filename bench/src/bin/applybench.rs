@@ -57,8 +57,48 @@ fn measure(
     Ok((bench::median(&mut rates), all))
 }
 
+/// Restart time: a replica of `--keys` records is checkpointed, then opened
+/// again (what replapply does after a crash, before replaying staging from
+/// the checkpoint's position).
+fn restart(args: &Args) -> anyhow::Result<()> {
+    let workload = Workload {
+        entries: args.keys,
+        txn_entries: 1000,
+        key_space: args.keys,
+        keys: Keys::Uniform,
+        image_bytes: 100,
+    };
+    let input = batches(&workload, 7);
+    let dir = bench::tempdir_in(args.dir.as_deref())?;
+    let tables = Arc::new(ReplicaTables::open(dir.path())?);
+    bench::apply::apply(tables.clone(), &input, 1)?;
+    let started = std::time::Instant::now();
+    tables.checkpoint(&tables.applied_position())?;
+    let checkpoint = started.elapsed();
+    let records = tables.len();
+    drop(tables);
+    let mut opens = Vec::new();
+    for _ in 0..args.runs {
+        let started = std::time::Instant::now();
+        let tables = ReplicaTables::open(dir.path())?;
+        opens.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(
+            tables.len() == records,
+            "reopened with a different record count"
+        );
+    }
+    println!(
+        "restart: replica tables with {records} records: checkpoint {:.0} ms, open (load the checkpoint) {:.0} ms median of {}; replay then covers at most one checkpoint interval of staging\n",
+        checkpoint.as_secs_f64() * 1e3,
+        bench::median(&mut opens),
+        args.runs
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    restart(&args)?;
     println!(
         "| keys | entries per txn | tables, 1 worker | tables, 2 workers | redb | SQLite | tables(2) / redb | tables(2) / SQLite | runs (tables 2 / redb / SQLite) |"
     );
