@@ -4,11 +4,13 @@
 //! - Records live in append-only, memory-mapped data files (`data-<id>.tbl`,
 //!   64 MiB each). A put appends `[crc32c u32][object u64][key len u32]
 //!   [value len u32][key][value]` and points the index at it.
-//! - The index is in memory: 64 shards by record hash, each a map
-//!   object -> key -> (file, offset, length). Cost per key: the key itself
-//!   plus about 60 bytes (hash-table slot, boxed key header, location).
-//!   Values stay on disk (page cache), so tables larger than memory work as
-//!   long as the keys fit.
+//! - The index is in memory: 64 shards by record hash, each one flat hash
+//!   table of slots (record hash, object, key, file, offset, length), probed
+//!   with the hash computed once per change. Keys up to 22 bytes sit in the
+//!   slot; longer ones are boxed. Cost per key: a 56-byte slot over the
+//!   table's load factor (about 64-72 bytes), plus the key for keys over 22
+//!   bytes. Values stay on disk (page cache), so tables larger than memory
+//!   work as long as the keys fit.
 //! - No write-ahead log: staging already is one. `checkpoint` syncs the data
 //!   files written since the last one, then writes the whole index, the
 //!   objects and the applied position to `checkpoint.tmp`, syncs it and
@@ -29,15 +31,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-use rustc_hash::FxHashMap;
 
 use crate::position::AppliedPosition;
 use crate::store::{check_objects, record_hash, ObjectInfo, Store, StoreError};
 use crate::txn::{Op, OpKind, Txn};
 
+/// At most 64: a transaction's shards are a bit set in a u64.
 const SHARDS: usize = 64;
+const _: () = assert!(SHARDS <= 64);
 const LANES: usize = 4;
 /// Size of one data file.
 pub const DATA_FILE_BYTES: usize = 64 << 20;
@@ -174,9 +178,112 @@ struct Lane {
     file: Option<Arc<DataFile>>,
 }
 
+/// A key in an index slot: short keys inline, so a probe reads no other
+/// memory.
+#[derive(Clone, Debug)]
+enum SlotKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+const INLINE_KEY: usize = 22;
+
+impl SlotKey {
+    fn new(key: &[u8]) -> SlotKey {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            SlotKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            SlotKey::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            SlotKey::Inline { len, bytes } => &bytes[..*len as usize],
+            SlotKey::Heap(b) => b,
+        }
+    }
+}
+
+/// One record's index entry.
+#[derive(Clone, Debug)]
+struct Slot {
+    hash: u64,
+    object: u64,
+    key: SlotKey,
+    loc: Loc,
+}
+
+impl Slot {
+    fn is(&self, hash: u64, object: u64, key: &[u8]) -> bool {
+        self.hash == hash && self.object == object && self.key.as_slice() == key
+    }
+}
+
+/// The hash the shard's table probes with. Shards are chosen by the top
+/// bits of the record hash, which every slot of a shard shares, and the
+/// table takes its tag from the top bits: rotate fresh bits up.
+fn table_hash(hash: u64) -> u64 {
+    hash.rotate_left(26)
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    objects: FxHashMap<u64, FxHashMap<Box<[u8]>, Loc>>,
+    records: HashTable<Slot>,
+}
+
+impl Shard {
+    fn get(&self, hash: u64, object: u64, key: &[u8]) -> Option<Loc> {
+        self.records
+            .find(table_hash(hash), |s| s.is(hash, object, key))
+            .map(|s| s.loc)
+    }
+
+    /// Points the record at `loc`; returns where it was before.
+    fn put(&mut self, hash: u64, object: u64, key: &[u8], loc: Loc) -> Option<Loc> {
+        if let Some(slot) = self
+            .records
+            .find_mut(table_hash(hash), |s| s.is(hash, object, key))
+        {
+            return Some(std::mem::replace(&mut slot.loc, loc));
+        }
+        self.records.insert_unique(
+            table_hash(hash),
+            Slot {
+                hash,
+                object,
+                key: SlotKey::new(key),
+                loc,
+            },
+            |s| table_hash(s.hash),
+        );
+        None
+    }
+
+    fn remove(&mut self, hash: u64, object: u64, key: &[u8]) -> Option<Loc> {
+        self.records
+            .find_entry(table_hash(hash), |s| s.is(hash, object, key))
+            .ok()
+            .map(|e| e.remove().0.loc)
+    }
+
+    /// Removes every record of `object`; returns their bytes.
+    fn remove_object(&mut self, object: u64) -> u64 {
+        let mut bytes = 0;
+        self.records.retain(|s| {
+            let keep = s.object != object;
+            if !keep {
+                bytes += s.loc.len as u64;
+            }
+            keep
+        });
+        bytes
+    }
 }
 
 /// Data files by id; `None` for ids never made or deleted.
@@ -257,10 +364,7 @@ impl ReplicaTables {
 
     /// Records held, over all objects.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().objects.values().map(|m| m.len()).sum::<usize>())
-            .sum()
+        self.shards.iter().map(|s| s.read().records.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -270,26 +374,23 @@ impl ReplicaTables {
     /// Reads several records under one lock set: all as of the same moment,
     /// never part of a transaction.
     pub fn get_many(&self, keys: &[(u64, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let hashes: Vec<usize> = keys
-            .iter()
-            .map(|(o, k)| shard_of(record_hash(*o, k)))
-            .collect();
-        let mut ids = hashes.clone();
+        let hashes: Vec<u64> = keys.iter().map(|(o, k)| record_hash(*o, k)).collect();
+        let mut ids: Vec<usize> = hashes.iter().map(|&h| shard_of(h)).collect();
         ids.sort_unstable();
         ids.dedup();
         let guards: Vec<_> = ids.iter().map(|&s| self.shards[s].read()).collect();
         let files = self.files.read();
         keys.iter()
             .zip(&hashes)
-            .map(|((object, key), shard)| {
-                let guard = &guards[ids.binary_search(shard).unwrap()];
-                self.read_value(&files, guard.objects.get(object).and_then(|m| m.get(*key)))
+            .map(|((object, key), &hash)| {
+                let guard = &guards[ids.binary_search(&shard_of(hash)).unwrap()];
+                self.read_value(&files, guard.get(hash, *object, key))
             })
             .collect()
     }
 
-    fn read_value(&self, files: &Files, loc: Option<&Loc>) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(&loc) = loc else { return Ok(None) };
+    fn read_value(&self, files: &Files, loc: Option<Loc>) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(loc) = loc else { return Ok(None) };
         let file = files.get(loc.file).ok_or_else(|| StoreError::Corrupt {
             path: data_path(&self.dir, loc.file),
             detail: "the index names a data file that does not exist".into(),
@@ -345,24 +446,15 @@ impl ReplicaTables {
         &self,
         shard: &mut Shard,
         lane: &mut Lane,
+        hash: u64,
         op: &Op<'_>,
     ) -> Result<(), StoreError> {
         let old = match op.kind {
             OpKind::Put => {
                 let loc = self.append(lane, op)?;
-                let records = shard.objects.entry(op.object_id).or_default();
-                match records.get_mut(op.key) {
-                    Some(slot) => Some(std::mem::replace(slot, loc)),
-                    None => {
-                        records.insert(op.key.into(), loc);
-                        None
-                    }
-                }
+                shard.put(hash, op.object_id, op.key, loc)
             }
-            OpKind::Delete => shard
-                .objects
-                .get_mut(&op.object_id)
-                .and_then(|records| records.remove(op.key)),
+            OpKind::Delete => shard.remove(hash, op.object_id, op.key),
             _ => unreachable!("object-level changes go through apply_exclusive"),
         };
         if let Some(old) = old {
@@ -393,15 +485,13 @@ impl ReplicaTables {
                         objects.remove(&op.object_id);
                     }
                     for shard in shards.iter_mut() {
-                        if let Some(records) = shard.objects.remove(&op.object_id) {
-                            let dead: u64 = records.values().map(|l| l.len as u64).sum();
-                            self.dead_bytes.fetch_add(dead, Ordering::Relaxed);
-                        }
+                        let dead = shard.remove_object(op.object_id);
+                        self.dead_bytes.fetch_add(dead, Ordering::Relaxed);
                     }
                 }
                 OpKind::Put | OpKind::Delete => {
-                    let shard = shard_of(record_hash(op.object_id, op.key));
-                    self.put_or_delete(&mut shards[shard], &mut lane, &op)?;
+                    let hash = record_hash(op.object_id, op.key);
+                    self.put_or_delete(&mut shards[shard_of(hash)], &mut lane, hash, &op)?;
                 }
             }
         }
@@ -451,16 +541,14 @@ impl ReplicaTables {
         let count: u64 = self.len() as u64;
         body.extend_from_slice(&count.to_le_bytes());
         for shard in self.shards.iter() {
-            let shard = shard.read();
-            for (object, records) in &shard.objects {
-                for (key, loc) in records {
-                    body.extend_from_slice(&object.to_le_bytes());
-                    body.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                    body.extend_from_slice(key);
-                    body.extend_from_slice(&loc.file.to_le_bytes());
-                    body.extend_from_slice(&loc.offset.to_le_bytes());
-                    body.extend_from_slice(&loc.len.to_le_bytes());
-                }
+            for slot in shard.read().records.iter() {
+                let key = slot.key.as_slice();
+                body.extend_from_slice(&slot.object.to_le_bytes());
+                body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                body.extend_from_slice(key);
+                body.extend_from_slice(&slot.loc.file.to_le_bytes());
+                body.extend_from_slice(&slot.loc.offset.to_le_bytes());
+                body.extend_from_slice(&slot.loc.len.to_le_bytes());
             }
         }
         let tmp = self.dir.join("checkpoint.tmp");
@@ -546,13 +634,14 @@ impl ReplicaTables {
                     "an index entry points outside the listed data files",
                 ));
             }
-            let shard = shard_of(record_hash(object, key));
-            self.shards[shard]
+            let hash = record_hash(object, key);
+            if self.shards[shard_of(hash)]
                 .write()
-                .objects
-                .entry(object)
-                .or_default()
-                .insert(key.into(), loc);
+                .put(hash, object, key, loc)
+                .is_some()
+            {
+                return Err(corrupt("a record is listed twice"));
+            }
         }
         if r.at != body.len() {
             return Err(corrupt("trailing bytes after the index"));
@@ -612,26 +701,36 @@ impl Store for ReplicaTables {
             return self.apply_exclusive(txn);
         }
         let objects = self.objects.read();
-        if let Some(op) = txn.ops().find(|op| !objects.contains_key(&op.object_id)) {
-            return Err(StoreError::UnknownObject {
-                sequence: op.sequence,
-                label: op.kind.label(),
-                object_id: op.object_id,
-            });
+        let mut known = u64::MAX;
+        let mut shards = 0u64;
+        for op in txn.ops() {
+            if op.object_id != known {
+                if !objects.contains_key(&op.object_id) {
+                    return Err(StoreError::UnknownObject {
+                        sequence: op.sequence,
+                        label: op.kind.label(),
+                        object_id: op.object_id,
+                    });
+                }
+                known = op.object_id;
+            }
+            shards |= 1 << shard_of(record_hash(op.object_id, op.key));
         }
-        let mut ids: Vec<usize> = txn
-            .ops()
-            .map(|op| shard_of(record_hash(op.object_id, op.key)))
-            .collect();
-        let per_op = ids.clone();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut guards: Vec<RwLockWriteGuard<'_, Shard>> =
-            ids.iter().map(|&s| self.shards[s].write()).collect();
-        let mut lane = self.lanes[ids[0] % LANES].lock();
-        for (op, shard) in txn.ops().zip(per_op) {
-            let guard = &mut guards[ids.binary_search(&shard).unwrap()];
-            self.put_or_delete(guard, &mut lane, &op)?;
+        // Every shard the transaction touches, locked in shard order, held
+        // until all its changes are in: readers see all of it or none.
+        let mut guards: [Option<RwLockWriteGuard<'_, Shard>>; SHARDS] =
+            std::array::from_fn(|_| None);
+        let mut rest = shards;
+        while rest != 0 {
+            let s = rest.trailing_zeros() as usize;
+            guards[s] = Some(self.shards[s].write());
+            rest &= rest - 1;
+        }
+        let mut lane = self.lanes[shards.trailing_zeros() as usize % LANES].lock();
+        for op in txn.ops() {
+            let hash = record_hash(op.object_id, op.key);
+            let guard = guards[shard_of(hash)].as_mut().expect("locked above");
+            self.put_or_delete(guard, &mut lane, hash, &op)?;
         }
         Ok(())
     }
@@ -660,28 +759,31 @@ impl Store for ReplicaTables {
     }
 
     fn scan(&self, object_id: u64, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
-        let mut locs: Vec<(Box<[u8]>, Loc)> = Vec::new();
+        let mut locs: Vec<(SlotKey, Loc)> = Vec::new();
         for shard in self.shards.iter() {
-            if let Some(records) = shard.read().objects.get(&object_id) {
-                locs.extend(records.iter().map(|(k, l)| (k.clone(), *l)));
-            }
+            locs.extend(
+                shard
+                    .read()
+                    .records
+                    .iter()
+                    .filter(|s| s.object == object_id)
+                    .map(|s| (s.key.clone(), s.loc)),
+            );
         }
-        locs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        locs.sort_unstable_by(|a, b| a.0.as_slice().cmp(b.0.as_slice()));
         let files = self.files.read();
         for (key, loc) in &locs {
-            if let Some(value) = self.read_value(&files, Some(loc))? {
-                visit(key, &value);
+            if let Some(value) = self.read_value(&files, Some(*loc))? {
+                visit(key.as_slice(), &value);
             }
         }
         Ok(())
     }
 
     fn get(&self, object_id: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let shard = self.shards[shard_of(record_hash(object_id, key))].read();
+        let hash = record_hash(object_id, key);
+        let shard = self.shards[shard_of(hash)].read();
         let files = self.files.read();
-        self.read_value(
-            &files,
-            shard.objects.get(&object_id).and_then(|m| m.get(key)),
-        )
+        self.read_value(&files, shard.get(hash, object_id, key))
     }
 }
