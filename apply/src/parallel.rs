@@ -17,6 +17,10 @@
 //!
 //! Workers are placed by the transaction's first stripe, so transactions on
 //! the same keys tend to run on the same worker and not wait for each other.
+//! Worker 0 is the caller itself: `submit` hands the other workers their
+//! shares, then applies its own share of the batch before it returns (on a
+//! 2-core machine, W threads instead of W+1, and no copy or hand-off for
+//! that share). With one worker, `submit` just applies in commit order.
 //!
 //! The stored position is always a low watermark: `checkpoint` waits until
 //! everything dispatched is applied (a short pause in a steady stream), then
@@ -124,7 +128,12 @@ impl Shared {
 pub struct ParallelApply {
     store: Arc<dyn Store>,
     stripes: usize,
+    workers: usize,
     shared: Arc<Shared>,
+    /// The caller's share of the batch being submitted: (transaction index,
+    /// its tickets in `own_tickets`).
+    own: Vec<(u32, u32, u32)>,
+    own_tickets: Vec<(u32, u64)>,
     senders: Vec<Sender<Work>>,
     threads: Vec<JoinHandle<()>>,
     spare: Receiver<Work>,
@@ -156,7 +165,7 @@ impl ParallelApply {
         let (spare_tx, spare) = crossbeam_channel::unbounded();
         let mut senders = Vec::new();
         let mut threads = Vec::new();
-        for w in 0..workers {
+        for w in 1..workers {
             let (tx, rx) = crossbeam_channel::unbounded::<Work>();
             let (store, shared, spare_tx) = (store.clone(), shared.clone(), spare_tx.clone());
             threads.push(
@@ -171,11 +180,14 @@ impl ParallelApply {
             position: store.applied_position(),
             store,
             stripes,
+            workers,
             shared,
+            own: Vec::new(),
+            own_tickets: Vec::new(),
             senders,
             threads,
             spare,
-            pending: (0..workers).map(|_| Work::default()).collect(),
+            pending: (1..workers).map(|_| Work::default()).collect(),
             next_ticket: vec![0; stripes],
             scratch: Vec::new(),
             dispatched_txns: 0,
@@ -184,7 +196,7 @@ impl ParallelApply {
     }
 
     pub fn workers(&self) -> usize {
-        self.senders.len()
+        self.workers
     }
 
     /// The position once everything submitted is applied.
@@ -204,12 +216,24 @@ impl ParallelApply {
 
     /// Hands every transaction of `batch` (in commit order) to the workers.
     pub fn submit(&mut self, batch: &TxnBatch) -> Result<(), StoreError> {
-        for txn in batch.iter() {
+        if self.workers == 1 {
+            for txn in batch.iter() {
+                self.check_failed()?;
+                run_one(&*self.store, &self.shared, &txn, &[]);
+                self.position.advance(&txn.meta());
+                self.dispatched_txns += 1;
+                self.dispatched_ops += txn.len() as u64;
+            }
+            return self.check_failed();
+        }
+        for (i, txn) in batch.iter().enumerate() {
             self.check_failed()?;
             if self.dispatched_ops - self.shared.finished_ops.load(Ordering::Relaxed)
                 > IN_FLIGHT_OPS
             {
+                // Everything out (our own share applied) before waiting.
                 self.flush();
+                self.run_own(batch);
                 let target = self.dispatched_ops - IN_FLIGHT_OPS / 2;
                 let shared = self.shared.clone();
                 shared.wait_until(|| {
@@ -217,13 +241,24 @@ impl ParallelApply {
                         || shared.failed.load(Ordering::SeqCst)
                 });
             }
-            self.dispatch(&txn);
+            self.dispatch(i, &txn);
         }
         self.flush();
+        self.run_own(batch);
         self.check_failed()
     }
 
-    fn dispatch(&mut self, txn: &Txn<'_>) {
+    /// Applies the caller's share of `batch`, in commit order.
+    fn run_own(&mut self, batch: &TxnBatch) {
+        for &(i, start, end) in &self.own {
+            let tickets = &self.own_tickets[start as usize..end as usize];
+            run_one(&*self.store, &self.shared, &batch.get(i as usize), tickets);
+        }
+        self.own.clear();
+        self.own_tickets.clear();
+    }
+
+    fn dispatch(&mut self, index: usize, txn: &Txn<'_>) {
         self.scratch.clear();
         if txn.has_object_ops() {
             self.scratch.extend(0..self.stripes as u32);
@@ -236,19 +271,29 @@ impl ParallelApply {
         let first = self.scratch.first().copied().unwrap_or(0);
         self.scratch.sort_unstable();
         self.scratch.dedup();
-        let w = first as usize % self.senders.len();
-        let work = &mut self.pending[w];
-        let start = work.tickets.len() as u32;
+        let w = first as usize % self.workers;
+        let tickets = if w == 0 {
+            &mut self.own_tickets
+        } else {
+            &mut self.pending[w - 1].tickets
+        };
+        let start = tickets.len() as u32;
         for &s in &self.scratch {
             let ticket = &mut self.next_ticket[s as usize];
-            work.tickets.push((s, *ticket));
+            tickets.push((s, *ticket));
             *ticket += 1;
         }
-        work.ranges.push((start, work.tickets.len() as u32));
-        work.txns.push(txn.meta(), txn.ops());
+        let end = tickets.len() as u32;
         self.position.advance(&txn.meta());
         self.dispatched_txns += 1;
         self.dispatched_ops += txn.len() as u64;
+        if w == 0 {
+            self.own.push((index as u32, start, end));
+            return;
+        }
+        let work = &mut self.pending[w - 1];
+        work.ranges.push((start, end));
+        work.txns.push(txn.meta(), txn.ops());
         if work.txns.len() >= WORK_TXNS {
             // Everything earlier goes out first, so no queued transaction
             // waits on one still held here.
@@ -322,36 +367,47 @@ fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<
     for mut work in rx {
         for (i, txn) in work.txns.iter().enumerate() {
             let (start, end) = work.ranges[i];
-            let tickets = &work.tickets[start as usize..end as usize];
-            shared.wait_until(|| {
-                tickets
-                    .iter()
-                    .all(|&(s, t)| shared.serving[s as usize].load(Ordering::SeqCst) == t)
-            });
-            if !shared.failed.load(Ordering::SeqCst) {
-                match store.apply(&txn) {
-                    Ok(()) => {}
-                    Err(e) if e.is_refusal() => {
-                        tracing::error!("{e}; transaction refused, apply continues");
-                        shared.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::error!("{e}; apply stops");
-                        shared.failure.lock().get_or_insert(e);
-                        shared.failed.store(true, Ordering::SeqCst);
-                    }
-                }
-            }
-            for &(s, t) in tickets {
-                shared.serving[s as usize].store(t + 1, Ordering::SeqCst);
-            }
-            shared
-                .finished_ops
-                .fetch_add(txn.len() as u64, Ordering::SeqCst);
-            shared.finished_txns.fetch_add(1, Ordering::SeqCst);
-            shared.notify();
+            run_one(
+                store,
+                shared,
+                &txn,
+                &work.tickets[start as usize..end as usize],
+            );
         }
         work.clear();
         let _ = spare.send(work);
     }
+}
+
+/// Applies one transaction once its stripes serve its tickets, then moves
+/// them on. A refusal is logged and counted; any other error stops apply
+/// (tickets still move on, so nobody waits forever).
+fn run_one(store: &dyn Store, shared: &Shared, txn: &Txn<'_>, tickets: &[(u32, u64)]) {
+    shared.wait_until(|| {
+        tickets
+            .iter()
+            .all(|&(s, t)| shared.serving[s as usize].load(Ordering::SeqCst) == t)
+    });
+    if !shared.failed.load(Ordering::SeqCst) {
+        match store.apply(txn) {
+            Ok(()) => {}
+            Err(e) if e.is_refusal() => {
+                tracing::error!("{e}; transaction refused, apply continues");
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!("{e}; apply stops");
+                shared.failure.lock().get_or_insert(e);
+                shared.failed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    for &(s, t) in tickets {
+        shared.serving[s as usize].store(t + 1, Ordering::SeqCst);
+    }
+    shared
+        .finished_ops
+        .fetch_add(txn.len() as u64, Ordering::SeqCst);
+    shared.finished_txns.fetch_add(1, Ordering::SeqCst);
+    shared.notify();
 }
