@@ -98,8 +98,9 @@ pub enum RunError {
 /// Counters the loop keeps, readable while it runs.
 #[derive(Debug, Default)]
 pub struct RunStatus {
-    /// Transactions handed to the workers.
-    pub submitted_txns: AtomicU64,
+    /// Transactions assembled (committed in staging and not applied before);
+    /// with several journals some may still wait for the merge.
+    pub assembled_txns: AtomicU64,
     /// Changes applied by the workers.
     pub applied_ops: AtomicU64,
     pub checkpoints: AtomicU64,
@@ -244,7 +245,7 @@ pub fn run(
             }
         }
         status
-            .submitted_txns
+            .assembled_txns
             .store(assembler.committed(), Ordering::Relaxed);
         status
             .applied_ops
