@@ -9,36 +9,8 @@ use apply::{SerialReplica, Store};
 use engine::journal::entry::encode_to_vec;
 use engine::journal::{decode, NewEntry};
 
-/// A seed from `SEED` or the clock, printed so a failure can be replayed.
-pub fn seed(test: &str) -> u64 {
-    let seed = std::env::var("SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("{test}: SEED={seed}");
-    seed
-}
-
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+#[allow(unused_imports)] // each test binary uses its own part
+pub use testkit::{seed, Rng};
 
 /// A random journal: encoded entries with sequences 1.., in journal order.
 pub fn workload(seed: u64, entries: usize) -> Vec<Vec<u8>> {

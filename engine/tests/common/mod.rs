@@ -78,35 +78,8 @@ pub fn image(tag: u64, i: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A seed from `SEED` or the clock, printed so a failure can be replayed.
-pub fn seed(test: &str) -> u64 {
-    let seed = std::env::var("SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("{test}: SEED={seed}");
-    seed
-}
-
-/// xorshift64*: small deterministic generator for seeded tests.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+#[allow(unused_imports)] // each test binary uses its own part
+pub use testkit::{seed, Rng};
 
 /// Compares entry lists and reports the first difference compactly (entries
 /// can be large; a full dump helps nobody).
