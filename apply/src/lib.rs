@@ -31,6 +31,8 @@ pub use position::{AppliedPosition, JournalPosition};
 pub use run::{run, RunError, RunOptions, RunStatus, StagedJournal, APPLIED_FILE};
 pub use serial::{ApplyError, ObjectState, SerialReplica};
 pub use sqlite::SqliteStore;
-pub use store::{check_objects, record_hash, stripe_of, ObjectInfo, Store, StoreError};
+pub use store::{
+    check_objects, contents, record_hash, stripe_of, Contents, ObjectInfo, Store, StoreError,
+};
 pub use tables::{ReplicaTables, DATA_FILE_BYTES};
 pub use txn::{Op, OpKind, Txn, TxnBatch, TxnMeta};

@@ -155,6 +155,14 @@ impl SerialReplica {
         &self.objects
     }
 
+    /// Its whole state in the form stores give (`store::contents`).
+    pub fn contents(&self) -> crate::store::Contents {
+        self.objects
+            .iter()
+            .map(|(id, o)| (*id, (o.name.clone(), o.records.clone())))
+            .collect()
+    }
+
     pub fn get(&self, object_id: u64, key: &[u8]) -> Option<&[u8]> {
         self.objects
             .get(&object_id)?

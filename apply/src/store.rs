@@ -138,6 +138,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Everything a store holds: by object id, the object's name and its records
+/// in key order. What "the replica equals the source" compares.
+pub type Contents = BTreeMap<u64, (String, BTreeMap<Vec<u8>, Vec<u8>>)>;
+
+/// Reads the whole of `store` into memory, through `objects` and `scan`.
+/// For tests and small tables; sync-check (a later issue) hashes instead.
+pub fn contents(store: &dyn Store) -> Result<Contents, StoreError> {
+    let mut out = Contents::new();
+    for object in store.objects()? {
+        let mut records = BTreeMap::new();
+        store.scan(object.object_id, &mut |k, v| {
+            records.insert(k.to_vec(), v.to_vec());
+        })?;
+        out.insert(object.object_id, (object.name, records));
+    }
+    Ok(out)
+}
+
 /// A well-mixed 64-bit hash of a record's identity (object and key).
 pub fn record_hash(object_id: u64, key: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;

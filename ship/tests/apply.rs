@@ -22,7 +22,7 @@ fn assert_replica_equals_source(pair: &Pair, mut apply: Proc) {
         Box::new(ReplicaTables::open(pair.replica()).unwrap())
     };
     let expected = source_state(&pair.journal());
-    let actual = store_state(&*replica);
+    let actual = apply::contents(&*replica).unwrap();
     assert_eq!(actual.len(), expected.len(), "objects");
     for (id, (name, records)) in &expected {
         let (got_name, got) = &actual[id];

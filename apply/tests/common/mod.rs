@@ -3,8 +3,6 @@
 //! state comparison of a store against `SerialReplica`.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-
 use apply::{SerialReplica, Store};
 use engine::journal::entry::encode_to_vec;
 use engine::journal::{decode, NewEntry};
@@ -103,34 +101,18 @@ pub fn journal_workload(
     out
 }
 
-pub type State = BTreeMap<u64, (String, BTreeMap<Vec<u8>, Vec<u8>>)>;
+pub type State = apply::Contents;
 
+/// The serial reference's state after `entries` (refused transactions are
+/// part of the semantics: their errors are ignored).
 pub fn serial_state(entries: &[Vec<u8>]) -> State {
     let mut replica = SerialReplica::new();
     for e in entries {
-        // Refused transactions are part of the semantics: ignore the error.
         let _ = replica.apply(&decode(e).unwrap());
     }
-    replica
-        .objects()
-        .iter()
-        .map(|(id, o)| (*id, (o.name.clone(), o.records.clone())))
-        .collect()
+    replica.contents()
 }
 
 pub fn store_state(store: &dyn Store) -> State {
-    store
-        .objects()
-        .unwrap()
-        .into_iter()
-        .map(|o| {
-            let mut records = BTreeMap::new();
-            store
-                .scan(o.object_id, &mut |k, v| {
-                    records.insert(k.to_vec(), v.to_vec());
-                })
-                .unwrap();
-            (o.object_id, (o.name, records))
-        })
-        .collect()
+    apply::contents(store).unwrap()
 }

@@ -178,41 +178,15 @@ pub const SEND: &str = env!("CARGO_BIN_EXE_replsend");
 pub const RECV: &str = env!("CARGO_BIN_EXE_replrecv");
 pub const APPLY: &str = env!("CARGO_BIN_EXE_replapply");
 
-/// Objects with their names and records, for comparing a replica with its source.
-pub type State =
-    std::collections::BTreeMap<u64, (String, std::collections::BTreeMap<Vec<u8>, Vec<u8>>)>;
-
 /// The source's state: the journal applied by the serial reference.
-pub fn source_state(journal: &Path) -> State {
+pub fn source_state(journal: &Path) -> apply::Contents {
     let mut replica = apply::SerialReplica::new();
     for e in journal_entries(journal) {
         replica
             .apply(&engine::journal::decode(&e).unwrap())
             .unwrap();
     }
-    replica
-        .objects()
-        .iter()
-        .map(|(id, o)| (*id, (o.name.clone(), o.records.clone())))
-        .collect()
-}
-
-/// A store's state, read through the store trait.
-pub fn store_state(store: &dyn apply::Store) -> State {
-    store
-        .objects()
-        .unwrap()
-        .into_iter()
-        .map(|o| {
-            let mut records = std::collections::BTreeMap::new();
-            store
-                .scan(o.object_id, &mut |k, v| {
-                    records.insert(k.to_vec(), v.to_vec());
-                })
-                .unwrap();
-            (o.object_id, (o.name, records))
-        })
-        .collect()
+    replica.contents()
 }
 
 /// Asks a process to stop (SIGTERM) and waits for a clean exit.
