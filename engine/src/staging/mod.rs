@@ -192,36 +192,50 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StagingError> {
     Ok(out)
 }
 
-/// One frame read from a segment: its header and full bytes, checksums checked.
+/// What `read_frame` found at an offset of a segment.
+enum FrameAt {
+    /// A whole frame, checksums checked, now in the buffer.
+    Frame(FrameHeader),
+    /// The offset is the end of the segment.
+    End,
+    /// Bytes that are not a whole, intact frame (why).
+    Broken(String),
+}
+
+/// Reads the frame at `offset` of a segment of `file_bytes` bytes into `buf`
+/// (header and body). Shared by recovery and `StagingReader`.
 fn read_frame(
     file: &mut File,
     path: &Path,
     offset: u64,
     file_bytes: u64,
     buf: &mut Vec<u8>,
-) -> Result<Option<FrameHeader>, String> {
-    if offset == file_bytes {
-        return Ok(None);
+) -> Result<FrameAt, StagingError> {
+    if offset >= file_bytes {
+        return Ok(FrameAt::End);
     }
     if file_bytes - offset < FRAME_HEADER_BYTES as u64 {
-        return Err("partial frame header".into());
+        return Ok(FrameAt::Broken("partial frame header".into()));
     }
     buf.resize(FRAME_HEADER_BYTES, 0);
     file.seek(SeekFrom::Start(offset))
         .and_then(|_| file.read_exact(&mut buf[..]))
-        .map_err(|e| format!("read {}: {e}", path.display()))?;
-    let header = FrameHeader::decode(buf).map_err(|e| e.to_string())?;
+        .map_err(io("read staging segment", path))?;
+    let header = match FrameHeader::decode(buf) {
+        Ok(h) => h,
+        Err(e) => return Ok(FrameAt::Broken(e.to_string())),
+    };
     let total = FRAME_HEADER_BYTES as u64 + header.body_bytes as u64;
     if file_bytes - offset < total {
-        return Err("partial frame body".into());
+        return Ok(FrameAt::Broken("partial frame body".into()));
     }
     buf.resize(total as usize, 0);
     file.read_exact(&mut buf[FRAME_HEADER_BYTES..])
-        .map_err(|e| format!("read {}: {e}", path.display()))?;
+        .map_err(io("read staging segment", path))?;
     if crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]) != header.body_crc32c {
-        return Err("frame body checksum mismatch".into());
+        return Ok(FrameAt::Broken("frame body checksum mismatch".into()));
     }
-    Ok(Some(header))
+    Ok(FrameAt::Frame(header))
 }
 
 /// Whether a valid frame header starts anywhere after `from` in `bytes`.
@@ -295,14 +309,14 @@ impl Staging {
         let mut offset = FILE_HEADER_BYTES;
         let mut buf = Vec::new();
         loop {
-            match read_frame(&mut file, &last.path, offset, last.bytes, &mut buf) {
-                Ok(Some(h)) => {
+            match read_frame(&mut file, &last.path, offset, last.bytes, &mut buf)? {
+                FrameAt::Frame(h) => {
                     offset += buf.len() as u64;
                     recovery.frames += 1;
                     recovery.staged_position = h.next_sequence;
                 }
-                Ok(None) => break,
-                Err(detail) => {
+                FrameAt::End => break,
+                FrameAt::Broken(detail) => {
                     let mut rest = Vec::new();
                     file.seek(SeekFrom::Start(offset))
                         .and_then(|_| file.read_to_end(&mut rest))
@@ -518,13 +532,13 @@ impl Staging {
             let mut offset = FILE_HEADER_BYTES;
             let mut buf = Vec::new();
             loop {
-                match read_frame(&mut file, &segment.path, offset, segment.bytes, &mut buf) {
-                    Ok(Some(_)) => {
+                match read_frame(&mut file, &segment.path, offset, segment.bytes, &mut buf)? {
+                    FrameAt::Frame(_) => {
                         offset += buf.len() as u64;
                         frames.push(buf.clone());
                     }
-                    Ok(None) => break,
-                    Err(detail) => {
+                    FrameAt::End => break,
+                    FrameAt::Broken(detail) => {
                         return Err(StagingError::Corrupt {
                             path: segment.path.clone(),
                             offset,

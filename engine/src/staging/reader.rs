@@ -19,9 +19,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{list, segment_name, StagingError, FILE_HEADER_BYTES, STAGING_MAGIC};
+use super::{
+    list, read_frame, segment_name, FrameAt, StagingError, FILE_HEADER_BYTES, STAGING_MAGIC,
+};
 use crate::frame::FrameHeader;
-use crate::limits::FRAME_HEADER_BYTES;
 
 /// Follows one staging store from a position.
 #[derive(Debug)]
@@ -152,35 +153,14 @@ impl StagingReader {
             .metadata()
             .map_err(super::io("stat staging segment", &segment.path))?
             .len();
-        let not_yet = Found::NotYet {
-            trailing: len.saturating_sub(segment.offset),
+        let header = match read_frame(&mut segment.file, &segment.path, segment.offset, len, buf)? {
+            FrameAt::Frame(header) => header,
+            FrameAt::End | FrameAt::Broken(_) => {
+                return Ok(Found::NotYet {
+                    trailing: len.saturating_sub(segment.offset),
+                })
+            }
         };
-        if len < segment.offset + FRAME_HEADER_BYTES as u64 {
-            return Ok(not_yet);
-        }
-        buf.resize(FRAME_HEADER_BYTES, 0);
-        segment
-            .file
-            .read_exact_at(buf, segment.offset)
-            .map_err(super::io("read staging segment", &segment.path))?;
-        let Ok(header) = FrameHeader::decode(buf) else {
-            return Ok(not_yet);
-        };
-        let total = FRAME_HEADER_BYTES as u64 + header.body_bytes as u64;
-        if len < segment.offset + total {
-            return Ok(not_yet);
-        }
-        buf.resize(total as usize, 0);
-        segment
-            .file
-            .read_exact_at(
-                &mut buf[FRAME_HEADER_BYTES..],
-                segment.offset + FRAME_HEADER_BYTES as u64,
-            )
-            .map_err(super::io("read staging segment", &segment.path))?;
-        if crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]) != header.body_crc32c {
-            return Ok(not_yet);
-        }
         if header.start_position != self.position {
             return Err(StagingError::Corrupt {
                 path: segment.path.clone(),
@@ -191,7 +171,7 @@ impl StagingReader {
                 ),
             });
         }
-        segment.offset += total;
+        segment.offset += buf.len() as u64;
         self.position = header.next_sequence;
         Ok(Found::Frame(header))
     }
