@@ -374,7 +374,9 @@ fn purge(dir: &Path, shared: &Shared) {
         return;
     };
     let mut staging = shared.staging.lock();
-    // Never past what is durable: apply cannot have applied more.
+    // Never past what is durable: apply may have read frames that are not
+    // yet (StagingReader takes any whole frame), but purge must not outrun
+    // what a crash of this node would keep.
     let through = applied.min(staging.durable_position());
     if let Err(e) = staging.purge_through(through) {
         tracing::warn!("{e}");
