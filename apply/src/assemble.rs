@@ -194,6 +194,14 @@ impl Assembler {
         self.journals.iter().map(|j| j.open.len()).sum()
     }
 
+    /// Open transactions of `journal`: (commit cycle, first sequence).
+    pub fn open_cycles(&self, journal: u32) -> Vec<(u64, u64)> {
+        self.journals
+            .get(journal as usize)
+            .map(|j| j.open.iter().map(|(c, t)| (*c, t.first_sequence)).collect())
+            .unwrap_or_default()
+    }
+
     /// Bytes of keys and images held by open transactions.
     pub fn open_bytes(&self) -> usize {
         self.journals

@@ -20,6 +20,7 @@ mod parallel;
 mod position;
 mod run;
 mod serial;
+mod source;
 mod sqlite;
 mod store;
 mod tables;
@@ -30,6 +31,7 @@ pub use parallel::{ApplyOptions, ParallelApply};
 pub use position::{AppliedPosition, JournalPosition};
 pub use run::{run, RunError, RunOptions, RunStatus, StagedJournal, APPLIED_FILE};
 pub use serial::{ApplyError, ObjectState, SerialReplica};
+pub use source::{JournaledStore, OpenReport, SourceError, SourceOptions, SourceTxn, SOURCE_HOLD};
 pub use sqlite::SqliteStore;
 pub use store::{
     check_objects, contents, record_hash, stripe_of, Contents, ObjectInfo, Store, StoreError,

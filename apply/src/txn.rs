@@ -220,9 +220,9 @@ impl TxnBatch {
 /// One committed transaction of a batch.
 #[derive(Clone, Debug)]
 pub struct Txn<'a> {
-    changes: &'a Changes,
-    meta: TxnMeta,
-    ops: Range<usize>,
+    pub(crate) changes: &'a Changes,
+    pub(crate) meta: TxnMeta,
+    pub(crate) ops: Range<usize>,
 }
 
 impl<'a> Txn<'a> {

@@ -303,6 +303,18 @@ fn retention_keeps_every_segment_some_backup_has_not_acknowledged() {
     assert_eq!(report.removed, vec![segments[0].1.clone()]);
     assert_eq!(report.retained_from, segments[1].0);
 
+    // A local consumer's hold keeps what both backups have acknowledged.
+    let mut hold = engine::journal::HoldRecord::open_hold(dir.path(), "source-store").unwrap();
+    hold.store(segments[2].0).unwrap();
+    slow.store(segments[3].0).unwrap();
+    let report = journal.purge_acknowledged().unwrap().unwrap();
+    assert_eq!(report.removed, vec![segments[1].1.clone()]);
+    assert_eq!(report.retained_from, segments[2].0);
+    assert_eq!(
+        engine::journal::held_positions(dir.path()).unwrap(),
+        vec![("source-store".to_owned(), segments[2].0)]
+    );
+
     // A damaged record retains everything for that backup.
     std::fs::write(dir.path().join("acked-slow.pos"), [0xff; 16]).unwrap();
     assert_eq!(

@@ -35,7 +35,9 @@ pub use catalog::{Catalog, CatalogError};
 pub use entry::{decode, DecodeError, Entry, EntryError, EntryType, NewEntry};
 pub use reader::{JournalCursor, ReadError, Step};
 pub use recover::RecoveryReport;
-pub use retention::{acked_positions, read_position_file, AckRecord, PositionFile};
+pub use retention::{
+    acked_positions, held_positions, read_position_file, AckRecord, HoldRecord, PositionFile,
+};
 pub use segment::{list_segments, segment_file_name, MappedSegment, SegmentError};
 pub use writer::{Appender, Journal, PurgeReport};
 

@@ -19,6 +19,9 @@ use crate::journal::segment::SegmentError;
 use crate::journal::Journal;
 
 const PREFIX: &str = "acked-";
+/// Local consumers (the source's journaled store) record the first sequence
+/// they still need as `held-<name>.pos`.
+const HELD_PREFIX: &str = "held-";
 const SUFFIX: &str = ".pos";
 const FILE_BYTES: usize = 16;
 
@@ -49,6 +52,23 @@ impl AckRecord {
             });
         }
         PositionFile::open_path(ack_path(dir, node))
+    }
+}
+
+/// The first sequence a local consumer of the journal still needs (the
+/// journaled store's tables replay from it), recorded like a backup's ack:
+/// purge keeps every segment from it on.
+pub type HoldRecord = PositionFile;
+
+impl HoldRecord {
+    /// Opens (creating at position 1 if new) the hold of consumer `name`.
+    pub fn open_hold(dir: &Path, name: &str) -> Result<HoldRecord, JournalError> {
+        if !valid_node_name(name) {
+            return Err(JournalError::InvalidOptions {
+                detail: format!("consumer name {name:?} is not 1..=64 of [A-Za-z0-9._-]"),
+            });
+        }
+        PositionFile::open_path(dir.join(format!("{HELD_PREFIX}{name}{SUFFIX}")))
     }
 }
 
@@ -150,13 +170,22 @@ pub fn read_position_file(path: &Path) -> Option<u64> {
 
 /// Every backup's recorded position in journal directory `dir`, by node name.
 pub fn acked_positions(dir: &Path) -> Result<Vec<(String, u64)>, JournalError> {
+    positions(dir, PREFIX)
+}
+
+/// Every local consumer's hold in journal directory `dir`, by name.
+pub fn held_positions(dir: &Path) -> Result<Vec<(String, u64)>, JournalError> {
+    positions(dir, HELD_PREFIX)
+}
+
+fn positions(dir: &Path, prefix: &str) -> Result<Vec<(String, u64)>, JournalError> {
     let mut out = Vec::new();
     for item in std::fs::read_dir(dir).map_err(SegmentError::io("list journal", dir))? {
         let path = item.map_err(SegmentError::io("list journal", dir))?.path();
         let Some(node) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.strip_prefix(prefix))
             .and_then(|n| n.strip_suffix(SUFFIX))
             .filter(|n| valid_node_name(n))
         else {
@@ -171,9 +200,10 @@ pub fn acked_positions(dir: &Path) -> Result<Vec<(String, u64)>, JournalError> {
 }
 
 impl Journal {
-    /// Purges the segments every recorded backup has acknowledged. With no
-    /// backup recorded nothing is purged: a journal is kept until some backup
-    /// has it (returns `None`, with a message).
+    /// Purges the segments every recorded backup has acknowledged and no
+    /// local consumer holds. With no backup recorded nothing is purged: a
+    /// journal is kept until some backup has it (returns `None`, with a
+    /// message).
     pub fn purge_acknowledged(&self) -> Result<Option<PurgeReport>, JournalError> {
         let acked = acked_positions(self.dir())?;
         let Some(lowest) = acked.iter().map(|(_, p)| *p).min() else {
@@ -183,7 +213,12 @@ impl Journal {
             );
             return Ok(None);
         };
-        // Everything below `lowest` is staged on every backup.
+        // Everything below `lowest` is staged on every backup and no longer
+        // needed by any local consumer.
+        let lowest = held_positions(self.dir())?
+            .iter()
+            .map(|(_, p)| *p)
+            .fold(lowest, u64::min);
         self.purge_before(lowest - 1).map(Some)
     }
 }

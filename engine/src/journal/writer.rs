@@ -247,6 +247,16 @@ impl Journal {
         self.shared.wait_durable(None)
     }
 
+    /// Waits until `sequence` and everything before it is durable, as the
+    /// journal's durability asks (at once with `Durability::None`). For
+    /// entries appended with `Appender::append_deferred`.
+    pub fn wait_durable(&self, sequence: u64) -> Result<(), JournalError> {
+        if self.shared.options.durability != Durability::None {
+            self.shared.wait_durable(Some(sequence))?;
+        }
+        Ok(())
+    }
+
     /// Highest sequence known to be durable (0 when none).
     pub fn durable_sequence(&self) -> u64 {
         self.shared.sync.lock().durable_sequence
@@ -508,10 +518,22 @@ impl Appender {
     /// commit point and the journal's durability asks for it, returns only once
     /// the entry (and everything before it) is durable.
     pub fn append(&mut self, entry: &NewEntry<'_>) -> Result<u64, JournalError> {
+        let sequence = self.append_deferred(entry)?;
+        if entry.is_commit_point() && self.shared.options.durability != Durability::None {
+            self.shared.wait_durable(Some(sequence))?;
+        }
+        Ok(sequence)
+    }
+
+    /// Appends one entry and returns its sequence number without waiting for
+    /// durability, whatever the entry: a caller that must publish something
+    /// else first (under its own lock) waits afterwards with
+    /// `Journal::wait_durable`.
+    pub fn append_deferred(&mut self, entry: &NewEntry<'_>) -> Result<u64, JournalError> {
         entry.validate()?;
         if entry.entry_type.is_object() {
             return self
-                .append_batch(std::slice::from_ref(entry))
+                .append_piece(std::slice::from_ref(entry), entry.padded_bytes())
                 .map(|r| r.end - 1);
         }
         let bytes = entry.padded_bytes();
@@ -542,9 +564,6 @@ impl Appender {
                 Claim::Beyond => self.advance()?,
             }
         };
-        if entry.is_commit_point() && self.shared.options.durability != Durability::None {
-            self.shared.wait_durable(Some(sequence))?;
-        }
         Ok(sequence)
     }
 
