@@ -4,6 +4,11 @@
 //! - An entry outside commitment control (cycle 0) is its own transaction.
 //! - Entries of cycle `c` of journal `j` are held until that journal's C-CM
 //!   `c` and then form one transaction; C-RB `c` drops them.
+//! - An open transaction whose changes pass the spill limit keeps only its
+//!   first sequence and a count: its changes are dropped from memory, and
+//!   at its commit it becomes a large transaction (`LargeRef`) that apply
+//!   reads back from staging. Replay needs nothing more: `resume_from` never
+//!   passes an open transaction's first entry.
 //! - A transaction already applied (its commit at or below the journal's
 //!   applied position) is dropped, so replay from `resume_from` applies every
 //!   transaction exactly once.
@@ -13,7 +18,7 @@ use std::collections::BTreeMap;
 use engine::journal::{Entry, EntryType};
 
 use crate::position::AppliedPosition;
-use crate::txn::{Changes, Op, OpKind, TxnBatch, TxnMeta};
+use crate::txn::{Changes, LargeRef, Op, OpKind, TxnBatch, TxnMeta};
 
 /// Why an entry could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +36,10 @@ pub enum AssembleError {
 struct OpenTxn {
     first_sequence: u64,
     changes: Changes,
+    /// Changes seen, held or not.
+    ops: u64,
+    /// Past the spill limit: `changes` is no longer kept.
+    spilled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +81,8 @@ impl JournalAssembly {
         self.open.entry(cycle).or_insert_with(|| OpenTxn {
             first_sequence: sequence,
             changes: spare.pop().unwrap_or_default(),
+            ops: 0,
+            spilled: false,
         })
     }
 
@@ -87,6 +98,9 @@ impl JournalAssembly {
 #[derive(Debug)]
 pub struct Assembler {
     journals: Vec<JournalAssembly>,
+    /// Bytes of keys and images an open transaction may hold.
+    spill_bytes: usize,
+    spilled: u64,
     committed: u64,
     rolled_back: u64,
     skipped: u64,
@@ -107,10 +121,18 @@ impl Assembler {
             .collect();
         Assembler {
             journals,
+            spill_bytes: usize::MAX,
+            spilled: 0,
             committed: 0,
             rolled_back: 0,
             skipped: 0,
         }
+    }
+
+    /// Open transactions holding more than `bytes` of keys and images stop
+    /// holding them and commit as large transactions (default: never).
+    pub fn set_spill_bytes(&mut self, bytes: usize) {
+        self.spill_bytes = bytes;
     }
 
     /// Takes the next entry of journal `journal` in the group's merged order;
@@ -153,6 +175,14 @@ impl Assembler {
                 let txn = state.open.remove(&cycle);
                 match (state.committing(journal, entry), &txn) {
                     (None, _) => self.skipped += 1,
+                    (Some(meta), Some(txn)) if txn.spilled => out.push_large(
+                        meta,
+                        LargeRef {
+                            cycle,
+                            first_sequence: txn.first_sequence,
+                            ops: txn.ops,
+                        },
+                    ),
                     (Some(meta), Some(txn)) => out.push(meta, txn.changes.iter()),
                     (Some(meta), None) => out.push(meta, []),
                 }
@@ -176,7 +206,21 @@ impl Assembler {
                     },
                 };
                 if cycle != 0 {
-                    state.open(cycle, sequence).changes.push(op);
+                    let spill_bytes = self.spill_bytes;
+                    let txn = state.open(cycle, sequence);
+                    txn.ops += 1;
+                    if !txn.spilled {
+                        txn.changes.push(op);
+                        if txn.changes.byte_len() > spill_bytes {
+                            txn.spilled = true;
+                            txn.changes.clear();
+                            self.spilled += 1;
+                            tracing::info!(
+                                "HAD0226I journal {journal}: transaction of commit cycle {cycle} (from sequence {}) passed {spill_bytes} bytes; its changes will be read back from staging at commit",
+                                txn.first_sequence
+                            );
+                        }
+                    }
                 } else {
                     match state.committing(journal, entry) {
                         None => self.skipped += 1,
@@ -209,6 +253,11 @@ impl Assembler {
             .flat_map(|j| j.open.values())
             .map(|t| t.changes.byte_len())
             .sum()
+    }
+
+    /// Transactions that passed the spill limit.
+    pub fn spilled(&self) -> u64 {
+        self.spilled
     }
 
     /// Transactions emitted so far.

@@ -26,6 +26,7 @@
 //! everything dispatched is applied (a short pause in a steady stream), then
 //! stores the dispatched position, which is then exactly what is applied.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -36,7 +37,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::position::AppliedPosition;
 use crate::store::{stripe_of, Store, StoreError};
-use crate::txn::{Txn, TxnBatch};
+use crate::txn::{LargeTxn, Txn, TxnBatch};
 
 /// How many workers and stripes.
 #[derive(Clone, Debug)]
@@ -215,9 +216,24 @@ impl ParallelApply {
     }
 
     /// Hands every transaction of `batch` (in commit order) to the workers.
+    /// The batch holds no large transactions (`apply_large` takes those).
     pub fn submit(&mut self, batch: &TxnBatch) -> Result<(), StoreError> {
+        self.submit_range(batch, 0..batch.len())
+    }
+
+    /// `submit` for the transactions `range` of `batch`.
+    pub fn submit_range(
+        &mut self,
+        batch: &TxnBatch,
+        range: Range<usize>,
+    ) -> Result<(), StoreError> {
         if self.workers == 1 {
-            for txn in batch.iter() {
+            for i in range {
+                let txn = batch.get(i);
+                assert!(
+                    txn.large().is_none(),
+                    "large transactions go through apply_large"
+                );
                 self.check_failed()?;
                 run_one(&*self.store, &self.shared, &txn, &[]);
                 self.position.advance(&txn.meta());
@@ -226,7 +242,8 @@ impl ParallelApply {
             }
             return self.check_failed();
         }
-        for (i, txn) in batch.iter().enumerate() {
+        for i in range {
+            let txn = batch.get(i);
             self.check_failed()?;
             if self.dispatched_ops - self.shared.finished_ops.load(Ordering::Relaxed)
                 > IN_FLIGHT_OPS
@@ -258,7 +275,26 @@ impl ParallelApply {
         self.own_tickets.clear();
     }
 
+    /// Applies a large transaction alone, on this thread, once everything
+    /// submitted before it is applied (it may touch any stripe, and the
+    /// store streams it with everything locked).
+    pub fn apply_large(&mut self, txn: &mut dyn LargeTxn, ops: u64) -> Result<(), StoreError> {
+        self.drain()?;
+        let meta = txn.meta();
+        settle(&self.shared, self.store.apply_large(txn));
+        self.position.advance(&meta);
+        self.dispatched_txns += 1;
+        self.dispatched_ops += ops;
+        self.shared.finished_ops.fetch_add(ops, Ordering::SeqCst);
+        self.shared.finished_txns.fetch_add(1, Ordering::SeqCst);
+        self.check_failed()
+    }
+
     fn dispatch(&mut self, index: usize, txn: &Txn<'_>) {
+        assert!(
+            txn.large().is_none(),
+            "large transactions go through apply_large"
+        );
         self.scratch.clear();
         if txn.has_object_ops() {
             self.scratch.extend(0..self.stripes as u32);
@@ -379,6 +415,23 @@ fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<
     }
 }
 
+/// Takes the outcome of one transaction's apply: a refusal is logged and
+/// counted; any other error stops apply.
+fn settle(shared: &Shared, result: Result<(), StoreError>) {
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is_refusal() => {
+            tracing::error!("{e}; transaction refused, apply continues");
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!("{e}; apply stops");
+            shared.failure.lock().get_or_insert(e);
+            shared.failed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Applies one transaction once its stripes serve its tickets, then moves
 /// them on. A refusal is logged and counted; any other error stops apply
 /// (tickets still move on, so nobody waits forever).
@@ -389,18 +442,7 @@ fn run_one(store: &dyn Store, shared: &Shared, txn: &Txn<'_>, tickets: &[(u32, u
             .all(|&(s, t)| shared.serving[s as usize].load(Ordering::SeqCst) == t)
     });
     if !shared.failed.load(Ordering::SeqCst) {
-        match store.apply(txn) {
-            Ok(()) => {}
-            Err(e) if e.is_refusal() => {
-                tracing::error!("{e}; transaction refused, apply continues");
-                shared.refused.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::error!("{e}; apply stops");
-                shared.failure.lock().get_or_insert(e);
-                shared.failed.store(true, Ordering::SeqCst);
-            }
-        }
+        settle(shared, store.apply(txn));
     }
     for &(s, t) in tickets {
         shared.serving[s as usize].store(t + 1, Ordering::SeqCst);

@@ -10,6 +10,13 @@
 //! `applied.pos` in its staging directory, which lets the receiver purge
 //! segments below it: staging is never purged past what a restart needs.
 //!
+//! Large transactions: the Assembler holds at most `spill_bytes` of one open
+//! transaction's changes. Past that it keeps only where the transaction
+//! began, and at commit apply reads its entries back from staging (twice:
+//! the store checks, then applies; `StagedTxn`) once everything before it is
+//! applied. Memory stays bounded by `spill_bytes` per open transaction plus
+//! one frame, whatever the transaction's size.
+//!
 //! Merging several journals: each journal is assembled on its own; their
 //! committed transactions are then released in (commit timestamp, journal,
 //! commit sequence) order. A transaction is released once every other
@@ -31,7 +38,7 @@ use crate::assemble::{AssembleError, Assembler};
 use crate::parallel::{ApplyOptions, ParallelApply};
 use crate::position::AppliedPosition;
 use crate::store::{Store, StoreError};
-use crate::txn::TxnBatch;
+use crate::txn::{LargeRef, LargeTxn, Op, OpKind, TxnBatch, TxnMeta};
 
 /// The file in a journal's staging directory that apply keeps its
 /// `resume_from` in: the receiver purges segments wholly below it.
@@ -59,6 +66,9 @@ pub struct RunOptions {
     pub batch_ops: usize,
     /// Time between progress messages (HAD0221I).
     pub progress_every: Duration,
+    /// Keys and images one open transaction may hold in memory; a larger
+    /// transaction is read back from staging at commit.
+    pub spill_bytes: usize,
 }
 
 impl Default for RunOptions {
@@ -70,6 +80,7 @@ impl Default for RunOptions {
             merge_wait: Duration::from_millis(20),
             batch_ops: 16 * 1024,
             progress_every: Duration::from_secs(10),
+            spill_bytes: 64 << 20,
         }
     }
 }
@@ -104,6 +115,8 @@ pub struct RunStatus {
     /// Changes applied by the workers.
     pub applied_ops: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Large transactions applied by reading them back from staging.
+    pub large_txns: AtomicU64,
     /// The position of the last checkpoint (at start: the store's).
     pub checkpointed: Mutex<AppliedPosition>,
 }
@@ -219,6 +232,8 @@ pub fn run(
         describe(&position, journals)
     );
     let mut assembler = Assembler::new(&position);
+    assembler.set_spill_bytes(options.spill_bytes);
+    let dirs: Vec<PathBuf> = journals.iter().map(|j| j.dir.clone()).collect();
     let mut apply = ParallelApply::new(store, &options.apply);
     let mut merged = TxnBatch::new();
     let mut next_checkpoint = Instant::now() + options.checkpoint_every;
@@ -234,13 +249,13 @@ pub fn run(
         }
         if let [feed] = feeds.as_mut_slice() {
             if !feed.batch.is_empty() {
-                apply.submit(&feed.batch)?;
+                submit(&mut apply, &feed.batch, &dirs, status)?;
                 feed.batch.clear();
             }
         } else {
             release_merged(&mut feeds, &mut merged, options.merge_wait);
             if !merged.is_empty() {
-                apply.submit(&merged)?;
+                submit(&mut apply, &merged, &dirs, status)?;
                 merged.clear();
             }
         }
@@ -308,11 +323,143 @@ fn release_merged(feeds: &mut [Feed], merged: &mut TxnBatch, merge_wait: Duratio
         }
         let feed = &mut feeds[i];
         let txn = feed.batch.get(feed.released);
-        merged.push(txn.meta(), txn.ops());
+        merged.push_txn(&txn);
         feed.released += 1;
         if feed.pending() == 0 {
             feed.batch.clear();
             feed.released = 0;
+        }
+    }
+}
+
+/// Hands `batch` to apply; large transactions are applied alone, read back
+/// from their journal's staging directory (`dirs[journal]`).
+fn submit(
+    apply: &mut ParallelApply,
+    batch: &TxnBatch,
+    dirs: &[PathBuf],
+    status: &RunStatus,
+) -> Result<(), RunError> {
+    let mut start = 0;
+    for (i, txn) in batch.iter().enumerate() {
+        let Some(large) = txn.large() else { continue };
+        apply.submit_range(batch, start..i)?;
+        let meta = txn.meta();
+        tracing::info!(
+            "HAD0227I journal {}: applying large transaction {} ({} changes) from staging",
+            meta.journal,
+            meta.commit_sequence,
+            large.ops
+        );
+        let mut staged = StagedTxn {
+            dir: &dirs[meta.journal as usize],
+            meta,
+            large,
+            frame: Vec::new(),
+            decoder: None,
+        };
+        apply.apply_large(&mut staged, large.ops)?;
+        status.large_txns.fetch_add(1, Ordering::Relaxed);
+        start = i + 1;
+    }
+    apply.submit_range(batch, start..batch.len())?;
+    Ok(())
+}
+
+/// A large transaction's changes, read back from staging on each pass:
+/// entries of its journal in its commit cycle, from its first sequence up
+/// to its commit. Staging keeps them: the applied position's `resume_from`
+/// (and so `applied.pos`) stays at or below the first sequence until the
+/// transaction is applied.
+struct StagedTxn<'d> {
+    dir: &'d std::path::Path,
+    meta: TxnMeta,
+    large: LargeRef,
+    frame: Vec<u8>,
+    decoder: Option<FrameDecoder>,
+}
+
+impl StagedTxn<'_> {
+    fn read_back_error(&self, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::ReadBack {
+            commit_sequence: self.meta.commit_sequence,
+            detail: format!("{}: {detail}", self.dir.display()),
+        }
+    }
+}
+
+impl LargeTxn for StagedTxn<'_> {
+    fn meta(&self) -> TxnMeta {
+        self.meta
+    }
+
+    fn for_each(
+        &mut self,
+        visit: &mut dyn FnMut(Op<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let (first, commit) = (self.large.first_sequence, self.meta.commit_sequence);
+        let mut reader =
+            StagingReader::open(self.dir, first).map_err(|e| self.read_back_error(e))?;
+        if self.decoder.is_none() {
+            self.decoder = Some(FrameDecoder::new().map_err(|e| self.read_back_error(e))?);
+        }
+        let mut seen = 0u64;
+        loop {
+            let mut frame = std::mem::take(&mut self.frame);
+            let next = reader.next(&mut frame);
+            self.frame = frame;
+            match next.map_err(|e| self.read_back_error(e))? {
+                Some(_) => {}
+                None => {
+                    return Err(
+                        self.read_back_error(format!("staging ends before the commit at {commit}"))
+                    )
+                }
+            }
+            let decoder = self.decoder.as_mut().expect("made above");
+            let decoded = match decoder.decode(&self.frame) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    return Err(StoreError::ReadBack {
+                        commit_sequence: commit,
+                        detail: format!("{}: {e}", self.dir.display()),
+                    })
+                }
+            };
+            for entry in decoded.entries() {
+                let sequence = entry.sequence();
+                if sequence < first || entry.commit_cycle() != self.large.cycle {
+                    continue;
+                }
+                if sequence >= commit {
+                    if seen != self.large.ops {
+                        return Err(StoreError::ReadBack {
+                            commit_sequence: commit,
+                            detail: format!(
+                                "{}: found {seen} changes, the transaction had {}",
+                                self.dir.display(),
+                                self.large.ops
+                            ),
+                        });
+                    }
+                    return Ok(());
+                }
+                let Some(kind) = OpKind::of(entry.entry_type()) else {
+                    continue;
+                };
+                seen += 1;
+                visit(Op {
+                    kind,
+                    object_id: entry.object_id(),
+                    sequence,
+                    key: entry.key(),
+                    value: if kind == OpKind::Put {
+                        entry.after()
+                    } else {
+                        &[]
+                    },
+                })?;
+            }
         }
     }
 }

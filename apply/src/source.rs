@@ -356,6 +356,7 @@ impl JournaledStore {
             changes,
             meta,
             ops: 0..changes.len(),
+            large: None,
         };
         if let Err(e) = self.store.apply(&txn) {
             // Checked above, so even a refusal means the tables and this

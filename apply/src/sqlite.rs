@@ -24,8 +24,8 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::position::AppliedPosition;
-use crate::store::{check_objects, ObjectInfo, Store, StoreError};
-use crate::txn::{OpKind, Txn, TxnMeta};
+use crate::store::{check_objects, ObjectCheck, ObjectInfo, Store, StoreError};
+use crate::txn::{LargeTxn, Op, OpKind, Txn, TxnMeta};
 
 /// A replica kept in one SQLite database file.
 #[derive(Debug)]
@@ -108,53 +108,59 @@ fn object_exists(conn: &Connection, object_id: u64) -> rusqlite::Result<bool> {
 /// Applies the changes of `txn` inside the open SQLite transaction.
 fn apply_changes(conn: &Connection, txn: &Txn<'_>) -> rusqlite::Result<()> {
     for op in txn.ops() {
-        let id = op.object_id as i64;
-        match op.kind {
-            OpKind::Put => {
-                conn.prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO {} (key, value) VALUES (?1, ?2)",
-                    table(op.object_id)
-                ))?
-                .execute(params![op.key, op.value])?;
-            }
-            OpKind::Delete => {
-                conn.prepare_cached(&format!(
-                    "DELETE FROM {} WHERE key = ?1",
-                    table(op.object_id)
-                ))?
-                .execute([op.key])?;
-            }
-            OpKind::Create => {
-                conn.execute_batch(&format!(
-                    "CREATE TABLE {} (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
-                    table(op.object_id)
-                ))?;
-                conn.prepare_cached(
-                    "INSERT INTO repl_objects (object_id, name, table_name) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![
-                    id,
-                    String::from_utf8_lossy(op.key),
-                    table(op.object_id)
-                ])?;
-            }
-            OpKind::Drop => {
-                // Cached statements may name the table: forget them first.
-                conn.flush_prepared_statement_cache();
-                conn.execute_batch(&format!("DROP TABLE {}", table(op.object_id)))?;
-                conn.prepare_cached("DELETE FROM repl_objects WHERE object_id = ?1")?
-                    .execute([id])?;
-            }
-            OpKind::Clear => {
-                conn.execute_batch(&format!("DELETE FROM {}", table(op.object_id)))?;
-            }
-            OpKind::Rename => {
-                conn.prepare_cached("UPDATE repl_objects SET name = ?2 WHERE object_id = ?1")?
-                    .execute(params![id, String::from_utf8_lossy(op.key)])?;
-            }
-        }
+        apply_op(conn, &op)?;
     }
     record_position(conn, &txn.meta())
+}
+
+/// Applies one change inside the open SQLite transaction.
+fn apply_op(conn: &Connection, op: &Op<'_>) -> rusqlite::Result<()> {
+    let id = op.object_id as i64;
+    match op.kind {
+        OpKind::Put => {
+            conn.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO {} (key, value) VALUES (?1, ?2)",
+                table(op.object_id)
+            ))?
+            .execute(params![op.key, op.value])?;
+        }
+        OpKind::Delete => {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {} WHERE key = ?1",
+                table(op.object_id)
+            ))?
+            .execute([op.key])?;
+        }
+        OpKind::Create => {
+            conn.execute_batch(&format!(
+                "CREATE TABLE {} (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+                table(op.object_id)
+            ))?;
+            conn.prepare_cached(
+                "INSERT INTO repl_objects (object_id, name, table_name) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                id,
+                String::from_utf8_lossy(op.key),
+                table(op.object_id)
+            ])?;
+        }
+        OpKind::Drop => {
+            // Cached statements may name the table: forget them first.
+            conn.flush_prepared_statement_cache();
+            conn.execute_batch(&format!("DROP TABLE {}", table(op.object_id)))?;
+            conn.prepare_cached("DELETE FROM repl_objects WHERE object_id = ?1")?
+                .execute([id])?;
+        }
+        OpKind::Clear => {
+            conn.execute_batch(&format!("DELETE FROM {}", table(op.object_id)))?;
+        }
+        OpKind::Rename => {
+            conn.prepare_cached("UPDATE repl_objects SET name = ?2 WHERE object_id = ?1")?
+                .execute(params![id, String::from_utf8_lossy(op.key)])?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves the stored position past a transaction (applied or refused).
@@ -202,6 +208,44 @@ impl Store for SqliteStore {
         .map_err(db(&self.path))?;
         tx.commit().map_err(db(&self.path))?;
         inner.position.advance(&txn.meta());
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Checks, then applies, the streamed changes inside one SQLite
+    /// transaction (SQLite spills its own large transactions to disk).
+    fn apply_large(&self, txn: &mut dyn LargeTxn) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let meta = txn.meta();
+        let tx = inner.conn.unchecked_transaction().map_err(db(&self.path))?;
+        let refused = {
+            let mut failed = None;
+            let mut check = ObjectCheck::new(|id| match object_exists(&tx, id) {
+                Ok(present) => present,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    false
+                }
+            });
+            let checked = txn
+                .for_each(&mut |op| check.see(op.kind, op.object_id, op.sequence, op.kind.label()));
+            drop(check);
+            if let Some(e) = failed {
+                return Err(db(&self.path)(e));
+            }
+            match checked {
+                Ok(()) => None,
+                Err(e) if e.is_refusal() => Some(e),
+                Err(e) => return Err(e),
+            }
+        };
+        if refused.is_none() {
+            let path = &self.path;
+            txn.for_each(&mut |op| apply_op(&tx, &op).map_err(db(path)))?;
+        }
+        record_position(&tx, &meta).map_err(db(&self.path))?;
+        tx.commit().map_err(db(&self.path))?;
+        inner.position.advance(&meta);
         refused.map_or(Ok(()), Err)
     }
 

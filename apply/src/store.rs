@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::position::AppliedPosition;
-use crate::txn::{OpKind, Txn};
+use crate::txn::{Changes, LargeTxn, OpKind, Txn};
 
 /// An object of a store: its id and current name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +37,11 @@ pub enum StoreError {
     Corrupt { path: PathBuf, detail: String },
     #[error("HAD0212E {0}")]
     Database(String),
+    #[error("HAD0213E reading large transaction {commit_sequence} back from staging: {detail}")]
+    ReadBack {
+        commit_sequence: u64,
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -68,10 +73,41 @@ impl StoreError {
 /// answers for objects before the transaction.
 pub fn check_objects(
     changes: impl Iterator<Item = (OpKind, u64, u64, &'static str)>,
-    mut present: impl FnMut(u64) -> bool,
+    present: impl FnMut(u64) -> bool,
 ) -> Result<(), StoreError> {
-    let mut exists: BTreeMap<u64, bool> = BTreeMap::new();
+    let mut check = ObjectCheck::new(present);
     for (kind, object_id, sequence, label) in changes {
+        check.see(kind, object_id, sequence, label)?;
+    }
+    Ok(())
+}
+
+/// `check_objects` one change at a time, for changes that come as a stream
+/// (a large transaction read back from staging).
+#[derive(Debug)]
+pub struct ObjectCheck<F> {
+    exists: BTreeMap<u64, bool>,
+    present: F,
+}
+
+impl<F: FnMut(u64) -> bool> ObjectCheck<F> {
+    pub fn new(present: F) -> ObjectCheck<F> {
+        ObjectCheck {
+            exists: BTreeMap::new(),
+            present,
+        }
+    }
+
+    /// Takes the next change of the transaction.
+    pub fn see(
+        &mut self,
+        kind: OpKind,
+        object_id: u64,
+        sequence: u64,
+        label: &'static str,
+    ) -> Result<(), StoreError> {
+        let exists = &mut self.exists;
+        let present = &mut self.present;
         let here = *exists
             .entry(object_id)
             .or_insert_with(|| present(object_id));
@@ -97,8 +133,8 @@ pub fn check_objects(
             }
             _ => {}
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// One trait for the source's tables and the backup's replica.
@@ -113,6 +149,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// transactions whose stripes (`stripe_of`) are disjoint; a transaction
     /// with object-level changes is never concurrent with any other.
     fn apply(&self, txn: &Txn<'_>) -> Result<(), StoreError>;
+
+    /// Applies a transaction too large to hold in memory, all or nothing, as
+    /// `apply` does: `txn` gives its changes again on each `for_each`, so a
+    /// store checks them in one pass and applies them in another. Never
+    /// concurrent with any other call that changes the store. The default
+    /// gathers the changes in memory and calls `apply`: stores that can
+    /// stream override it.
+    fn apply_large(&self, txn: &mut dyn LargeTxn) -> Result<(), StoreError> {
+        let mut changes = Changes::default();
+        txn.for_each(&mut |op| {
+            changes.push(op);
+            Ok(())
+        })?;
+        self.apply(&Txn {
+            changes: &changes,
+            meta: txn.meta(),
+            ops: 0..changes.len(),
+            large: None,
+        })
+    }
 
     /// Makes everything applied so far durable together with `position`.
     /// Called only while no `apply` runs, when what is applied is exactly the

@@ -36,8 +36,8 @@ use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::position::AppliedPosition;
-use crate::store::{check_objects, record_hash, ObjectInfo, Store, StoreError};
-use crate::txn::{Op, OpKind, Txn};
+use crate::store::{check_objects, record_hash, ObjectCheck, ObjectInfo, Store, StoreError};
+use crate::txn::{LargeTxn, Op, OpKind, Txn};
 
 /// At most 64: a transaction's shards are a bit set in a u64.
 const SHARDS: usize = 64;
@@ -476,23 +476,35 @@ impl ReplicaTables {
         )?;
         let mut lane = self.lanes[0].lock();
         for op in txn.ops() {
-            match op.kind {
-                OpKind::Create | OpKind::Rename => {
-                    objects.insert(op.object_id, String::from_utf8_lossy(op.key).into_owned());
+            self.apply_op_exclusive(&mut objects, &mut shards, &mut lane, &op)?;
+        }
+        Ok(())
+    }
+
+    /// One change, with the objects and every shard locked.
+    fn apply_op_exclusive(
+        &self,
+        objects: &mut BTreeMap<u64, String>,
+        shards: &mut [RwLockWriteGuard<'_, Shard>],
+        lane: &mut Lane,
+        op: &Op<'_>,
+    ) -> Result<(), StoreError> {
+        match op.kind {
+            OpKind::Create | OpKind::Rename => {
+                objects.insert(op.object_id, String::from_utf8_lossy(op.key).into_owned());
+            }
+            OpKind::Drop | OpKind::Clear => {
+                if op.kind == OpKind::Drop {
+                    objects.remove(&op.object_id);
                 }
-                OpKind::Drop | OpKind::Clear => {
-                    if op.kind == OpKind::Drop {
-                        objects.remove(&op.object_id);
-                    }
-                    for shard in shards.iter_mut() {
-                        let dead = shard.remove_object(op.object_id);
-                        self.dead_bytes.fetch_add(dead, Ordering::Relaxed);
-                    }
+                for shard in shards.iter_mut() {
+                    let dead = shard.remove_object(op.object_id);
+                    self.dead_bytes.fetch_add(dead, Ordering::Relaxed);
                 }
-                OpKind::Put | OpKind::Delete => {
-                    let hash = record_hash(op.object_id, op.key);
-                    self.put_or_delete(&mut shards[shard_of(hash)], &mut lane, hash, &op)?;
-                }
+            }
+            OpKind::Put | OpKind::Delete => {
+                let hash = record_hash(op.object_id, op.key);
+                self.put_or_delete(&mut shards[shard_of(hash)], lane, hash, op)?;
             }
         }
         Ok(())
@@ -733,6 +745,25 @@ impl Store for ReplicaTables {
             self.put_or_delete(guard, &mut lane, hash, &op)?;
         }
         Ok(())
+    }
+
+    /// Streams the transaction twice with everything locked: a check pass
+    /// (nothing changes if it is refused), then the apply pass; readers wait
+    /// until both are done. Values go straight to the data files, so memory
+    /// grows only by the index entries of new keys.
+    fn apply_large(&self, txn: &mut dyn LargeTxn) -> Result<(), StoreError> {
+        let mut objects = self.objects.write();
+        let mut shards: Vec<RwLockWriteGuard<'_, Shard>> =
+            self.shards.iter().map(|s| s.write()).collect();
+        {
+            let mut check = ObjectCheck::new(|id| objects.contains_key(&id));
+            txn.for_each(&mut |op| check.see(op.kind, op.object_id, op.sequence, op.kind.label()))?;
+        }
+        // An error in this pass (I/O, or staging unreadable) leaves part of
+        // the transaction in memory; apply stops on it, and the store is
+        // reopened from its checkpoint, which has none of it.
+        let mut lane = self.lanes[0].lock();
+        txn.for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, &mut lane, &op))
     }
 
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {

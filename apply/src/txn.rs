@@ -8,6 +8,8 @@ use std::ops::Range;
 
 use engine::journal::EntryType;
 
+use crate::store::StoreError;
+
 /// What one change does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpKind {
@@ -155,6 +157,35 @@ impl Changes {
 struct TxnSlot {
     meta: TxnMeta,
     ops: Range<usize>,
+    large: Option<LargeRef>,
+}
+
+/// A committed transaction too large to hold in memory: the assembler
+/// dropped its changes once they passed the spill limit, and apply reads
+/// them again from staging (`LargeTxn`) when the transaction's turn comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargeRef {
+    /// The transaction's commit cycle: its entries are this journal's
+    /// entries of that cycle from `first_sequence` up to the commit.
+    pub cycle: u64,
+    /// Sequence of its first entry (C-SC, or its first change).
+    pub first_sequence: u64,
+    /// Changes in the transaction.
+    pub ops: u64,
+}
+
+/// The changes of a large transaction, read again (from staging) each time
+/// `for_each` is called, so a store can check them in one pass and apply
+/// them in a second without holding them all.
+pub trait LargeTxn {
+    fn meta(&self) -> TxnMeta;
+
+    /// Calls `visit` with every change of the transaction, in journal order;
+    /// stops at the first error `visit` returns.
+    fn for_each(
+        &mut self,
+        visit: &mut dyn FnMut(Op<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Committed transactions, in commit order, in one arena.
@@ -178,7 +209,27 @@ impl TxnBatch {
         self.txns.push(TxnSlot {
             meta,
             ops: start..self.changes.len(),
+            large: None,
         });
+    }
+
+    /// Appends a large transaction: no changes here, only where to read
+    /// them back.
+    pub fn push_large(&mut self, meta: TxnMeta, large: LargeRef) {
+        let at = self.changes.len();
+        self.txns.push(TxnSlot {
+            meta,
+            ops: at..at,
+            large: Some(large),
+        });
+    }
+
+    /// Appends a copy of `txn` (large or not).
+    pub fn push_txn(&mut self, txn: &Txn<'_>) {
+        match txn.large {
+            Some(large) => self.push_large(txn.meta, large),
+            None => self.push(txn.meta, txn.ops()),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -209,6 +260,7 @@ impl TxnBatch {
             changes: &self.changes,
             meta: self.txns[i].meta,
             ops: self.txns[i].ops.clone(),
+            large: self.txns[i].large,
         }
     }
 
@@ -223,6 +275,7 @@ pub struct Txn<'a> {
     pub(crate) changes: &'a Changes,
     pub(crate) meta: TxnMeta,
     pub(crate) ops: Range<usize>,
+    pub(crate) large: Option<LargeRef>,
 }
 
 impl<'a> Txn<'a> {
@@ -241,6 +294,12 @@ impl<'a> Txn<'a> {
     pub fn ops(&self) -> impl ExactSizeIterator<Item = Op<'a>> + 'a {
         let changes = self.changes;
         self.ops.clone().map(move |i| changes.op(i))
+    }
+
+    /// Set for a large transaction, whose changes are not in memory
+    /// (`ops()` is empty): apply reads them back with a `LargeTxn`.
+    pub fn large(&self) -> Option<LargeRef> {
+        self.large
     }
 
     /// True if any change is object-level (create, drop, clear, rename).

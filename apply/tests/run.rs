@@ -66,18 +66,22 @@ fn options() -> RunOptions {
         // Long enough that a slow test machine does not make a journal
         // look idle while it is still being staged.
         merge_wait: Duration::from_secs(1),
+        // The workload's large transactions (300-1000 changes) pass this
+        // and are read back from staging at commit.
+        spill_bytes: 2048,
         ..RunOptions::default()
     }
 }
 
 /// Runs apply over `journals` until its checkpoint reaches `target` or
-/// `stop_after` passes, then stops it.
+/// `stop_after` passes, then stops it. Returns the store and how many large
+/// transactions were read back from staging.
 fn run_until(
     replica: &std::path::Path,
     journals: &[StagedJournal],
     target: Option<&[JournalPosition]>,
     stop_after: Duration,
-) -> Arc<ReplicaTables> {
+) -> (Arc<ReplicaTables>, u64) {
     let store = Arc::new(ReplicaTables::open(replica).unwrap());
     let stop = AtomicBool::new(false);
     let status = RunStatus::default();
@@ -93,7 +97,7 @@ fn run_until(
         stop.store(true, Ordering::Relaxed);
         runner.join().unwrap().unwrap();
     });
-    store
+    (store, status.large_txns.load(Ordering::Relaxed))
 }
 
 #[test]
@@ -118,6 +122,7 @@ fn staged_transactions_apply_exactly_once_across_stops_and_restarts() {
     .unwrap();
     let target = [final_position(&entries)];
     let mut staged = 0;
+    let mut large = 0;
     // Stage a piece, apply for a random while, stop; again, until all is in.
     while staged < entries.len() {
         let to = (staged + 1 + rng.below(1500) as usize).min(entries.len());
@@ -130,13 +135,14 @@ fn staged_transactions_apply_exactly_once_across_stops_and_restarts() {
         );
         staged = to;
         let stop_after = Duration::from_millis(rng.below(30));
-        run_until(&replica, &journals, None, stop_after);
+        large += run_until(&replica, &journals, None, stop_after).1;
         // The receiver purges below the applied position: apply must
         // still find everything a restart needs.
         let applied = read_position_file(&dir.join(APPLIED_FILE)).unwrap();
         staging.purge_through(applied).unwrap();
     }
-    let store = run_until(&replica, &journals, Some(&target), Duration::from_secs(60));
+    let (store, last) = run_until(&replica, &journals, Some(&target), Duration::from_secs(60));
+    assert!(large + last > 0, "no transaction was large enough to spill");
     assert_eq!(store.applied_position().journals(), target);
     assert_eq!(
         read_position_file(&dir.join(APPLIED_FILE)),
@@ -199,7 +205,7 @@ fn several_journals_merge_in_commit_time_order() {
     // transactions from overtaking J1's earlier ones.
     stage(&mut stagings[0], &j0, 0, j0.len(), 100);
     let mut slow = stagings.pop().unwrap();
-    let store = std::thread::scope(|s| {
+    let (store, _) = std::thread::scope(|s| {
         s.spawn(|| {
             for at in (0..j1.len()).step_by(40) {
                 stage(&mut slow, &j1, at, (at + 40).min(j1.len()), 40);

@@ -1,8 +1,8 @@
 //! Replica tables: apply semantics, checkpoints, reopening, damage.
 
 use apply::{
-    AppliedPosition, Op, OpKind, ReplicaTables, SqliteStore, Store, StoreError, TxnBatch, TxnMeta,
-    DATA_FILE_BYTES,
+    AppliedPosition, LargeTxn, Op, OpKind, ReplicaTables, SqliteStore, Store, StoreError, Txn,
+    TxnBatch, TxnMeta, DATA_FILE_BYTES,
 };
 
 fn op<'a>(kind: OpKind, object_id: u64, key: &'a [u8], value: &'a [u8]) -> Op<'a> {
@@ -29,6 +29,50 @@ fn apply_all(store: &dyn Store, batch: &TxnBatch) -> Vec<Result<(), StoreError>>
     batch.iter().map(|t| store.apply(&t)).collect()
 }
 
+/// A transaction handed to `apply_large`, as if read back from staging;
+/// counts the passes the store makes over it.
+struct Streamed<'t> {
+    txn: Txn<'t>,
+    passes: usize,
+}
+
+impl LargeTxn for Streamed<'_> {
+    fn meta(&self) -> TxnMeta {
+        self.txn.meta()
+    }
+
+    fn for_each(
+        &mut self,
+        visit: &mut dyn FnMut(Op<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.passes += 1;
+        self.txn.ops().try_for_each(visit)
+    }
+}
+
+/// `apply_all` through `apply_large`.
+fn apply_all_streamed(store: &dyn Store, batch: &TxnBatch) -> Vec<Result<(), StoreError>> {
+    batch
+        .iter()
+        .map(|txn| {
+            let mut streamed = Streamed { txn, passes: 0 };
+            let result = store.apply_large(&mut streamed);
+            assert!(streamed.passes <= 2, "{} passes", streamed.passes);
+            result
+        })
+        .collect()
+}
+
+#[test]
+fn large_transactions_streamed_follow_the_same_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = ReplicaTables::open(dir.path().join("tables")).unwrap();
+    follows_serial_semantics(&tables, apply_all_streamed);
+    let sqlite = SqliteStore::open(dir.path().join("replica.db")).unwrap();
+    follows_serial_semantics(&sqlite, apply_all_streamed);
+    assert_eq!(sqlite.applied_position().journal(0).applied, 10);
+}
+
 fn records(store: &dyn Store, object_id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     store
@@ -41,7 +85,7 @@ fn records(store: &dyn Store, object_id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn puts_deletes_and_object_operations_follow_serial_semantics() {
     let dir = tempfile::tempdir().unwrap();
     let tables = ReplicaTables::open(dir.path()).unwrap();
-    follows_serial_semantics(&tables);
+    follows_serial_semantics(&tables, apply_all);
     assert!(tables.dead_bytes() > 0);
 }
 
@@ -50,7 +94,7 @@ fn the_sqlite_store_follows_the_same_semantics_and_reads_with_sql() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("replica.db");
     let store = SqliteStore::open(&path).unwrap();
-    follows_serial_semantics(&store);
+    follows_serial_semantics(&store, apply_all);
     // Refused transactions moved the position too.
     assert_eq!(store.applied_position().journal(0).applied, 10);
     drop(store);
@@ -80,7 +124,10 @@ fn the_sqlite_store_follows_the_same_semantics_and_reads_with_sql() {
 
 /// The shared semantics test: the same transactions, the same outcome on
 /// every store.
-fn follows_serial_semantics(tables: &dyn Store) {
+fn follows_serial_semantics(
+    tables: &dyn Store,
+    apply_all: fn(&dyn Store, &TxnBatch) -> Vec<Result<(), StoreError>>,
+) {
     let mut batch = TxnBatch::new();
     batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
     batch.push(

@@ -48,6 +48,7 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
         },
         checkpoint_every: a.checkpoint,
         merge_wait: a.merge_wait,
+        spill_bytes: a.spill_bytes as usize,
         ..apply::RunOptions::default()
     };
     apply::run(store, &journals, &options, stop, status)?;

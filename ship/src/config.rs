@@ -31,6 +31,8 @@
 //! journals = ["J1"]                   # the group's journals, in a fixed order
 //!                                     # (default: [primary.journal_name])
 //! merge_wait_ms = 20                  # most an idle journal holds the others
+//! spill = "64MiB"                     # most one open transaction holds in memory;
+//!                                     # larger ones are read back from staging
 //! ```
 //!
 //! Every error names the file, the line and column, and the key (CSI0001E).
@@ -117,6 +119,7 @@ struct RawApply {
     checkpoint_ms: Option<Spanned<u64>>,
     journals: Option<Spanned<Vec<String>>>,
     merge_wait_ms: Option<Spanned<u64>>,
+    spill: Option<Spanned<String>>,
 }
 
 /// The primary node's part.
@@ -174,6 +177,8 @@ pub struct Apply {
     /// kept per index): each stages in `staging/<group>/<name>`.
     pub journals: Vec<String>,
     pub merge_wait: Duration,
+    /// Keys and images one open transaction may hold in apply's memory.
+    pub spill_bytes: u64,
 }
 
 /// A checked configuration.
@@ -443,6 +448,7 @@ impl Config {
             checkpoint: millis(&a.checkpoint_ms, "apply.checkpoint_ms", 1000, 10, 3_600_000)?,
             journals,
             merge_wait: millis(&a.merge_wait_ms, "apply.merge_wait_ms", 20, 0, 600_000)?,
+            spill_bytes: bytes(&a.spill, "apply.spill", 64 << 20, 4096, 1 << 40)?,
         };
         Ok(Config {
             file: file.to_owned(),
@@ -568,6 +574,7 @@ window = "32MiB"
         assert_eq!(c.apply.replica, Path::new("/var/staging/PAYROLL.replica"));
         assert_eq!(c.apply.journals, ["main"]);
         assert_eq!(c.apply.workers, 2);
+        assert_eq!(c.apply.spill_bytes, 64 << 20);
     }
 
     #[test]
@@ -575,9 +582,10 @@ window = "32MiB"
         let with = |apply: &str| format!("{GOOD}\n[apply]\n{apply}\n");
         let c = Config::parse(
             Path::new("/etc/repl/pair.toml"),
-            &with("replica = \"rep\"\nworkers = 1\njournals = [\"J1\", \"J2\"]"),
+            &with("replica = \"rep\"\nworkers = 1\njournals = [\"J1\", \"J2\"]\nspill = \"1MiB\""),
         )
         .unwrap();
+        assert_eq!(c.apply.spill_bytes, 1 << 20);
         assert_eq!(c.apply.replica, Path::new("/etc/repl/rep"));
         assert_eq!(c.apply.journals, ["J1", "J2"]);
         assert_eq!(
@@ -598,6 +606,8 @@ window = "32MiB"
             e.contains("key `apply.store`") && e.contains("tables, sqlite"),
             "{e}"
         );
+        let e = err(&with("spill = \"12\""));
+        assert!(e.contains("key `apply.spill`"), "{e}");
         let e = err(&with("colour = 1"));
         assert!(e.contains("key `apply.colour`"), "{e}");
     }
