@@ -213,7 +213,8 @@ impl Assembler {
                         txn.changes.push(op);
                         if txn.changes.byte_len() > spill_bytes {
                             txn.spilled = true;
-                            txn.changes.clear();
+                            // Free the arena, not just empty it.
+                            txn.changes = Changes::default();
                             self.spilled += 1;
                             tracing::info!(
                                 "HAD0226I journal {journal}: transaction of commit cycle {cycle} (from sequence {}) passed {spill_bytes} bytes; its changes will be read back from staging at commit",
