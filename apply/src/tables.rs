@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -225,9 +225,9 @@ impl Slot {
     }
 }
 
-/// The hash the shard's table probes with. Shards are chosen by the top
+/// The hash the shard's table probes with. Shards are chosen by the low
 /// bits of the record hash, which every slot of a shard shares, and the
-/// table takes its tag from the top bits: rotate fresh bits up.
+/// table takes its bucket from the low bits: rotate fresh bits down.
 fn table_hash(hash: u64) -> u64 {
     hash.rotate_left(26)
 }
@@ -235,6 +235,12 @@ fn table_hash(hash: u64) -> u64 {
 #[derive(Debug, Default)]
 struct Shard {
     records: HashTable<Slot>,
+    /// Ids of the objects that exist, the same in every shard: changed only
+    /// with every shard write-locked, so a transaction checks its objects
+    /// under the shard locks it holds anyway, touching no shared line.
+    live: Arc<[u64]>,
+    /// Bytes of records this shard's changes replaced or deleted.
+    dead: u64,
 }
 
 impl Shard {
@@ -286,6 +292,14 @@ impl Shard {
     }
 }
 
+/// Gives every shard the current list of objects (all shards write-locked).
+fn publish_objects(objects: &BTreeMap<u64, String>, shards: &mut [RwLockWriteGuard<'_, Shard>]) {
+    let live: Arc<[u64]> = objects.keys().copied().collect();
+    for shard in shards.iter_mut() {
+        shard.live = live.clone();
+    }
+}
+
 /// Data files by id; `None` for ids never made or deleted.
 #[derive(Debug, Default)]
 struct Files {
@@ -318,13 +332,14 @@ pub struct ReplicaTables {
     /// Files written since the last checkpoint.
     dirty: Mutex<Vec<Arc<DataFile>>>,
     position: Mutex<AppliedPosition>,
-    dead_bytes: AtomicU64,
 }
 
 fn shard_of(hash: u64) -> usize {
-    // The high bits: stripes (`stripe_of`) use the remainder, so shards and
-    // stripes do not alias.
-    (hash >> 58) as usize % SHARDS
+    // The low bits, as stripes (`stripe_of`: the hash modulo the stripe
+    // count) take them: with a stripe count that is a multiple of SHARDS, a
+    // stripe lies in one shard, and parallel apply's placement of stripes on
+    // workers keeps each shard (its lock, its table, its lane) on one core.
+    hash as usize % SHARDS
 }
 
 impl ReplicaTables {
@@ -340,7 +355,6 @@ impl ReplicaTables {
             next_file: AtomicU32::new(1),
             dirty: Mutex::new(Vec::new()),
             position: Mutex::new(AppliedPosition::default()),
-            dead_bytes: AtomicU64::new(0),
             dir,
         };
         let path = tables.dir.join(CHECKPOINT_FILE);
@@ -359,7 +373,7 @@ impl ReplicaTables {
 
     /// Bytes of records replaced or deleted since open (not yet reclaimed).
     pub fn dead_bytes(&self) -> u64 {
-        self.dead_bytes.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| s.read().dead).sum()
     }
 
     /// Records held, over all objects.
@@ -458,7 +472,7 @@ impl ReplicaTables {
             _ => unreachable!("object-level changes go through apply_exclusive"),
         };
         if let Some(old) = old {
-            self.dead_bytes.fetch_add(old.len as u64, Ordering::Relaxed);
+            shard.dead += old.len as u64;
         }
         Ok(())
     }
@@ -475,10 +489,11 @@ impl ReplicaTables {
             |id| objects.contains_key(&id),
         )?;
         let mut lane = self.lanes[0].lock();
-        for op in txn.ops() {
-            self.apply_op_exclusive(&mut objects, &mut shards, &mut lane, &op)?;
-        }
-        Ok(())
+        let applied = txn
+            .ops()
+            .try_for_each(|op| self.apply_op_exclusive(&mut objects, &mut shards, &mut lane, &op));
+        publish_objects(&objects, &mut shards);
+        applied
     }
 
     /// One change, with the objects and every shard locked.
@@ -498,8 +513,7 @@ impl ReplicaTables {
                     objects.remove(&op.object_id);
                 }
                 for shard in shards.iter_mut() {
-                    let dead = shard.remove_object(op.object_id);
-                    self.dead_bytes.fetch_add(dead, Ordering::Relaxed);
+                    shard.dead += shard.remove_object(op.object_id);
                 }
             }
             OpKind::Put | OpKind::Delete => {
@@ -658,6 +672,8 @@ impl ReplicaTables {
         if r.at != body.len() {
             return Err(corrupt("trailing bytes after the index"));
         }
+        let mut shards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
+        publish_objects(&objects, &mut shards);
         *self.position.lock() = position;
         Ok(())
     }
@@ -712,20 +728,8 @@ impl Store for ReplicaTables {
         if txn.has_object_ops() {
             return self.apply_exclusive(txn);
         }
-        let objects = self.objects.read();
-        let mut known = u64::MAX;
         let mut shards = 0u64;
         for op in txn.ops() {
-            if op.object_id != known {
-                if !objects.contains_key(&op.object_id) {
-                    return Err(StoreError::UnknownObject {
-                        sequence: op.sequence,
-                        label: op.kind.label(),
-                        object_id: op.object_id,
-                    });
-                }
-                known = op.object_id;
-            }
             shards |= 1 << shard_of(record_hash(op.object_id, op.key));
         }
         // Every shard the transaction touches, locked in shard order, held
@@ -737,6 +741,25 @@ impl Store for ReplicaTables {
             let s = rest.trailing_zeros() as usize;
             guards[s] = Some(self.shards[s].write());
             rest &= rest - 1;
+        }
+        // Objects change only with every shard locked: any shard's list is
+        // current while we hold one.
+        let live = &guards[shards.trailing_zeros() as usize]
+            .as_ref()
+            .expect("locked above")
+            .live;
+        let mut known = u64::MAX;
+        for op in txn.ops() {
+            if op.object_id != known {
+                if live.binary_search(&op.object_id).is_err() {
+                    return Err(StoreError::UnknownObject {
+                        sequence: op.sequence,
+                        label: op.kind.label(),
+                        object_id: op.object_id,
+                    });
+                }
+                known = op.object_id;
+            }
         }
         let mut lane = self.lanes[shards.trailing_zeros() as usize % LANES].lock();
         for op in txn.ops() {
@@ -763,7 +786,10 @@ impl Store for ReplicaTables {
         // the transaction in memory; apply stops on it, and the store is
         // reopened from its checkpoint, which has none of it.
         let mut lane = self.lanes[0].lock();
-        txn.for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, &mut lane, &op))
+        let applied = txn
+            .for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, &mut lane, &op));
+        publish_objects(&objects, &mut shards);
+        applied
     }
 
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
