@@ -42,7 +42,6 @@ use crate::txn::{LargeTxn, Op, OpKind, Txn};
 /// At most 64: a transaction's shards are a bit set in a u64.
 const SHARDS: usize = 64;
 const _: () = assert!(SHARDS <= 64);
-const LANES: usize = 4;
 /// Size of one data file.
 pub const DATA_FILE_BYTES: usize = 64 << 20;
 const RECORD_HEADER_BYTES: usize = 20;
@@ -241,6 +240,10 @@ struct Shard {
     live: Arc<[u64]>,
     /// Bytes of records this shard's changes replaced or deleted.
     dead: u64,
+    /// The data file transactions whose lowest shard is this one append
+    /// to: written under this shard's lock, so appending takes no lock of
+    /// its own.
+    lane: Lane,
 }
 
 impl Shard {
@@ -326,7 +329,6 @@ pub struct ReplicaTables {
     dir: PathBuf,
     objects: RwLock<BTreeMap<u64, String>>,
     shards: Box<[RwLock<Shard>]>,
-    lanes: Box<[Mutex<Lane>]>,
     files: RwLock<Files>,
     next_file: AtomicU32,
     /// Files written since the last checkpoint.
@@ -350,7 +352,6 @@ impl ReplicaTables {
         let tables = ReplicaTables {
             objects: RwLock::new(BTreeMap::new()),
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
-            lanes: (0..LANES).map(|_| Mutex::new(Lane::default())).collect(),
             files: RwLock::new(Files::default()),
             next_file: AtomicU32::new(1),
             dirty: Mutex::new(Vec::new()),
@@ -456,25 +457,16 @@ impl ReplicaTables {
         })
     }
 
-    fn put_or_delete(
-        &self,
-        shard: &mut Shard,
-        lane: &mut Lane,
-        hash: u64,
-        op: &Op<'_>,
-    ) -> Result<(), StoreError> {
-        let old = match op.kind {
-            OpKind::Put => {
-                let loc = self.append(lane, op)?;
-                shard.put(hash, op.object_id, op.key, loc)
-            }
-            OpKind::Delete => shard.remove(hash, op.object_id, op.key),
-            _ => unreachable!("object-level changes go through apply_exclusive"),
+    /// Points the index at a put's record (`loc`) or removes a deleted one.
+    fn index_change(shard: &mut Shard, hash: u64, op: &Op<'_>, loc: Option<Loc>) {
+        let old = match (op.kind, loc) {
+            (OpKind::Put, Some(loc)) => shard.put(hash, op.object_id, op.key, loc),
+            (OpKind::Delete, None) => shard.remove(hash, op.object_id, op.key),
+            _ => unreachable!("a put with its record, a delete without"),
         };
         if let Some(old) = old {
             shard.dead += old.len as u64;
         }
-        Ok(())
     }
 
     /// A transaction with object-level changes: everything locked, checked
@@ -488,20 +480,19 @@ impl ReplicaTables {
                 .map(|op| (op.kind, op.object_id, op.sequence, op.kind.label())),
             |id| objects.contains_key(&id),
         )?;
-        let mut lane = self.lanes[0].lock();
         let applied = txn
             .ops()
-            .try_for_each(|op| self.apply_op_exclusive(&mut objects, &mut shards, &mut lane, &op));
+            .try_for_each(|op| self.apply_op_exclusive(&mut objects, &mut shards, &op));
         publish_objects(&objects, &mut shards);
         applied
     }
 
-    /// One change, with the objects and every shard locked.
+    /// One change, with the objects and every shard locked (records go to
+    /// shard 0's lane).
     fn apply_op_exclusive(
         &self,
         objects: &mut BTreeMap<u64, String>,
         shards: &mut [RwLockWriteGuard<'_, Shard>],
-        lane: &mut Lane,
         op: &Op<'_>,
     ) -> Result<(), StoreError> {
         match op.kind {
@@ -518,7 +509,11 @@ impl ReplicaTables {
             }
             OpKind::Put | OpKind::Delete => {
                 let hash = record_hash(op.object_id, op.key);
-                self.put_or_delete(&mut shards[shard_of(hash)], lane, hash, op)?;
+                let loc = match op.kind {
+                    OpKind::Put => Some(self.append(&mut shards[0].lane, op)?),
+                    _ => None,
+                };
+                Self::index_change(&mut shards[shard_of(hash)], hash, op, loc);
             }
         }
         Ok(())
@@ -531,12 +526,12 @@ impl ReplicaTables {
                 .sync_data()
                 .map_err(StoreError::io("sync data file", &file.path))?;
         }
-        // Files still being written stay dirty for the next checkpoint. (Lane
+        // Files still being written stay dirty for the next checkpoint. (Shard
         // locks are taken before the dirty list's, as `append` does.)
         let current: Vec<Arc<DataFile>> = self
-            .lanes
+            .shards
             .iter()
-            .filter_map(|lane| lane.lock().file.clone())
+            .filter_map(|shard| shard.read().lane.file.clone())
             .collect();
         let mut again = self.dirty.lock();
         for f in current {
@@ -761,11 +756,19 @@ impl Store for ReplicaTables {
                 known = op.object_id;
             }
         }
-        let mut lane = self.lanes[shards.trailing_zeros() as usize % LANES].lock();
+        // Records go to the lowest shard's lane, under its lock.
+        let lane = shards.trailing_zeros() as usize;
         for op in txn.ops() {
             let hash = record_hash(op.object_id, op.key);
+            let loc = match op.kind {
+                OpKind::Put => {
+                    let guard = guards[lane].as_mut().expect("locked above");
+                    Some(self.append(&mut guard.lane, &op)?)
+                }
+                _ => None,
+            };
             let guard = guards[shard_of(hash)].as_mut().expect("locked above");
-            self.put_or_delete(guard, &mut lane, hash, &op)?;
+            Self::index_change(guard, hash, &op, loc);
         }
         Ok(())
     }
@@ -785,9 +788,8 @@ impl Store for ReplicaTables {
         // An error in this pass (I/O, or staging unreadable) leaves part of
         // the transaction in memory; apply stops on it, and the store is
         // reopened from its checkpoint, which has none of it.
-        let mut lane = self.lanes[0].lock();
-        let applied = txn
-            .for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, &mut lane, &op));
+        let applied =
+            txn.for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, &op));
         publish_objects(&objects, &mut shards);
         applied
     }

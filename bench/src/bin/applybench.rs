@@ -32,6 +32,15 @@ struct Args {
     /// Skip the redb and SQLite baselines.
     #[arg(long)]
     no_baselines: bool,
+    /// Only these transaction sizes (entries per transaction).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u64, 10, 1000])]
+    txn: Vec<u64>,
+    /// Only uniform keys (skip the Zipf rows).
+    #[arg(long)]
+    uniform_only: bool,
+    /// Skip the restart-time measurement.
+    #[arg(long)]
+    no_restart: bool,
 }
 
 /// Median M entries/s of `runs` runs, and every run's figure.
@@ -98,7 +107,9 @@ fn restart(args: &Args) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    restart(&args)?;
+    if !args.no_restart {
+        restart(&args)?;
+    }
     println!(
         "| keys | entries per txn | tables, 1 worker | tables, 2 workers | redb | SQLite | tables(2) / redb | tables(2) / SQLite | runs (tables 2 / redb / SQLite) |"
     );
@@ -111,8 +122,13 @@ fn main() -> anyhow::Result<()> {
     let sqlite = |dir: &Path| -> anyhow::Result<Arc<dyn Store>> {
         Ok(Arc::new(SqliteStore::open(dir.join("replica.db"))?))
     };
-    for keys in [Keys::Uniform, Keys::Zipf] {
-        for txn in [1, 10, 1000] {
+    let dists: &[Keys] = if args.uniform_only {
+        &[Keys::Uniform]
+    } else {
+        &[Keys::Uniform, Keys::Zipf]
+    };
+    for &keys in dists {
+        for &txn in &args.txn {
             let workload = Workload {
                 entries: args.entries,
                 txn_entries: txn,
