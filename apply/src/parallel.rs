@@ -44,6 +44,10 @@ use crate::txn::{LargeTxn, Txn, TxnBatch};
 pub struct ApplyOptions {
     pub workers: usize,
     pub stripes: usize,
+    /// A batch whose transactions average more changes than this is applied
+    /// by the caller alone (`usize::MAX`: never; measured default,
+    /// decisions.md 22).
+    pub serial_ops_per_txn: usize,
 }
 
 impl Default for ApplyOptions {
@@ -51,6 +55,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             workers: 2,
             stripes: 1024,
+            serial_ops_per_txn: 2,
         }
     }
 }
@@ -141,6 +146,7 @@ pub struct ParallelApply {
     store: Arc<dyn Store>,
     stripes: usize,
     workers: usize,
+    serial_ops_per_txn: usize,
     shared: Arc<Shared>,
     /// The caller's share of the batch being submitted: (transaction index,
     /// its tickets in `own_tickets`).
@@ -196,6 +202,7 @@ impl ParallelApply {
             store,
             stripes,
             workers,
+            serial_ops_per_txn: options.serial_ops_per_txn,
             shared,
             own: Vec::new(),
             own_tickets: Vec::new(),
@@ -242,24 +249,16 @@ impl ParallelApply {
         range: Range<usize>,
     ) -> Result<(), StoreError> {
         if self.workers == 1 {
-            let (mut txns, mut ops) = (0, 0);
-            for i in range {
-                let txn = batch.get(i);
-                assert!(
-                    txn.large().is_none(),
-                    "large transactions go through apply_large"
-                );
-                if self.shared.failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                run_one(&*self.store, &self.shared, &txn, &[]);
-                self.position.advance(&txn.meta());
-                (txns, ops) = (txns + 1, ops + txn.len());
-            }
-            self.dispatched_txns += txns as u64;
-            self.dispatched_ops += ops as u64;
-            finished(&self.shared, txns, ops);
-            return self.check_failed();
+            return self.run_serial(batch, range);
+        }
+        let ops: usize = range.clone().map(|i| batch.get(i).len()).sum();
+        if ops > self.serial_ops_per_txn.saturating_mul(range.len()) {
+            // Transactions of several changes each spread over many stripes
+            // (and shards) and would mostly wait for each other while their
+            // locks bounce between cores: the caller applies the batch alone
+            // once the workers are idle (decisions.md 22).
+            self.drain()?;
+            return self.run_serial(batch, range);
         }
         for i in range {
             let txn = batch.get(i);
@@ -281,6 +280,29 @@ impl ParallelApply {
         }
         self.flush();
         self.run_own(batch);
+        self.check_failed()
+    }
+
+    /// Applies `range` of `batch` on this thread in commit order, without
+    /// tickets: only while no worker has anything to apply.
+    fn run_serial(&mut self, batch: &TxnBatch, range: Range<usize>) -> Result<(), StoreError> {
+        let (mut txns, mut ops) = (0, 0);
+        for i in range {
+            let txn = batch.get(i);
+            assert!(
+                txn.large().is_none(),
+                "large transactions go through apply_large"
+            );
+            if self.shared.failed.load(Ordering::Relaxed) {
+                break;
+            }
+            run_one(&*self.store, &self.shared, &txn, &[]);
+            self.position.advance(&txn.meta());
+            (txns, ops) = (txns + 1, ops + txn.len());
+        }
+        self.dispatched_txns += txns as u64;
+        self.dispatched_ops += ops as u64;
+        finished(&self.shared, txns, ops);
         self.check_failed()
     }
 

@@ -88,11 +88,14 @@ proptest! {
         workers in 1usize..4,
         stripes in prop::sample::select(vec![1usize, 2, 7, 64, 1024]),
         chunk in prop::sample::select(vec![1usize, 17, 500]),
+        // Never, sometimes and always apply a batch on the caller alone.
+        serial_ops_per_txn in prop::sample::select(vec![usize::MAX, 2, 0]),
     ) {
         let entries = workload(seed, 3000);
         let dir = tempfile::tempdir().unwrap();
         let tables = Arc::new(ReplicaTables::open(dir.path()).unwrap());
-        let apply = apply_from(&tables, &entries, &ApplyOptions { workers, stripes }, chunk);
+        let options = ApplyOptions { workers, stripes, serial_ops_per_txn };
+        let apply = apply_from(&tables, &entries, &options, chunk);
         apply.finish().unwrap();
         prop_assert_eq!(store_state(&*tables), serial_state(&entries));
     }
@@ -105,7 +108,11 @@ proptest! {
     ) {
         let entries = workload(seed, 3000);
         let (checkpoint_at, crash_at) = (checkpoint_at.min(crash_at), checkpoint_at.max(crash_at));
-        let options = ApplyOptions { workers: 2, stripes: 64 };
+        let options = ApplyOptions {
+            workers: 2,
+            stripes: 64,
+            serial_ops_per_txn: usize::MAX,
+        };
         let dir = tempfile::tempdir().unwrap();
         {
             let tables = Arc::new(ReplicaTables::open(dir.path()).unwrap());

@@ -45,6 +45,7 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
         apply: apply::ApplyOptions {
             workers: a.workers,
             stripes: a.stripes,
+            ..apply::ApplyOptions::default()
         },
         checkpoint_every: a.checkpoint,
         merge_wait: a.merge_wait,
