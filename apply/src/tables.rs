@@ -3,8 +3,11 @@
 //! Shape (Bitcask-like, decisions.md 16):
 //! - Records live in append-only, memory-mapped data files (`data-<id>.tbl`,
 //!   64 MiB each). A put appends `[crc32c u32][object u64][key len u32]
-//!   [value len u32][key][value]` and points the index at it.
-//! - The index is in memory: 64 shards by record hash, each one flat hash
+//!   [value len u32][key][value]` and points the index at it. Each shard
+//!   appends to its own current file (its lane) under its own lock; a
+//!   transaction's records go to its lowest shard's lane.
+//! - The index is in memory: 64 shards by the low bits of the record hash
+//!   (as stripes are chosen, decisions.md 22), each one flat hash
 //!   table of slots (record hash, object, key, file, offset, length), probed
 //!   with the hash computed once per change. Keys up to 22 bytes sit in the
 //!   slot; longer ones are boxed. Cost per key: a 56-byte slot over the
@@ -63,7 +66,8 @@ struct DataFile {
     path: PathBuf,
     file: File,
     map: MmapRaw,
-    /// Bytes written so far (only the owning lane writes).
+    /// Bytes written so far (only the owning lane, under its shard's
+    /// lock, writes).
     used: AtomicU32,
 }
 
