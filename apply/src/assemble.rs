@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use engine::journal::{Entry, EntryType};
 
 use crate::position::AppliedPosition;
-use crate::txn::{Changes, LargeRef, Op, OpKind, TxnBatch, TxnMeta};
+use crate::txn::{Changes, LargeRef, Op, TxnBatch, TxnMeta};
 
 /// Why an entry could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,19 +191,8 @@ impl Assembler {
                 }
             }
             _ => {
-                let Some(kind) = OpKind::of(entry_type) else {
+                let Some(op) = Op::of_entry(entry) else {
                     return Ok(());
-                };
-                let op = Op {
-                    kind,
-                    object_id: entry.object_id(),
-                    sequence,
-                    key: entry.key(),
-                    value: if kind == OpKind::Put {
-                        entry.after()
-                    } else {
-                        &[]
-                    },
                 };
                 if cycle != 0 {
                     let spill_bytes = self.spill_bytes;

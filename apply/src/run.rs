@@ -38,7 +38,7 @@ use crate::assemble::{AssembleError, Assembler};
 use crate::parallel::{ApplyOptions, ParallelApply};
 use crate::position::AppliedPosition;
 use crate::store::{Store, StoreError};
-use crate::txn::{LargeRef, LargeTxn, Op, OpKind, TxnBatch, TxnMeta};
+use crate::txn::{LargeRef, LargeTxn, Op, TxnBatch, TxnMeta};
 
 /// The file in a journal's staging directory that apply keeps its
 /// `resume_from` in: the receiver purges segments wholly below it.
@@ -444,21 +444,11 @@ impl LargeTxn for StagedTxn<'_> {
                     }
                     return Ok(());
                 }
-                let Some(kind) = OpKind::of(entry.entry_type()) else {
+                let Some(op) = Op::of_entry(&entry) else {
                     continue;
                 };
                 seen += 1;
-                visit(Op {
-                    kind,
-                    object_id: entry.object_id(),
-                    sequence,
-                    key: entry.key(),
-                    value: if kind == OpKind::Put {
-                        entry.after()
-                    } else {
-                        &[]
-                    },
-                })?;
+                visit(op)?;
             }
         }
     }

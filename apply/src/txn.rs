@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use engine::journal::EntryType;
+use engine::journal::{Entry, EntryType};
 
 use crate::store::StoreError;
 
@@ -79,6 +79,25 @@ pub struct Op<'a> {
     pub sequence: u64,
     pub key: &'a [u8],
     pub value: &'a [u8],
+}
+
+impl<'a> Op<'a> {
+    /// The change a journal entry makes, or `None` for entries that change
+    /// no data (commit control, next segment).
+    pub fn of_entry(entry: &Entry<'a>) -> Option<Op<'a>> {
+        let kind = OpKind::of(entry.entry_type())?;
+        Some(Op {
+            kind,
+            object_id: entry.object_id(),
+            sequence: entry.sequence(),
+            key: entry.key(),
+            value: if kind == OpKind::Put {
+                entry.after()
+            } else {
+                &[]
+            },
+        })
+    }
 }
 
 /// Where a transaction came from and where replay resumes after it.

@@ -10,12 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use apply::{
-    JournaledStore, ReplicaTables, SourceError, SourceOptions, SourceTxn, SqliteStore, Store,
-    SOURCE_HOLD,
+    JournaledStore, OpenReport, ReplicaTables, SourceError, SourceOptions, SourceTxn, SqliteStore,
+    Store, SOURCE_HOLD,
 };
-use engine::journal::{
-    held_positions, EntryType, JournalCursor, JournalError, JournalOptions, Step,
-};
+use engine::journal::{held_positions, EntryType, JournalError, JournalOptions};
 
 mod common;
 use common::{seed, serial_state, store_state, Rng, State};
@@ -25,6 +23,14 @@ const CHILD_SEED: &str = "SOURCE_TEST_CHILD_SEED";
 const CHILD_STORE: &str = "SOURCE_TEST_CHILD_STORE";
 
 fn open_store(dir: &Path, kind: &str, checkpoint_every: Option<Duration>) -> JournaledStore {
+    open_store_with_report(dir, kind, checkpoint_every).0
+}
+
+fn open_store_with_report(
+    dir: &Path,
+    kind: &str,
+    checkpoint_every: Option<Duration>,
+) -> (JournaledStore, OpenReport) {
     let tables: Box<dyn Store> = match kind {
         "tables" => Box::new(ReplicaTables::open(dir.join("tables")).unwrap()),
         _ => Box::new(SqliteStore::open(dir.join("tables.db")).unwrap()),
@@ -36,22 +42,12 @@ fn open_store(dir: &Path, kind: &str, checkpoint_every: Option<Duration>) -> Jou
         },
         checkpoint_every,
     };
-    JournaledStore::open(&dir.join("journal"), options, tables)
-        .unwrap()
-        .0
+    JournaledStore::open(&dir.join("journal"), options, tables).unwrap()
 }
 
 /// Every entry of the journal in `dir` but J-NR, encoded, in order.
 fn journal_entries(dir: &Path) -> Vec<Vec<u8>> {
-    let mut cursor = JournalCursor::open(dir, 1).unwrap();
-    let mut out = Vec::new();
-    loop {
-        match cursor.step().unwrap() {
-            Step::Entry(offset) => out.push(cursor.entry(offset).unwrap().as_bytes().to_vec()),
-            Step::EndOfSegment => cursor.next_segment().unwrap(),
-            Step::Idle => return out,
-        }
-    }
+    engine::journal::read_entries(dir, 1).unwrap()
 }
 
 /// Errors the random driver provokes on purpose: refusals by the tables and
@@ -266,19 +262,8 @@ fn child_writer() {
     };
     let seed: u64 = std::env::var(CHILD_SEED).unwrap().parse().unwrap();
     let kind = std::env::var(CHILD_STORE).unwrap();
-    let dir = Path::new(&dir);
-    let tables: Box<dyn Store> = match kind.as_str() {
-        "tables" => Box::new(ReplicaTables::open(dir.join("tables")).unwrap()),
-        _ => Box::new(SqliteStore::open(dir.join("tables.db")).unwrap()),
-    };
-    let options = SourceOptions {
-        journal: JournalOptions {
-            segment_bytes: 1 << 20,
-            ..JournalOptions::default()
-        },
-        checkpoint_every: Some(Duration::from_millis(20)),
-    };
-    let (store, report) = JournaledStore::open(&dir.join("journal"), options, tables).unwrap();
+    let (store, report) =
+        open_store_with_report(Path::new(&dir), &kind, Some(Duration::from_millis(20)));
     println!(
         "\nOPEN replayed={} rolled_back={}",
         report.replayed,

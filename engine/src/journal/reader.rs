@@ -206,6 +206,23 @@ impl JournalCursor {
     }
 }
 
+/// Every entry of the journal in `dir` from `from_sequence` to its current
+/// end, encoded, in order (J-NR excluded): for tools and tests that read a
+/// whole small journal.
+pub fn read_entries(dir: impl AsRef<Path>, from_sequence: u64) -> Result<Vec<Vec<u8>>, ReadError> {
+    let mut cursor = JournalCursor::open(dir, from_sequence)?;
+    let mut out = Vec::new();
+    loop {
+        match cursor.step()? {
+            Step::Entry(offset) => {
+                out.push(cursor.entry(offset).expect("validated").as_bytes().to_vec())
+            }
+            Step::EndOfSegment => cursor.next_segment()?,
+            Step::Idle => return Ok(out),
+        }
+    }
+}
+
 fn published_entry(segment: &MappedSegment, offset: usize) -> Option<Entry<'_>> {
     if offset + 8 > segment.len() || segment.published_len(offset) == 0 {
         return None;

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::frame::FrameDecoder;
-use engine::journal::{
-    read_position_file, Durability, Journal, JournalCursor, JournalOptions, NewEntry, Step,
-};
+use engine::journal::{read_position_file, Durability, Journal, JournalOptions, NewEntry};
 use engine::limits::SEGMENT_BYTES_MIN;
 use engine::staging::{Staging, StagingOptions};
 
@@ -227,15 +225,7 @@ pub fn wait_acked(pair: &Pair, journal: &Journal, limit: Duration) {
 
 /// Every entry of the journal, as bytes, in order.
 pub fn journal_entries(dir: &Path) -> Vec<Vec<u8>> {
-    let mut cursor = JournalCursor::open(dir, 1).unwrap();
-    let mut out = Vec::new();
-    loop {
-        match cursor.step().unwrap() {
-            Step::Entry(offset) => out.push(cursor.entry(offset).unwrap().as_bytes().to_vec()),
-            Step::EndOfSegment => cursor.next_segment().unwrap(),
-            Step::Idle => return out,
-        }
-    }
+    engine::journal::read_entries(dir, 1).unwrap()
 }
 
 /// Every entry staged, as bytes, in order; every frame checked again, and
