@@ -13,7 +13,7 @@
 //!   order in the journal is therefore apply order in the tables. A
 //!   transaction the tables would refuse is rolled back (C-RB) instead, so
 //!   the journal never carries a refused transaction. Durability is waited
-//!   for after the lock is released, so concurrent commits share fsyncs.
+//!   for after the lock is released, so concurrent commits can share fsyncs.
 //! - Changes outside commitment control are checked, journaled and applied
 //!   one by one under the same lock.
 //! - Like the replica, the tables have no log of their own: `checkpoint`
@@ -92,14 +92,14 @@ pub struct OpenReport {
     pub replayed: u64,
     /// Transactions left open by the previous process, rolled back now.
     pub rolled_back: Vec<u64>,
-    /// Position of the tables after replay.
-    pub position: JournalPosition,
 }
 
 #[derive(Debug)]
 struct SourceState {
     appender: Appender,
-    position: JournalPosition,
+    position: AppliedPosition,
+    /// Reused for changes outside commitment control.
+    single: Changes,
     /// Open transactions: commit cycle -> sequence of its C-SC.
     open: std::collections::BTreeMap<u64, u64>,
     next_cycle: u64,
@@ -119,6 +119,18 @@ impl SourceState {
             }),
             None => Ok(()),
         }
+    }
+
+    /// Refuses changes the tables would refuse (objects as they stand once
+    /// everything committed is applied).
+    fn check_objects(&self, changes: &Changes) -> Result<(), SourceError> {
+        check_objects(
+            changes
+                .iter()
+                .map(|op| (op.kind, op.object_id, op.sequence, op.kind.label())),
+            |id| self.objects.contains(&id),
+        )?;
+        Ok(())
     }
 
     /// The first sequence still needed once `commit` (if any) is applied.
@@ -146,19 +158,10 @@ impl JournaledStore {
         store: Box<dyn Store>,
     ) -> Result<(JournaledStore, OpenReport), SourceError> {
         let journal = Journal::open(journal_dir, options.journal)?;
-        let mut position = store.applied_position().journal(0);
+        let mut position = store.applied_position();
         let mut report = OpenReport::default();
-        let mut assembler = Assembler::new(&{
-            let mut p = AppliedPosition::new(1);
-            p.advance(&TxnMeta {
-                journal: 0,
-                commit_sequence: position.applied,
-                resume_from: position.resume_from,
-                commit_time_ns: 0,
-            });
-            p
-        });
-        let mut cursor = JournalCursor::open(journal_dir, position.resume_from)?;
+        let mut assembler = Assembler::new(&position);
+        let mut cursor = JournalCursor::open(journal_dir, position.journal(0).resume_from)?;
         let mut batch = TxnBatch::new();
         loop {
             match cursor.step()? {
@@ -179,7 +182,7 @@ impl JournaledStore {
 
         let mut appender = journal.appender();
         let mut last = 0;
-        for (cycle, _) in assembler.open_cycles(0) {
+        for cycle in assembler.open_cycles(0) {
             last = appender.append_deferred(&NewEntry::rollback(cycle))?;
             report.rolled_back.push(cycle);
         }
@@ -194,18 +197,18 @@ impl JournaledStore {
         }
         let objects = store.objects()?.iter().map(|o| o.object_id).collect();
         let hold = HoldRecord::open_hold(journal_dir, SOURCE_HOLD)?;
-        report.position = position;
         tracing::info!(
             "HAD0232I journaled store {} opened: {} transaction(s) replayed; applied {}, resume from {}",
             journal_dir.display(),
             report.replayed,
-            position.applied,
-            position.resume_from
+            position.journal(0).applied,
+            position.journal(0).resume_from
         );
         let state = SourceState {
             next_cycle: journal.next_sequence(),
             appender,
             position,
+            single: Changes::default(),
             open: Default::default(),
             objects,
             hold,
@@ -236,7 +239,7 @@ impl JournaledStore {
     /// The tables' position: the last applied commit and where replay would
     /// start.
     pub fn position(&self) -> JournalPosition {
-        self.state.lock().position
+        self.state.lock().position.journal(0)
     }
 
     /// Begins a transaction under commitment control (journals its C-SC).
@@ -295,15 +298,8 @@ impl JournaledStore {
 
     fn checkpoint_locked(&self, state: &mut SourceState) -> Result<(), SourceError> {
         state.check(self.journal.dir())?;
-        let mut position = AppliedPosition::new(1);
-        position.advance(&TxnMeta {
-            journal: 0,
-            commit_sequence: state.position.applied,
-            resume_from: state.position.resume_from,
-            commit_time_ns: 0,
-        });
-        self.store.checkpoint(&position)?;
-        state.hold.store(state.position.resume_from)?;
+        self.store.checkpoint(&state.position)?;
+        state.hold.store(state.position.journal(0).resume_from)?;
         state.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -311,29 +307,16 @@ impl JournaledStore {
     /// One change outside commitment control: checked, journaled and applied
     /// under the commit lock; durable on return.
     fn single(&self, entry: NewEntry<'_>) -> Result<u64, SourceError> {
-        let kind = OpKind::of(entry.entry_type).expect("a change entry");
-        let mut changes = Changes::default();
-        changes.push(Op {
-            kind,
-            object_id: entry.object_id,
-            sequence: 0,
-            key: entry.key,
-            value: if kind == OpKind::Put {
-                entry.after
-            } else {
-                &[]
-            },
-        });
         let mut state = self.state.lock();
         state.check(self.journal.dir())?;
-        check_objects(
-            changes
-                .iter()
-                .map(|op| (op.kind, op.object_id, 0, op.kind.label())),
-            |id| state.objects.contains(&id),
-        )?;
+        let mut changes = std::mem::take(&mut state.single);
+        changes.clear();
+        changes.push(change(&entry, 0));
+        state.check_objects(&changes)?;
         let sequence = state.appender.append_deferred(&entry)?;
-        self.apply_locked(&mut state, &changes, sequence)?;
+        let applied = self.apply_locked(&mut state, &changes, sequence);
+        state.single = changes;
+        applied?;
         drop(state);
         self.journal.wait_durable(sequence)?;
         Ok(sequence)
@@ -375,10 +358,7 @@ impl JournaledStore {
                 _ => {}
             }
         }
-        state.position = JournalPosition {
-            applied: commit_sequence,
-            resume_from: meta.resume_from,
-        };
+        state.position.advance(&meta);
         if self
             .checkpoint_every
             .is_some_and(|every| state.last_checkpoint.elapsed() >= every)
@@ -389,11 +369,27 @@ impl JournaledStore {
     }
 }
 
+/// The change a record or object entry makes, taken from `sequence`.
+fn change<'e>(entry: &NewEntry<'e>, sequence: u64) -> Op<'e> {
+    let kind = OpKind::of(entry.entry_type).expect("a change entry");
+    Op {
+        kind,
+        object_id: entry.object_id,
+        sequence,
+        key: entry.key,
+        value: if kind == OpKind::Put {
+            entry.after
+        } else {
+            &[]
+        },
+    }
+}
+
 /// Applies replayed transactions; returns how many were applied.
 fn replay(
     store: &dyn Store,
     batch: &TxnBatch,
-    position: &mut JournalPosition,
+    position: &mut AppliedPosition,
 ) -> Result<u64, SourceError> {
     for txn in batch.iter() {
         match store.apply(&txn) {
@@ -404,10 +400,7 @@ fn replay(
             Err(e) if e.is_refusal() => tracing::error!("{e}; transaction refused in replay"),
             Err(e) => return Err(e.into()),
         }
-        *position = JournalPosition {
-            applied: txn.meta().commit_sequence,
-            resume_from: txn.meta().resume_from,
-        };
+        position.advance(&txn.meta());
     }
     Ok(batch.len() as u64)
 }
@@ -454,19 +447,8 @@ impl SourceTxn<'_> {
     }
 
     fn record(&mut self, entry: NewEntry<'_>) -> Result<u64, SourceError> {
-        let kind = OpKind::of(entry.entry_type).expect("a change entry");
         let sequence = self.appender.append_deferred(&entry.in_cycle(self.cycle))?;
-        self.changes.push(Op {
-            kind,
-            object_id: entry.object_id,
-            sequence,
-            key: entry.key,
-            value: if kind == OpKind::Put {
-                entry.after
-            } else {
-                &[]
-            },
-        });
+        self.changes.push(change(&entry, sequence));
         Ok(sequence)
     }
 
@@ -480,19 +462,13 @@ impl SourceTxn<'_> {
         let mut state = source.state.lock();
         state.open.remove(&self.cycle);
         state.check(source.journal.dir())?;
-        let checked = check_objects(
-            self.changes
-                .iter()
-                .map(|op| (op.kind, op.object_id, op.sequence, op.kind.label())),
-            |id| state.objects.contains(&id),
-        );
-        if let Err(refusal) = checked {
+        if let Err(refusal) = state.check_objects(&self.changes) {
             let sequence = self
                 .appender
                 .append_deferred(&NewEntry::rollback(self.cycle))?;
             drop(state);
             source.journal.wait_durable(sequence)?;
-            return Err(refusal.into());
+            return Err(refusal);
         }
         let sequence = self
             .appender
