@@ -100,7 +100,6 @@ pub struct Assembler {
     journals: Vec<JournalAssembly>,
     /// Bytes of keys and images an open transaction may hold.
     spill_bytes: usize,
-    spilled: u64,
     committed: u64,
     rolled_back: u64,
     skipped: u64,
@@ -122,7 +121,6 @@ impl Assembler {
         Assembler {
             journals,
             spill_bytes: usize::MAX,
-            spilled: 0,
             committed: 0,
             rolled_back: 0,
             skipped: 0,
@@ -204,7 +202,6 @@ impl Assembler {
                             txn.spilled = true;
                             // Free the arena, not just empty it.
                             txn.changes = Changes::default();
-                            self.spilled += 1;
                             tracing::info!(
                                 "HAD0226I journal {journal}: transaction of commit cycle {cycle} (from sequence {}) passed {spill_bytes} bytes; its changes will be read back from staging at commit",
                                 txn.first_sequence
@@ -228,11 +225,11 @@ impl Assembler {
         self.journals.iter().map(|j| j.open.len()).sum()
     }
 
-    /// Open transactions of `journal`: (commit cycle, first sequence).
-    pub fn open_cycles(&self, journal: u32) -> Vec<(u64, u64)> {
+    /// Commit cycles of the open transactions of `journal`.
+    pub fn open_cycles(&self, journal: u32) -> Vec<u64> {
         self.journals
             .get(journal as usize)
-            .map(|j| j.open.iter().map(|(c, t)| (*c, t.first_sequence)).collect())
+            .map(|j| j.open.keys().copied().collect())
             .unwrap_or_default()
     }
 
@@ -243,11 +240,6 @@ impl Assembler {
             .flat_map(|j| j.open.values())
             .map(|t| t.changes.byte_len())
             .sum()
-    }
-
-    /// Transactions that passed the spill limit.
-    pub fn spilled(&self) -> u64 {
-        self.spilled
     }
 
     /// Transactions emitted so far.

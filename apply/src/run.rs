@@ -379,15 +379,6 @@ struct StagedTxn<'d> {
     decoder: Option<FrameDecoder>,
 }
 
-impl StagedTxn<'_> {
-    fn read_back_error(&self, detail: impl std::fmt::Display) -> StoreError {
-        StoreError::ReadBack {
-            commit_sequence: self.meta.commit_sequence,
-            detail: format!("{}: {detail}", self.dir.display()),
-        }
-    }
-}
-
 impl LargeTxn for StagedTxn<'_> {
     fn meta(&self) -> TxnMeta {
         self.meta
@@ -397,50 +388,42 @@ impl LargeTxn for StagedTxn<'_> {
         &mut self,
         visit: &mut dyn FnMut(Op<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let (first, commit) = (self.large.first_sequence, self.meta.commit_sequence);
-        let mut reader =
-            StagingReader::open(self.dir, first).map_err(|e| self.read_back_error(e))?;
-        if self.decoder.is_none() {
-            self.decoder = Some(FrameDecoder::new().map_err(|e| self.read_back_error(e))?);
-        }
+        let StagedTxn {
+            dir,
+            meta,
+            large,
+            frame,
+            decoder,
+        } = self;
+        let (first, commit) = (large.first_sequence, meta.commit_sequence);
+        let failed = |detail: &dyn std::fmt::Display| StoreError::ReadBack {
+            commit_sequence: commit,
+            detail: format!("{}: {detail}", dir.display()),
+        };
+        let mut reader = StagingReader::open(dir, first).map_err(|e| failed(&e))?;
+        let decoder = match decoder {
+            Some(decoder) => decoder,
+            None => decoder.insert(FrameDecoder::new().map_err(|e| failed(&e))?),
+        };
         let mut seen = 0u64;
         loop {
-            let mut frame = std::mem::take(&mut self.frame);
-            let next = reader.next(&mut frame);
-            self.frame = frame;
-            match next.map_err(|e| self.read_back_error(e))? {
-                Some(_) => {}
-                None => {
-                    return Err(
-                        self.read_back_error(format!("staging ends before the commit at {commit}"))
-                    )
-                }
+            if reader.next(frame).map_err(|e| failed(&e))?.is_none() {
+                return Err(failed(&format!(
+                    "staging ends before the commit at {commit}"
+                )));
             }
-            let decoder = self.decoder.as_mut().expect("made above");
-            let decoded = match decoder.decode(&self.frame) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    return Err(StoreError::ReadBack {
-                        commit_sequence: commit,
-                        detail: format!("{}: {e}", self.dir.display()),
-                    })
-                }
-            };
+            let decoded = decoder.decode(frame).map_err(|e| failed(&e))?;
             for entry in decoded.entries() {
                 let sequence = entry.sequence();
-                if sequence < first || entry.commit_cycle() != self.large.cycle {
+                if sequence < first || entry.commit_cycle() != large.cycle {
                     continue;
                 }
                 if sequence >= commit {
-                    if seen != self.large.ops {
-                        return Err(StoreError::ReadBack {
-                            commit_sequence: commit,
-                            detail: format!(
-                                "{}: found {seen} changes, the transaction had {}",
-                                self.dir.display(),
-                                self.large.ops
-                            ),
-                        });
+                    if seen != large.ops {
+                        return Err(failed(&format!(
+                            "found {seen} changes, the transaction had {}",
+                            large.ops
+                        )));
                     }
                     return Ok(());
                 }
