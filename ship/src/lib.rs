@@ -19,15 +19,29 @@ pub fn init_logging() {
         .init();
 }
 
-/// The body of `replsend` and `replrecv`: logging, the configuration (exit
+/// The command line of `replsend`, `replrecv` and `replapply`.
+#[derive(clap::Parser, Debug)]
+#[command(version)]
+struct ConfigArgs {
+    /// The replication pair's TOML configuration.
+    #[arg(long, short)]
+    config: std::path::PathBuf,
+}
+
+/// The body of `replsend`, `replrecv` and `replapply`: the command line
+/// (`name --config <file>`, described by `about`), logging, the configuration (exit
 /// status 2 with CSI0001E/CSI0002E when it is wrong), signals, then `run`
 /// until SIGINT/SIGTERM (status 1 if it fails).
 pub fn main_with(
-    config: &std::path::Path,
+    name: &'static str,
+    about: &'static str,
     run: impl FnOnce(&config::Config, &std::sync::atomic::AtomicBool) -> anyhow::Result<()>,
 ) -> std::process::ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = ConfigArgs::command().name(name).about(about).get_matches();
+    let args = ConfigArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging();
-    let config = match config::Config::load(config) {
+    let config = match config::Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
