@@ -40,13 +40,14 @@ pub fn batches(w: &Workload, seed: u64) -> Vec<TxnBatch> {
     let mut out = Vec::new();
     let mut batch = TxnBatch::new();
     let mut sequence = 1;
+    let meta = |commit_sequence: u64| TxnMeta {
+        journal: 0,
+        commit_sequence,
+        resume_from: commit_sequence + 1,
+        commit_time_ns: 0,
+    };
     batch.push(
-        TxnMeta {
-            journal: 0,
-            commit_sequence: sequence,
-            resume_from: sequence + 1,
-            commit_time_ns: 0,
-        },
+        meta(sequence),
         [Op {
             kind: OpKind::Create,
             object_id: 1,
@@ -80,15 +81,7 @@ pub fn batches(w: &Workload, seed: u64) -> Vec<TxnBatch> {
             key: k,
             value: &image,
         });
-        batch.push(
-            TxnMeta {
-                journal: 0,
-                commit_sequence: sequence,
-                resume_from: sequence + 1,
-                commit_time_ns: 0,
-            },
-            ops,
-        );
+        batch.push(meta(sequence), ops);
         done += n;
         if batch.op_count() >= 64 * 1024 {
             out.push(std::mem::take(&mut batch));
