@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::lock_api::RawRwLock as _;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::position::AppliedPosition;
@@ -48,6 +49,8 @@ const _: () = assert!(SHARDS <= 64);
 /// Size of one data file.
 pub const DATA_FILE_BYTES: usize = 64 << 20;
 const RECORD_HEADER_BYTES: usize = 20;
+/// Data-file bytes faulted in at once ahead of the appends.
+const POPULATE_BYTES: usize = 1 << 20;
 const CHECKPOINT_MAGIC: &[u8; 8] = b"HATBLCK1";
 const CHECKPOINT_FILE: &str = "checkpoint";
 const MAX_JOURNALS: usize = 4096;
@@ -82,7 +85,9 @@ impl DataFile {
             .map_err(StoreError::io("create data file", &path))?;
         file.set_len(DATA_FILE_BYTES as u64)
             .map_err(StoreError::io("size data file", &path))?;
-        DataFile::map(id, path, file, 0)
+        let data = DataFile::map(id, path, file, 0)?;
+        data.populate(0);
+        Ok(data)
     }
 
     fn open(dir: &Path, id: u32, used: u32) -> Result<DataFile, StoreError> {
@@ -119,6 +124,18 @@ impl DataFile {
             map,
             used: AtomicU32::new(used),
         })
+    }
+
+    /// Faults in `POPULATE_BYTES` from `offset` in one call, so appends do
+    /// not take a page fault every 4 KiB (measured, decisions.md 23). Only
+    /// a hint: if it fails, the appends fault the pages in themselves.
+    fn populate(&self, offset: usize) {
+        let len = POPULATE_BYTES.min(DATA_FILE_BYTES.saturating_sub(offset));
+        if len > 0 {
+            let _ = self
+                .map
+                .advise_range(memmap2::Advice::PopulateWrite, offset, len);
+        }
     }
 
     /// The record at `loc`, checked against its checksum.
@@ -327,6 +344,52 @@ impl Files {
     }
 }
 
+/// The write locks of a set of shards (a bit per shard), taken in shard
+/// order and released when dropped: what `apply` holds, without a guard
+/// per possible shard to set up and drop for every transaction.
+struct ShardSet<'a> {
+    shards: &'a [RwLock<Shard>],
+    set: u64,
+}
+
+impl<'a> ShardSet<'a> {
+    fn lock(shards: &'a [RwLock<Shard>], set: u64) -> ShardSet<'a> {
+        let mut rest = set;
+        while rest != 0 {
+            // SAFETY: the raw lock is only taken here and released in
+            // `drop`, which this value's existence guarantees.
+            unsafe { shards[rest.trailing_zeros() as usize].raw() }.lock_exclusive();
+            rest &= rest - 1;
+        }
+        ShardSet { shards, set }
+    }
+
+    /// Shard `s`, which must be in the set.
+    fn shard(&mut self, s: usize) -> &mut Shard {
+        assert!(self.set & (1 << s) != 0, "shard {s} is not locked");
+        // SAFETY: we hold shard s's write lock (taken in `lock`, released
+        // only in `drop`), and `&mut self` keeps this the only reference
+        // handed out at a time.
+        unsafe { &mut *self.shards[s].data_ptr() }
+    }
+}
+
+impl Drop for ShardSet<'_> {
+    fn drop(&mut self) {
+        let mut rest = self.set;
+        while rest != 0 {
+            // SAFETY: `lock` took this shard's write lock and nothing
+            // released it since.
+            unsafe {
+                self.shards[rest.trailing_zeros() as usize]
+                    .raw()
+                    .unlock_exclusive()
+            };
+            rest &= rest - 1;
+        }
+    }
+}
+
 /// The replica tables of one group.
 #[derive(Debug)]
 pub struct ReplicaTables {
@@ -435,24 +498,28 @@ impl ReplicaTables {
             }
         };
         let offset = file.used.load(Ordering::Relaxed) as usize;
+        if offset / POPULATE_BYTES != (offset + len) / POPULATE_BYTES {
+            file.populate((offset + len) / POPULATE_BYTES * POPULATE_BYTES);
+        }
         let mut header = [0u8; RECORD_HEADER_BYTES];
         header[4..12].copy_from_slice(&op.object_id.to_le_bytes());
         header[12..16].copy_from_slice(&(op.key.len() as u32).to_le_bytes());
         header[16..20].copy_from_slice(&(op.value.len() as u32).to_le_bytes());
-        let mut crc = crc32c::crc32c(&header[4..]);
-        crc = crc32c::crc32c_append(crc, op.key);
-        crc = crc32c::crc32c_append(crc, op.value);
-        header[..4].copy_from_slice(&crc.to_le_bytes());
         // SAFETY: offset..offset+len lies inside the map (checked above) and
         // past `used`, so no reader looks at it and only this lane (whose lock
         // we hold) writes this file.
-        unsafe {
-            let dst = file.map.as_mut_ptr().add(offset);
-            std::ptr::copy_nonoverlapping(header.as_ptr(), dst, RECORD_HEADER_BYTES);
-            let dst = dst.add(RECORD_HEADER_BYTES);
+        let record = unsafe {
+            let start = file.map.as_mut_ptr().add(offset);
+            std::ptr::copy_nonoverlapping(header.as_ptr(), start, RECORD_HEADER_BYTES);
+            let dst = start.add(RECORD_HEADER_BYTES);
             std::ptr::copy_nonoverlapping(op.key.as_ptr(), dst, op.key.len());
             std::ptr::copy_nonoverlapping(op.value.as_ptr(), dst.add(op.key.len()), op.value.len());
-        }
+            std::slice::from_raw_parts_mut(start, len)
+        };
+        // One checksum over the record just written (still in cache), not
+        // one per part.
+        let crc = crc32c::crc32c(&record[4..]);
+        record[..4].copy_from_slice(&crc.to_le_bytes());
         file.used.store((offset + len) as u32, Ordering::Release);
         Ok(Loc {
             file: file.id,
@@ -733,20 +800,11 @@ impl Store for ReplicaTables {
         }
         // Every shard the transaction touches, locked in shard order, held
         // until all its changes are in: readers see all of it or none.
-        let mut guards: [Option<RwLockWriteGuard<'_, Shard>>; SHARDS] =
-            std::array::from_fn(|_| None);
-        let mut rest = shards;
-        while rest != 0 {
-            let s = rest.trailing_zeros() as usize;
-            guards[s] = Some(self.shards[s].write());
-            rest &= rest - 1;
-        }
+        let mut locked = ShardSet::lock(&self.shards, shards);
         // Objects change only with every shard locked: any shard's list is
         // current while we hold one.
-        let live = &guards[shards.trailing_zeros() as usize]
-            .as_ref()
-            .expect("locked above")
-            .live;
+        let lane = shards.trailing_zeros() as usize;
+        let live = &locked.shard(lane).live;
         let mut known = u64::MAX;
         for op in txn.ops() {
             if op.object_id != known {
@@ -761,18 +819,13 @@ impl Store for ReplicaTables {
             }
         }
         // Records go to the lowest shard's lane, under its lock.
-        let lane = shards.trailing_zeros() as usize;
         for op in txn.ops() {
             let hash = record_hash(op.object_id, op.key);
             let loc = match op.kind {
-                OpKind::Put => {
-                    let guard = guards[lane].as_mut().expect("locked above");
-                    Some(self.append(&mut guard.lane, &op)?)
-                }
+                OpKind::Put => Some(self.append(&mut locked.shard(lane).lane, &op)?),
                 _ => None,
             };
-            let guard = guards[shard_of(hash)].as_mut().expect("locked above");
-            Self::index_change(guard, hash, &op, loc);
+            Self::index_change(locked.shard(shard_of(hash)), hash, &op, loc);
         }
         Ok(())
     }
