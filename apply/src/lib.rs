@@ -16,6 +16,7 @@
 //!   empties it, F-RN renames it. Records of an unknown object are refused.
 
 mod assemble;
+pub mod check;
 mod parallel;
 mod position;
 mod run;

@@ -35,9 +35,10 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
+use crate::check::{record_digest, ProbeLog, ProbeOutcome};
 use crate::position::AppliedPosition;
 use crate::store::{stripe_of, Store, StoreError};
-use crate::txn::{LargeTxn, Txn, TxnBatch};
+use crate::txn::{LargeTxn, OpKind, Txn, TxnBatch};
 
 /// How many workers and stripes.
 #[derive(Clone, Debug)]
@@ -48,6 +49,8 @@ pub struct ApplyOptions {
     /// by the caller alone (`usize::MAX`: never; measured default,
     /// decisions.md 22).
     pub serial_ops_per_txn: usize,
+    /// Where the outcomes of sync-check probes (S-CK) go.
+    pub probes: Arc<ProbeLog>,
 }
 
 impl Default for ApplyOptions {
@@ -56,6 +59,7 @@ impl Default for ApplyOptions {
             workers: 2,
             stripes: 1024,
             serial_ops_per_txn: 2,
+            probes: Arc::new(ProbeLog::new()),
         }
     }
 }
@@ -94,6 +98,7 @@ struct Shared {
     /// (they still move tickets on, so nobody waits forever).
     failed: AtomicBool,
     failure: Mutex<Option<StoreError>>,
+    probes: Arc<ProbeLog>,
     waiters: AtomicUsize,
     lock: Mutex<()>,
     progress: Condvar,
@@ -179,6 +184,7 @@ impl ParallelApply {
             refused: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            probes: options.probes.clone(),
             waiters: AtomicUsize::new(0),
             lock: Mutex::new(()),
             progress: Condvar::new(),
@@ -489,11 +495,33 @@ fn run_one(store: &dyn Store, shared: &Shared, txn: &Txn<'_>, tickets: &[(u32, u
     });
     if !shared.failed.load(Ordering::SeqCst) {
         settle(shared, store.apply(txn));
+        if txn.ops().any(|op| op.kind == OpKind::Probe) {
+            settle(shared, note_probes(store, &shared.probes, txn));
+        }
     }
     for &(s, t) in tickets {
         shared.ticket(s).store(t + 1, Ordering::SeqCst);
     }
     shared.notify();
+}
+
+/// Notes what the store holds at each probe of `txn` (which holds the
+/// probed record's stripe, or every stripe for a barrier, so no change to
+/// it is under way).
+fn note_probes(store: &dyn Store, probes: &ProbeLog, txn: &Txn<'_>) -> Result<(), StoreError> {
+    let journal = txn.meta().journal;
+    for op in txn.ops().filter(|op| op.kind == OpKind::Probe) {
+        let outcome = if op.is_barrier() {
+            ProbeOutcome::Reached
+        } else {
+            match store.get(op.object_id, op.key)? {
+                Some(value) => ProbeOutcome::Present(record_digest(op.key, &value)),
+                None => ProbeOutcome::Absent,
+            }
+        };
+        probes.record(journal, op.sequence, outcome);
+    }
+    Ok(())
 }
 
 /// Counts transactions and changes a worker has finished: once per share,

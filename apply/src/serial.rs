@@ -206,6 +206,7 @@ fn apply_change(objects: &mut BTreeMap<u64, ObjectState>, change: &Change) {
         EntryType::ObjectDrop => {
             objects.remove(&change.object_id);
         }
+        EntryType::CheckProbe => {}
         entry_type => {
             let state = objects
                 .get_mut(&change.object_id)

@@ -39,6 +39,7 @@ use engine::journal::{
 use parking_lot::Mutex;
 
 use crate::assemble::{AssembleError, Assembler};
+use crate::check::{record_digest, ProbeOutcome};
 use crate::position::{AppliedPosition, JournalPosition};
 use crate::store::{check_objects, Store, StoreError};
 use crate::txn::{Changes, Op, OpKind, Txn, TxnBatch, TxnMeta};
@@ -306,20 +307,78 @@ impl JournaledStore {
 
     /// One change outside commitment control: checked, journaled and applied
     /// under the commit lock; durable on return.
+    /// Journals a sync-check probe (S-CK) of each record `(object, key)`,
+    /// together, with no commit in between, and returns each probe's
+    /// sequence with what the tables hold for the record there: the replica
+    /// notes what it holds at the same point of its apply stream
+    /// (decisions.md 24). `(0, b"")` is a barrier (`ProbeOutcome::Reached`).
+    pub fn probe(&self, records: &[(u64, &[u8])]) -> Result<Vec<(u64, ProbeOutcome)>, SourceError> {
+        let mut state = self.state.lock();
+        state.check(self.journal.dir())?;
+        let mut out = Vec::with_capacity(records.len());
+        for &(object_id, key) in records {
+            let outcome = if object_id == 0 && key.is_empty() {
+                ProbeOutcome::Reached
+            } else {
+                match self.store.get(object_id, key)? {
+                    Some(value) => ProbeOutcome::Present(record_digest(key, &value)),
+                    None => ProbeOutcome::Absent,
+                }
+            };
+            let sequence = self.single_locked(&mut state, NewEntry::check_probe(object_id, key))?;
+            out.push((sequence, outcome));
+        }
+        drop(state);
+        if let Some(&(last, _)) = out.last() {
+            self.journal.wait_durable(last)?;
+        }
+        Ok(out)
+    }
+
+    /// Sync-check repair: journals the record `key` of `object_id` as the
+    /// tables hold it now, an R-PT of its image or an R-DL if it is absent,
+    /// read and journaled under the commit lock so no commit comes between.
+    /// Returns the entry's sequence and whether it was a put.
+    pub fn repair(&self, object_id: u64, key: &[u8]) -> Result<(u64, bool), SourceError> {
+        let mut state = self.state.lock();
+        state.check(self.journal.dir())?;
+        let value = self.store.get(object_id, key)?;
+        let entry = match &value {
+            Some(v) => NewEntry::put(object_id, key, v),
+            None => NewEntry::delete(object_id, key, None),
+        };
+        let sequence = self.single_locked(&mut state, entry)?;
+        drop(state);
+        self.journal.wait_durable(sequence)?;
+        Ok((sequence, value.is_some()))
+    }
+
     fn single(&self, entry: NewEntry<'_>) -> Result<u64, SourceError> {
         let mut state = self.state.lock();
         state.check(self.journal.dir())?;
-        let mut changes = std::mem::take(&mut state.single);
-        changes.clear();
-        changes.push(change(&entry, 0));
-        state.check_objects(&changes)?;
-        let sequence = state.appender.append_deferred(&entry)?;
-        let applied = self.apply_locked(&mut state, &changes, sequence);
-        state.single = changes;
-        applied?;
+        let sequence = self.single_locked(&mut state, entry)?;
         drop(state);
         self.journal.wait_durable(sequence)?;
         Ok(sequence)
+    }
+
+    /// Journals and applies one change outside commitment control; the
+    /// caller holds the lock and waits for durability after releasing it.
+    fn single_locked(
+        &self,
+        state: &mut SourceState,
+        entry: NewEntry<'_>,
+    ) -> Result<u64, SourceError> {
+        let mut changes = std::mem::take(&mut state.single);
+        changes.clear();
+        changes.push(change(&entry, 0));
+        let result = state.check_objects(&changes).and_then(|()| {
+            let sequence = state.appender.append_deferred(&entry)?;
+            self.apply_locked(state, &changes, sequence)?;
+            Ok(sequence)
+        });
+        state.single = changes;
+        result
     }
 
     /// Applies a journaled commit to the tables; the caller holds the lock.

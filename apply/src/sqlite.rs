@@ -117,6 +117,7 @@ fn apply_changes(conn: &Connection, txn: &Txn<'_>) -> rusqlite::Result<()> {
 fn apply_op(conn: &Connection, op: &Op<'_>) -> rusqlite::Result<()> {
     let id = op.object_id as i64;
     match op.kind {
+        OpKind::Probe => {}
         OpKind::Put => {
             conn.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO {} (key, value) VALUES (?1, ?2)",

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::check::bucket_of;
 use crate::position::AppliedPosition;
 use crate::txn::{Changes, LargeTxn, OpKind, Txn};
 
@@ -106,6 +107,11 @@ impl<F: FnMut(u64) -> bool> ObjectCheck<F> {
         sequence: u64,
         label: &'static str,
     ) -> Result<(), StoreError> {
+        if kind == OpKind::Probe {
+            // Changes nothing; a probe of an object that does not exist
+            // notes an absent record.
+            return Ok(());
+        }
         let exists = &mut self.exists;
         let present = &mut self.present;
         let here = *exists
@@ -188,6 +194,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     fn get(&self, object_id: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Records of `object_id` (0 if it does not exist).
+    fn record_count(&self, object_id: u64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        self.scan(object_id, &mut |_, _| n += 1)?;
+        Ok(n)
+    }
+
+    /// Calls `visit(bucket, key, value)` for every record of `object_id`,
+    /// where `bucket` is `bucket_of(record_hash(object_id, key), bits)`,
+    /// giving all the records of one bucket together (buckets, and records
+    /// within one, in any order): what sync-check hashes. The default reads
+    /// the whole object into memory through `scan`; stores that can give
+    /// buckets from their own layout override it.
+    fn visit_buckets(
+        &self,
+        object_id: u64,
+        bits: u32,
+        visit: &mut BucketVisit<'_>,
+    ) -> Result<(), StoreError> {
+        visit_buckets_in_memory(self, object_id, bits, visit)
+    }
+
     /// How many transactions this store can apply at once.
     fn max_parallel(&self) -> usize {
         usize::MAX
@@ -210,6 +238,28 @@ pub fn contents(store: &dyn Store) -> Result<Contents, StoreError> {
         out.insert(object.object_id, (object.name, records));
     }
     Ok(out)
+}
+
+/// What `Store::visit_buckets` calls: bucket, key, value.
+pub type BucketVisit<'a> = dyn FnMut(u64, &[u8], &[u8]) + 'a;
+
+/// `Store::visit_buckets` through `scan`, with the whole object in memory.
+pub(crate) fn visit_buckets_in_memory<S: Store + ?Sized>(
+    store: &S,
+    object_id: u64,
+    bits: u32,
+    visit: &mut BucketVisit<'_>,
+) -> Result<(), StoreError> {
+    let mut records = Vec::new();
+    store.scan(object_id, &mut |k, v| {
+        let bucket = bucket_of(record_hash(object_id, k), bits);
+        records.push((bucket, k.to_vec(), v.to_vec()));
+    })?;
+    records.sort_by_key(|r| r.0);
+    for (bucket, k, v) in &records {
+        visit(*bucket, k, v);
+    }
+    Ok(())
 }
 
 /// A well-mixed 64-bit hash of a record's identity (object and key).

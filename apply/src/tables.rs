@@ -39,8 +39,12 @@ use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::lock_api::RawRwLock as _;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
+use crate::check::bucket_of;
 use crate::position::AppliedPosition;
-use crate::store::{check_objects, record_hash, ObjectCheck, ObjectInfo, Store, StoreError};
+use crate::store::{
+    check_objects, record_hash, visit_buckets_in_memory, BucketVisit, ObjectCheck, ObjectInfo,
+    Store, StoreError,
+};
 use crate::txn::{LargeTxn, Op, OpKind, Txn};
 
 /// At most 64: a transaction's shards are a bit set in a u64.
@@ -586,6 +590,7 @@ impl ReplicaTables {
                 };
                 Self::index_change(&mut shards[shard_of(hash)], hash, op, loc);
             }
+            OpKind::Probe => {}
         }
         Ok(())
     }
@@ -807,7 +812,7 @@ impl Store for ReplicaTables {
         let live = &locked.shard(lane).live;
         let mut known = u64::MAX;
         for op in txn.ops() {
-            if op.object_id != known {
+            if op.object_id != known && op.kind != OpKind::Probe {
                 if live.binary_search(&op.object_id).is_err() {
                     return Err(StoreError::UnknownObject {
                         sequence: op.sequence,
@@ -823,6 +828,7 @@ impl Store for ReplicaTables {
             let hash = record_hash(op.object_id, op.key);
             let loc = match op.kind {
                 OpKind::Put => Some(self.append(&mut locked.shard(lane).lane, &op)?),
+                OpKind::Probe => continue,
                 _ => None,
             };
             Self::index_change(locked.shard(shard_of(hash)), hash, &op, loc);
@@ -891,6 +897,73 @@ impl Store for ReplicaTables {
         for (key, loc) in &locs {
             if let Some(value) = self.read_value(&files, Some(*loc))? {
                 visit(key.as_slice(), &value);
+            }
+        }
+        Ok(())
+    }
+
+    fn record_count(&self, object_id: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .records
+                    .iter()
+                    .filter(|slot| slot.object == object_id)
+                    .count() as u64
+            })
+            .sum())
+    }
+
+    /// Shard by shard (a bucket lies in one shard: buckets and shards both
+    /// take the low bits of the record hash): the shard's locations are
+    /// taken under its read lock, then the records are read in file order
+    /// (records are never rewritten, so they stay valid after the lock is
+    /// released) and given bucket by bucket.
+    fn visit_buckets(
+        &self,
+        object_id: u64,
+        bits: u32,
+        visit: &mut BucketVisit<'_>,
+    ) -> Result<(), StoreError> {
+        if (1usize << bits) < SHARDS {
+            return visit_buckets_in_memory(self, object_id, bits, visit);
+        }
+        let mut locs: Vec<(u64, Loc)> = Vec::new();
+        let mut held: Vec<(u64, usize, u32, u32)> = Vec::new();
+        let mut bytes: Vec<u8> = Vec::new();
+        for shard in self.shards.iter() {
+            locs.clear();
+            locs.extend(
+                shard
+                    .read()
+                    .records
+                    .iter()
+                    .filter(|s| s.object == object_id)
+                    .map(|s| (bucket_of(s.hash, bits), s.loc)),
+            );
+            locs.sort_unstable_by_key(|(_, loc)| (loc.file, loc.offset));
+            let files: Vec<Option<Arc<DataFile>>> = self.files.read().by_id.clone();
+            held.clear();
+            bytes.clear();
+            for &(bucket, loc) in &locs {
+                let file = files
+                    .get(loc.file as usize)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        path: data_path(&self.dir, loc.file),
+                        detail: "the index names a data file that does not exist".into(),
+                    })?;
+                let (_, key, value) = file.record(loc)?;
+                held.push((bucket, bytes.len(), key.len() as u32, value.len() as u32));
+                bytes.extend_from_slice(key);
+                bytes.extend_from_slice(value);
+            }
+            held.sort_unstable_by_key(|h| h.0);
+            for &(bucket, at, k, v) in &held {
+                let (k, v) = (k as usize, v as usize);
+                visit(bucket, &bytes[at..at + k], &bytes[at + k..at + k + v]);
             }
         }
         Ok(())

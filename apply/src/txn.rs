@@ -25,6 +25,10 @@ pub enum OpKind {
     Clear,
     /// Rename the object; `key` is the new name (F-RN).
     Rename,
+    /// Change nothing: note the record `key` as it is here in the apply
+    /// stream, or with object 0 and no key wait for everything before
+    /// (S-CK, sync-check; `check::ProbeLog`).
+    Probe,
 }
 
 impl OpKind {
@@ -38,13 +42,14 @@ impl OpKind {
             EntryType::ObjectDrop => OpKind::Drop,
             EntryType::ObjectClear => OpKind::Clear,
             EntryType::ObjectRename => OpKind::Rename,
+            EntryType::CheckProbe => OpKind::Probe,
             _ => return None,
         })
     }
 
     /// Object-level changes touch every record of their object.
     pub fn is_object_level(self) -> bool {
-        !matches!(self, OpKind::Put | OpKind::Delete)
+        !matches!(self, OpKind::Put | OpKind::Delete | OpKind::Probe)
     }
 
     /// The journal label of the entry type this change came from.
@@ -56,6 +61,7 @@ impl OpKind {
             OpKind::Drop => "F-DO",
             OpKind::Clear => "F-CL",
             OpKind::Rename => "F-RN",
+            OpKind::Probe => "S-CK",
         }
     }
 }
@@ -82,6 +88,17 @@ pub struct Op<'a> {
 }
 
 impl<'a> Op<'a> {
+    /// A probe that waits for everything before it (object 0, no key).
+    pub fn is_barrier(&self) -> bool {
+        self.kind == OpKind::Probe && self.object_id == 0 && self.key.is_empty()
+    }
+
+    /// Whether the change must be ordered against every other: object-level
+    /// changes and barriers.
+    pub fn is_object_level(&self) -> bool {
+        self.kind.is_object_level() || self.is_barrier()
+    }
+
     /// The change a journal entry makes, or `None` for entries that change
     /// no data (commit control, next segment).
     pub fn of_entry(entry: &Entry<'a>) -> Option<Op<'a>> {
@@ -321,9 +338,10 @@ impl<'a> Txn<'a> {
         self.large
     }
 
-    /// True if any change is object-level (create, drop, clear, rename).
+    /// True if any change is object-level (create, drop, clear, rename) or
+    /// a barrier.
     pub fn has_object_ops(&self) -> bool {
-        self.ops().any(|op| op.kind.is_object_level())
+        self.ops().any(|op| op.is_object_level())
     }
 }
 

@@ -94,7 +94,7 @@ proptest! {
         let entries = workload(seed, 3000);
         let dir = tempfile::tempdir().unwrap();
         let tables = Arc::new(ReplicaTables::open(dir.path()).unwrap());
-        let options = ApplyOptions { workers, stripes, serial_ops_per_txn };
+        let options = ApplyOptions { workers, stripes, serial_ops_per_txn, ..ApplyOptions::default() };
         let apply = apply_from(&tables, &entries, &options, chunk);
         apply.finish().unwrap();
         prop_assert_eq!(store_state(&*tables), serial_state(&entries));
@@ -112,6 +112,7 @@ proptest! {
             workers: 2,
             stripes: 64,
             serial_ops_per_txn: usize::MAX,
+            ..ApplyOptions::default()
         };
         let dir = tempfile::tempdir().unwrap();
         {

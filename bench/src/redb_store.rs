@@ -63,6 +63,7 @@ impl Store for RedbStore {
                 let name = records(op.object_id);
                 let table = TableDefinition::<&[u8], &[u8]>::new(&name);
                 match op.kind {
+                    OpKind::Probe => {}
                     OpKind::Put => {
                         tx.open_table(table)
                             .and_then(|mut t| {

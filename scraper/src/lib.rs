@@ -207,13 +207,14 @@ impl Scraper {
 
 impl Selection {
     /// Whether `entry` belongs to the selected objects. Commit control entries
-    /// always pass: they carry the transaction boundaries.
+    /// always pass: they carry the transaction boundaries; so do sync-check
+    /// probes (a barrier names no object).
     fn selects(&mut self, catalog: &Catalog, entry: &Entry<'_>) -> bool {
         if self.everything {
             return true;
         }
         let entry_type = entry.entry_type();
-        if entry_type.is_commit_control() {
+        if entry_type.is_commit_control() || entry_type == EntryType::CheckProbe {
             return true;
         }
         let id = entry.object_id();

@@ -58,9 +58,14 @@ pub enum EntryType {
     ObjectRename,
     /// J-NR: the journal continues in the next segment.
     NextSegment,
+    /// S-CK: a sync-check probe (changes nothing): the replica notes the
+    /// record `key` of `object_id` as it is at this point of the ordered
+    /// apply stream; with no object and no key, a barrier that waits for
+    /// everything before it (docs/format.md, decisions.md 24).
+    CheckProbe,
 }
 
-const TYPES: [(EntryType, u8, [u8; 2]); 11] = [
+const TYPES: [(EntryType, u8, [u8; 2]); 12] = [
     (EntryType::RecordPut, b'R', *b"PT"),
     (EntryType::RecordUpdate, b'R', *b"UP"),
     (EntryType::RecordDelete, b'R', *b"DL"),
@@ -72,10 +77,11 @@ const TYPES: [(EntryType, u8, [u8; 2]); 11] = [
     (EntryType::ObjectClear, b'F', *b"CL"),
     (EntryType::ObjectRename, b'F', *b"RN"),
     (EntryType::NextSegment, b'J', *b"NR"),
+    (EntryType::CheckProbe, b'S', *b"CK"),
 ];
 
 impl EntryType {
-    pub const ALL: [EntryType; 11] = [
+    pub const ALL: [EntryType; 12] = [
         EntryType::RecordPut,
         EntryType::RecordUpdate,
         EntryType::RecordDelete,
@@ -87,6 +93,7 @@ impl EntryType {
         EntryType::ObjectClear,
         EntryType::ObjectRename,
         EntryType::NextSegment,
+        EntryType::CheckProbe,
     ];
 
     fn codes(self) -> (u8, [u8; 2]) {
@@ -94,7 +101,7 @@ impl EntryType {
         (code, ty)
     }
 
-    /// The one-letter journal code: `R`, `C`, `F` or `J`.
+    /// The one-letter journal code: `R`, `C`, `F`, `J` or `S`.
     pub fn journal_code(self) -> char {
         self.codes().0 as char
     }
@@ -103,6 +110,7 @@ impl EntryType {
     pub fn label(self) -> &'static str {
         [
             "R-PT", "R-UP", "R-DL", "C-SC", "C-CM", "C-RB", "F-CR", "F-DO", "F-CL", "F-RN", "J-NR",
+            "S-CK",
         ][self as usize]
     }
 
@@ -121,6 +129,7 @@ impl EntryType {
             (b'F', b"CL") => EntryType::ObjectClear,
             (b'F', b"RN") => EntryType::ObjectRename,
             (b'J', b"NR") => EntryType::NextSegment,
+            (b'S', b"CK") => EntryType::CheckProbe,
             _ => return None,
         })
     }
@@ -226,6 +235,12 @@ impl<'a> NewEntry<'a> {
         Self::new(EntryType::ObjectCreate, object_id, name.as_bytes(), &[])
     }
 
+    /// A sync-check probe of one record, or with object 0 and no key a
+    /// barrier.
+    pub fn check_probe(object_id: u64, key: &'a [u8]) -> Self {
+        Self::new(EntryType::CheckProbe, object_id, key, &[])
+    }
+
     pub fn drop_object(object_id: u64) -> Self {
         Self::new(EntryType::ObjectDrop, object_id, &[], &[])
     }
@@ -303,6 +318,12 @@ impl<'a> NewEntry<'a> {
                 if self.commit_cycle == 0 =>
             {
                 Err(shape("commit control needs a commit cycle id other than 0"))
+            }
+            EntryType::CheckProbe if self.commit_cycle != 0 => {
+                Err(shape("a probe is outside commitment control (cycle 0)"))
+            }
+            EntryType::CheckProbe if !self.after.is_empty() || self.before.is_some() => {
+                Err(shape("a probe carries no image"))
             }
             _ => Ok(()),
         }
