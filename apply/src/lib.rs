@@ -17,6 +17,7 @@
 
 mod assemble;
 pub mod check;
+mod follow;
 mod parallel;
 mod position;
 mod run;
@@ -28,6 +29,7 @@ mod tables;
 mod txn;
 
 pub use assemble::{AssembleError, Assembler};
+pub use follow::{follow_journal, FollowError};
 pub use parallel::{ApplyOptions, ParallelApply};
 pub use position::{AppliedPosition, JournalPosition};
 pub use run::{run, RunError, RunOptions, RunStatus, StagedJournal, APPLIED_FILE};

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::check::bucket_of;
 use crate::position::AppliedPosition;
 use crate::txn::{Changes, LargeTxn, OpKind, Txn};
 
@@ -201,12 +200,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(n)
     }
 
-    /// Calls `visit(bucket, key, value)` for every record of `object_id`,
-    /// where `bucket` is `bucket_of(record_hash(object_id, key), bits)`,
-    /// giving all the records of one bucket together (buckets, and records
-    /// within one, in any order): what sync-check hashes. The default reads
-    /// the whole object into memory through `scan`; stores that can give
-    /// buckets from their own layout override it.
+    /// Calls `visit(hash, key, value)` for every record of `object_id`,
+    /// `hash` being its `record_hash`, bucket by bucket (`bucket_of(hash,
+    /// bits)`; buckets in any order) and within a bucket by ascending
+    /// (hash, key): what sync-check hashes. The default
+    /// reads the whole object into memory through `scan`; stores that can
+    /// give buckets from their own layout override it.
     fn visit_buckets(
         &self,
         object_id: u64,
@@ -240,8 +239,15 @@ pub fn contents(store: &dyn Store) -> Result<Contents, StoreError> {
     Ok(out)
 }
 
-/// What `Store::visit_buckets` calls: bucket, key, value.
+/// What `Store::visit_buckets` calls: record hash, key, value.
 pub type BucketVisit<'a> = dyn FnMut(u64, &[u8], &[u8]) + 'a;
+
+/// The order of `Store::visit_buckets` for records of `bits`-bit buckets,
+/// as one integer: the bucket (the hash's low bits) on top, then the rest of
+/// the hash. Records with equal keys here (the same 64-bit hash) go by key.
+fn bucket_order(hash: u64, bits: u32) -> u64 {
+    hash.rotate_right(bits)
+}
 
 /// `Store::visit_buckets` through `scan`, with the whole object in memory.
 pub(crate) fn visit_buckets_in_memory<S: Store + ?Sized>(
@@ -252,12 +258,11 @@ pub(crate) fn visit_buckets_in_memory<S: Store + ?Sized>(
 ) -> Result<(), StoreError> {
     let mut records = Vec::new();
     store.scan(object_id, &mut |k, v| {
-        let bucket = bucket_of(record_hash(object_id, k), bits);
-        records.push((bucket, k.to_vec(), v.to_vec()));
+        records.push((record_hash(object_id, k), k.to_vec(), v.to_vec()));
     })?;
-    records.sort_by_key(|r| r.0);
-    for (bucket, k, v) in &records {
-        visit(*bucket, k, v);
+    records.sort_by(|a, b| (bucket_order(a.0, bits), &a.1).cmp(&(bucket_order(b.0, bits), &b.1)));
+    for (hash, k, v) in &records {
+        visit(*hash, k, v);
     }
     Ok(())
 }

@@ -53,13 +53,17 @@ const _: () = assert!(SHARDS <= 64);
 /// Size of one data file.
 pub const DATA_FILE_BYTES: usize = 64 << 20;
 const RECORD_HEADER_BYTES: usize = 20;
+/// Records `visit_buckets` sorts at once (24 bytes each).
+const VISIT_GROUP_RECORDS: usize = 4 << 20;
+/// Records `visit_buckets` fetches into cache ahead of the one it reads.
+const PREFETCH_AHEAD: usize = 16;
 /// Data-file bytes faulted in at once ahead of the appends.
 const POPULATE_BYTES: usize = 1 << 20;
 const CHECKPOINT_MAGIC: &[u8; 8] = b"HATBLCK1";
 const CHECKPOINT_FILE: &str = "checkpoint";
 const MAX_JOURNALS: usize = 4096;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Loc {
     file: u32,
     offset: u32,
@@ -140,6 +144,28 @@ impl DataFile {
                 .map
                 .advise_range(memmap2::Advice::PopulateWrite, offset, len);
         }
+    }
+
+    /// Asks the CPU to start loading the record at `loc` into cache (a
+    /// hint; nothing on targets without one).
+    fn prefetch(&self, loc: Loc) {
+        #[cfg(target_arch = "x86_64")]
+        if loc.offset as usize + loc.len as usize <= DATA_FILE_BYTES {
+            let mut at = loc.offset as usize;
+            while at < loc.offset as usize + loc.len as usize {
+                // SAFETY: a prefetch is a hint with no effect on memory, and
+                // the address lies inside the map (checked above).
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(
+                        self.map.as_ptr().add(at).cast(),
+                        std::arch::x86_64::_MM_HINT_T0,
+                    )
+                };
+                at += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = loc;
     }
 
     /// The record at `loc`, checked against its checksum.
@@ -916,11 +942,12 @@ impl Store for ReplicaTables {
             .sum())
     }
 
-    /// Shard by shard (a bucket lies in one shard: buckets and shards both
-    /// take the low bits of the record hash): the shard's locations are
-    /// taken under its read lock, then the records are read in file order
-    /// (records are never rewritten, so they stay valid after the lock is
-    /// released) and given bucket by bucket.
+    /// By groups of shards (a bucket lies in one shard: buckets and shards
+    /// both take the low bits of the record hash): the group's record
+    /// locations are taken under each shard's read lock and sorted into
+    /// bucket order, then the records are read from the data files in that
+    /// order, fetched a few ahead (records are never rewritten, so a
+    /// location stays valid after the lock is released).
     fn visit_buckets(
         &self,
         object_id: u64,
@@ -930,40 +957,109 @@ impl Store for ReplicaTables {
         if (1usize << bits) < SHARDS {
             return visit_buckets_in_memory(self, object_id, bits, visit);
         }
-        let mut locs: Vec<(u64, Loc)> = Vec::new();
-        let mut held: Vec<(u64, usize, u32, u32)> = Vec::new();
-        let mut bytes: Vec<u8> = Vec::new();
-        for shard in self.shards.iter() {
-            locs.clear();
-            locs.extend(
+        let counts: Vec<usize> = self
+            .shards
+            .iter()
+            .map(|s| {
+                let shard = s.read();
                 shard
-                    .read()
                     .records
                     .iter()
                     .filter(|s| s.object == object_id)
-                    .map(|s| (bucket_of(s.hash, bits), s.loc)),
-            );
-            locs.sort_unstable_by_key(|(_, loc)| (loc.file, loc.offset));
-            let files: Vec<Option<Arc<DataFile>>> = self.files.read().by_id.clone();
+                    .count()
+            })
+            .collect();
+        // (hash, location), then the same sorted by bucket and hash.
+        let mut held: Vec<(u64, Loc)> = Vec::new();
+        let mut sorted: Vec<(u64, Loc)> = Vec::new();
+        let mut starts: Vec<u32> = Vec::new();
+        let mut first = 0;
+        while first < SHARDS {
+            let mut end = first + 1;
+            let mut group = counts[first];
+            while end < SHARDS && group + counts[end] <= VISIT_GROUP_RECORDS {
+                group += counts[end];
+                end += 1;
+            }
             held.clear();
-            bytes.clear();
-            for &(bucket, loc) in &locs {
-                let file = files
+            for shard in &self.shards[first..end] {
+                held.extend(
+                    shard
+                        .read()
+                        .records
+                        .iter()
+                        .filter(|s| s.object == object_id)
+                        .map(|s| (s.hash, s.loc)),
+                );
+            }
+            first = end;
+            // Counting sort by bucket, then each bucket (about a hundred
+            // records, in cache) by hash.
+            starts.clear();
+            starts.resize((1 << bits) + 1, 0);
+            for h in &held {
+                starts[bucket_of(h.0, bits) as usize + 1] += 1;
+            }
+            for b in 1..starts.len() {
+                starts[b] += starts[b - 1];
+            }
+            sorted.clear();
+            sorted.resize(held.len(), (0, Loc::default()));
+            for h in &held {
+                let at = &mut starts[bucket_of(h.0, bits) as usize];
+                sorted[*at as usize] = *h;
+                *at += 1;
+            }
+            // `starts[b]` is now where bucket b ends.
+            let mut from = 0;
+            for &to in &starts[..1 << bits] {
+                sorted[from..to as usize].sort_unstable_by_key(|h| h.0);
+                from = to as usize;
+            }
+            let held = &mut sorted;
+            let files: Vec<Option<Arc<DataFile>>> = self.files.read().by_id.clone();
+            let file = |loc: Loc| {
+                files
                     .get(loc.file as usize)
                     .and_then(Option::as_ref)
                     .ok_or_else(|| StoreError::Corrupt {
                         path: data_path(&self.dir, loc.file),
                         detail: "the index names a data file that does not exist".into(),
-                    })?;
-                let (_, key, value) = file.record(loc)?;
-                held.push((bucket, bytes.len(), key.len() as u32, value.len() as u32));
-                bytes.extend_from_slice(key);
-                bytes.extend_from_slice(value);
-            }
-            held.sort_unstable_by_key(|h| h.0);
-            for &(bucket, at, k, v) in &held {
-                let (k, v) = (k as usize, v as usize);
-                visit(bucket, &bytes[at..at + k], &bytes[at + k..at + k + v]);
+                    })
+            };
+            let mut i = 0;
+            while i < held.len() {
+                // Records with the same 64-bit hash (rare) go by key.
+                let mut same = i + 1;
+                while same < held.len() && held[same].0 == held[i].0 {
+                    same += 1;
+                }
+                if same - i > 1 {
+                    let mut err = None;
+                    held[i..same].sort_by_cached_key(|h| {
+                        match file(h.1).and_then(|f| f.record(h.1)) {
+                            Ok((_, key, _)) => key.to_vec(),
+                            Err(e) => {
+                                err.get_or_insert(e);
+                                Vec::new()
+                            }
+                        }
+                    });
+                    if let Some(e) = err {
+                        return Err(e);
+                    }
+                }
+                while i < same {
+                    if let Some(&(_, ahead)) = held.get(i + PREFETCH_AHEAD) {
+                        if let Ok(f) = file(ahead) {
+                            f.prefetch(ahead);
+                        }
+                    }
+                    let (hash, loc) = held[i];
+                    let (_, key, value) = file(loc)?.record(loc)?;
+                    visit(hash, key, value);
+                    i += 1;
+                }
             }
         }
         Ok(())

@@ -8,21 +8,20 @@
 //! replapply does from staging), so probes reach it in order.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use apply::check::{
     bucket_bits, check, CheckOptions, CheckService, LocalPeer, MismatchKind, ObjectDigest, Peer,
     ProbeLog, Report, TcpPeer,
 };
 use apply::{
-    AppliedPosition, ApplyOptions, Assembler, JournaledStore, Op, OpKind, ParallelApply,
-    ReplicaTables, SourceOptions, SqliteStore, Store, TxnBatch, TxnMeta,
+    follow_journal, ApplyOptions, JournaledStore, Op, OpKind, ReplicaTables, SourceOptions,
+    SqliteStore, Store, TxnBatch, TxnMeta,
 };
-use engine::journal::{JournalCursor, JournalOptions, Step};
+use engine::journal::JournalOptions;
 use testkit::{seed, Rng};
 
 const ORDERS: u64 = 1;
@@ -64,7 +63,13 @@ fn pair() -> Pair {
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
         let (replica, stop) = (replica.clone(), stop.clone());
-        std::thread::spawn(move || follow(&journal_dir, replica, probes, &stop))
+        std::thread::spawn(move || {
+            let options = ApplyOptions {
+                probes,
+                ..ApplyOptions::default()
+            };
+            follow_journal(&journal_dir, replica, &options, &stop).unwrap();
+        })
     };
     Pair {
         _dir: dir,
@@ -74,42 +79,6 @@ fn pair() -> Pair {
         stop,
         follower: Some(follower),
     }
-}
-
-/// Applies the journal in `dir` to `replica` as it grows, until `stop`.
-fn follow(dir: &Path, replica: Arc<ReplicaTables>, probes: Arc<ProbeLog>, stop: &AtomicBool) {
-    let mut apply = ParallelApply::new(
-        replica,
-        &ApplyOptions {
-            probes,
-            ..ApplyOptions::default()
-        },
-    );
-    let mut assembler = Assembler::new(&AppliedPosition::default());
-    let mut cursor = JournalCursor::open(dir, 1).unwrap();
-    let mut batch = TxnBatch::new();
-    while !stop.load(Ordering::Relaxed) {
-        match cursor.step().unwrap() {
-            Step::Entry(offset) => {
-                let entry = cursor.entry(offset).unwrap();
-                assembler.push(0, &entry, &mut batch).unwrap();
-                if batch.op_count() >= 4096 {
-                    apply.submit(&batch).unwrap();
-                    batch.clear();
-                }
-            }
-            Step::EndOfSegment => cursor.next_segment().unwrap(),
-            Step::Idle => {
-                if batch.is_empty() {
-                    std::thread::sleep(Duration::from_millis(1));
-                } else {
-                    apply.submit(&batch).unwrap();
-                    batch.clear();
-                }
-            }
-        }
-    }
-    apply.finish().unwrap();
 }
 
 fn key(i: u64) -> Vec<u8> {

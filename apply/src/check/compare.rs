@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::digest::{bucket_bits, record_digest, Hash, ObjectDigest, FANOUT};
+use super::digest::{bucket_bits, bucket_of, record_digest, Hash, ObjectDigest, FANOUT};
 use super::probe::ProbeOutcome;
 use super::protocol::{BucketRecord, Reply, Request};
 use super::service::{Peer, PeerError};
@@ -405,7 +405,8 @@ fn object_candidates(
         }
     }
     let mut mine = Vec::new();
-    store.visit_buckets(object_id, bits, &mut |bucket, key, value| {
+    store.visit_buckets(object_id, bits, &mut |hash, key, value| {
+        let bucket = bucket_of(hash, bits);
         if differing.binary_search(&bucket).is_ok() {
             mine.push(BucketRecord {
                 bucket,

@@ -2,11 +2,11 @@
 //!
 //! A record's bucket is the low `bits` bits of its record hash
 //! (`record_hash(object, key)`), the same on both sides. A leaf is the BLAKE3
-//! hash of its bucket's records in key order, each framed as
-//! `[key len u32][value len u32][key][value]` (little-endian): sorting inside
-//! the bucket makes the digest independent of the order records were
-//! inserted in or are stored in, and hashing a bucket as one stream lets
-//! BLAKE3 use its SIMD lanes (decisions.md 24). An inner node is the BLAKE3
+//! hash of its bucket's records in (record hash, key) order, each framed as
+//! `[key len u32][value len u32][key][value]` (little-endian): a defined
+//! order inside the bucket makes the digest independent of the order records
+//! were inserted in or are stored in, and hashing a bucket as one stream
+//! lets BLAKE3 use its SIMD lanes (decisions.md 24). An inner node is the BLAKE3
 //! hash of its 16 children's hashes; `bits` is a multiple of 4, so the tree
 //! has `bits / 4` levels above the leaves and one root.
 
@@ -82,14 +82,14 @@ impl ObjectDigest {
         assert!(valid_bucket_bits(bits), "bucket bits {bits}");
         let mut leaves = LeafHasher::new(bits);
         let mut broken = None;
-        store.visit_buckets(object_id, bits, &mut |bucket, key, value| {
+        store.visit_buckets(object_id, bits, &mut |hash, key, value| {
             if broken.is_none() {
-                broken = leaves.push(bucket, key, value).err();
+                broken = leaves.push(hash, key, value).err();
             }
         })?;
         if let Some(bucket) = broken {
             return Err(StoreError::Database(format!(
-                "SCI0120E the store gave the records of bucket {bucket} of object {object_id} apart (they must come together); the digest would be wrong"
+                "SCI0120E the store gave the records of bucket {bucket} of object {object_id} apart or out of order; the digest would be wrong"
             )));
         }
         Ok(leaves.finish())
@@ -121,16 +121,17 @@ impl ObjectDigest {
     }
 }
 
-/// Builds the leaves from records that come bucket by bucket.
+/// Builds the leaves from records that come bucket by bucket, in
+/// (hash, key) order within one.
 #[derive(Debug)]
 struct LeafHasher {
     bits: u32,
     leaves: Vec<Hash>,
     done: Vec<u64>,
     current: Option<u64>,
-    /// The current bucket's records: (offset in `held`, key len, value len).
-    records: Vec<(usize, u32, u32)>,
-    held: Vec<u8>,
+    /// The last record's hash, and where its key sits in `stream`.
+    last: (u64, usize, usize),
+    /// The current bucket's framed records.
     stream: Vec<u8>,
     count: u64,
     bytes: u64,
@@ -144,54 +145,45 @@ impl LeafHasher {
             leaves: vec![*blake3::hash(b"").as_bytes(); n],
             done: vec![0; n.div_ceil(64)],
             current: None,
-            records: Vec::new(),
-            held: Vec::new(),
+            last: (0, 0, 0),
             stream: Vec::new(),
             count: 0,
             bytes: 0,
         }
     }
 
-    /// Takes one record; refuses (with the bucket) a bucket seen before.
-    fn push(&mut self, bucket: u64, key: &[u8], value: &[u8]) -> Result<(), u64> {
+    /// Takes the next record (`hash` is its record hash); refuses, with
+    /// the bucket, a bucket seen before or a record out of order.
+    fn push(&mut self, hash: u64, key: &[u8], value: &[u8]) -> Result<(), u64> {
+        let bucket = bucket_of(hash, self.bits);
         if self.current != Some(bucket) {
             self.close();
             let (word, bit) = ((bucket / 64) as usize, bucket % 64);
-            if bucket >> self.bits != 0 || self.done[word] & (1 << bit) != 0 {
+            if self.done[word] & (1 << bit) != 0 {
                 return Err(bucket);
             }
             self.done[word] |= 1 << bit;
             self.current = Some(bucket);
+        } else {
+            let (last_hash, at, len) = self.last;
+            if (last_hash, &self.stream[at..at + len]) >= (hash, key) {
+                return Err(bucket);
+            }
         }
-        self.records
-            .push((self.held.len(), key.len() as u32, value.len() as u32));
-        self.held.extend_from_slice(key);
-        self.held.extend_from_slice(value);
+        self.last = (hash, self.stream.len() + 8, key.len());
+        frame_record(&mut self.stream, key, value);
         self.count += 1;
         self.bytes += (key.len() + value.len()) as u64;
         Ok(())
     }
 
-    /// Hashes the current bucket's records in key order.
+    /// Hashes the current bucket's records.
     fn close(&mut self) {
         let Some(bucket) = self.current.take() else {
             return;
         };
-        let held = &self.held;
-        let key = |&(at, k, _): &(usize, u32, u32)| &held[at..at + k as usize];
-        self.records.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-        self.stream.clear();
-        for &(at, k, v) in &self.records {
-            let (k, v) = (k as usize, v as usize);
-            frame_record(
-                &mut self.stream,
-                &held[at..at + k],
-                &held[at + k..at + k + v],
-            );
-        }
         self.leaves[bucket as usize] = *blake3::hash(&self.stream).as_bytes();
-        self.records.clear();
-        self.held.clear();
+        self.stream.clear();
     }
 
     fn finish(mut self) -> ObjectDigest {
@@ -237,28 +229,37 @@ mod tests {
     }
 
     #[test]
-    fn a_bucket_given_apart_is_refused() {
+    fn a_bucket_given_apart_or_out_of_order_is_refused() {
         let mut h = LeafHasher::new(8);
         h.push(3, b"a", b"1").unwrap();
+        h.push(3 + 256, b"a", b"1").unwrap();
+        h.push(3 + 256, b"b", b"1").unwrap();
+        assert_eq!(h.push(3 + 256, b"b", b"1"), Err(3), "a key twice");
+        assert_eq!(h.push(3, b"z", b"1"), Err(3), "hash going back");
         h.push(4, b"b", b"1").unwrap();
-        assert_eq!(h.push(3, b"c", b"1"), Err(3));
-        assert_eq!(h.push(256, b"c", b"1"), Err(256));
+        assert_eq!(h.push(3 + 512, b"c", b"1"), Err(3), "bucket 3 again");
     }
 
     #[test]
-    fn record_order_inside_a_bucket_does_not_matter_but_content_does() {
-        let digest = |records: &[(&[u8], &[u8])]| {
+    fn a_leaf_hashes_content_and_framing() {
+        let digest = |records: &[(u64, &[u8], &[u8])]| {
             let mut h = LeafHasher::new(8);
-            for (k, v) in records {
-                h.push(7, k, v).unwrap();
+            for (hash, k, v) in records {
+                h.push(7 + (hash << 8), k, v).unwrap();
             }
             h.finish()
         };
-        let a = digest(&[(b"k1", b"v1"), (b"k2", b"v2")]);
-        assert_eq!(a, digest(&[(b"k2", b"v2"), (b"k1", b"v1")]));
-        assert_ne!(a.root(), digest(&[(b"k1", b"v1"), (b"k2", b"v3")]).root());
+        let a = digest(&[(1, b"k1", b"v1"), (2, b"k2", b"v2")]);
+        assert_eq!(a, digest(&[(1, b"k1", b"v1"), (2, b"k2", b"v2")]));
+        assert_ne!(
+            a.root(),
+            digest(&[(1, b"k1", b"v1"), (2, b"k2", b"v3")]).root()
+        );
         // Framing: moving a byte from key to value changes the digest.
-        assert_ne!(a.root(), digest(&[(b"k", b"1v1"), (b"k2", b"v2")]).root());
+        assert_ne!(
+            a.root(),
+            digest(&[(1, b"k", b"1v1"), (2, b"k2", b"v2")]).root()
+        );
         assert_eq!(a.depth(), 2);
         assert_eq!(a.children(0, 0).unwrap().len(), FANOUT);
         assert!(a.children(2, 0).is_none());

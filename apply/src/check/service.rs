@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::digest::{record_digest, ObjectDigest, FANOUT};
+use super::digest::{bucket_of, record_digest, ObjectDigest, FANOUT};
 use super::probe::ProbeLog;
 use super::protocol::{BucketRecord, MessageError, Reply, Request, RECORDS_REPLY_BYTES};
 use crate::store::Store;
@@ -112,7 +112,8 @@ impl Session {
             } => {
                 buckets.sort_unstable();
                 let mut records = Vec::new();
-                let visited = store.visit_buckets(object, bits, &mut |bucket, key, value| {
+                let visited = store.visit_buckets(object, bits, &mut |hash, key, value| {
+                    let bucket = bucket_of(hash, bits);
                     if buckets.binary_search(&bucket).is_ok() {
                         records.push(BucketRecord {
                             bucket,
