@@ -1,7 +1,7 @@
 //! The body of replapply: the configuration's [apply] section wired to the
 //! apply loop (`apply::run`) over the group's staging directories.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -41,10 +41,16 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
         a.replica.display(),
         started.elapsed().as_millis(),
     );
+    let probes = Arc::new(apply::check::ProbeLog::new());
+    let service = match a.check_listen {
+        Some(addr) => Some(serve_checks(addr, store.clone(), probes.clone())?),
+        None => None,
+    };
     let options = apply::RunOptions {
         apply: apply::ApplyOptions {
             workers: a.workers,
             stripes: a.stripes,
+            probes,
             ..apply::ApplyOptions::default()
         },
         checkpoint_every: a.checkpoint,
@@ -52,6 +58,36 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
         spill_bytes: a.spill_bytes as usize,
         ..apply::RunOptions::default()
     };
-    apply::run(store, &journals, &options, stop, status)?;
+    let result = apply::run(store, &journals, &options, stop, status);
+    if let Some((stop_service, thread)) = service {
+        stop_service.store(true, Ordering::Relaxed);
+        let _ = thread.join();
+    }
+    result?;
     Ok(())
+}
+
+/// Starts the sync-check service on `addr` (a thread); returns its stop
+/// flag and thread.
+fn serve_checks(
+    addr: std::net::SocketAddr,
+    store: Arc<dyn apply::Store>,
+    probes: Arc<apply::check::ProbeLog>,
+) -> anyhow::Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("SCI0101E cannot listen for sync-check on {addr}"))?;
+    tracing::info!("SCI0004I sync-check service listening on {addr}");
+    let service = apply::check::CheckService::new(store, probes);
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("sync-check".into())
+            .spawn(move || {
+                if let Err(e) = service.serve(listener, stop) {
+                    tracing::error!("SCI0101E sync-check service on {addr} stopped: {e}");
+                }
+            })?
+    };
+    Ok((stop, thread))
 }

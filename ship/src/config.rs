@@ -33,6 +33,7 @@
 //! merge_wait_ms = 20                  # most an idle journal holds the others
 //! spill = "64MiB"                     # most one open transaction holds in memory;
 //!                                     # larger ones are read back from staging
+//! check_listen = "0.0.0.0:7401"       # serve sync-check (replcheck) here; default: off
 //! ```
 //!
 //! Every error names the file, the line and column, and the key (CSI0001E).
@@ -120,6 +121,7 @@ struct RawApply {
     journals: Option<Spanned<Vec<String>>>,
     merge_wait_ms: Option<Spanned<u64>>,
     spill: Option<Spanned<String>>,
+    check_listen: Option<Spanned<String>>,
 }
 
 /// The primary node's part.
@@ -179,6 +181,8 @@ pub struct Apply {
     pub merge_wait: Duration,
     /// Keys and images one open transaction may hold in apply's memory.
     pub spill_bytes: u64,
+    /// Where the replica's sync-check service listens (`None`: no service).
+    pub check_listen: Option<SocketAddr>,
 }
 
 /// A checked configuration.
@@ -449,6 +453,10 @@ impl Config {
             journals,
             merge_wait: millis(&a.merge_wait_ms, "apply.merge_wait_ms", 20, 0, 600_000)?,
             spill_bytes: bytes(&a.spill, "apply.spill", 64 << 20, 4096, 1 << 40)?,
+            check_listen: match &a.check_listen {
+                Some(s) => Some(address(s, "apply.check_listen")?),
+                None => None,
+            },
         };
         Ok(Config {
             file: file.to_owned(),
@@ -586,6 +594,7 @@ window = "32MiB"
         )
         .unwrap();
         assert_eq!(c.apply.spill_bytes, 1 << 20);
+        assert_eq!(c.apply.check_listen, None);
         assert_eq!(c.apply.replica, Path::new("/etc/repl/rep"));
         assert_eq!(c.apply.journals, ["J1", "J2"]);
         assert_eq!(
@@ -608,6 +617,17 @@ window = "32MiB"
         );
         let e = err(&with("spill = \"12\""));
         assert!(e.contains("key `apply.spill`"), "{e}");
+        let e = err(&with("check_listen = \"nowhere\""));
+        assert!(e.contains("key `apply.check_listen`"), "{e}");
+        let c = Config::parse(
+            Path::new("t.toml"),
+            &with("check_listen = \"127.0.0.1:7401\""),
+        )
+        .unwrap();
+        assert_eq!(
+            c.apply.check_listen,
+            Some("127.0.0.1:7401".parse().unwrap())
+        );
         let e = err(&with("colour = 1"));
         assert!(e.contains("key `apply.colour`"), "{e}");
     }

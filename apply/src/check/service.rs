@@ -303,6 +303,9 @@ impl Peer for LocalPeer {
     }
 }
 
+/// How long `TcpPeer::connect` keeps trying a service that refuses.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
+
 /// A replica's check service over TCP.
 #[derive(Debug)]
 pub struct TcpPeer {
@@ -313,12 +316,26 @@ pub struct TcpPeer {
 }
 
 impl TcpPeer {
+    /// Connects to the service at `addr`, trying again for up to
+    /// `CONNECT_PATIENCE` while it refuses (a replapply starting up).
     pub fn connect(addr: &str) -> Result<TcpPeer, PeerError> {
         let io = |source| PeerError::Io {
             peer: addr.to_owned(),
             source,
         };
-        let stream = TcpStream::connect(addr).map_err(io)?;
+        let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
+        let stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(io(e)),
+            }
+        };
         stream.set_nodelay(true).map_err(io)?;
         Ok(TcpPeer {
             peer: addr.to_owned(),

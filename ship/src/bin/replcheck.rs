@@ -1,0 +1,196 @@
+//! replcheck: sync-check of a source store against its replica (SCI
+//! messages, docs/messages.md). Opens the source's journal and tables itself
+//! (they must not be open in another process: an application that owns its
+//! source store runs `apply::check::check` in-process instead) and talks to
+//! the check service of replapply (`[apply] check_listen`).
+//!
+//! Exit status: 0 equal, 1 differences found, 2 bad arguments, 3 the check
+//! could not finish.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use apply::check::{check, show_key, CheckOptions, Progress, Report, TcpPeer};
+use apply::{JournaledStore, ReplicaTables, SourceOptions, SqliteStore, Store};
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StoreArg {
+    Tables,
+    Sqlite,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "replcheck",
+    version,
+    about = "Prove that a replica equals its source (BLAKE3 Merkle sync-check), and repair it"
+)]
+struct Args {
+    /// The source's journal directory.
+    #[arg(long)]
+    journal: PathBuf,
+    /// The source's tables: a replica-tables directory, or with
+    /// `--store sqlite` the SQLite file.
+    #[arg(long)]
+    tables: PathBuf,
+    #[arg(long, value_enum, default_value = "tables")]
+    store: StoreArg,
+    /// The replica's check service (replapply's `[apply] check_listen`).
+    #[arg(long)]
+    replica: String,
+    /// The index of the source's journal in the replica's group
+    /// (`[apply] journals`).
+    #[arg(long, default_value_t = 0)]
+    journal_index: u32,
+    /// Journal a correction for every record that differs.
+    #[arg(long)]
+    repair: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Seconds the replica may take to apply up to a probe.
+    #[arg(long, default_value_t = 60)]
+    probe_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    ship::init_logging();
+    match run(&args) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", json(&report));
+            } else {
+                print_summary(&report);
+            }
+            if report.is_equal() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("replcheck: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<Report> {
+    let tables: Box<dyn Store> = match args.store {
+        StoreArg::Tables => Box::new(ReplicaTables::open(&args.tables)?),
+        StoreArg::Sqlite => Box::new(SqliteStore::open(&args.tables)?),
+    };
+    let options = SourceOptions {
+        checkpoint_every: None,
+        ..SourceOptions::default()
+    };
+    let (source, _) = JournaledStore::open(&args.journal, options, tables)?;
+    let mut peer = TcpPeer::connect(&args.replica)?;
+    let options = CheckOptions {
+        journal: args.journal_index,
+        repair: args.repair,
+        probe_timeout: Duration::from_secs(args.probe_timeout),
+    };
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |p: &Progress<'_>| {
+        let line = match p {
+            Progress::Hashing {
+                object,
+                records,
+                index,
+                of,
+            } => format!(
+                "hashing object {object} ({}/{of}); {records} records checked so far",
+                index + 1
+            ),
+            Progress::Confirming { object, candidates } => {
+                format!("object {object}: confirming {candidates} differing record(s) with probes")
+            }
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        if terminal {
+            eprint!("\r\x1b[2K[{elapsed:6.1} s] {line}");
+        } else {
+            eprintln!("[{elapsed:.1} s] {line}");
+        }
+    };
+    let report = check(&source, &mut peer, &options, &mut progress)?;
+    if terminal {
+        eprintln!();
+    }
+    Ok(report)
+}
+
+fn print_summary(r: &Report) {
+    let secs = r.duration.as_secs_f64();
+    println!(
+        "{} objects, {} records ({:.1} MB) checked in {:.1} s ({:.2} M records/s); {} bytes exchanged with the replica; started at journal sequence {}",
+        r.objects,
+        r.records,
+        r.bytes as f64 / 1e6,
+        secs,
+        r.records as f64 / secs.max(1e-9) / 1e6,
+        r.exchanged_bytes,
+        r.position
+    );
+    if r.in_flight > 0 {
+        println!(
+            "{} record(s) differed while being hashed but were equal at their probe (changes in flight)",
+            r.in_flight
+        );
+    }
+    if r.is_equal() {
+        println!("SCI0002I replica equals source");
+        return;
+    }
+    println!("SCI0003W {} difference(s):", r.mismatches.len());
+    for m in &r.mismatches {
+        let repaired = match m.repair_sequence {
+            Some(s) => format!(" (repaired at sequence {s})"),
+            None => String::new(),
+        };
+        println!(
+            "  object {} ({}) key {}: {}{repaired}",
+            m.object_id,
+            m.object,
+            show_key(&m.key),
+            m.kind.label()
+        );
+    }
+}
+
+fn json(r: &Report) -> String {
+    let mismatches: Vec<serde_json::Value> = r
+        .mismatches
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "object_id": m.object_id,
+                "object": m.object,
+                "key": show_key(&m.key),
+                "key_hex": m.key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "kind": m.kind.label(),
+                "repair_sequence": m.repair_sequence,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "equal": r.is_equal(),
+        "objects": r.objects,
+        "records": r.records,
+        "bytes": r.bytes,
+        "in_flight": r.in_flight,
+        "repaired": r.repaired,
+        "exchanged_bytes": r.exchanged_bytes,
+        "position": r.position,
+        "duration_s": r.duration.as_secs_f64(),
+        "records_per_s": r.records as f64 / r.duration.as_secs_f64().max(1e-9),
+        "mismatches": mismatches,
+    })
+    .to_string()
+}
