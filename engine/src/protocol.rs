@@ -63,6 +63,68 @@ pub enum Control {
     Bye { reason: String },
 }
 
+/// One framed message (control or sync-check): its kind, its payload, and
+/// the bytes it took.
+#[derive(Debug)]
+pub struct Framed<'a> {
+    pub kind: u8,
+    pub payload: &'a [u8],
+    pub used: usize,
+}
+
+/// Appends a message of `kind` whose payload `body` writes, framed with the
+/// 12-byte header above (length, kind, reserved zeros, CRC32C).
+pub fn frame(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; CONTROL_HEADER_BYTES]);
+    body(out);
+    let payload_bytes = (out.len() - start - CONTROL_HEADER_BYTES) as u32;
+    out[start..start + 4].copy_from_slice(&payload_bytes.to_le_bytes());
+    out[start + 4] = kind;
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&out[start + 4..start + 8]),
+        &out[start + CONTROL_HEADER_BYTES..],
+    );
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Splits the framed message at the start of `buf`, whose payload may be
+/// at most `max_payload` bytes: `Ok(None)` if more bytes are needed, `Err`
+/// with the reason if the header or checksum is wrong.
+pub fn unframe(buf: &[u8], max_payload: usize) -> Result<Option<Framed<'_>>, String> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let payload_bytes = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
+    if payload_bytes > max_payload {
+        return Err(format!(
+            "payload of {payload_bytes} bytes, the limit is {max_payload}"
+        ));
+    }
+    let total = CONTROL_HEADER_BYTES + payload_bytes;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let stored = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    let computed = crc32c::crc32c_append(
+        crc32c::crc32c(&buf[4..8]),
+        &buf[CONTROL_HEADER_BYTES..total],
+    );
+    if stored != computed {
+        return Err(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        ));
+    }
+    if buf[5..8] != [0, 0, 0] {
+        return Err("reserved bytes are not zero".into());
+    }
+    Ok(Some(Framed {
+        kind: buf[4],
+        payload: &buf[CONTROL_HEADER_BYTES..total],
+        used: total,
+    }))
+}
+
 /// Why a control message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("DMK0101E control message refused: {0}")]
@@ -90,8 +152,10 @@ impl Control {
     /// Appends the encoded message to `out`. Strings longer than their limit
     /// are cut at a character boundary (names are validated by config).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0u8; CONTROL_HEADER_BYTES]);
+        frame(out, self.kind(), |out| self.encode_payload(out));
+    }
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
         let put_u64 = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
         let put_str = |out: &mut Vec<u8>, s: &str, max: usize| {
             let mut end = s.len().min(max);
@@ -141,50 +205,19 @@ impl Control {
                 put_str(out, reason, TEXT_BYTES_MAX);
             }
         }
-        let payload_bytes = (out.len() - start - CONTROL_HEADER_BYTES) as u32;
-        debug_assert!(payload_bytes as usize <= CONTROL_PAYLOAD_BYTES_MAX);
-        let header = &mut out[start..start + CONTROL_HEADER_BYTES];
-        header[0..4].copy_from_slice(&payload_bytes.to_le_bytes());
-        header[4] = self.kind();
-        let mut crc = crc32c::crc32c(&out[start + 4..start + 8]);
-        crc = crc32c::crc32c_append(crc, &out[start + CONTROL_HEADER_BYTES..]);
-        out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Decodes the message at the start of `buf`. `Ok(None)`: more bytes are
     /// needed (never more than `CONTROL_HEADER_BYTES + CONTROL_PAYLOAD_BYTES_MAX`
     /// in all); `Ok(Some((message, consumed)))` otherwise.
     pub fn decode(buf: &[u8]) -> Result<Option<(Control, usize)>, ProtocolError> {
-        if buf.len() < 4 {
+        let Some(framed) = unframe(buf, CONTROL_PAYLOAD_BYTES_MAX).map_err(ProtocolError)? else {
             return Ok(None);
-        }
-        let payload_bytes = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-        if payload_bytes > CONTROL_PAYLOAD_BYTES_MAX {
-            return bad(format!(
-                "payload of {payload_bytes} bytes, the limit is {CONTROL_PAYLOAD_BYTES_MAX}"
-            ));
-        }
-        let total = CONTROL_HEADER_BYTES + payload_bytes;
-        if buf.len() < total {
-            return Ok(None);
-        }
-        let stored = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-        let computed = crc32c::crc32c_append(
-            crc32c::crc32c(&buf[4..8]),
-            &buf[CONTROL_HEADER_BYTES..total],
-        );
-        if stored != computed {
-            return bad(format!(
-                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-            ));
-        }
-        if buf[5..8] != [0, 0, 0] {
-            return bad("reserved bytes are not zero");
-        }
-        let mut r = Reader {
-            buf: &buf[CONTROL_HEADER_BYTES..total],
         };
-        let message = match buf[4] {
+        let mut r = Reader {
+            buf: framed.payload,
+        };
+        let message = match framed.kind {
             1 => Control::Hello {
                 protocol: r.u16()?,
                 group: r.name()?,
@@ -217,7 +250,7 @@ impl Control {
         if !r.buf.is_empty() {
             return bad(format!("{} bytes left over after the fields", r.buf.len()));
         }
-        Ok(Some((message, total)))
+        Ok(Some((message, framed.used)))
     }
 }
 

@@ -11,7 +11,7 @@
 use super::digest::Hash;
 use super::probe::ProbeOutcome;
 
-pub const CHECK_HEADER_BYTES: usize = 12;
+pub const CHECK_HEADER_BYTES: usize = engine::protocol::CONTROL_HEADER_BYTES;
 /// Largest payload: bucket record lists come in several replies of at most
 /// `RECORDS_REPLY_BYTES`, so this bounds only what a peer may make us buffer.
 pub const CHECK_PAYLOAD_BYTES_MAX: usize = 4 << 20;
@@ -184,73 +184,31 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Frames `payload` (written by `body`) with kind `kind` onto `out`.
+/// Frames the payload `body` writes with kind `kind` onto `out`.
 fn frame(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Writer<'_>)) {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; CHECK_HEADER_BYTES]);
-    body(&mut Writer(out));
-    let payload_bytes = (out.len() - start - CHECK_HEADER_BYTES) as u32;
-    out[start..start + 4].copy_from_slice(&payload_bytes.to_le_bytes());
-    out[start + 4] = kind;
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&out[start + 4..start + 8]),
-        &out[start + CHECK_HEADER_BYTES..],
-    );
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    engine::protocol::frame(out, kind, |out| body(&mut Writer(out)));
 }
 
-/// One framed message: its kind, payload and total length.
-struct Framed<'a> {
-    kind: u8,
-    payload: &'a [u8],
-    used: usize,
-}
-
-/// Splits one framed message off `buf`: `Ok(None)` if more bytes are
-/// needed.
-fn unframe(buf: &[u8]) -> Result<Option<Framed<'_>>, MessageError> {
-    if buf.len() < 4 {
+/// Decodes the message at the front of `buf` with `read` (given its kind),
+/// which must consume the whole payload; `None` if `buf` holds only part of
+/// one.
+fn decode_one<T>(
+    buf: &[u8],
+    read: impl FnOnce(u8, &mut Reader<'_>) -> Result<T, MessageError>,
+) -> Result<Option<(T, usize)>, MessageError> {
+    let Some(framed) =
+        engine::protocol::unframe(buf, CHECK_PAYLOAD_BYTES_MAX).map_err(MessageError)?
+    else {
         return Ok(None);
-    }
-    let payload_bytes = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-    if payload_bytes > CHECK_PAYLOAD_BYTES_MAX {
-        return bad(format!(
-            "payload of {payload_bytes} bytes, the limit is {CHECK_PAYLOAD_BYTES_MAX}"
-        ));
-    }
-    let total = CHECK_HEADER_BYTES + payload_bytes;
-    if buf.len() < total {
-        return Ok(None);
-    }
-    let stored = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-    let computed =
-        crc32c::crc32c_append(crc32c::crc32c(&buf[4..8]), &buf[CHECK_HEADER_BYTES..total]);
-    if stored != computed {
-        return bad(format!(
-            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-        ));
-    }
-    if buf[5..8] != [0, 0, 0] {
-        return bad("reserved bytes are not zero");
-    }
-    Ok(Some(Framed {
-        kind: buf[4],
-        payload: &buf[CHECK_HEADER_BYTES..total],
-        used: total,
-    }))
-}
-
-/// Decodes a whole payload with `read`, which must consume all of it.
-fn whole<T>(
-    payload: &[u8],
-    read: impl FnOnce(&mut Reader<'_>) -> Result<T, MessageError>,
-) -> Result<T, MessageError> {
-    let mut r = Reader { buf: payload };
-    let v = read(&mut r)?;
+    };
+    let mut r = Reader {
+        buf: framed.payload,
+    };
+    let message = read(framed.kind, &mut r)?;
     if !r.buf.is_empty() {
         return bad(format!("{} bytes left over after the payload", r.buf.len()));
     }
-    Ok(v)
+    Ok(Some((message, framed.used)))
 }
 
 impl Request {
@@ -294,15 +252,7 @@ impl Request {
     /// One request off the front of `buf`, with the bytes it took; `None`
     /// if `buf` holds only part of one.
     pub fn decode(buf: &[u8]) -> Result<Option<(Request, usize)>, MessageError> {
-        let Some(Framed {
-            kind,
-            payload,
-            used,
-        }) = unframe(buf)?
-        else {
-            return Ok(None);
-        };
-        let request = whole(payload, |r| {
+        decode_one(buf, |kind, r| {
             Ok(match kind {
                 1 => Request::Objects,
                 2 => Request::Digest {
@@ -326,8 +276,7 @@ impl Request {
                 },
                 other => return bad(format!("unknown request kind {other}")),
             })
-        })?;
-        Ok(Some((request, used)))
+        })
     }
 }
 
@@ -383,18 +332,10 @@ impl Reply {
     /// One reply off the front of `buf`, with the bytes it took; `None` if
     /// `buf` holds only part of one.
     pub fn decode(buf: &[u8]) -> Result<Option<(Reply, usize)>, MessageError> {
-        let Some(Framed {
-            kind,
-            payload,
-            used,
-        }) = unframe(buf)?
-        else {
-            return Ok(None);
-        };
         let text = |b: &[u8]| {
             String::from_utf8(b.to_vec()).map_err(|_| MessageError("text is not UTF-8".into()))
         };
-        let reply = whole(payload, |r| {
+        decode_one(buf, |kind, r| {
             Ok(match kind {
                 65 => {
                     let n = r.count(12)?;
@@ -449,8 +390,7 @@ impl Reply {
                 },
                 other => return bad(format!("unknown reply kind {other}")),
             })
-        })?;
-        Ok(Some((reply, used)))
+        })
     }
 }
 
