@@ -495,7 +495,9 @@ fn run_one(store: &dyn Store, shared: &Shared, txn: &Txn<'_>, tickets: &[(u32, u
     });
     if !shared.failed.load(Ordering::SeqCst) {
         settle(shared, store.apply(txn));
-        if txn.ops().any(|op| op.kind == OpKind::Probe) {
+        // A probe is outside commitment control (the journal refuses one in
+        // a cycle), so it is a transaction of its own: one look suffices.
+        if txn.len() == 1 && txn.ops().all(|op| op.kind == OpKind::Probe) {
             settle(shared, note_probes(store, &shared.probes, txn));
         }
     }
