@@ -49,8 +49,10 @@ pub struct ApplyOptions {
     /// by the caller alone (`usize::MAX`: never; measured default,
     /// decisions.md 22).
     pub serial_ops_per_txn: usize,
-    /// Where the outcomes of sync-check probes (S-CK) go.
-    pub probes: Arc<ProbeLog>,
+    /// Where the outcomes of sync-check probes (S-CK) go: the log a check
+    /// service answers from. `None` (no service): probes are passed over,
+    /// so outcomes nobody will take do not pile up.
+    pub probes: Option<Arc<ProbeLog>>,
 }
 
 impl Default for ApplyOptions {
@@ -59,7 +61,7 @@ impl Default for ApplyOptions {
             workers: 2,
             stripes: 1024,
             serial_ops_per_txn: 2,
-            probes: Arc::new(ProbeLog::new()),
+            probes: None,
         }
     }
 }
@@ -98,7 +100,7 @@ struct Shared {
     /// (they still move tickets on, so nobody waits forever).
     failed: AtomicBool,
     failure: Mutex<Option<StoreError>>,
-    probes: Arc<ProbeLog>,
+    probes: Option<Arc<ProbeLog>>,
     waiters: AtomicUsize,
     lock: Mutex<()>,
     progress: Condvar,
@@ -497,8 +499,10 @@ fn run_one(store: &dyn Store, shared: &Shared, txn: &Txn<'_>, tickets: &[(u32, u
         settle(shared, store.apply(txn));
         // A probe is outside commitment control (the journal refuses one in
         // a cycle), so it is a transaction of its own: one look suffices.
-        if txn.len() == 1 && txn.ops().all(|op| op.kind == OpKind::Probe) {
-            settle(shared, note_probes(store, &shared.probes, txn));
+        if let Some(probes) = &shared.probes {
+            if txn.len() == 1 && txn.ops().all(|op| op.kind == OpKind::Probe) {
+                settle(shared, note_probes(store, probes, txn));
+            }
         }
     }
     for &(s, t) in tickets {

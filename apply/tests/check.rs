@@ -65,7 +65,7 @@ fn pair() -> Pair {
         let (replica, stop) = (replica.clone(), stop.clone());
         std::thread::spawn(move || {
             let options = ApplyOptions {
-                probes,
+                probes: Some(probes),
                 ..ApplyOptions::default()
             };
             follow_journal(&journal_dir, replica, &options, &stop).unwrap();

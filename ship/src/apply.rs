@@ -50,7 +50,7 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
         apply: apply::ApplyOptions {
             workers: a.workers,
             stripes: a.stripes,
-            probes,
+            probes: service.is_some().then_some(probes),
             ..apply::ApplyOptions::default()
         },
         checkpoint_every: a.checkpoint,

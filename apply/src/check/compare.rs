@@ -56,6 +56,17 @@ pub enum MismatchKind {
 }
 
 impl MismatchKind {
+    /// A difference of a whole object (its existence or name), not of one
+    /// record.
+    pub fn is_object_level(self) -> bool {
+        matches!(
+            self,
+            MismatchKind::ObjectMissingOnReplica
+                | MismatchKind::ObjectExtraOnReplica
+                | MismatchKind::ObjectNameDiffers
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             MismatchKind::MissingOnReplica => "missing on replica",
@@ -490,7 +501,7 @@ fn confirm(
 /// else. Object-level differences are left to the operator.
 fn repair(source: &JournaledStore, report: &mut Report) -> Result<(), CheckError> {
     for m in &mut report.mismatches {
-        if m.key.is_empty() && m.kind >= MismatchKind::ObjectMissingOnReplica {
+        if m.kind.is_object_level() {
             tracing::warn!(
                 "SCI0131W object {} ({}): {}: not repaired by sync-check; recreate or drop it on the replica",
                 m.object_id,

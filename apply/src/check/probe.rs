@@ -28,6 +28,8 @@ pub enum ProbeOutcome {
 pub struct ProbeLog {
     outcomes: Mutex<BTreeMap<(u32, u64), ProbeOutcome>>,
     arrived: Condvar,
+    /// Set once the log overflowed (warned about once).
+    overflowed: std::sync::atomic::AtomicBool,
 }
 
 impl ProbeLog {
@@ -41,9 +43,14 @@ impl ProbeLog {
         outcomes.insert((journal, sequence), outcome);
         if outcomes.len() > KEPT_OUTCOMES {
             let dropped = outcomes.pop_first();
-            tracing::warn!(
-                "SCI0110W probe outcomes not taken by any sync-check: dropped the oldest ({dropped:?}); kept {KEPT_OUTCOMES}"
-            );
+            if !self
+                .overflowed
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    "SCI0110W probe outcomes not taken by any sync-check: dropping the oldest ({dropped:?} first); {KEPT_OUTCOMES} kept (said once)"
+                );
+            }
         }
         self.arrived.notify_all();
     }

@@ -144,7 +144,7 @@ fn full_check(args: &Args) -> anyhow::Result<()> {
         let (replica, stop, dir) = (replica.clone(), stop.clone(), journal_dir.clone());
         std::thread::spawn(move || {
             let options = ApplyOptions {
-                probes,
+                probes: Some(probes),
                 ..ApplyOptions::default()
             };
             follow_journal(&dir, replica, &options, &stop)
