@@ -244,6 +244,12 @@ impl ParallelApply {
         self.shared.finished_ops.load(Ordering::Relaxed)
     }
 
+    /// Changes submitted so far: once `applied_ops` reaches this, everything
+    /// submitted is applied.
+    pub fn submitted_ops(&self) -> u64 {
+        self.dispatched_ops
+    }
+
     /// Hands every transaction of `batch` (in commit order) to the workers.
     /// The batch holds no large transactions (`apply_large` takes those).
     pub fn submit(&mut self, batch: &TxnBatch) -> Result<(), StoreError> {

@@ -24,6 +24,7 @@
 //! after its timestamp, or has staged nothing new for `merge_wait` (the
 //! bound that keeps an idle journal from stopping the group).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 use engine::frame::{FrameDecoder, FrameError};
 use engine::journal::{JournalError, PositionFile};
 use engine::staging::{StagingError, StagingReader};
+use engine::trace::StageClock;
 use parking_lot::Mutex;
 
 use crate::assemble::{AssembleError, Assembler};
@@ -119,6 +121,45 @@ pub struct RunStatus {
     pub large_txns: AtomicU64,
     /// The position of the last checkpoint (at start: the store's).
     pub checkpointed: Mutex<AppliedPosition>,
+    /// When submitted transactions were wholly applied, per journal
+    /// (replbench); seen once per turn of the loop.
+    pub applied_at: StageClock,
+}
+
+/// Feeds `RunStatus::applied_at`: what each submission will have applied
+/// once the workers finish it.
+#[derive(Default)]
+struct AppliedClock {
+    /// (changes submitted, per journal the position after its last commit).
+    pending: VecDeque<(u64, Vec<u64>)>,
+}
+
+impl AppliedClock {
+    fn submitted(&mut self, apply: &ParallelApply, clock: &StageClock) {
+        if !clock.is_recording() {
+            return;
+        }
+        let ends = apply
+            .submitted_position()
+            .journals()
+            .iter()
+            .map(|j| j.applied + 1)
+            .collect();
+        self.pending.push_back((apply.submitted_ops(), ends));
+    }
+
+    fn poll(&mut self, apply: &ParallelApply, clock: &StageClock) {
+        let done = apply.applied_ops();
+        let mut reached = None;
+        while self.pending.front().is_some_and(|(ops, _)| *ops <= done) {
+            reached = self.pending.pop_front();
+        }
+        if let Some((_, ends)) = reached {
+            for (lane, end) in ends.into_iter().enumerate() {
+                clock.reached(lane as u32, end);
+            }
+        }
+    }
 }
 
 struct Feed {
@@ -241,6 +282,7 @@ pub fn run(
     let mut last = (Instant::now(), 0u64);
     *status.checkpointed.lock() = position.clone();
     let mut checkpointed = position;
+    let mut applied_clock = AppliedClock::default();
 
     while !stop.load(Ordering::Relaxed) {
         let mut progressed = false;
@@ -250,15 +292,18 @@ pub fn run(
         if let [feed] = feeds.as_mut_slice() {
             if !feed.batch.is_empty() {
                 submit(&mut apply, &feed.batch, &dirs, status)?;
+                applied_clock.submitted(&apply, &status.applied_at);
                 feed.batch.clear();
             }
         } else {
             release_merged(&mut feeds, &mut merged, options.merge_wait);
             if !merged.is_empty() {
                 submit(&mut apply, &merged, &dirs, status)?;
+                applied_clock.submitted(&apply, &status.applied_at);
                 merged.clear();
             }
         }
+        applied_clock.poll(&apply, &status.applied_at);
         status
             .assembled_txns
             .store(assembler.committed(), Ordering::Relaxed);

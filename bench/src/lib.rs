@@ -9,6 +9,7 @@
 
 pub mod apply;
 pub mod redb_store;
+pub mod replbench;
 pub mod ship;
 
 /// A temporary directory in `dir`, or in the system's temp dir.

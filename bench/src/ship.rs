@@ -192,7 +192,7 @@ pub fn ship(
 
 /// Bytes of published entries in the journal (segments are preallocated,
 /// so file sizes overstate it): read through the scraper.
-fn published_bytes(dir: &Path) -> anyhow::Result<u64> {
+pub fn published_bytes(dir: &Path) -> anyhow::Result<u64> {
     let mut scraper = scraper::Scraper::open(dir, scraper::ScrapeOptions::default())?;
     let mut bytes = 0u64;
     loop {
@@ -206,12 +206,17 @@ fn published_bytes(dir: &Path) -> anyhow::Result<u64> {
 
 /// The raw baseline: the journal's published entry bytes sent over one
 /// loopback TCP connection with plain 1 MiB writes, read with plain reads
-/// and discarded.
+/// and discarded. Returns the seconds it took.
 pub fn raw_tcp(root: &Path) -> anyhow::Result<f64> {
+    Ok(raw_tcp_journal(&root.join("journal"), usize::MAX)?.1)
+}
+
+/// `raw_tcp` for the journal in `dir`, of its first `limit` bytes at most
+/// (the payload is held in memory): (bytes sent, seconds).
+pub fn raw_tcp_journal(dir: &Path, limit: usize) -> anyhow::Result<(u64, f64)> {
     let mut payload = Vec::new();
-    let mut scraper =
-        scraper::Scraper::open(root.join("journal"), scraper::ScrapeOptions::default())?;
-    loop {
+    let mut scraper = scraper::Scraper::open(dir, scraper::ScrapeOptions::default())?;
+    while payload.len() < limit {
         let batch = scraper.next_batch(Duration::ZERO)?;
         if batch.is_empty() {
             break;
@@ -245,7 +250,7 @@ pub fn raw_tcp(root: &Path) -> anyhow::Result<f64> {
     let got = reader.join().expect("reader panicked")?;
     let secs = start.elapsed().as_secs_f64();
     anyhow::ensure!(got == total, "raw baseline moved {got} of {total} bytes");
-    Ok(secs)
+    Ok((total as u64, secs))
 }
 
 /// Append-to-staged latency at an offered rate: a writer appends

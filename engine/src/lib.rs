@@ -9,5 +9,6 @@ pub mod limits;
 pub mod protocol;
 pub mod staging;
 pub mod sys;
+pub mod trace;
 pub mod transport;
 pub mod workload;

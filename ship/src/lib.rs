@@ -3,6 +3,7 @@
 //! stages them durably and acknowledges. See docs/protocol.md.
 
 pub mod apply;
+pub mod check_report;
 pub mod config;
 pub mod link;
 pub mod receiver;

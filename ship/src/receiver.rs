@@ -28,6 +28,7 @@ use engine::journal::read_position_file;
 use engine::limits::FRAME_HEADER_BYTES;
 use engine::protocol::{Control, PROTOCOL_VERSION};
 use engine::staging::{Appended, Staging, StagingError, StagingOptions};
+use engine::trace::StageClock;
 use engine::transport::{open_driver, Completion, Driver, Op, Waker};
 use parking_lot::{Condvar, Mutex};
 
@@ -54,6 +55,8 @@ const IDENTITY_FILE: &str = "IDENTITY";
 pub struct ReceiverStatus {
     /// Everything below this is durably staged (updated after every sync).
     pub durable: AtomicU64,
+    /// When each sync made frames durable (replbench).
+    pub staged_at: StageClock,
 }
 
 /// State shared by the acceptor, the session and the syncer.
@@ -144,6 +147,7 @@ fn sync_loop(shared: &Shared) {
             Ok(durable) => {
                 shared.durable.store(durable, Ordering::Relaxed);
                 shared.status.durable.store(durable, Ordering::Relaxed);
+                shared.status.staged_at.reached(0, durable);
                 if let Some(waker) = &*shared.session_waker.lock() {
                     waker.wake();
                 }

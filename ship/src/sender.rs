@@ -20,6 +20,7 @@ use anyhow::{bail, Context};
 use engine::frame::FrameEncoder;
 use engine::journal::{list_segments, AckRecord, MappedSegment};
 use engine::protocol::{Control, PROTOCOL_VERSION};
+use engine::trace::StageClock;
 use engine::transport::{open_driver, Completion, Driver, Op, Waker};
 use parking_lot::{Condvar, Mutex};
 use scraper::{ScrapeOptions, Scraper};
@@ -42,6 +43,10 @@ pub struct SenderStatus {
     pub acked: AtomicU64,
     /// Frames up to this position have been handed to the socket.
     pub sent: AtomicU64,
+    /// When each scraped batch was taken from the journal (replbench).
+    pub scraped_at: StageClock,
+    /// When each frame was wholly handed to the socket (replbench).
+    pub sent_at: StageClock,
 }
 
 /// How a session ended without an error.
@@ -211,7 +216,7 @@ fn session(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
     let mut driver = open_driver(config.transport.io)?;
     std::thread::scope(|scope| {
         let producer = scope.spawn(|| {
-            let result = produce(config, scraper, journal_id, &shared, tx);
+            let result = produce(config, scraper, journal_id, &shared, tx, status);
             shared.waker.wake();
             result
         });
@@ -251,6 +256,7 @@ fn produce(
     journal_id: u64,
     shared: &Shared,
     tx: SyncSender<Outgoing>,
+    status: &SenderStatus,
 ) -> anyhow::Result<()> {
     let mut encoder = FrameEncoder::new(config.transport.codec)?;
     let window = config.transport.window_bytes;
@@ -269,6 +275,7 @@ fn produce(
         if next == start {
             continue;
         }
+        status.scraped_at.reached(0, next);
         let mut buf = shared.pool.lock().pop().unwrap_or_default();
         encoder.encode(journal_id, start, next, batch.iter(), &mut buf)?;
         *shared.unacked.lock() += buf.len() as u64;
@@ -438,6 +445,7 @@ impl SessionIo<'_> {
             return Ok(());
         }
         self.status.sent.store(next, Ordering::Relaxed);
+        self.status.sent_at.reached(0, next);
         self.shared.pool.lock().push(buf);
         Ok(())
     }

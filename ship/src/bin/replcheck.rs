@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use apply::check::{check, show_key, CheckOptions, Progress, Report, TcpPeer};
+use apply::check::{check, CheckOptions, Progress, Report, TcpPeer};
 use apply::{JournaledStore, ReplicaTables, SourceOptions, SqliteStore, Store};
 use clap::{Parser, ValueEnum};
 
@@ -62,9 +62,9 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(report) => {
             if args.json {
-                println!("{}", json(&report));
+                println!("{}", ship::check_report::json(&report));
             } else {
-                print_summary(&report);
+                print!("{}", ship::check_report::summary(&report));
             }
             if report.is_equal() {
                 ExitCode::SUCCESS
@@ -124,73 +124,4 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         eprintln!();
     }
     Ok(report)
-}
-
-fn print_summary(r: &Report) {
-    let secs = r.duration.as_secs_f64();
-    println!(
-        "{} objects, {} records ({:.1} MB) checked in {:.1} s ({:.2} M records/s); {} bytes exchanged with the replica; started at journal sequence {}",
-        r.objects,
-        r.records,
-        r.bytes as f64 / 1e6,
-        secs,
-        r.records as f64 / secs.max(1e-9) / 1e6,
-        r.exchanged_bytes,
-        r.position
-    );
-    if r.in_flight > 0 {
-        println!(
-            "{} record(s) differed while being hashed but were equal at their probe (changes in flight)",
-            r.in_flight
-        );
-    }
-    if r.is_equal() {
-        println!("SCI0002I replica equals source");
-        return;
-    }
-    println!("SCI0003W {} difference(s):", r.mismatches.len());
-    for m in &r.mismatches {
-        let repaired = match m.repair_sequence {
-            Some(s) => format!(" (repaired at sequence {s})"),
-            None => String::new(),
-        };
-        println!(
-            "  object {} ({}) key {}: {}{repaired}",
-            m.object_id,
-            m.object,
-            show_key(&m.key),
-            m.kind.label()
-        );
-    }
-}
-
-fn json(r: &Report) -> String {
-    let mismatches: Vec<serde_json::Value> = r
-        .mismatches
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "object_id": m.object_id,
-                "object": m.object,
-                "key": show_key(&m.key),
-                "key_hex": m.key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                "kind": m.kind.label(),
-                "repair_sequence": m.repair_sequence,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "equal": r.is_equal(),
-        "objects": r.objects,
-        "records": r.records,
-        "bytes": r.bytes,
-        "in_flight": r.in_flight,
-        "repaired": r.repaired,
-        "exchanged_bytes": r.exchanged_bytes,
-        "position": r.position,
-        "duration_s": r.duration.as_secs_f64(),
-        "records_per_s": r.records as f64 / r.duration.as_secs_f64().max(1e-9),
-        "mismatches": mismatches,
-    })
-    .to_string()
 }

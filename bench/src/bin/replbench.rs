@@ -1,0 +1,293 @@
+//! `replbench`: a whole replication on this machine, measured end to end
+//! (bench/src/replbench). Exit status: 0 the replica equals the source, 1
+//! the sync-check found differences, 2 bad arguments, 3 the run failed.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bench::apply::Keys;
+use bench::replbench::roles::{run_role, Role};
+use bench::replbench::workload::Workload;
+use bench::replbench::{Options, Outcome, Reporter};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KeysArg {
+    Uniform,
+    Zipf,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "replbench",
+    version,
+    about = "Run a whole replication on this machine (writer, sender, receiver, apply over loopback) and measure it"
+)]
+struct Args {
+    #[command(subcommand)]
+    role: Option<RoleCommand>,
+    /// Record changes to write (the run ends at this count or --duration).
+    #[arg(long, default_value_t = 10_000_000)]
+    changes: u64,
+    /// Stop writing after this many seconds, even before --changes.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Offered load in record changes per second (default: as fast as the
+    /// journal takes them).
+    #[arg(long)]
+    rate: Option<u64>,
+    #[arg(long, value_enum, default_value = "uniform")]
+    keys: KeysArg,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1_000_000)]
+    key_space: u64,
+    /// Bytes per record image.
+    #[arg(long, default_value_t = 100)]
+    image_bytes: usize,
+    /// Record changes per transaction; 0: outside commitment control.
+    #[arg(long, default_value_t = 10)]
+    txn: u64,
+    /// Percent of changes that are updates.
+    #[arg(long, default_value_t = 20)]
+    updates: u8,
+    /// Percent of changes that are deletes.
+    #[arg(long, default_value_t = 10)]
+    deletes: u8,
+    /// Record objects the keys are spread over.
+    #[arg(long, default_value_t = 4)]
+    objects: u64,
+    /// One object operation (create, rename, clear, drop of a scratch
+    /// object, in turn) every this many transactions; 0: none.
+    #[arg(long, default_value_t = 10_000)]
+    object_every: u64,
+    /// Apply workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// none | zstd | zstd:<level>
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// auto | uring | plain
+    #[arg(long, default_value = "auto")]
+    io: String,
+    /// Where the run's temporary directory goes.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the run's directory.
+    #[arg(long)]
+    keep: bool,
+    /// Skip the sync-check at the end.
+    #[arg(long)]
+    no_check: bool,
+    /// Skip the raw-TCP baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Print the figures as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum RoleCommand {
+    /// Internal: one process of the pipeline (started by replbench itself).
+    #[command(hide = true)]
+    Role {
+        #[arg(value_enum)]
+        role: Role,
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Progress on stderr: rewritten in place on a terminal, plain lines
+/// otherwise.
+struct Terminal {
+    tty: bool,
+    open_line: bool,
+}
+
+impl Reporter for Terminal {
+    fn progress(&mut self, line: &str) {
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+            self.open_line = true;
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        if self.open_line {
+            eprint!("\r\x1b[2K");
+            self.open_line = false;
+        }
+        eprintln!("{line}");
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(RoleCommand::Role { role, config }) = &args.role {
+        return run_role(*role, config);
+    }
+    if let Err(e) = validate(&args) {
+        eprintln!("replbench: RBN0105E {e}");
+        return ExitCode::from(2);
+    }
+    let options = Options {
+        workload: Workload {
+            changes: Some(args.changes),
+            duration: args.duration.map(Duration::from_secs_f64),
+            rate: args.rate,
+            keys: match args.keys {
+                KeysArg::Uniform => Keys::Uniform,
+                KeysArg::Zipf => Keys::Zipf,
+            },
+            key_space: args.key_space,
+            image_bytes: args.image_bytes,
+            txn_changes: args.txn,
+            update_percent: args.updates,
+            delete_percent: args.deletes,
+            objects: args.objects,
+            object_every: args.object_every,
+            seed: args.seed,
+        },
+        workers: args.workers,
+        compression: args.compression.clone(),
+        io: args.io.clone(),
+        dir: args.dir.clone(),
+        keep: args.keep,
+        check: !args.no_check,
+        baseline: !args.no_baseline,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("replbench: RBN0106E cannot find its own binary to start the pipeline: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let mut terminal = Terminal {
+        tty: std::io::stderr().is_terminal(),
+        open_line: false,
+    };
+    match bench::replbench::run(&exe, &options, &mut terminal) {
+        Ok(outcome) => {
+            terminal.note("");
+            if args.json {
+                println!("{}", outcome.to_json(&options));
+            } else {
+                print!("{}", summary(&outcome));
+            }
+            match &outcome.check {
+                Some(report) if !report.is_equal() => ExitCode::from(1),
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => {
+            terminal.note(&format!("replbench: {e:#}"));
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn validate(args: &Args) -> Result<(), String> {
+    if u16::from(args.updates) + u16::from(args.deletes) > 100 {
+        return Err(format!(
+            "--updates {} and --deletes {} add up to more than 100 percent",
+            args.updates, args.deletes
+        ));
+    }
+    if args.key_space == 0 || args.objects == 0 || args.image_bytes == 0 {
+        return Err("--key-space, --objects and --image-bytes must be at least 1".into());
+    }
+    if args.changes == 0 {
+        return Err("--changes must be at least 1".into());
+    }
+    if args.rate == Some(0) {
+        return Err("--rate must be at least 1 change per second".into());
+    }
+    if args.duration.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
+        return Err("--duration must be a positive number of seconds".into());
+    }
+    if args.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// The figures as a table for people.
+fn summary(o: &Outcome) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} record changes ({} journal entries, {:.1} MB, {} object operations) applied in {:.2} s",
+        o.changes,
+        o.entries,
+        o.journal_bytes as f64 / 1e6,
+        o.object_ops,
+        o.seconds
+    );
+    let _ = writeln!(
+        s,
+        "end to end: {:.2} M changes/s applied\n",
+        o.changes_per_s / 1e6
+    );
+    let _ = writeln!(
+        s,
+        "{:<8} {:>9} {:>12} {:>7} | lag from append, us: {:>7} {:>7} {:>7} {:>8} {:>8}",
+        "stage", "done at s", "M entries/s", "MB/s", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for f in &o.stages {
+        let lag = o.lag.iter().find(|l| l.stage == f.stage);
+        let lag = match lag {
+            Some(l) => format!(
+                "{:>7} {:>7} {:>7} {:>8} {:>8}",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
+            ),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<8} {:>9.2} {:>12.2} {:>7.0} | {:>20} {lag}",
+            f.stage,
+            f.seconds,
+            f.entries_per_s / 1e6,
+            f.mb_per_s,
+            ""
+        );
+    }
+    let cpu: Vec<String> = o
+        .cpu
+        .iter()
+        .map(|c| format!("{} {:.2} s ({:.0}%)", c.process, c.seconds, c.percent))
+        .collect();
+    let _ = writeln!(s, "\nCPU: {}", cpu.join(", "));
+    if o.dropped_events > 0 {
+        let _ = writeln!(
+            s,
+            "RBN0110W {} stage events were dropped: lag figures are coarse",
+            o.dropped_events
+        );
+    }
+    if let (Some(raw), Some(percent)) = (o.raw_tcp_mb_per_s, o.percent_of_raw_tcp) {
+        let _ = writeln!(
+            s,
+            "raw-TCP baseline (same bytes, one loopback connection): {raw:.0} MB/s; end to end is {percent:.1}% of it"
+        );
+    }
+    if let Some(build) = o.source_build_seconds {
+        let _ = writeln!(
+            s,
+            "\nsync-check (source tables built from the journal in {build:.1} s):"
+        );
+    }
+    if let Some(report) = &o.check {
+        s.push_str(&ship::check_report::summary(report));
+    }
+    s
+}

@@ -1,0 +1,270 @@
+//! The pipeline's processes. replbench starts the sender, the receiver and
+//! apply as child processes of its own binary (`replbench role <role>
+//! --config <file>`): the same code as replsend, replrecv and replapply
+//! (`ship::sender::run`, `ship::receiver::run`, `ship::apply::run`), with
+//! their stage clocks on, printing the clocks' events on stdout every few
+//! milliseconds for the parent's board. Their logs go to a file each.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use engine::trace::StageClock;
+use ship::config::Config;
+
+use super::stages::{print_events, Board, Stage};
+
+/// How often a role prints its events.
+const REPORT_EVERY: Duration = Duration::from_millis(10);
+
+/// A process of the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Send,
+    Receive,
+    Apply,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Send => "send",
+            Role::Receive => "receive",
+            Role::Apply => "apply",
+        }
+    }
+}
+
+/// The body of `replbench role`: runs `role` from `config` until SIGTERM,
+/// printing its stage events. Exit status 0, 1 (it failed: logged) or 2
+/// (bad configuration).
+pub fn run_role(role: Role, config: &Path) -> ExitCode {
+    ship::init_logging();
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = ship::stop_on_signals();
+    let sender = ship::sender::SenderStatus {
+        scraped_at: StageClock::recording(),
+        sent_at: StageClock::recording(),
+        ..Default::default()
+    };
+    let receiver = Arc::new(ship::receiver::ReceiverStatus {
+        staged_at: StageClock::recording(),
+        ..Default::default()
+    });
+    let applier = apply::RunStatus {
+        applied_at: StageClock::recording(),
+        ..Default::default()
+    };
+    let clocks: Vec<(Stage, &StageClock)> = match role {
+        Role::Send => vec![
+            (Stage::Scraped, &sender.scraped_at),
+            (Stage::Sent, &sender.sent_at),
+        ],
+        Role::Receive => vec![(Stage::Staged, &receiver.staged_at)],
+        Role::Apply => vec![(Stage::Applied, &applier.applied_at)],
+    };
+    let result = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| match role {
+            Role::Send => ship::sender::run(&config, stop, &sender),
+            Role::Receive => ship::receiver::run(&config, stop, &receiver),
+            Role::Apply => ship::apply::run(&config, stop, &applier),
+        });
+        let mut out = std::io::stdout().lock();
+        while !worker.is_finished() {
+            std::thread::sleep(REPORT_EVERY);
+            // The parent gone (stdout closed) is no reason to stop early:
+            // SIGTERM is.
+            let _ = print_events(&mut out, &clocks);
+        }
+        let _ = print_events(&mut out, &clocks);
+        worker.join().expect("the role's thread panicked")
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A pipeline process replbench started.
+#[derive(Debug)]
+pub struct Process {
+    pub role: Role,
+    pub journal: u32,
+    pub child: std::process::Child,
+    pub log: PathBuf,
+    follower: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `exe role <role> --config <config>` with its log in `logs`;
+    /// its events go to `board` as journal `journal`'s.
+    pub fn start(
+        exe: &Path,
+        role: Role,
+        journal: u32,
+        config: &Path,
+        logs: &Path,
+        board: &Arc<Board>,
+    ) -> anyhow::Result<Process> {
+        let log = logs.join(format!("{}-{journal}.log", role.name()));
+        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = Command::new(exe)
+            .arg("role")
+            .arg(role.name())
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {} role {}", exe.display(), role.name()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let board = Arc::clone(board);
+        let follower = std::thread::Builder::new()
+            .name(format!("events-{}", role.name()))
+            .spawn(move || {
+                // Sender and receiver serve one journal (their lane 0);
+                // apply's lanes are the group's journals already.
+                board.follow(BufReader::new(stdout), |lane| match role {
+                    Role::Apply => lane,
+                    Role::Send | Role::Receive => journal,
+                })
+            })?;
+        Ok(Process {
+            role,
+            journal,
+            child,
+            log,
+            follower: Some(follower),
+        })
+    }
+
+    /// Fails with the log's last lines if the process has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            anyhow::bail!(
+                "RBN0101E the {} process of journal {} exited with {status}; its log {} ends with:\n{}",
+                self.role.name(),
+                self.journal,
+                self.log.display(),
+                log_tail(&self.log, 15)
+            );
+        }
+        Ok(())
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu(&self) -> anyhow::Result<Duration> {
+        process_cpu(self.child.id())
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `patience` for it
+    /// (then kills it); fails if it did not exit cleanly.
+    pub fn stop(&mut self, patience: Duration) -> anyhow::Result<()> {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + patience;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                anyhow::bail!(
+                    "RBN0102E the {} process of journal {} did not stop within {patience:?}; killed. Its log: {}",
+                    self.role.name(),
+                    self.journal,
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(follower) = self.follower.take() {
+            for line in follower.join().expect("event follower panicked") {
+                tracing::warn!("RBN0103W {} printed: {line}", self.role.name());
+            }
+        }
+        anyhow::ensure!(
+            status.success(),
+            "RBN0101E the {} process of journal {} exited with {status}; its log {} ends with:\n{}",
+            self.role.name(),
+            self.journal,
+            self.log.display(),
+            log_tail(&self.log, 15)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// CPU time of process `pid` from /proc (user + system, in clock ticks).
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces: fields count from the
+    // last ')'. After it: state (3) ... utime (14), stime (15).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("{path}: no ')'"))?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: field {} unreadable", i + 3))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(total * 1_000_000_000 / per_second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_cpu_time_reads_from_proc() {
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(200) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        let cpu = process_cpu(std::process::id()).unwrap();
+        assert!(cpu >= Duration::from_millis(50), "{cpu:?}");
+    }
+}

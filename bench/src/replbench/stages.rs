@@ -1,0 +1,266 @@
+//! The pipeline's stages as replbench sees them: the events each process
+//! prints on its stdout (`E <stage> <lane> <position> <ns>`), the board
+//! that collects them, and the lag of each entry from its append to each
+//! stage, computed from the events afterwards.
+
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use engine::trace::{StageClock, StageEvent};
+use parking_lot::Mutex;
+
+/// A point of the pipeline an entry passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Appended to the journal by the workload.
+    Journal,
+    /// Taken from the journal by the sender's scraper.
+    Scraped,
+    /// Wholly handed to the socket, in a frame.
+    Sent,
+    /// Durably staged on the backup.
+    Staged,
+    /// Applied to the replica.
+    Applied,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Journal,
+        Stage::Scraped,
+        Stage::Sent,
+        Stage::Staged,
+        Stage::Applied,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Journal => "journal",
+            Stage::Scraped => "scraped",
+            Stage::Sent => "sent",
+            Stage::Staged => "staged",
+            Stage::Applied => "applied",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// Prints the events of `clocks` taken since the last call, one line each,
+/// and a `D <stage> <count>` line when a clock dropped some.
+pub fn print_events(out: &mut impl Write, clocks: &[(Stage, &StageClock)]) -> std::io::Result<()> {
+    for (stage, clock) in clocks {
+        let (events, dropped) = clock.take();
+        for e in events {
+            writeln!(
+                out,
+                "E {} {} {} {}",
+                stage.name(),
+                e.lane,
+                e.position,
+                e.time_ns
+            )?;
+        }
+        if dropped > 0 {
+            writeln!(out, "D {} {dropped}", stage.name())?;
+        }
+    }
+    out.flush()
+}
+
+/// Every stage's events, per journal, as the processes report them.
+#[derive(Debug)]
+pub struct Board {
+    events: Mutex<Vec<(Stage, u32, StageEvent)>>,
+    /// Per journal and stage: the furthest position reported.
+    reached: Vec<[AtomicU64; 5]>,
+    dropped: AtomicU64,
+}
+
+impl Board {
+    pub fn new(journals: usize) -> Board {
+        Board {
+            events: Mutex::new(Vec::new()),
+            reached: (0..journals)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that `stage` of `journal` reached `position` at `time_ns`.
+    pub fn note(&self, stage: Stage, journal: u32, position: u64, time_ns: u64) {
+        self.reached[journal as usize][stage as usize].fetch_max(position, Ordering::Relaxed);
+        self.events.lock().push((
+            stage,
+            journal,
+            StageEvent {
+                lane: journal,
+                position,
+                time_ns,
+            },
+        ));
+    }
+
+    /// The furthest position `stage` of `journal` has reached.
+    pub fn reached(&self, stage: Stage, journal: u32) -> u64 {
+        self.reached[journal as usize][stage as usize].load(Ordering::Relaxed)
+    }
+
+    /// Events some process could not report (its clock overflowed).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The events of `stage` for `journal`, in time order.
+    pub fn events(&self, stage: Stage, journal: u32) -> Vec<StageEvent> {
+        let mut out: Vec<StageEvent> = self
+            .events
+            .lock()
+            .iter()
+            .filter(|(s, j, _)| *s == stage && *j == journal)
+            .map(|(_, _, e)| *e)
+            .collect();
+        out.sort_by_key(|e| (e.time_ns, e.position));
+        out
+    }
+
+    /// When `stage` of `journal` first reached `position` or beyond.
+    pub fn time_reached(&self, stage: Stage, journal: u32, position: u64) -> Option<u64> {
+        self.events(stage, journal)
+            .into_iter()
+            .find(|e| e.position >= position)
+            .map(|e| e.time_ns)
+    }
+
+    /// Reads a process's event lines until it closes its stdout; `lane`
+    /// maps the process's lanes to the group's journals. Lines that are not
+    /// events are returned (they should not occur).
+    pub fn follow(&self, input: impl BufRead, lane: impl Fn(u32) -> u32) -> Vec<String> {
+        let mut other = Vec::new();
+        for line in input.lines().map_while(Result::ok) {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            match fields.as_slice() {
+                ["E", stage, l, position, time] => {
+                    match (
+                        Stage::parse(stage),
+                        l.parse(),
+                        position.parse(),
+                        time.parse(),
+                    ) {
+                        (Some(stage), Ok(l), Ok(position), Ok(time)) => {
+                            self.note(stage, lane(l), position, time)
+                        }
+                        _ => other.push(line),
+                    }
+                }
+                ["D", _, n] => {
+                    self.dropped
+                        .fetch_add(n.parse().unwrap_or(0), Ordering::Relaxed);
+                }
+                _ => other.push(line),
+            }
+        }
+        other
+    }
+}
+
+/// Lag percentiles of one stage, in microseconds from the append.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Lag {
+    pub stage: &'static str,
+    pub entries: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+/// For every entry of `[from, ..)` appended (`appended`: the journal's
+/// events, one per append call), the time until `stage` first passed it.
+/// Entries the stage never reached are left out.
+pub fn lag(
+    stage: Stage,
+    from: u64,
+    appended: &[StageEvent],
+    passed: &[StageEvent],
+) -> anyhow::Result<Lag> {
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut lower = from;
+    let mut k = 0;
+    for a in appended {
+        let mut entry = lower.max(from);
+        while entry < a.position {
+            while k < passed.len() && passed[k].position <= entry {
+                k += 1;
+            }
+            let Some(p) = passed.get(k) else { break };
+            let upto = a.position.min(p.position);
+            let micros = p.time_ns.saturating_sub(a.time_ns) / 1000;
+            histogram.record_n(micros.max(1), upto - entry)?;
+            entry = upto;
+        }
+        lower = lower.max(a.position);
+    }
+    Ok(Lag {
+        stage: stage.name(),
+        entries: histogram.len(),
+        p50_us: histogram.value_at_quantile(0.50),
+        p90_us: histogram.value_at_quantile(0.90),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+        max_us: histogram.max(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(position: u64, time_us: u64) -> StageEvent {
+        StageEvent {
+            lane: 0,
+            position,
+            time_ns: time_us * 1000,
+        }
+    }
+
+    #[test]
+    fn each_entry_lags_until_the_first_event_past_it() {
+        // Entries 1..11 appended in two calls: 1..6 at 0 us, 6..11 at 100 us.
+        let appended = [ev(6, 0), ev(11, 100)];
+        // The stage passes 1..4 at 50 us, 4..11 at 400 us.
+        let passed = [ev(4, 50), ev(11, 400)];
+        let l = lag(Stage::Applied, 1, &appended, &passed).unwrap();
+        assert_eq!(l.entries, 10);
+        // 3 entries at 50, 2 at 400, 5 at 300.
+        assert_eq!(l.p50_us, 300);
+        assert_eq!(l.max_us, 400);
+        assert!(l.p90_us >= 399 && l.p90_us <= 401, "{l:?}");
+    }
+
+    #[test]
+    fn entries_the_stage_never_reached_are_left_out() {
+        let appended = [ev(11, 0)];
+        let passed = [ev(5, 20)];
+        let l = lag(Stage::Staged, 1, &appended, &passed).unwrap();
+        assert_eq!(l.entries, 4);
+        assert_eq!(l.max_us, 20);
+    }
+
+    #[test]
+    fn the_board_reads_event_lines_and_maps_lanes() {
+        let board = Board::new(2);
+        let input = "E staged 0 10 1000\nE staged 0 20 2000\nD staged 3\nnoise\n";
+        let other = board.follow(input.as_bytes(), |_| 1);
+        assert_eq!(other, ["noise"]);
+        assert_eq!(board.reached(Stage::Staged, 1), 20);
+        assert_eq!(board.reached(Stage::Staged, 0), 0);
+        assert_eq!(board.dropped(), 3);
+        assert_eq!(board.time_reached(Stage::Staged, 1, 15), Some(2000));
+        assert_eq!(board.time_reached(Stage::Staged, 1, 25), None);
+    }
+}
