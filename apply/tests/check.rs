@@ -364,3 +364,28 @@ fn the_same_records_hash_the_same_in_any_insertion_order_and_store() {
     b.apply(&batch.get(0)).unwrap();
     assert_ne!(digest(&b).root(), da.root(), "seed {seed}");
 }
+
+#[test]
+fn a_check_compares_only_the_objects_its_selector_names() {
+    let pair = pair();
+    load(&pair.source, 1_000);
+    pair.source.create_object(2, "OTHER/LIST").unwrap();
+    pair.source.put(2, b"k", b"v").unwrap();
+    damage(&pair, &[(OpKind::Put, key(7), image(7, 99))]);
+    let mut peer = LocalPeer::new(&pair.service);
+    let only_other = CheckOptions {
+        objects: scraper::ObjectSelector::new(&["OTHER/*"], &[]).unwrap(),
+        ..CheckOptions::default()
+    };
+    let report = check(&pair.source, &mut peer, &only_other, &mut |_| {}).unwrap();
+    assert!(report.is_equal(), "{:?}", report.mismatches);
+    assert_eq!((report.objects, report.records), (1, 1));
+    let all_but_other = CheckOptions {
+        objects: scraper::ObjectSelector::new(&["*"], &["OTHER/*"]).unwrap(),
+        ..CheckOptions::default()
+    };
+    let report = check(&pair.source, &mut peer, &all_but_other, &mut |_| {}).unwrap();
+    assert_eq!(report.objects, 1);
+    assert_eq!(report.mismatches.len(), 1);
+    assert_eq!(report.mismatches[0].key, key(7));
+}

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use scraper::ObjectSelector;
+
 use super::digest::{bucket_bits, bucket_of, record_digest, Hash, ObjectDigest, FANOUT};
 use super::probe::ProbeOutcome;
 use super::protocol::{BucketRecord, Reply, Request};
@@ -29,6 +31,9 @@ pub struct CheckOptions {
     pub repair: bool,
     /// How long the replica may take to apply up to a probe.
     pub probe_timeout: Duration,
+    /// The objects compared, by name on each side (a group with several
+    /// journals checks each source's own objects).
+    pub objects: ObjectSelector,
 }
 
 impl Default for CheckOptions {
@@ -37,6 +42,7 @@ impl Default for CheckOptions {
             journal: 0,
             repair: false,
             probe_timeout: Duration::from_secs(60),
+            objects: ObjectSelector::all(),
         }
     }
 }
@@ -303,9 +309,11 @@ fn object_differences(
             .store()
             .objects()?
             .into_iter()
+            .filter(|o| options.objects.selects(&o.name))
             .map(|o| (o.object_id, o.name))
             .collect();
-        let theirs = replica_objects(peer)?;
+        let mut theirs = replica_objects(peer)?;
+        theirs.retain(|_, name| options.objects.selects(name));
         let mut found = Vec::new();
         for (id, name) in &ours {
             match theirs.get(id) {

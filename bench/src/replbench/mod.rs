@@ -19,11 +19,11 @@ use anyhow::Context;
 use apply::check::{check, CheckOptions, Progress, Report, TcpPeer};
 use apply::{JournaledStore, ReplicaTables, SourceOptions};
 use engine::journal::{Durability, Journal, JournalOptions};
-use engine::trace::monotonic_ns;
 
 use roles::{Process, Role};
+use scraper::ObjectSelector;
 use stages::{Board, Lag, Stage};
-use workload::{Workload, Written};
+use workload::{Lane, Workload, Written};
 
 /// How long the pipeline may go without applying anything once the writer
 /// is done before replbench gives up.
@@ -35,6 +35,9 @@ const RAW_BYTES_MAX: usize = 1 << 30;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub workload: Workload,
+    /// Journals in the group, each with its own writer thread, sender and
+    /// receiver; one apply merges them.
+    pub journals: u64,
     /// Apply workers.
     pub workers: usize,
     /// `[transport] compression` and `io`.
@@ -87,10 +90,11 @@ pub struct Outcome {
     pub cpu: Vec<CpuFigure>,
     /// Stage events some process could not report (figures may be coarse).
     pub dropped_events: u64,
-    /// Seconds to build the source's tables from the journal.
+    /// Seconds to build the sources' tables from their journals.
     pub source_build_seconds: Option<f64>,
+    /// One sync-check per journal (its own objects).
     #[serde(skip)]
-    pub check: Option<Report>,
+    pub checks: Vec<Report>,
     /// The raw-TCP baseline: (bytes, MB/s), and our journal MB/s end to end
     /// as a percentage of it.
     pub raw_tcp_mb_per_s: Option<f64>,
@@ -115,11 +119,15 @@ impl Outcome {
             "compression": options.compression,
             "io": options.io,
         });
-        value["check"] = match &self.check {
-            Some(r) => ship::check_report::json(r),
-            None => serde_json::Value::Null,
-        };
+        value["settings"]["journals"] = options.journals.into();
+        value["checks"] = self.checks.iter().map(ship::check_report::json).collect();
+        value["equal"] = self.is_equal().into();
         value
+    }
+
+    /// No sync-check found a difference (true when none ran).
+    pub fn is_equal(&self) -> bool {
+        self.checks.iter().all(Report::is_equal)
     }
 }
 
@@ -141,64 +149,112 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         root.path().to_owned()
     };
     say.note(&format!("RBN0001I replbench in {}", dir.display()));
-    let config = write_config(&dir, options)?;
+    let journals = options.journals.max(1);
+    let configs = (0..journals)
+        .map(|j| write_config(&dir, options, j))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let journal_dir = dir.join("journal");
     let journal_options = JournalOptions {
         durability: Durability::None,
         ..JournalOptions::default()
     };
-    let journal = Journal::open(&journal_dir, journal_options.clone())
-        .with_context(|| format!("opening the journal {}", journal_dir.display()))?;
+    let opened = (0..journals)
+        .map(|j| {
+            let path = journal_dir(&dir, j);
+            Journal::open(&path, journal_options.clone())
+                .with_context(|| format!("opening the journal {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let board = Arc::new(Board::new(1));
-    let mut processes = vec![
-        Process::start(exe, Role::Receive, 0, &config, &logs, &board)?,
-        Process::start(exe, Role::Apply, 0, &config, &logs, &board)?,
-        Process::start(exe, Role::Send, 0, &config, &logs, &board)?,
-    ];
+    let board = Arc::new(Board::new(journals as usize));
+    let mut processes = Vec::new();
+    for (j, config) in configs.iter().enumerate() {
+        processes.push(Process::start(
+            exe,
+            Role::Receive,
+            j as u32,
+            config,
+            &logs,
+            &board,
+        )?);
+    }
+    processes.push(Process::start(
+        exe,
+        Role::Apply,
+        0,
+        &configs[0],
+        &logs,
+        &board,
+    )?);
+    for (j, config) in configs.iter().enumerate() {
+        processes.push(Process::start(
+            exe,
+            Role::Send,
+            j as u32,
+            config,
+            &logs,
+            &board,
+        )?);
+    }
 
-    let written_to = AtomicU64::new(0);
-    let stop_writer = AtomicBool::new(false);
+    let written_to: Vec<AtomicU64> = (0..journals).map(|_| AtomicU64::new(0)).collect();
+    let stop_writers = AtomicBool::new(false);
     let started = Instant::now();
-    let written = std::thread::scope(|scope| -> anyhow::Result<Written> {
-        let writer = scope.spawn(|| {
-            let result = workload::write(&journal, &options.workload, &stop_writer, &written_to);
-            stop_writer.store(true, Ordering::Relaxed);
-            result
-        });
+    let written = std::thread::scope(|scope| -> anyhow::Result<Vec<Written>> {
+        let writers: Vec<_> = opened
+            .iter()
+            .enumerate()
+            .map(|(j, journal)| {
+                let (progress, stop) = (&written_to[j], &stop_writers);
+                let lane = Lane {
+                    index: j as u64,
+                    of: journals,
+                };
+                std::thread::Builder::new()
+                    .name(format!("writer-{j}"))
+                    .spawn_scoped(scope, move || {
+                        workload::write(journal, lane, &options.workload, stop, progress)
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         let mut last = (Instant::now(), 0);
-        while !writer.is_finished() {
+        while !writers.iter().all(|w| w.is_finished()) {
             std::thread::sleep(Duration::from_millis(100));
             if last.0.elapsed() >= Duration::from_secs(1) {
-                let applied = board.reached(Stage::Applied, 0);
-                let rate = (applied.saturating_sub(last.1)) as f64 / last.0.elapsed().as_secs_f64();
+                let applied = board.reached_all(Stage::Applied);
+                let rate = applied.saturating_sub(last.1) as f64 / last.0.elapsed().as_secs_f64();
                 say.progress(&progress_line(started, &board, &written_to, rate));
                 last = (Instant::now(), applied);
             }
             for p in &mut processes {
                 if let Err(e) = p.check_running() {
-                    stop_writer.store(true, Ordering::Relaxed);
+                    stop_writers.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
             }
         }
-        writer.join().expect("the writer panicked")
+        writers
+            .into_iter()
+            .map(|w| w.join().expect("a writer panicked"))
+            .collect()
     })?;
 
     // Everything written must reach the replica.
-    let mut last = (Instant::now(), board.reached(Stage::Applied, 0));
+    let applied_all = || {
+        (0..journals).all(|j| board.reached(Stage::Applied, j as u32) >= written[j as usize].end)
+    };
+    let mut last = (Instant::now(), board.reached_all(Stage::Applied));
     let mut shown = Instant::now();
-    while board.reached(Stage::Applied, 0) < written.end {
+    while !applied_all() {
         std::thread::sleep(Duration::from_millis(20));
-        let applied = board.reached(Stage::Applied, 0);
+        let applied = board.reached_all(Stage::Applied);
         if applied > last.1 {
             last = (Instant::now(), applied);
         } else if last.0.elapsed() > STALL_LIMIT {
             anyhow::bail!(
-                "RBN0104E nothing applied for {STALL_LIMIT:?}: applied up to {applied} of {}; logs in {}",
-                written.end,
+                "RBN0104E nothing applied for {STALL_LIMIT:?} (applied {applied} of {} entries); logs in {}",
+                written.iter().map(|w| w.end - 1).sum::<u64>(),
                 logs.display()
             );
         }
@@ -210,24 +266,31 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
             shown = Instant::now();
         }
     }
-    let finished_ns = monotonic_ns();
+    let writer_cpu: Duration = written.iter().map(|w| w.cpu).sum();
     let mut cpu = vec![CpuFigure {
         process: "writer".into(),
-        seconds: written.cpu.as_secs_f64(),
+        seconds: writer_cpu.as_secs_f64(),
         percent: 0.0,
     }];
     for p in &processes {
         cpu.push(CpuFigure {
-            process: p.role.name().into(),
+            process: if journals > 1 && p.role != Role::Apply {
+                format!("{}-J{}", p.role.name(), p.journal)
+            } else {
+                p.role.name().into()
+            },
             seconds: p.cpu()?.as_secs_f64(),
             percent: 0.0,
         });
     }
     say.note(&progress_line(started, &board, &written_to, 0.0));
-    drop(journal);
+    drop(opened);
 
-    let journal_bytes = crate::ship::published_bytes(&journal_dir)?;
-    let mut outcome = figures(&written, &board, finished_ns, journal_bytes, cpu)?;
+    let mut journal_bytes = 0;
+    for j in 0..journals {
+        journal_bytes += crate::ship::published_bytes(&journal_dir(&dir, j))?;
+    }
+    let mut outcome = figures(&written, &board, journal_bytes, cpu)?;
     outcome.directory = dir.display().to_string();
     say.note(&format!(
         "RBN0002I {} changes ({} entries) applied in {:.2} s: {:.2} M changes/s",
@@ -238,9 +301,17 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     ));
 
     if options.check {
-        let (report, build) = sync_check(&dir, &journal_options, say)?;
-        outcome.source_build_seconds = Some(build.as_secs_f64());
-        outcome.check = Some(report);
+        let started = Instant::now();
+        for j in 0..journals {
+            let report = sync_check(&dir, j, journals, &journal_options, say)?;
+            outcome.checks.push(report);
+        }
+        let checking: f64 = outcome
+            .checks
+            .iter()
+            .map(|r| r.duration.as_secs_f64())
+            .sum();
+        outcome.source_build_seconds = Some(started.elapsed().as_secs_f64() - checking);
     }
     let mut failures = Vec::new();
     for p in &mut processes {
@@ -251,7 +322,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
     if options.baseline {
         say.progress("raw-TCP baseline: the journal's bytes over one loopback connection");
-        let (bytes, secs) = crate::ship::raw_tcp_journal(&journal_dir, RAW_BYTES_MAX)?;
+        let (bytes, secs) = crate::ship::raw_tcp_journal(&journal_dir(&dir, 0), RAW_BYTES_MAX)?;
         let raw = bytes as f64 / secs / 1e6;
         outcome.raw_tcp_mb_per_s = Some(raw);
         let ours = outcome.journal_bytes as f64 / outcome.seconds / 1e6;
@@ -260,40 +331,54 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     Ok(outcome)
 }
 
-/// The pair's configuration (one journal), written into `dir`.
-fn write_config(dir: &Path, options: &Options) -> anyhow::Result<PathBuf> {
+/// Journal `j`'s directory.
+fn journal_dir(dir: &Path, j: u64) -> PathBuf {
+    dir.join("journals").join(format!("J{j}"))
+}
+
+/// The configuration of journal `j`'s pair, written into `dir`: its own
+/// journal, receiver port and staging; one [apply] section for the group
+/// (apply runs from journal 0's file).
+fn write_config(dir: &Path, options: &Options, j: u64) -> anyhow::Result<PathBuf> {
     let port = || -> anyhow::Result<u16> {
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port())
     };
     let (data, check) = (port()?, port()?);
+    let journals: Vec<String> = (0..options.journals.max(1))
+        .map(|j| format!("\"J{j}\""))
+        .collect();
     let text = format!(
         "# Written by replbench.\ngroup = \"BENCH\"\n\n\
-         [primary]\nnode = \"primary\"\njournal = \"journal\"\njournal_name = \"J0\"\n\n\
+         [primary]\nnode = \"primary\"\njournal = \"journals/J{j}\"\njournal_name = \"J{j}\"\n\n\
          [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\n\n\
          [transport]\nio = \"{}\"\ncompression = \"{}\"\nframe_entries = 16384\nframe_bytes = \"4MiB\"\nwindow = \"64MiB\"\n\n\
-         [apply]\nreplica = \"replica\"\nworkers = {}\ncheck_listen = \"127.0.0.1:{check}\"\n",
-        options.io, options.compression, options.workers
+         [apply]\nreplica = \"replica\"\nworkers = {}\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
+        options.io,
+        options.compression,
+        options.workers,
+        journals.join(", ")
     );
-    let path = dir.join("pair.toml");
+    let path = dir.join(format!("pair-J{j}.toml"));
     std::fs::write(&path, text)?;
     // Refuse a bad --compression or --io here, with the configuration's
-    // message, rather than in three child processes.
+    // message, rather than in the child processes.
     ship::config::Config::load(&path)?;
     Ok(path)
 }
 
-fn progress_line(started: Instant, board: &Board, written: &AtomicU64, rate: f64) -> String {
+fn progress_line(started: Instant, board: &Board, written: &[AtomicU64], rate: f64) -> String {
     let m = |p: u64| p as f64 / 1e6;
+    let written: u64 = written.iter().map(|w| w.load(Ordering::Relaxed)).sum();
     let mut line = format!(
         "[{:6.1} s] written {:.2} M | scraped {:.2} M | sent {:.2} M | staged {:.2} M | applied {:.2} M",
         started.elapsed().as_secs_f64(),
-        m(written.load(Ordering::Relaxed)),
-        m(board.reached(Stage::Scraped, 0)),
-        m(board.reached(Stage::Sent, 0)),
-        m(board.reached(Stage::Staged, 0)),
-        m(board.reached(Stage::Applied, 0)),
+        m(written),
+        m(board.reached_all(Stage::Scraped)),
+        m(board.reached_all(Stage::Sent)),
+        m(board.reached_all(Stage::Staged)),
+        m(board.reached_all(Stage::Applied)),
     );
     if rate > 0.0 {
         line.push_str(&format!(" ({:.2} M/s)", rate / 1e6));
@@ -301,29 +386,44 @@ fn progress_line(started: Instant, board: &Board, written: &AtomicU64, rate: f64
     line
 }
 
-/// Throughput and lag per stage, from the writer's and the processes' events.
+/// Throughput and lag per stage, from the writers' and the processes'
+/// events. A stage is done when it has passed the end of every journal.
 fn figures(
-    written: &Written,
+    written: &[Written],
     board: &Board,
-    finished_ns: u64,
     journal_bytes: u64,
     mut cpu: Vec<CpuFigure>,
 ) -> anyhow::Result<Outcome> {
-    let entries = written.end - written.first;
-    let seconds = (finished_ns - written.started_ns) as f64 / 1e9;
+    let entries: u64 = written.iter().map(|w| w.end - w.first).sum();
+    let changes: u64 = written.iter().map(|w| w.changes).sum();
+    let started_ns = written.iter().map(|w| w.started_ns).min().unwrap_or(0);
     let mut stages = Vec::new();
     let mut lag = Vec::new();
     for stage in Stage::ALL {
-        let events = if stage == Stage::Journal {
-            written.appended.clone()
-        } else {
-            board.events(stage, 0)
-        };
-        let done = events
-            .iter()
-            .find(|e| e.position >= written.end)
-            .with_context(|| format!("the {} stage never passed {}", stage.name(), written.end))?;
-        let secs = (done.time_ns.saturating_sub(written.started_ns)) as f64 / 1e9;
+        let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+        let mut done_ns = 0;
+        for (j, w) in written.iter().enumerate() {
+            let events = if stage == Stage::Journal {
+                w.appended.clone()
+            } else {
+                board.events(stage, j as u32)
+            };
+            let done = events
+                .iter()
+                .find(|e| e.position >= w.end)
+                .with_context(|| {
+                    format!(
+                        "the {} stage never passed {} in journal {j}",
+                        stage.name(),
+                        w.end
+                    )
+                })?;
+            done_ns = done_ns.max(done.time_ns);
+            if stage != Stage::Journal {
+                stages::record_lag(&mut histogram, w.first, &w.appended, &events)?;
+            }
+        }
+        let secs = done_ns.saturating_sub(started_ns) as f64 / 1e9;
         stages.push(StageFigure {
             stage: stage.name(),
             seconds: secs,
@@ -331,66 +431,74 @@ fn figures(
             mb_per_s: journal_bytes as f64 / secs.max(1e-9) / 1e6,
         });
         if stage != Stage::Journal {
-            lag.push(stages::lag(
-                stage,
-                written.first,
-                &written.appended,
-                &events,
-            )?);
+            lag.push(Lag::of(stage, &histogram));
         }
     }
+    let seconds = stages.last().map_or(0.0, |s| s.seconds);
     for c in &mut cpu {
         c.percent = 100.0 * c.seconds / seconds.max(1e-9);
     }
     Ok(Outcome {
         directory: String::new(),
-        changes: written.changes,
+        changes,
         entries,
-        object_ops: written.object_ops,
+        object_ops: written.iter().map(|w| w.object_ops).sum(),
         journal_bytes,
         seconds,
-        changes_per_s: written.changes as f64 / seconds.max(1e-9),
+        changes_per_s: changes as f64 / seconds.max(1e-9),
         stages,
         lag,
         cpu,
         dropped_events: board.dropped(),
         source_build_seconds: None,
-        check: None,
+        checks: Vec::new(),
         raw_tcp_mb_per_s: None,
         percent_of_raw_tcp: None,
     })
 }
 
-/// Builds the source's tables from the journal (a journaled store replays
-/// it into empty tables) and sync-checks them against the replica through
-/// apply's check service.
+/// Builds journal `j`'s source tables from the journal (a journaled store
+/// replays it into empty tables) and sync-checks its objects against the
+/// replica through apply's check service.
 fn sync_check(
     dir: &Path,
+    j: u64,
+    journals: u64,
     journal_options: &JournalOptions,
     say: &mut dyn Reporter,
-) -> anyhow::Result<(Report, Duration)> {
-    say.progress("building the source's tables from the journal");
+) -> anyhow::Result<Report> {
+    say.progress(&format!(
+        "building journal J{j}'s source tables from the journal"
+    ));
     let started = Instant::now();
-    let tables = ReplicaTables::open(dir.join("source"))?;
+    let tables = ReplicaTables::open(dir.join("sources").join(format!("J{j}")))?;
     let (source, _) = JournaledStore::open(
-        &dir.join("journal"),
+        &journal_dir(dir, j),
         SourceOptions {
             journal: journal_options.clone(),
             checkpoint_every: None,
         },
         Box::new(tables),
     )?;
-    let build = started.elapsed();
     say.note(&format!(
-        "RBN0003I source tables built from the journal in {:.1} s",
-        build.as_secs_f64()
+        "RBN0003I journal J{j}: source tables built from the journal in {:.1} s",
+        started.elapsed().as_secs_f64()
     ));
-    let config = ship::config::Config::load(&dir.join("pair.toml"))?;
+    let config = ship::config::Config::load(&dir.join("pair-J0.toml"))?;
     let address = config
         .apply
         .check_listen
         .context("the configuration serves no sync-check")?;
     let mut peer = TcpPeer::connect(&address.to_string())?;
+    let lane = Lane {
+        index: j,
+        of: journals,
+    };
+    let options = CheckOptions {
+        journal: j as u32,
+        objects: ObjectSelector::new(&[lane.library_pattern()], &[])?,
+        ..CheckOptions::default()
+    };
     let mut progress = |p: &Progress<'_>| {
         say.progress(&match p {
             Progress::Hashing {
@@ -399,14 +507,13 @@ fn sync_check(
                 index,
                 of,
             } => format!(
-                "sync-check: hashing object {object} ({}/{of}); {records} records so far",
+                "sync-check J{j}: hashing object {object} ({}/{of}); {records} records so far",
                 index + 1
             ),
             Progress::Confirming { object, candidates } => {
-                format!("sync-check: object {object}: confirming {candidates} record(s)")
+                format!("sync-check J{j}: object {object}: confirming {candidates} record(s)")
             }
         })
     };
-    let report = check(&source, &mut peer, &CheckOptions::default(), &mut progress)?;
-    Ok((report, build))
+    Ok(check(&source, &mut peer, &options, &mut progress)?)
 }

@@ -109,6 +109,13 @@ impl Board {
         self.reached[journal as usize][stage as usize].load(Ordering::Relaxed)
     }
 
+    /// The furthest positions `stage` has reached, summed over journals.
+    pub fn reached_all(&self, stage: Stage) -> u64 {
+        (0..self.reached.len())
+            .map(|j| self.reached(stage, j as u32))
+            .sum()
+    }
+
     /// Events some process could not report (its clock overflowed).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -179,16 +186,16 @@ pub struct Lag {
     pub max_us: u64,
 }
 
-/// For every entry of `[from, ..)` appended (`appended`: the journal's
-/// events, one per append call), the time until `stage` first passed it.
-/// Entries the stage never reached are left out.
-pub fn lag(
-    stage: Stage,
+/// Records in `histogram`, for every entry of `[from, ..)` appended
+/// (`appended`: the journal's events, one per append call), the
+/// microseconds until a stage first passed it (`passed`: the stage's events
+/// for the same journal). Entries the stage never reached are left out.
+pub fn record_lag(
+    histogram: &mut hdrhistogram::Histogram<u64>,
     from: u64,
     appended: &[StageEvent],
     passed: &[StageEvent],
-) -> anyhow::Result<Lag> {
-    let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+) -> anyhow::Result<()> {
     let mut lower = from;
     let mut k = 0;
     for a in appended {
@@ -205,15 +212,21 @@ pub fn lag(
         }
         lower = lower.max(a.position);
     }
-    Ok(Lag {
-        stage: stage.name(),
-        entries: histogram.len(),
-        p50_us: histogram.value_at_quantile(0.50),
-        p90_us: histogram.value_at_quantile(0.90),
-        p99_us: histogram.value_at_quantile(0.99),
-        p999_us: histogram.value_at_quantile(0.999),
-        max_us: histogram.max(),
-    })
+    Ok(())
+}
+
+impl Lag {
+    pub fn of(stage: Stage, histogram: &hdrhistogram::Histogram<u64>) -> Lag {
+        Lag {
+            stage: stage.name(),
+            entries: histogram.len(),
+            p50_us: histogram.value_at_quantile(0.50),
+            p90_us: histogram.value_at_quantile(0.90),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +239,17 @@ mod tests {
             position,
             time_ns: time_us * 1000,
         }
+    }
+
+    fn lag(
+        stage: Stage,
+        from: u64,
+        appended: &[StageEvent],
+        passed: &[StageEvent],
+    ) -> anyhow::Result<Lag> {
+        let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+        record_lag(&mut histogram, from, appended, passed)?;
+        Ok(Lag::of(stage, &histogram))
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct Workload {
     /// rest are puts (R-PT).
     pub update_percent: u8,
     pub delete_percent: u8,
-    /// Record objects the keys are spread over (ids 1..=objects).
+    /// Record objects each journal's keys are spread over.
     pub objects: u64,
     /// One object operation every this many transactions (0: none): a
     /// scratch object is created and filled, renamed, cleared and dropped
@@ -60,23 +60,47 @@ pub struct Written {
     pub cpu: Duration,
 }
 
-/// The name of record object `id`.
-pub fn object_name(id: u64) -> String {
-    format!("BENCH/T{id:03}")
+/// Which of the group's journals a writer writes, and so which objects:
+/// journal `index` of `of` owns the object ids `1 + index + of * i` and
+/// names them in its own library `J<index>/`, so each journal's source
+/// can be checked on its own (`library_pattern`).
+#[derive(Clone, Copy, Debug)]
+pub struct Lane {
+    pub index: u64,
+    pub of: u64,
 }
 
-/// Creates the record objects, then writes `w` into `journal` until done
-/// or `stop`; `progress` is updated with the journal position as it goes.
+impl Lane {
+    /// The object selector pattern of this journal's objects.
+    pub fn library_pattern(self) -> String {
+        format!("J{}/*", self.index)
+    }
+
+    fn record_object(self, i: u64) -> u64 {
+        1 + self.index + self.of * i
+    }
+
+    fn scratch_object(self, i: u64) -> u64 {
+        SCRATCH_OBJECTS + self.index + self.of * i
+    }
+}
+
+/// Creates the journal's record objects, then writes `w` into `journal`
+/// until done or `stop`; `progress` is updated with the journal position as
+/// it goes.
 pub fn write(
     journal: &Journal,
+    lane: Lane,
     w: &Workload,
     stop: &std::sync::atomic::AtomicBool,
     progress: &std::sync::atomic::AtomicU64,
 ) -> anyhow::Result<Written> {
     use std::sync::atomic::Ordering;
     let mut appender = journal.appender();
-    for id in 1..=w.objects {
-        appender.append(&NewEntry::create_object(id, &object_name(id)))?;
+    let objects: Vec<u64> = (0..w.objects).map(|i| lane.record_object(i)).collect();
+    for (i, &id) in objects.iter().enumerate() {
+        let name = format!("J{}/T{:03}", lane.index, i + 1);
+        appender.append(&NewEntry::create_object(id, &name))?;
     }
     let cpu_before = thread_cpu();
     let mut out = Written {
@@ -84,20 +108,21 @@ pub fn write(
         started_ns: monotonic_ns(),
         ..Written::default()
     };
+    let event_lane = lane.index as u32;
     out.appended.push(StageEvent {
-        lane: 0,
+        lane: event_lane,
         position: out.first,
         time_ns: out.started_ns,
     });
     let started = Instant::now();
-    let mut rng = Rng(w.seed | 1);
+    let mut rng = Rng(w.seed ^ lane.index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let per_txn = w.txn_changes.max(1);
     let mut keys: Vec<(u64, [u8; 16])> = Vec::with_capacity(per_txn as usize);
     let mut kinds: Vec<u8> = Vec::with_capacity(per_txn as usize);
     let mut images = vec![0u8; per_txn as usize * w.image_bytes];
     let mut cycle = 0u64;
     let mut txns = 0u64;
-    let mut scratch = Scratch::default();
+    let mut scratch = Scratch { lane, steps: 0 };
     let limit = w.changes.unwrap_or(u64::MAX);
     while out.changes < limit && !stop.load(Ordering::Relaxed) {
         if w.duration.is_some_and(|d| started.elapsed() >= d) {
@@ -128,7 +153,7 @@ pub fn write(
                     ((w.key_space as f64).powf(u) as u64).saturating_sub(1) % w.key_space
                 }
             };
-            let object = 1 + k % w.objects;
+            let object = objects[(k % w.objects) as usize];
             keys.push((object, engine::workload::key(object, k)));
             let roll = (rng.next() % 100) as u8;
             kinds.push(if roll < w.delete_percent {
@@ -167,7 +192,7 @@ pub fn write(
         out.changes += n;
         txns += 1;
         out.appended.push(StageEvent {
-            lane: 0,
+            lane: event_lane,
             position: range.end,
             time_ns: monotonic_ns(),
         });
@@ -175,7 +200,7 @@ pub fn write(
             let end = scratch.step(&mut appender, w.image_bytes)?;
             out.object_ops += 1;
             out.appended.push(StageEvent {
-                lane: 0,
+                lane: event_lane,
                 position: end,
                 time_ns: monotonic_ns(),
             });
@@ -192,8 +217,8 @@ pub fn write(
 /// The scratch objects' life cycle, one step per call, outside commitment
 /// control: create (and fill with a few records), rename, clear (and put one
 /// record back), drop.
-#[derive(Default)]
 struct Scratch {
+    lane: Lane,
     steps: u64,
 }
 
@@ -204,19 +229,20 @@ impl Scratch {
         appender: &mut engine::journal::Appender,
         image_bytes: usize,
     ) -> anyhow::Result<u64> {
-        let id = SCRATCH_OBJECTS + self.steps / 4;
+        let id = self.lane.scratch_object(self.steps / 4);
+        let library = self.lane.index;
         let image = engine::workload::image(id, self.steps, image_bytes);
         let last = match self.steps % 4 {
             0 => {
                 let mut last =
-                    appender.append(&NewEntry::create_object(id, &format!("BENCH/S{id}")))?;
+                    appender.append(&NewEntry::create_object(id, &format!("J{library}/S{id}")))?;
                 for k in 0..8 {
                     let key = engine::workload::key(id, k);
                     last = appender.append(&NewEntry::put(id, &key, &image))?;
                 }
                 last
             }
-            1 => appender.append(&NewEntry::rename_object(id, &format!("BENCH/R{id}")))?,
+            1 => appender.append(&NewEntry::rename_object(id, &format!("J{library}/R{id}")))?,
             2 => {
                 appender.append(&NewEntry::clear_object(id))?;
                 let key = engine::workload::key(id, 99);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use apply::check::{check, CheckOptions, Progress, Report, TcpPeer};
 use apply::{JournaledStore, ReplicaTables, SourceOptions, SqliteStore, Store};
 use clap::{Parser, ValueEnum};
+use scraper::ObjectSelector;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum StoreArg {
@@ -51,6 +52,13 @@ struct Args {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Check only the objects named so (`LIB/ORDERS`, or `LIB/ORD*`);
+    /// repeatable. Default: every object.
+    #[arg(long = "object", value_name = "PATTERN")]
+    objects: Vec<String>,
+    /// Leave out the objects named so; repeatable.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    exclude: Vec<String>,
     /// Seconds the replica may take to apply up to a probe.
     #[arg(long, default_value_t = 60)]
     probe_timeout: u64,
@@ -79,6 +87,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every object unless `--object` names some.
+fn selector(include: &[String], exclude: &[String]) -> anyhow::Result<ObjectSelector> {
+    let include = if include.is_empty() {
+        vec!["*".to_owned()]
+    } else {
+        include.to_vec()
+    };
+    Ok(ObjectSelector::new(&include, exclude)?)
+}
+
 fn run(args: &Args) -> anyhow::Result<Report> {
     let tables: Box<dyn Store> = match args.store {
         StoreArg::Tables => Box::new(ReplicaTables::open(&args.tables)?),
@@ -94,6 +112,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         journal: args.journal_index,
         repair: args.repair,
         probe_timeout: Duration::from_secs(args.probe_timeout),
+        objects: selector(&args.objects, &args.exclude)?,
     };
     let started = Instant::now();
     let terminal = std::io::stderr().is_terminal();
