@@ -19,6 +19,11 @@ enum KeysArg {
     Zipf,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PeerArg {
+    Postgres,
+}
+
 #[derive(Parser)]
 #[command(
     name = "replbench",
@@ -84,9 +89,22 @@ struct Args {
     /// Skip the sync-check at the end.
     #[arg(long)]
     no_check: bool,
+    /// Write the whole workload first, then start the pipeline and time it
+    /// from its start to everything applied (implied by --peer, whose
+    /// figure is taken the same way).
+    #[arg(long)]
+    catch_up: bool,
     /// Skip the raw-TCP baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Run the same workload through PostgreSQL's logical replication too
+    /// (two instances made with initdb on loopback ports) and compare.
+    #[arg(long, value_enum)]
+    peer: Option<PeerArg>,
+    /// Record changes per journal for the peer (PostgreSQL takes its
+    /// workload through psql, far slower than our writer).
+    #[arg(long, default_value_t = 500_000)]
+    peer_changes: u64,
     /// Print the figures as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -167,6 +185,10 @@ fn main() -> ExitCode {
         keep: args.keep,
         check: !args.no_check,
         baseline: !args.no_baseline,
+        catch_up: args.catch_up || args.peer.is_some(),
+        postgres: args
+            .peer
+            .map(|PeerArg::Postgres| args.peer_changes.min(args.changes)),
     };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -296,6 +318,36 @@ fn summary(o: &Outcome) -> String {
         let _ = writeln!(
             s,
             "\nsync-check (source tables built from the journals in {build:.1} s):"
+        );
+    }
+    if let (Some(pg), Some(times)) = (&o.postgres, o.times_postgres) {
+        let _ = writeln!(
+            s,
+            "\n{:<34} {:>12} {:>10} {:>14}",
+            "same workload", "changes", "seconds", "M changes/s"
+        );
+        let _ = writeln!(
+            s,
+            "{:<34} {:>12} {:>10.2} {:>14.3}",
+            "replbench (replica tables)",
+            o.changes,
+            o.seconds,
+            o.changes_per_s / 1e6
+        );
+        let _ = writeln!(
+            s,
+            "{:<34} {:>12} {:>10.2} {:>14.3}",
+            format!("PostgreSQL {} logical", pg.version),
+            pg.changes,
+            pg.seconds,
+            pg.changes_per_s / 1e6
+        );
+        let _ = writeln!(
+            s,
+            "ratio: {times:.1}x PostgreSQL (its writers loaded the publisher in {:.1} s first; its subscriber {} the publisher: {} rows)",
+            pg.load_seconds,
+            if pg.equal { "equals" } else { "DIFFERS FROM" },
+            pg.rows
         );
     }
     for (j, report) in o.checks.iter().enumerate() {

@@ -6,6 +6,7 @@
 //! end the source's tables are built from the journal and sync-checked
 //! against the replica, and a raw-TCP baseline moves the same bytes.
 
+pub mod postgres;
 pub mod roles;
 pub mod stages;
 pub mod workload;
@@ -19,6 +20,7 @@ use anyhow::Context;
 use apply::check::{check, CheckOptions, Progress, Report, TcpPeer};
 use apply::{JournaledStore, ReplicaTables, SourceOptions};
 use engine::journal::{Durability, Journal, JournalOptions};
+use engine::trace::monotonic_ns;
 
 use roles::{Process, Role};
 use scraper::ObjectSelector;
@@ -51,6 +53,12 @@ pub struct Options {
     pub check: bool,
     /// Measure the raw-TCP baseline.
     pub baseline: bool,
+    /// Write the whole workload first, then start the pipeline and time it
+    /// from its start (PostgreSQL's figure is taken so).
+    pub catch_up: bool,
+    /// Run the workload through PostgreSQL logical replication too, with
+    /// this many changes (per journal).
+    pub postgres: Option<u64>,
 }
 
 /// One stage's figures: when it had passed everything, from the first
@@ -99,6 +107,10 @@ pub struct Outcome {
     /// as a percentage of it.
     pub raw_tcp_mb_per_s: Option<f64>,
     pub percent_of_raw_tcp: Option<f64>,
+    /// The same workload through PostgreSQL logical replication, and our
+    /// changes/s as a multiple of its.
+    pub postgres: Option<postgres::PgFigure>,
+    pub times_postgres: Option<f64>,
 }
 
 impl Outcome {
@@ -168,35 +180,38 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let board = Arc::new(Board::new(journals as usize));
-    let mut processes = Vec::new();
-    for (j, config) in configs.iter().enumerate() {
+    let start_pipeline = || -> anyhow::Result<Vec<Process>> {
+        let mut processes = Vec::new();
+        for (j, config) in configs.iter().enumerate() {
+            let j = j as u32;
+            processes.push(Process::start(
+                exe,
+                Role::Receive,
+                j,
+                config,
+                &logs,
+                &board,
+            )?);
+        }
         processes.push(Process::start(
             exe,
-            Role::Receive,
-            j as u32,
-            config,
+            Role::Apply,
+            0,
+            &configs[0],
             &logs,
             &board,
         )?);
-    }
-    processes.push(Process::start(
-        exe,
-        Role::Apply,
-        0,
-        &configs[0],
-        &logs,
-        &board,
-    )?);
-    for (j, config) in configs.iter().enumerate() {
-        processes.push(Process::start(
-            exe,
-            Role::Send,
-            j as u32,
-            config,
-            &logs,
-            &board,
-        )?);
-    }
+        for (j, config) in configs.iter().enumerate() {
+            let j = j as u32;
+            processes.push(Process::start(exe, Role::Send, j, config, &logs, &board)?);
+        }
+        Ok(processes)
+    };
+    let mut processes = if options.catch_up {
+        Vec::new()
+    } else {
+        start_pipeline()?
+    };
 
     let written_to: Vec<AtomicU64> = (0..journals).map(|_| AtomicU64::new(0)).collect();
     let stop_writers = AtomicBool::new(false);
@@ -239,6 +254,14 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
             .map(|w| w.join().expect("a writer panicked"))
             .collect()
     })?;
+
+    let pipeline_started_ns = options.catch_up.then(|| {
+        say.note("RBN0005I catch-up: the workload is written; the pipeline starts now");
+        monotonic_ns()
+    });
+    if options.catch_up {
+        processes = start_pipeline()?;
+    }
 
     // Everything written must reach the replica.
     let applied_all = || {
@@ -290,7 +313,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     for j in 0..journals {
         journal_bytes += crate::ship::published_bytes(&journal_dir(&dir, j))?;
     }
-    let mut outcome = figures(&written, &board, journal_bytes, cpu)?;
+    let mut outcome = figures(&written, &board, journal_bytes, cpu, pipeline_started_ns)?;
     outcome.directory = dir.display().to_string();
     say.note(&format!(
         "RBN0002I {} changes ({} entries) applied in {:.2} s: {:.2} M changes/s",
@@ -327,6 +350,24 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         outcome.raw_tcp_mb_per_s = Some(raw);
         let ours = outcome.journal_bytes as f64 / outcome.seconds / 1e6;
         outcome.percent_of_raw_tcp = Some(100.0 * ours / raw);
+    }
+    if let Some(changes) = options.postgres {
+        let workload = Workload {
+            changes: Some(changes),
+            // PostgreSQL's logical replication carries no DDL.
+            object_every: 0,
+            ..options.workload.clone()
+        };
+        let figure = postgres::run(&dir.join("postgres"), &workload, journals, say)?;
+        outcome.times_postgres = Some(outcome.changes_per_s / figure.changes_per_s.max(1e-9));
+        say.note(&format!(
+            "RBN0004I PostgreSQL {}: {} changes replicated in {:.2} s: {:.3} M changes/s",
+            figure.version,
+            figure.changes,
+            figure.seconds,
+            figure.changes_per_s / 1e6
+        ));
+        outcome.postgres = Some(figure);
     }
     Ok(outcome)
 }
@@ -387,16 +428,20 @@ fn progress_line(started: Instant, board: &Board, written: &[AtomicU64], rate: f
 }
 
 /// Throughput and lag per stage, from the writers' and the processes'
-/// events. A stage is done when it has passed the end of every journal.
+/// events. A stage is done when it has passed the end of every journal;
+/// its time counts from the first append, or in catch-up mode from the
+/// pipeline's start (`pipeline_started_ns`), and then there is no lag to
+/// speak of (entries waited for the pipeline to start).
 fn figures(
     written: &[Written],
     board: &Board,
     journal_bytes: u64,
     mut cpu: Vec<CpuFigure>,
+    pipeline_started_ns: Option<u64>,
 ) -> anyhow::Result<Outcome> {
     let entries: u64 = written.iter().map(|w| w.end - w.first).sum();
     let changes: u64 = written.iter().map(|w| w.changes).sum();
-    let started_ns = written.iter().map(|w| w.started_ns).min().unwrap_or(0);
+    let writing_ns = written.iter().map(|w| w.started_ns).min().unwrap_or(0);
     let mut stages = Vec::new();
     let mut lag = Vec::new();
     for stage in Stage::ALL {
@@ -423,14 +468,18 @@ fn figures(
                 stages::record_lag(&mut histogram, w.first, &w.appended, &events)?;
             }
         }
-        let secs = done_ns.saturating_sub(started_ns) as f64 / 1e9;
+        let origin = match pipeline_started_ns {
+            Some(ns) if stage != Stage::Journal => ns,
+            _ => writing_ns,
+        };
+        let secs = done_ns.saturating_sub(origin) as f64 / 1e9;
         stages.push(StageFigure {
             stage: stage.name(),
             seconds: secs,
             entries_per_s: entries as f64 / secs.max(1e-9),
             mb_per_s: journal_bytes as f64 / secs.max(1e-9) / 1e6,
         });
-        if stage != Stage::Journal {
+        if stage != Stage::Journal && pipeline_started_ns.is_none() {
             lag.push(Lag::of(stage, &histogram));
         }
     }
@@ -454,6 +503,8 @@ fn figures(
         checks: Vec::new(),
         raw_tcp_mb_per_s: None,
         percent_of_raw_tcp: None,
+        postgres: None,
+        times_postgres: None,
     })
 }
 

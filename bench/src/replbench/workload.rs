@@ -85,6 +85,121 @@ impl Lane {
     }
 }
 
+/// How a record changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Put,
+    Update,
+    Delete,
+}
+
+/// One record change of the workload.
+#[derive(Clone, Copy, Debug)]
+pub struct Change {
+    pub object: u64,
+    pub key: [u8; 16],
+    pub kind: Kind,
+}
+
+/// The workload's transactions for one journal, the same for every writer
+/// (the journal's and PostgreSQL's) given the same settings.
+#[derive(Debug)]
+pub struct Generator<'w> {
+    w: &'w Workload,
+    rng: Rng,
+    /// The journal's record objects: (id, name).
+    pub objects: Vec<(u64, String)>,
+    /// Changes made so far.
+    pub made: u64,
+    started: Instant,
+}
+
+impl<'w> Generator<'w> {
+    pub fn new(w: &'w Workload, lane: Lane) -> Generator<'w> {
+        Generator {
+            w,
+            rng: Rng(w.seed ^ lane.index.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            objects: (0..w.objects)
+                .map(|i| {
+                    let name = format!("J{}/T{:03}", lane.index, i + 1);
+                    (lane.record_object(i), name)
+                })
+                .collect(),
+            made: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Fills `changes` and `images` (one image per change, `image_bytes`
+    /// each) with the next transaction; false when the workload is done
+    /// (its count or duration reached, or `stop`). With an offered rate it
+    /// first sleeps until the transaction is due.
+    pub fn next_txn(
+        &mut self,
+        stop: &std::sync::atomic::AtomicBool,
+        changes: &mut Vec<Change>,
+        images: &mut Vec<u8>,
+    ) -> bool {
+        let w = self.w;
+        let limit = w.changes.unwrap_or(u64::MAX);
+        loop {
+            if self.made >= limit
+                || stop.load(std::sync::atomic::Ordering::Relaxed)
+                || w.duration.is_some_and(|d| self.started.elapsed() >= d)
+            {
+                return false;
+            }
+            let Some(rate) = w.rate else { break };
+            // Paced by sleeping (a spinning writer would take a core from
+            // the pipeline it measures); transactions due meanwhile go at once.
+            let due = (self.started.elapsed().as_secs_f64() * rate as f64) as u64;
+            if self.made < due {
+                break;
+            }
+            let next = Duration::from_secs_f64((self.made + 1) as f64 / rate as f64);
+            std::thread::sleep(
+                (self.started + next)
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_micros(200)),
+            );
+        }
+        let n = w.txn_changes.max(1).min(limit - self.made);
+        changes.clear();
+        images.resize(n as usize * w.image_bytes, 0);
+        for i in 0..n {
+            let k = match w.keys {
+                Keys::Uniform => self.rng.next() % w.key_space,
+                Keys::Zipf => {
+                    let u = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                    ((w.key_space as f64).powf(u) as u64).saturating_sub(1) % w.key_space
+                }
+            };
+            let object = self.objects[(k % w.objects) as usize].0;
+            let roll = (self.rng.next() % 100) as u8;
+            let kind = if roll < w.delete_percent {
+                Kind::Delete
+            } else if roll < w.delete_percent + w.update_percent {
+                Kind::Update
+            } else {
+                Kind::Put
+            };
+            changes.push(Change {
+                object,
+                key: engine::workload::key(object, k),
+                kind,
+            });
+            let at = i as usize * w.image_bytes;
+            engine::workload::fill_image(
+                w.seed,
+                self.made + i,
+                &mut images[at..at + w.image_bytes],
+            );
+        }
+        self.made += n;
+        true
+    }
+}
+
 /// Creates the journal's record objects, then writes `w` into `journal`
 /// until done or `stop`; `progress` is updated with the journal position as
 /// it goes.
@@ -97,10 +212,9 @@ pub fn write(
 ) -> anyhow::Result<Written> {
     use std::sync::atomic::Ordering;
     let mut appender = journal.appender();
-    let objects: Vec<u64> = (0..w.objects).map(|i| lane.record_object(i)).collect();
-    for (i, &id) in objects.iter().enumerate() {
-        let name = format!("J{}/T{:03}", lane.index, i + 1);
-        appender.append(&NewEntry::create_object(id, &name))?;
+    let mut generator = Generator::new(w, lane);
+    for (id, name) in &generator.objects {
+        appender.append(&NewEntry::create_object(*id, name))?;
     }
     let cpu_before = thread_cpu();
     let mut out = Written {
@@ -114,70 +228,19 @@ pub fn write(
         position: out.first,
         time_ns: out.started_ns,
     });
-    let started = Instant::now();
-    let mut rng = Rng(w.seed ^ lane.index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let per_txn = w.txn_changes.max(1);
-    let mut keys: Vec<(u64, [u8; 16])> = Vec::with_capacity(per_txn as usize);
-    let mut kinds: Vec<u8> = Vec::with_capacity(per_txn as usize);
-    let mut images = vec![0u8; per_txn as usize * w.image_bytes];
+    let mut changes = Vec::new();
+    let mut images = Vec::new();
     let mut cycle = 0u64;
     let mut txns = 0u64;
     let mut scratch = Scratch { lane, steps: 0 };
-    let limit = w.changes.unwrap_or(u64::MAX);
-    while out.changes < limit && !stop.load(Ordering::Relaxed) {
-        if w.duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
-        }
-        if let Some(rate) = w.rate {
-            // Paced in 1 ms ticks, sleeping (a spinning writer would take a
-            // core from the pipeline it measures).
-            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-            if out.changes >= due {
-                let next = Duration::from_secs_f64((out.changes + 1) as f64 / rate as f64);
-                std::thread::sleep(
-                    (started + next)
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_micros(200)),
-                );
-                continue;
-            }
-        }
-        let n = per_txn.min(limit - out.changes);
-        keys.clear();
-        kinds.clear();
-        for i in 0..n {
-            let k = match w.keys {
-                Keys::Uniform => rng.next() % w.key_space,
-                Keys::Zipf => {
-                    let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
-                    ((w.key_space as f64).powf(u) as u64).saturating_sub(1) % w.key_space
-                }
-            };
-            let object = objects[(k % w.objects) as usize];
-            keys.push((object, engine::workload::key(object, k)));
-            let roll = (rng.next() % 100) as u8;
-            kinds.push(if roll < w.delete_percent {
-                2
-            } else if roll < w.delete_percent + w.update_percent {
-                1
-            } else {
-                0
-            });
-            let at = i as usize * w.image_bytes;
-            engine::workload::fill_image(
-                w.seed,
-                out.changes + i,
-                &mut images[at..at + w.image_bytes],
-            );
-        }
+    while generator.next_txn(stop, &mut changes, &mut images) {
         cycle += 1;
-        let mut entries = Vec::with_capacity(keys.len() + 1);
-        for (i, (&(object, ref key), &kind)) in keys.iter().zip(&kinds).enumerate() {
-            let image = &images[i * w.image_bytes..(i + 1) * w.image_bytes];
-            let entry = match kind {
-                0 => NewEntry::put(object, key, image),
-                1 => NewEntry::update(object, key, image, None),
-                _ => NewEntry::delete(object, key, None),
+        let mut entries = Vec::with_capacity(changes.len() + 1);
+        for (c, image) in changes.iter().zip(images.chunks_exact(w.image_bytes)) {
+            let entry = match c.kind {
+                Kind::Put => NewEntry::put(c.object, &c.key, image),
+                Kind::Update => NewEntry::update(c.object, &c.key, image, None),
+                Kind::Delete => NewEntry::delete(c.object, &c.key, None),
             };
             entries.push(if w.txn_changes > 0 {
                 entry.in_cycle(cycle)
@@ -189,7 +252,6 @@ pub fn write(
             entries.push(NewEntry::commit(cycle));
         }
         let range = appender.append_batch(&entries)?;
-        out.changes += n;
         txns += 1;
         out.appended.push(StageEvent {
             lane: event_lane,
@@ -207,6 +269,7 @@ pub fn write(
         }
         progress.store(range.end, Ordering::Relaxed);
     }
+    out.changes = generator.made;
     journal.flush()?;
     out.end = journal.next_sequence();
     progress.store(out.end, Ordering::Relaxed);

@@ -1,0 +1,567 @@
+//! `replbench --peer postgres`: the same workload through PostgreSQL's
+//! built-in logical replication, for the side-by-side figure.
+//!
+//! Two PostgreSQL instances are created with initdb in the run's directory
+//! and started on loopback ports (as the `postgres` user, or `nobody`, when
+//! replbench runs as root: PostgreSQL refuses to run as root); a
+//! publication on one, a subscription on the other, created disabled so
+//! its slot keeps the WAL. The workload's transactions are written into the
+//! publisher through psql (one per journal, in parallel); then the
+//! subscription is enabled and timed until the subscriber has applied a
+//! marker row written last. PostgreSQL's figure is therefore its
+//! replication alone, unhindered by its writers; ours runs with the writer
+//! on the same two cores. Both instances are stopped afterwards.
+
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::workload::{Generator, Kind, Lane, Workload};
+use super::Reporter;
+
+/// How long the subscriber may take to apply everything.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(3600);
+
+/// What the PostgreSQL run measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PgFigure {
+    pub version: String,
+    /// Record changes written into the publisher.
+    pub changes: u64,
+    pub load_seconds: f64,
+    /// From enabling the subscription to the marker row applied.
+    pub seconds: f64,
+    pub changes_per_s: f64,
+    /// Rows on each side at the end, and whether their contents match.
+    pub rows: u64,
+    pub equal: bool,
+    /// The server settings given (beyond initdb's defaults).
+    pub settings: String,
+}
+
+/// PostgreSQL's programs, found on PATH or in Debian's place.
+#[derive(Debug)]
+struct Programs {
+    bin: PathBuf,
+}
+
+impl Programs {
+    fn find() -> anyhow::Result<Programs> {
+        let on_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.join("initdb"))
+            .find(|p| p.is_file())
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .and_then(|p| p.parent().map(Path::to_owned));
+        let debian = || {
+            let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|bin| bin.join("initdb").is_file())
+                .collect();
+            versions.sort_by_key(|p| {
+                p.parent()
+                    .and_then(|v| v.file_name())
+                    .and_then(|v| v.to_str())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            });
+            versions.pop()
+        };
+        let bin = on_path
+            .filter(|b| b.join("pg_ctl").is_file() && b.join("postgres").is_file())
+            .or_else(debian)
+            .context(
+                "RBN0120E PostgreSQL is not installed (no initdb, pg_ctl and postgres on PATH or in \
+                 /usr/lib/postgresql/*/bin). Install the Debian package `postgresql` \
+                 (`apt-get install postgresql`) and run again",
+            )?;
+        Ok(Programs { bin })
+    }
+
+    fn path(&self, program: &str) -> PathBuf {
+        let own = self.bin.join(program);
+        if own.is_file() {
+            own
+        } else {
+            PathBuf::from(program)
+        }
+    }
+}
+
+/// The user the servers run as: ourselves, or when we are root a
+/// non-root account (PostgreSQL refuses root).
+#[derive(Clone, Copy, Debug)]
+struct RunAs {
+    ids: Option<(u32, u32)>,
+}
+
+impl RunAs {
+    fn choose() -> anyhow::Result<RunAs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(RunAs { ids: None });
+        }
+        for name in [c"postgres", c"nobody"] {
+            // SAFETY: getpwnam returns null or a pointer to static storage,
+            // read at once.
+            let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+            if !entry.is_null() {
+                // SAFETY: non-null, as checked.
+                let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+                return Ok(RunAs {
+                    ids: Some((uid, gid)),
+                });
+            }
+        }
+        anyhow::bail!(
+            "RBN0121E replbench runs as root and PostgreSQL refuses root, but neither a `postgres` nor a `nobody` account exists to run it as"
+        )
+    }
+
+    fn command(self, program: PathBuf) -> Command {
+        let mut command = Command::new(program);
+        if let Some((uid, gid)) = self.ids {
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+
+    /// Gives `path` (and everything in it) to the servers' user.
+    fn own(self, path: &Path) -> anyhow::Result<()> {
+        let Some((uid, gid)) = self.ids else {
+            return Ok(());
+        };
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", path.display()))?;
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                self.own(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One running instance; stopped when dropped.
+#[derive(Debug)]
+struct Instance {
+    name: &'static str,
+    data: PathBuf,
+    port: u16,
+    pg_ctl: PathBuf,
+    psql: PathBuf,
+    run_as: RunAs,
+    running: bool,
+}
+
+impl Instance {
+    fn start(
+        programs: &Programs,
+        run_as: RunAs,
+        root: &Path,
+        name: &'static str,
+        settings: &str,
+    ) -> anyhow::Result<Instance> {
+        let data = root.join(name);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        run_quiet(
+            run_as
+                .command(programs.path("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", "bench", "-A", "trust", "-E", "UTF8", "--no-sync"]),
+            "initdb",
+        )?;
+        let mut instance = Instance {
+            name,
+            data,
+            port,
+            pg_ctl: programs.path("pg_ctl"),
+            psql: programs.path("psql"),
+            run_as,
+            running: false,
+        };
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 {settings}",
+            root.display()
+        );
+        run_quiet(
+            run_as
+                .command(instance.pg_ctl.clone())
+                .arg("-D")
+                .arg(&instance.data)
+                .arg("-l")
+                .arg(root.join(format!("{name}.log")))
+                .args(["-w", "-t", "60", "-o", &options, "start"]),
+            "pg_ctl start",
+        )?;
+        instance.running = true;
+        Ok(instance)
+    }
+
+    /// psql against this instance, with its output as text.
+    fn psql(&self) -> Command {
+        let mut c = Command::new(&self.psql);
+        c.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "bench",
+            "-d",
+            "postgres",
+        ]);
+        c
+    }
+
+    /// Runs `sql`; returns its output, trimmed.
+    fn query(&self, sql: &str) -> anyhow::Result<String> {
+        let out = self
+            .psql()
+            .args(["-c", sql])
+            .output()
+            .with_context(|| format!("running {}", self.psql.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "RBN0122E PostgreSQL ({}) refused `{sql}`: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        if !self.running {
+            return Ok(());
+        }
+        self.running = false;
+        run_quiet(
+            self.run_as
+                .command(self.pg_ctl.clone())
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-m", "fast", "stop"]),
+            "pg_ctl stop",
+        )
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn run_quiet(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("RBN0123E cannot run {what}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "RBN0123E {what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Settings of the publisher: logical decoding, and commits that do not
+/// wait for their WAL flush (our journal does not fsync in replbench
+/// either); a WAL size that keeps checkpoints out of a short run.
+const PUBLISHER_SETTINGS: &str = "-c wal_level=logical -c synchronous_commit=off -c max_wal_size=8GB -c max_wal_senders=8 -c max_replication_slots=8";
+/// The subscriber: the same WAL size (its apply commits asynchronously by
+/// default: a subscription's synchronous_commit is off).
+const SUBSCRIBER_SETTINGS: &str = "-c max_wal_size=8GB";
+
+const SCHEMA: &str = "CREATE TABLE bench (o bigint, k bytea, v bytea, PRIMARY KEY (o, k)); \
+                      CREATE TABLE bench_marker (id int PRIMARY KEY, note text);";
+
+/// Runs the workload through PostgreSQL logical replication in `root`.
+pub fn run(
+    root: &Path,
+    workload: &Workload,
+    journals: u64,
+    say: &mut dyn Reporter,
+) -> anyhow::Result<PgFigure> {
+    let programs = Programs::find()?;
+    let run_as = RunAs::choose()?;
+    std::fs::create_dir_all(root)?;
+    run_as.own(root)?;
+    if run_as.ids.is_some() {
+        // The run's directory is private to us; the servers' user must be
+        // able to pass through it to their own.
+        if let Some(parent) = root.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+        }
+    }
+    say.progress("PostgreSQL: initdb and start of the publisher and the subscriber");
+    let mut publisher = Instance::start(&programs, run_as, root, "publisher", PUBLISHER_SETTINGS)?;
+    let mut subscriber =
+        Instance::start(&programs, run_as, root, "subscriber", SUBSCRIBER_SETTINGS)?;
+    let version = publisher.query("SHOW server_version")?;
+    let version = version.split_whitespace().next().unwrap_or("?").to_owned();
+    publisher.query(SCHEMA)?;
+    subscriber.query(SCHEMA)?;
+    publisher.query("CREATE PUBLICATION bench FOR TABLE bench, bench_marker")?;
+    subscriber.query(&format!(
+        "CREATE SUBSCRIPTION bench CONNECTION 'host=127.0.0.1 port={} user=bench dbname=postgres' \
+         PUBLICATION bench WITH (enabled = false, copy_data = false)",
+        publisher.port
+    ))?;
+
+    say.progress(&format!(
+        "PostgreSQL {version}: writing the workload into the publisher"
+    ));
+    let started = Instant::now();
+    let stop = AtomicBool::new(false);
+    let changes = std::thread::scope(|scope| -> anyhow::Result<u64> {
+        let writers: Vec<_> = (0..journals)
+            .map(|j| {
+                let (publisher, stop) = (&publisher, &stop);
+                scope.spawn(move || {
+                    write(
+                        publisher,
+                        workload,
+                        Lane {
+                            index: j,
+                            of: journals,
+                        },
+                        stop,
+                    )
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for w in writers {
+            total += w.join().expect("a PostgreSQL writer panicked")?;
+        }
+        Ok(total)
+    })?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    publisher.query("INSERT INTO bench_marker VALUES (1, 'written')")?;
+
+    say.progress(
+        "PostgreSQL: subscription enabled, waiting for the subscriber to apply everything",
+    );
+    let mut watch = Watch::open(&subscriber)?;
+    let started = Instant::now();
+    subscriber.query("ALTER SUBSCRIPTION bench ENABLE")?;
+    while watch.scalar("SELECT count(*) FROM bench_marker")? == "0" {
+        anyhow::ensure!(
+            started.elapsed() < CATCH_UP_LIMIT,
+            "RBN0124E the PostgreSQL subscriber did not catch up within {CATCH_UP_LIMIT:?}; logs in {}",
+            root.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(watch);
+
+    let digest = "SELECT count(*) || ' ' || coalesce(sum(('x' || substr(md5(o::text || encode(k, 'hex') || encode(v, 'hex')), 1, 15))::bit(60)::bigint), 0) FROM bench";
+    let ours = publisher.query(digest)?;
+    let theirs = subscriber.query(digest)?;
+    let rows = ours
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    subscriber.stop()?;
+    publisher.stop()?;
+    Ok(PgFigure {
+        version,
+        changes,
+        load_seconds,
+        seconds,
+        changes_per_s: changes as f64 / seconds.max(1e-9),
+        rows,
+        equal: ours == theirs,
+        settings: format!("publisher: {PUBLISHER_SETTINGS}; subscriber: {SUBSCRIBER_SETTINGS}"),
+    })
+}
+
+/// One psql session kept open for polling (starting psql per poll would
+/// cost more CPU than the poll).
+struct Watch {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Watch {
+    fn open(instance: &Instance) -> anyhow::Result<Watch> {
+        let mut child = instance
+            .psql()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let input = child.stdin.take().expect("piped");
+        let output = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Watch {
+            child,
+            input,
+            output,
+        })
+    }
+
+    fn scalar(&mut self, sql: &str) -> anyhow::Result<String> {
+        writeln!(self.input, "{sql};")?;
+        self.input.flush()?;
+        let mut line = String::new();
+        anyhow::ensure!(
+            self.output.read_line(&mut line)? > 0,
+            "RBN0122E psql closed while polling the subscriber"
+        );
+        Ok(line.trim().to_owned())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes lane `lane`'s transactions into the publisher through psql:
+/// per transaction one upsert for its puts, one update and one delete, in
+/// BEGIN/COMMIT (or each change on its own outside transactions). Returns
+/// the changes written.
+fn write(
+    publisher: &Instance,
+    workload: &Workload,
+    lane: Lane,
+    stop: &AtomicBool,
+) -> anyhow::Result<u64> {
+    let mut child = publisher
+        .psql()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting psql")?;
+    let mut sql = BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped"));
+    let mut generator = Generator::new(workload, lane);
+    let (mut changes, mut images) = (Vec::new(), Vec::new());
+    let mut statement = String::new();
+    let result = (|| -> anyhow::Result<()> {
+        while generator.next_txn(stop, &mut changes, &mut images) {
+            let rows: Vec<(u64, String, String)> = changes
+                .iter()
+                .zip(images.chunks_exact(workload.image_bytes))
+                .map(|(c, image)| (c.object, hex(&c.key), hex(image)))
+                .collect();
+            statement.clear();
+            if workload.txn_changes == 0 {
+                for (c, (o, k, v)) in changes.iter().zip(&rows) {
+                    statement.push_str(&one_change(c.kind, *o, k, v));
+                }
+            } else {
+                statement.push_str("BEGIN;\n");
+                txn_statements(&changes, &rows, &mut statement);
+                statement.push_str("COMMIT;\n");
+            }
+            sql.write_all(statement.as_bytes())?;
+        }
+        sql.flush()?;
+        Ok(())
+    })();
+    drop(sql);
+    let out = child.wait_with_output()?;
+    result.context("RBN0122E psql stopped taking the workload")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "RBN0122E psql writing the workload failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(generator.made)
+}
+
+fn one_change(kind: Kind, o: u64, k: &str, v: &str) -> String {
+    match kind {
+        Kind::Put => format!(
+            "INSERT INTO bench VALUES ({o}, '\\x{k}', '\\x{v}') ON CONFLICT (o, k) DO UPDATE SET v = EXCLUDED.v;\n"
+        ),
+        Kind::Update => {
+            format!("UPDATE bench SET v = '\\x{v}' WHERE o = {o} AND k = '\\x{k}';\n")
+        }
+        Kind::Delete => format!("DELETE FROM bench WHERE o = {o} AND k = '\\x{k}';\n"),
+    }
+}
+
+/// A transaction's changes as at most three statements. An upsert may not
+/// touch a row twice, so a key put twice keeps its last image.
+fn txn_statements(
+    changes: &[super::workload::Change],
+    rows: &[(u64, String, String)],
+    out: &mut String,
+) {
+    let of = |kind: Kind| -> Vec<&(u64, String, String)> {
+        let mut picked: Vec<&(u64, String, String)> = Vec::new();
+        for (c, row) in changes.iter().zip(rows) {
+            if c.kind == kind {
+                picked.retain(|r| (r.0, &r.1) != (row.0, &row.1));
+                picked.push(row);
+            }
+        }
+        picked
+    };
+    let values = |rows: &[&(u64, String, String)], with_value: bool| -> String {
+        rows.iter()
+            .map(|(o, k, v)| {
+                if with_value {
+                    format!("({o}, '\\x{k}'::bytea, '\\x{v}'::bytea)")
+                } else {
+                    format!("({o}, '\\x{k}'::bytea)")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let puts = of(Kind::Put);
+    if !puts.is_empty() {
+        out.push_str(&format!(
+            "INSERT INTO bench VALUES {} ON CONFLICT (o, k) DO UPDATE SET v = EXCLUDED.v;\n",
+            values(&puts, true)
+        ));
+    }
+    let updates = of(Kind::Update);
+    if !updates.is_empty() {
+        out.push_str(&format!(
+            "UPDATE bench SET v = x.v FROM (VALUES {}) AS x(o, k, v) WHERE bench.o = x.o AND bench.k = x.k;\n",
+            values(&updates, true)
+        ));
+    }
+    let deletes = of(Kind::Delete);
+    if !deletes.is_empty() {
+        out.push_str(&format!(
+            "DELETE FROM bench WHERE (o, k) IN ({});\n",
+            values(&deletes, false)
+        ));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
