@@ -52,16 +52,22 @@ struct Programs {
 
 impl Programs {
     fn find() -> anyhow::Result<Programs> {
-        let on_path = std::env::var_os("PATH")
+        let path = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
+            .unwrap_or_default();
+        Programs::find_in(&path, Path::new("/usr/lib/postgresql"))
+    }
+
+    /// Looks in the directories `path`, then in `debian`'s version folders.
+    fn find_in(path: &[PathBuf], debian: &Path) -> anyhow::Result<Programs> {
+        let on_path = path
+            .iter()
             .map(|d| d.join("initdb"))
             .find(|p| p.is_file())
             .and_then(|p| std::fs::canonicalize(p).ok())
             .and_then(|p| p.parent().map(Path::to_owned));
         let debian = || {
-            let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            let mut versions: Vec<PathBuf> = std::fs::read_dir(debian)
                 .ok()?
                 .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
                 .filter(|bin| bin.join("initdb").is_file())
@@ -564,4 +570,62 @@ fn txn_statements(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_postgresql_the_error_says_how_to_install_it() {
+        let empty = tempfile::tempdir().unwrap();
+        let e = Programs::find_in(&[empty.path().to_owned()], &empty.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("RBN0120E"), "{e}");
+        assert!(e.contains("apt-get install postgresql"), "{e}");
+    }
+
+    #[test]
+    fn the_newest_debian_version_is_found() {
+        let root = tempfile::tempdir().unwrap();
+        for version in ["9", "15", "13"] {
+            let bin = root.path().join(version).join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            std::fs::write(bin.join("initdb"), "").unwrap();
+        }
+        let found = Programs::find_in(&[], root.path()).unwrap();
+        assert_eq!(found.bin, root.path().join("15/bin"));
+    }
+
+    #[test]
+    fn a_transaction_becomes_at_most_three_statements_and_puts_keep_the_last_image() {
+        use super::super::workload::Change;
+        let change = |kind, k: u8| Change {
+            object: 1,
+            key: [k; 16],
+            kind,
+        };
+        let changes = [
+            change(Kind::Put, 1),
+            change(Kind::Delete, 2),
+            change(Kind::Put, 1),
+            change(Kind::Update, 3),
+        ];
+        let rows: Vec<(u64, String, String)> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.object, hex(&c.key), format!("{i:02x}")))
+            .collect();
+        let mut sql = String::new();
+        txn_statements(&changes, &rows, &mut sql);
+        let lines: Vec<&str> = sql.lines().collect();
+        assert_eq!(lines.len(), 3, "{sql}");
+        assert!(lines[0].starts_with("INSERT") && lines[0].contains("'\\x02'::bytea"));
+        assert!(
+            !lines[0].contains("'\\x00'::bytea"),
+            "the first image of key 1 is replaced: {sql}"
+        );
+        assert!(lines[1].starts_with("UPDATE") && lines[2].starts_with("DELETE"));
+    }
 }
