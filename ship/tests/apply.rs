@@ -90,6 +90,20 @@ fn sigkill_apply(store: &str, apply_config: &str) {
         let writer = s.spawn(|| write(&journal, 150_000, 2000, Duration::from_millis(8), 3));
         for kill in 0..10 {
             std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+            if kill == 0 {
+                // The first incarnation is killed only once it has
+                // checkpointed, so some restart resumes from a checkpoint
+                // even when a loaded machine starts apply slowly.
+                let file = pair.staging().join(apply::APPLIED_FILE);
+                let start = Instant::now();
+                while engine::journal::read_position_file(&file).unwrap_or(0) == 0 {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(60),
+                        "apply never checkpointed"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             // Now and then the receiver goes down with it.
             let receiver_too = rng.below(4) == 0;
             eprintln!(
