@@ -74,6 +74,10 @@ struct Args {
     /// Apply workers.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Apply checkpoints every this many milliseconds (bounds replay after
+    /// a crash; the product's default).
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_ms: u64,
     /// none | zstd | zstd:<level>
     #[arg(long, default_value = "none")]
     compression: String,
@@ -179,6 +183,7 @@ fn main() -> ExitCode {
         },
         journals: args.journals,
         workers: args.workers,
+        checkpoint_ms: args.checkpoint_ms,
         compression: args.compression.clone(),
         io: args.io.clone(),
         dir: args.dir.clone(),

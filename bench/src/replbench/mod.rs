@@ -42,6 +42,8 @@ pub struct Options {
     pub journals: u64,
     /// Apply workers.
     pub workers: usize,
+    /// `[apply] checkpoint_ms`.
+    pub checkpoint_ms: u64,
     /// `[transport] compression` and `io`.
     pub compression: String,
     pub io: String,
@@ -395,10 +397,11 @@ fn write_config(dir: &Path, options: &Options, j: u64) -> anyhow::Result<PathBuf
          [primary]\nnode = \"primary\"\njournal = \"journals/J{j}\"\njournal_name = \"J{j}\"\n\n\
          [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\n\n\
          [transport]\nio = \"{}\"\ncompression = \"{}\"\nframe_entries = 16384\nframe_bytes = \"4MiB\"\nwindow = \"64MiB\"\n\n\
-         [apply]\nreplica = \"replica\"\nworkers = {}\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
+         [apply]\nreplica = \"replica\"\nworkers = {}\ncheckpoint_ms = {}\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
         options.io,
         options.compression,
         options.workers,
+        options.checkpoint_ms,
         journals.join(", ")
     );
     let path = dir.join(format!("pair-J{j}.toml"));
