@@ -140,6 +140,28 @@ pub enum Progress<'a> {
     Confirming { object: &'a str, candidates: usize },
 }
 
+/// A progress line: "hashing object X (2/4); 1200 records checked so far".
+impl std::fmt::Display for Progress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Hashing {
+                object,
+                records,
+                index,
+                of,
+            } => write!(
+                f,
+                "hashing object {object} ({}/{of}); {records} records checked so far",
+                index + 1
+            ),
+            Progress::Confirming { object, candidates } => write!(
+                f,
+                "object {object}: confirming {candidates} differing record(s) with probes"
+            ),
+        }
+    }
+}
+
 /// Why a check could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {

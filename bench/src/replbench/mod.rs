@@ -553,21 +553,6 @@ fn sync_check(
         objects: ObjectSelector::new(&[lane.library_pattern()], &[])?,
         ..CheckOptions::default()
     };
-    let mut progress = |p: &Progress<'_>| {
-        say.progress(&match p {
-            Progress::Hashing {
-                object,
-                records,
-                index,
-                of,
-            } => format!(
-                "sync-check J{j}: hashing object {object} ({}/{of}); {records} records so far",
-                index + 1
-            ),
-            Progress::Confirming { object, candidates } => {
-                format!("sync-check J{j}: object {object}: confirming {candidates} record(s)")
-            }
-        })
-    };
+    let mut progress = |p: &Progress<'_>| say.progress(&format!("sync-check J{j}: {p}"));
     Ok(check(&source, &mut peer, &options, &mut progress)?)
 }

@@ -158,16 +158,20 @@ impl Process {
 
     /// Fails with the log's last lines if the process has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            anyhow::bail!(
-                "RBN0101E the {} process of journal {} exited with {status}; its log {} ends with:\n{}",
-                self.role.name(),
-                self.journal,
-                self.log.display(),
-                log_tail(&self.log, 15)
-            );
+        match self.child.try_wait()? {
+            Some(status) => Err(self.exited(status)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn exited(&self, status: std::process::ExitStatus) -> anyhow::Error {
+        anyhow::anyhow!(
+            "RBN0101E the {} process of journal {} exited with {status}; its log {} ends with:\n{}",
+            self.role.name(),
+            self.journal,
+            self.log.display(),
+            log_tail(&self.log, 15)
+        )
     }
 
     /// CPU time (user + system) the process has used so far.
@@ -201,14 +205,9 @@ impl Process {
                 tracing::warn!("RBN0103W {} printed: {line}", self.role.name());
             }
         }
-        anyhow::ensure!(
-            status.success(),
-            "RBN0101E the {} process of journal {} exited with {status}; its log {} ends with:\n{}",
-            self.role.name(),
-            self.journal,
-            self.log.display(),
-            log_tail(&self.log, 15)
-        );
+        if !status.success() {
+            return Err(self.exited(status));
+        }
         Ok(())
     }
 }

@@ -117,20 +117,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     let terminal = std::io::stderr().is_terminal();
     let mut progress = |p: &Progress<'_>| {
-        let line = match p {
-            Progress::Hashing {
-                object,
-                records,
-                index,
-                of,
-            } => format!(
-                "hashing object {object} ({}/{of}); {records} records checked so far",
-                index + 1
-            ),
-            Progress::Confirming { object, candidates } => {
-                format!("object {object}: confirming {candidates} differing record(s) with probes")
-            }
-        };
+        let line = p.to_string();
         let elapsed = started.elapsed().as_secs_f64();
         if terminal {
             eprint!("\r\x1b[2K[{elapsed:6.1} s] {line}");
