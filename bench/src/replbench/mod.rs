@@ -73,7 +73,8 @@ pub struct StageFigure {
     pub mb_per_s: f64,
 }
 
-/// A process's CPU time over the measured run.
+/// A process's CPU time over the measured run (the writers': over their
+/// writing, which in catch-up mode comes before the run).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CpuFigure {
     pub process: String,
@@ -487,8 +488,15 @@ fn figures(
         }
     }
     let seconds = stages.last().map_or(0.0, |s| s.seconds);
+    // In catch-up mode the writers ran before the pipeline: their share is
+    // of their own time.
+    let writing = stages.first().map_or(seconds, |s| s.seconds);
     for c in &mut cpu {
-        c.percent = 100.0 * c.seconds / seconds.max(1e-9);
+        let wall = match pipeline_started_ns {
+            Some(_) if c.process == "writer" => writing,
+            _ => seconds,
+        };
+        c.percent = 100.0 * c.seconds / wall.max(1e-9);
     }
     Ok(Outcome {
         directory: String::new(),
