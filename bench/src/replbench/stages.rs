@@ -134,14 +134,6 @@ impl Board {
         out
     }
 
-    /// When `stage` of `journal` first reached `position` or beyond.
-    pub fn time_reached(&self, stage: Stage, journal: u32, position: u64) -> Option<u64> {
-        self.events(stage, journal)
-            .into_iter()
-            .find(|e| e.position >= position)
-            .map(|e| e.time_ns)
-    }
-
     /// Reads a process's event lines until it closes its stdout; `lane`
     /// maps the process's lanes to the group's journals. Lines that are not
     /// events are returned (they should not occur).
@@ -284,7 +276,8 @@ mod tests {
         assert_eq!(board.reached(Stage::Staged, 1), 20);
         assert_eq!(board.reached(Stage::Staged, 0), 0);
         assert_eq!(board.dropped(), 3);
-        assert_eq!(board.time_reached(Stage::Staged, 1, 15), Some(2000));
-        assert_eq!(board.time_reached(Stage::Staged, 1, 25), None);
+        let events = board.events(Stage::Staged, 1);
+        assert_eq!(events.len(), 2);
+        assert_eq!((events[1].position, events[1].time_ns), (20, 2000));
     }
 }
