@@ -524,11 +524,18 @@ fn txn_statements(
     out: &mut String,
 ) {
     let of = |kind: Kind| -> Vec<&(u64, String, String)> {
+        // The last change of each key, in the order of first appearance.
+        let mut at: std::collections::HashMap<(u64, &str), usize> = Default::default();
         let mut picked: Vec<&(u64, String, String)> = Vec::new();
         for (c, row) in changes.iter().zip(rows) {
             if c.kind == kind {
-                picked.retain(|r| (r.0, &r.1) != (row.0, &row.1));
-                picked.push(row);
+                match at.entry((row.0, row.1.as_str())) {
+                    std::collections::hash_map::Entry::Occupied(e) => picked[*e.get()] = row,
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(picked.len());
+                        picked.push(row);
+                    }
+                }
             }
         }
         picked
@@ -569,7 +576,13 @@ fn txn_statements(
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -627,5 +640,6 @@ mod tests {
             "the first image of key 1 is replaced: {sql}"
         );
         assert!(lines[1].starts_with("UPDATE") && lines[2].starts_with("DELETE"));
+        assert_eq!(hex(&[0x0f, 0xa0, 0x00]), "0fa000");
     }
 }
