@@ -95,6 +95,7 @@ fn catch_up_mode_times_the_pipeline_from_its_start_without_lag_figures() {
     assert_eq!(status, 0, "{stderr}");
     assert!(stderr.contains("RBN0005I"), "{stderr}");
     assert_eq!(o["lag"].as_array().unwrap().len(), 0);
+    assert_eq!(o["settings"]["catch_up"], true);
     assert!(o["checks"].as_array().unwrap().is_empty());
     assert!(o["raw_tcp_mb_per_s"].is_null());
 }

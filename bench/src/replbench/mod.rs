@@ -131,6 +131,9 @@ impl Outcome {
             "object_every": w.object_every,
             "rate": w.rate,
             "workers": options.workers,
+            "checkpoint_ms": options.checkpoint_ms,
+            "catch_up": options.catch_up,
+            "peer_changes": options.postgres,
             "compression": options.compression,
             "io": options.io,
         });
