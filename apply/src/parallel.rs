@@ -25,6 +25,8 @@
 //! The stored position is always a low watermark: `checkpoint` waits until
 //! everything dispatched is applied (a short pause in a steady stream), then
 //! stores the dispatched position, which is then exactly what is applied.
+//! `begin_checkpoint` pauses only to take the checkpoint's state; making it
+//! durable can then run beside apply.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -37,7 +39,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::check::{record_digest, ProbeLog, ProbeOutcome};
 use crate::position::AppliedPosition;
-use crate::store::{stripe_of, Store, StoreError};
+use crate::store::{stripe_of, PendingCheckpoint, Store, StoreError};
 use crate::txn::{LargeTxn, OpKind, Txn, TxnBatch};
 
 /// How many workers and stripes.
@@ -434,6 +436,14 @@ impl ParallelApply {
         let position = self.drain()?;
         self.store.checkpoint(&position)?;
         Ok(position)
+    }
+
+    /// Drains, then takes a checkpoint's state; apply may go on while the
+    /// returned checkpoint is finished (`Store::begin_checkpoint`).
+    pub fn begin_checkpoint(&mut self) -> Result<(AppliedPosition, PendingCheckpoint), StoreError> {
+        let position = self.drain()?;
+        let pending = self.store.begin_checkpoint(&position)?;
+        Ok((position, pending))
     }
 
     /// Drains and stops the workers (without a checkpoint).

@@ -9,6 +9,10 @@
 //! durable does the loop write `resume_from` to each journal's
 //! `applied.pos` in its staging directory, which lets the receiver purge
 //! segments below it: staging is never purged past what a restart needs.
+//! A checkpoint pauses apply only while the store takes its state
+//! (`Store::begin_checkpoint`); a thread of its own makes it durable while
+//! apply goes on, and the loop advances `applied.pos` when that is done.
+//! One checkpoint is in flight at a time.
 //!
 //! Large transactions: the Assembler holds at most `spill_bytes` of one open
 //! transaction's changes. Past that it keeps only where the transaction
@@ -57,8 +61,9 @@ pub struct StagedJournal {
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub apply: ApplyOptions,
-    /// Time between checkpoints (each drains apply and writes the store's
-    /// checkpoint): bounds replay after a crash.
+    /// Time between the starts of checkpoints (each drains apply, and the
+    /// store's checkpoint is made durable beside it): bounds replay after a
+    /// crash.
     pub checkpoint_every: Duration,
     /// Sleep when nothing new is staged.
     pub idle_wait: Duration,
@@ -282,6 +287,7 @@ pub fn run(
     let mut last = (Instant::now(), 0u64);
     *status.checkpointed.lock() = position.clone();
     let mut checkpointed = position;
+    let mut in_flight: Option<InFlight> = None;
     let mut applied_clock = AppliedClock::default();
 
     while !stop.load(Ordering::Relaxed) {
@@ -310,10 +316,14 @@ pub fn run(
         status
             .applied_ops
             .store(apply.applied_ops(), Ordering::Relaxed);
+        if in_flight.as_ref().is_some_and(|c| c.thread.is_finished()) {
+            let done = in_flight.take().expect("checked above");
+            checkpointed = done.wait(&mut feeds, status)?;
+        }
         let now = Instant::now();
-        if now >= next_checkpoint {
+        if now >= next_checkpoint && in_flight.is_none() {
             if *apply.submitted_position() != checkpointed {
-                checkpointed = checkpoint(&mut apply, &mut feeds, status)?;
+                in_flight = Some(InFlight::begin(&mut apply)?);
             }
             next_checkpoint = now + options.checkpoint_every;
         }
@@ -335,7 +345,10 @@ pub fn run(
             std::thread::sleep(options.idle_wait);
         }
     }
-    let position = checkpoint(&mut apply, &mut feeds, status)?;
+    if let Some(c) = in_flight {
+        c.wait(&mut feeds, status)?;
+    }
+    let position = InFlight::begin(&mut apply)?.wait(&mut feeds, status)?;
     apply.finish()?;
     tracing::info!(
         "HAD0224I apply stopped at {}",
@@ -482,14 +495,42 @@ impl LargeTxn for StagedTxn<'_> {
     }
 }
 
-/// Drains apply, makes the store's checkpoint durable, then lets the
-/// receivers purge what a restart no longer needs.
-fn checkpoint(
-    apply: &mut ParallelApply,
+/// A checkpoint being made durable on a thread of its own.
+struct InFlight {
+    position: AppliedPosition,
+    thread: std::thread::JoinHandle<Result<(), StoreError>>,
+}
+
+impl InFlight {
+    /// Drains apply and takes the store's checkpoint state; the rest runs
+    /// beside apply.
+    fn begin(apply: &mut ParallelApply) -> Result<InFlight, RunError> {
+        let (position, pending) = apply.begin_checkpoint()?;
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || pending.finish())
+            .map_err(|e| StoreError::Database(format!("cannot start a checkpoint thread: {e}")))?;
+        Ok(InFlight { position, thread })
+    }
+
+    /// Waits until the checkpoint is durable, then lets the receivers purge
+    /// what a restart no longer needs.
+    fn wait(self, feeds: &mut [Feed], status: &RunStatus) -> Result<AppliedPosition, RunError> {
+        self.thread.join().unwrap_or_else(|_| {
+            Err(StoreError::Database(
+                "the checkpoint thread panicked".into(),
+            ))
+        })?;
+        advance_applied(self.position, feeds, status)
+    }
+}
+
+/// Records a durable checkpoint's position in each journal's `applied.pos`.
+fn advance_applied(
+    position: AppliedPosition,
     feeds: &mut [Feed],
     status: &RunStatus,
 ) -> Result<AppliedPosition, RunError> {
-    let position = apply.checkpoint()?;
     for feed in feeds {
         let resume_from = position.journal(feed.journal).resume_from;
         feed.applied_file

@@ -6,6 +6,31 @@ use std::path::PathBuf;
 use crate::position::AppliedPosition;
 use crate::txn::{Changes, LargeTxn, OpKind, Txn};
 
+/// A checkpoint whose state is taken (`Store::begin_checkpoint`): `finish`
+/// makes it durable, on whatever thread calls it.
+pub struct PendingCheckpoint(Box<dyn FnOnce() -> Result<(), StoreError> + Send>);
+
+impl PendingCheckpoint {
+    pub fn new(finish: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> Self {
+        PendingCheckpoint(Box::new(finish))
+    }
+
+    /// One already durable.
+    pub fn done() -> Self {
+        PendingCheckpoint::new(|| Ok(()))
+    }
+
+    pub fn finish(self) -> Result<(), StoreError> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for PendingCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingCheckpoint")
+    }
+}
+
 /// An object of a store: its id and current name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -180,6 +205,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// transactions `position` covers. A store that keeps its position in the
     /// same transaction as the data (SQLite) only makes its commits durable.
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError>;
+
+    /// Takes the state of a checkpoint at `position` (called as `checkpoint`
+    /// is: nothing applying, everything up to `position` applied) and returns
+    /// what makes it durable, which may run on another thread while apply
+    /// goes on. The checkpoint counts only once its `finish` returns `Ok`;
+    /// checkpoints are finished one at a time, in the order begun. The
+    /// default checkpoints here and now.
+    fn begin_checkpoint(
+        &self,
+        position: &AppliedPosition,
+    ) -> Result<PendingCheckpoint, StoreError> {
+        self.checkpoint(position)?;
+        Ok(PendingCheckpoint::done())
+    }
 
     /// The position stored with the data: apply resumes after it.
     fn applied_position(&self) -> AppliedPosition;

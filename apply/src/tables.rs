@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -43,7 +43,7 @@ use crate::check::bucket_of;
 use crate::position::AppliedPosition;
 use crate::store::{
     check_objects, record_hash, visit_buckets_in_memory, BucketVisit, ObjectCheck, ObjectInfo,
-    Store, StoreError,
+    PendingCheckpoint, Store, StoreError,
 };
 use crate::txn::{LargeTxn, Op, OpKind, Txn};
 
@@ -430,7 +430,9 @@ pub struct ReplicaTables {
     next_file: AtomicU32,
     /// Files written since the last checkpoint.
     dirty: Mutex<Vec<Arc<DataFile>>>,
-    position: Mutex<AppliedPosition>,
+    /// Checkpoints begun.
+    begun: AtomicU64,
+    durable: Arc<Durable>,
 }
 
 fn shard_of(hash: u64) -> usize {
@@ -452,7 +454,8 @@ impl ReplicaTables {
             files: RwLock::new(Files::default()),
             next_file: AtomicU32::new(1),
             dirty: Mutex::new(Vec::new()),
-            position: Mutex::new(AppliedPosition::default()),
+            begun: AtomicU64::new(0),
+            durable: Arc::default(),
             dir,
         };
         let path = tables.dir.join(CHECKPOINT_FILE);
@@ -621,15 +624,11 @@ impl ReplicaTables {
         Ok(())
     }
 
-    fn sync_dirty(&self) -> Result<(), StoreError> {
+    /// The data files written since the last checkpoint, which it must sync;
+    /// files still being written stay on the list for the next one.
+    fn take_dirty(&self) -> Vec<Arc<DataFile>> {
         let dirty = std::mem::take(&mut *self.dirty.lock());
-        for file in &dirty {
-            file.file
-                .sync_data()
-                .map_err(StoreError::io("sync data file", &file.path))?;
-        }
-        // Files still being written stay dirty for the next checkpoint. (Shard
-        // locks are taken before the dirty list's, as `append` does.)
+        // (Shard locks are taken before the dirty list's, as `append` does.)
         let current: Vec<Arc<DataFile>> = self
             .shards
             .iter()
@@ -641,11 +640,13 @@ impl ReplicaTables {
                 again.push(f);
             }
         }
-        Ok(())
+        dirty
     }
 
-    fn write_checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
-        let mut body = Vec::new();
+    /// The checkpoint file's body: position, objects, data files with their
+    /// lengths, and the whole index.
+    fn checkpoint_body(&self, position: &AppliedPosition) -> Vec<u8> {
+        let mut body = Vec::with_capacity(64 + self.len() * 36);
         position.encode(&mut body);
         let objects = self.objects.read();
         body.extend_from_slice(&(objects.len() as u32).to_le_bytes());
@@ -674,7 +675,45 @@ impl ReplicaTables {
                 body.extend_from_slice(&slot.loc.len.to_le_bytes());
             }
         }
-        let tmp = self.dir.join("checkpoint.tmp");
+        body
+    }
+}
+
+/// The background half of a checkpoint: the data files it names made
+/// durable up to the lengths it lists (a sync covers later appends too,
+/// which is harmless), then its file written and renamed into place.
+#[derive(Debug)]
+struct CheckpointWrite {
+    generation: u64,
+    files: Vec<Arc<DataFile>>,
+    body: Vec<u8>,
+    position: AppliedPosition,
+}
+
+/// What the background half of checkpoints shares with the tables.
+#[derive(Debug, Default)]
+struct Durable {
+    /// The generation of the last checkpoint written; locked while one is
+    /// written, so they are written one at a time and never an older one
+    /// over a newer one.
+    written: Mutex<u64>,
+    /// The position of the last checkpoint written.
+    position: Mutex<AppliedPosition>,
+}
+
+impl CheckpointWrite {
+    fn finish(self, dir: &Path, durable: &Durable) -> Result<(), StoreError> {
+        let mut written = durable.written.lock();
+        if *written >= self.generation {
+            return Ok(());
+        }
+        for file in &self.files {
+            file.file
+                .sync_data()
+                .map_err(StoreError::io("sync data file", &file.path))?;
+        }
+        let body = self.body;
+        let tmp = dir.join("checkpoint.tmp");
         let file = File::create(&tmp).map_err(StoreError::io("create checkpoint", &tmp))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let write = |out: &mut BufWriter<File>, bytes: &[u8]| {
@@ -690,14 +729,18 @@ impl ReplicaTables {
             .map_err(|e| StoreError::io("write checkpoint", &tmp)(e.into_error()))?;
         file.sync_all()
             .map_err(StoreError::io("sync checkpoint", &tmp))?;
-        let path = self.dir.join(CHECKPOINT_FILE);
+        let path = dir.join(CHECKPOINT_FILE);
         std::fs::rename(&tmp, &path).map_err(StoreError::io("rename checkpoint", &path))?;
-        File::open(&self.dir)
+        File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(StoreError::io("sync tables directory", &self.dir))?;
+            .map_err(StoreError::io("sync tables directory", dir))?;
+        *written = self.generation;
+        *durable.position.lock() = self.position;
         Ok(())
     }
+}
 
+impl ReplicaTables {
     fn load_checkpoint(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let corrupt = |detail: &str| StoreError::Corrupt {
             path: path.to_owned(),
@@ -771,7 +814,7 @@ impl ReplicaTables {
         }
         let mut shards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
         publish_objects(&objects, &mut shards);
-        *self.position.lock() = position;
+        *self.durable.position.lock() = position;
         Ok(())
     }
 
@@ -884,14 +927,29 @@ impl Store for ReplicaTables {
     }
 
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
-        self.sync_dirty()?;
-        self.write_checkpoint(position)?;
-        *self.position.lock() = position.clone();
-        Ok(())
+        self.begin_checkpoint(position)?.finish()
+    }
+
+    /// Takes the dirty-file list and the index (a copy of the index, so the
+    /// pause is one pass over it); syncing the files and writing the
+    /// checkpoint file is left to `finish`.
+    fn begin_checkpoint(
+        &self,
+        position: &AppliedPosition,
+    ) -> Result<PendingCheckpoint, StoreError> {
+        let write = CheckpointWrite {
+            generation: self.begun.fetch_add(1, Ordering::Relaxed) + 1,
+            files: self.take_dirty(),
+            body: self.checkpoint_body(position),
+            position: position.clone(),
+        };
+        let dir = self.dir.clone();
+        let durable = self.durable.clone();
+        Ok(PendingCheckpoint::new(move || write.finish(&dir, &durable)))
     }
 
     fn applied_position(&self) -> AppliedPosition {
-        self.position.lock().clone()
+        self.durable.position.lock().clone()
     }
 
     fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {

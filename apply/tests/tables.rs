@@ -241,6 +241,99 @@ fn reopening_returns_the_last_checkpoint_exactly_and_drops_later_writes() {
 }
 
 #[test]
+fn a_checkpoint_finished_after_later_changes_holds_its_own_state_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = vec![3u8; 100];
+    let keys: Vec<[u8; 8]> = (0..(DATA_FILE_BYTES / 100) as u64)
+        .map(u64::to_be_bytes)
+        .collect();
+    let mut early = AppliedPosition::new(1);
+    let late;
+    {
+        let tables = ReplicaTables::open(dir.path()).unwrap();
+        let mut batch = TxnBatch::new();
+        batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
+        for (i, k) in keys.iter().enumerate() {
+            batch.push(meta(2 + i as u64), [op(OpKind::Put, 1, k, &value)]);
+        }
+        for t in batch.iter() {
+            tables.apply(&t).unwrap();
+            early.advance(&t.meta());
+        }
+        let first = tables.begin_checkpoint(&early).unwrap();
+        // Apply goes on while the first is not durable yet: new keys, a
+        // delete and an overwrite, into the same and a new data file.
+        batch.clear();
+        let base = 1 << 30;
+        batch.push(meta(base), [op(OpKind::Delete, 1, &keys[0], b"")]);
+        batch.push(meta(base + 1), [op(OpKind::Put, 1, &keys[1], b"new")]);
+        for (i, k) in keys.iter().enumerate().take(20_000) {
+            let key = [b"later-".as_slice(), k].concat();
+            batch.push(
+                meta(base + 2 + i as u64),
+                [op(OpKind::Put, 1, &key, &value)],
+            );
+        }
+        let mut at = early.clone();
+        for t in batch.iter() {
+            tables.apply(&t).unwrap();
+            at.advance(&t.meta());
+        }
+        late = at;
+        assert_eq!(tables.applied_position(), AppliedPosition::default());
+        first.finish().unwrap();
+        assert_eq!(tables.applied_position(), early);
+        // Begun second, finished first: the older one then writes nothing
+        // over it.
+        let third = tables.begin_checkpoint(&late).unwrap();
+        let fourth = tables.begin_checkpoint(&late).unwrap();
+        fourth.finish().unwrap();
+        third.finish().unwrap();
+        assert_eq!(tables.applied_position(), late);
+        // Applied after: gone after a crash.
+        batch.clear();
+        batch.push(meta(base << 1), [op(OpKind::Put, 1, b"gone", b"x")]);
+        apply_all(&tables, &batch)
+            .into_iter()
+            .for_each(|r| r.unwrap());
+    }
+    let tables = ReplicaTables::open(dir.path()).unwrap();
+    assert_eq!(tables.applied_position(), late);
+    assert_eq!(tables.len(), keys.len() - 1 + 20_000);
+    assert_eq!(tables.get(1, &keys[0]).unwrap(), None);
+    assert_eq!(tables.get(1, &keys[1]).unwrap(), Some(b"new".to_vec()));
+    assert_eq!(tables.get(1, b"gone").unwrap(), None);
+    drop(tables);
+
+    // And the first checkpoint alone (a crash before the second): its state,
+    // none of the later changes, though their bytes were synced with it.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let tables = ReplicaTables::open(dir.path()).unwrap();
+        let mut batch = TxnBatch::new();
+        batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
+        batch.push(meta(2), [op(OpKind::Put, 1, b"a", b"1")]);
+        apply_all(&tables, &batch)
+            .into_iter()
+            .for_each(|r| r.unwrap());
+        let mut at = AppliedPosition::new(1);
+        batch.iter().for_each(|t| at.advance(&t.meta()));
+        let pending = tables.begin_checkpoint(&at).unwrap();
+        batch.clear();
+        batch.push(meta(3), [op(OpKind::Put, 1, b"a", b"2")]);
+        batch.push(meta(4), [op(OpKind::Put, 1, b"b", b"1")]);
+        apply_all(&tables, &batch)
+            .into_iter()
+            .for_each(|r| r.unwrap());
+        pending.finish().unwrap();
+    }
+    let tables = ReplicaTables::open(dir.path()).unwrap();
+    assert_eq!(tables.get(1, b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(tables.get(1, b"b").unwrap(), None);
+    assert_eq!(tables.len(), 1);
+}
+
+#[test]
 fn a_damaged_checkpoint_or_record_is_reported_not_guessed() {
     let dir = tempfile::tempdir().unwrap();
     {
