@@ -18,6 +18,7 @@
 mod assemble;
 pub mod check;
 mod follow;
+mod index;
 mod parallel;
 mod position;
 mod run;

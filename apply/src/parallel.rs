@@ -303,7 +303,12 @@ impl ParallelApply {
     /// tickets: only while no worker has anything to apply.
     fn run_serial(&mut self, batch: &TxnBatch, range: Range<usize>) -> Result<(), StoreError> {
         let (mut txns, mut ops) = (0, 0);
+        let end = range.end;
+        prefetch_first(&*self.store, range.clone().map(|i| batch.get(i)));
         for i in range {
+            if i + PREFETCH_TXNS < end {
+                self.store.prefetch(&batch.get(i + PREFETCH_TXNS));
+            }
             let txn = batch.get(i);
             assert!(
                 txn.large().is_none(),
@@ -325,7 +330,12 @@ impl ParallelApply {
     /// Applies the caller's share of `batch`, in commit order.
     fn run_own(&mut self, batch: &TxnBatch) {
         let mut ops = 0;
-        for &(i, start, end) in &self.own {
+        let store = &*self.store;
+        prefetch_first(store, self.own.iter().map(|o| batch.get(o.0 as usize)));
+        for (n, &(i, start, end)) in self.own.iter().enumerate() {
+            if let Some(ahead) = self.own.get(n + PREFETCH_TXNS) {
+                store.prefetch(&batch.get(ahead.0 as usize));
+            }
             let tickets = &self.own_tickets[start as usize..end as usize];
             let txn = batch.get(i as usize);
             ops += txn.len();
@@ -469,7 +479,11 @@ impl Drop for ParallelApply {
 
 fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<Work>) {
     for mut work in rx {
+        prefetch_first(store, work.txns.iter());
         for (i, txn) in work.txns.iter().enumerate() {
+            if i + PREFETCH_TXNS < work.txns.len() {
+                store.prefetch(&work.txns.get(i + PREFETCH_TXNS));
+            }
             let (start, end) = work.ranges[i];
             run_one(
                 store,
@@ -482,6 +496,17 @@ fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<
         work.clear();
         let _ = spare.send(work);
     }
+}
+
+/// Transactions a worker has the store prefetch ahead of the one it
+/// applies: enough to overlap their misses with its work, few enough that
+/// what they fetch is still in cache when it gets there.
+const PREFETCH_TXNS: usize = 4;
+
+/// Prefetches the first `PREFETCH_TXNS` of `txns` (the loops then keep
+/// that far ahead).
+fn prefetch_first<'a>(store: &dyn Store, txns: impl Iterator<Item = Txn<'a>>) {
+    txns.take(PREFETCH_TXNS).for_each(|t| store.prefetch(&t));
 }
 
 /// Takes the outcome of one transaction's apply: a refusal is logged and

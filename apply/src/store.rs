@@ -180,6 +180,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// with object-level changes is never concurrent with any other.
     fn apply(&self, txn: &Txn<'_>) -> Result<(), StoreError>;
 
+    /// Starts fetching into cache what applying `txn` will touch: called a
+    /// few transactions ahead of `apply`, from any thread, holding nothing,
+    /// so the misses of the transactions after the current one overlap with
+    /// its work. A hint; the default does nothing.
+    fn prefetch(&self, _txn: &Txn<'_>) {}
+
     /// Applies a transaction too large to hold in memory, all or nothing, as
     /// `apply` does: `txn` gives its changes again on each `for_each`, so a
     /// store checks them in one pass and applies them in another. Never

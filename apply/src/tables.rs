@@ -7,19 +7,22 @@
 //!   appends to its own current file (its lane) under its own lock; a
 //!   transaction's records go to its lowest shard's lane.
 //! - The index is in memory: 64 shards by the low bits of the record hash
-//!   (as stripes are chosen, decisions.md 22), each one flat hash
-//!   table of slots (record hash, object, key, file, offset, length), probed
-//!   with the hash computed once per change. Keys up to 22 bytes sit in the
-//!   slot; longer ones are boxed. Cost per key: a 56-byte slot over the
-//!   table's load factor (about 64-72 bytes), plus the key for keys over 22
-//!   bytes. Values stay on disk (page cache), so tables larger than memory
-//!   work as long as the keys fit.
-//! - No write-ahead log: staging already is one. `checkpoint` syncs the data
-//!   files written since the last one, then writes the whole index, the
-//!   objects and the applied position to `checkpoint.tmp`, syncs it and
-//!   renames it over `checkpoint`. Opening loads the last checkpoint and
-//!   deletes data files made after it; apply then replays staging from the
-//!   checkpoint's position.
+//!   (as stripes are chosen, decisions.md 22), each one open-addressing
+//!   table (`index.rs`) of 64-byte slots (record hash, object, key, file,
+//!   offset, length), probed with the hash computed once per change; `apply`
+//!   prefetches a transaction's slots before it changes them. Keys up to 35
+//!   bytes sit in the slot; longer ones in a side list. Cost per key: a
+//!   64-byte slot over the load factor (3/8 to 3/4: 85-170 bytes, about 115
+//!   on average), plus the key for keys over 35 bytes (`index_bytes`).
+//!   Values stay on disk (page cache), so tables larger than memory work as
+//!   long as the keys fit.
+//! - No write-ahead log: staging already is one. A checkpoint takes, with
+//!   apply paused, the list of data files written since the last one and a
+//!   copy of the whole index, the objects and the applied position
+//!   (`begin_checkpoint`); then, beside apply, syncs those files, writes the
+//!   copy to `checkpoint.tmp`, syncs it and renames it over `checkpoint`.
+//!   Opening loads the last checkpoint and deletes data files made after it;
+//!   apply then replays staging from the checkpoint's position.
 //! - Writers hold the write locks of every shard their transaction touches
 //!   (in shard order) while they update the index, and readers take the read
 //!   lock of the shard (or shards, `get_many`) they read: a reader sees a
@@ -34,12 +37,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hashbrown::HashTable;
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::lock_api::RawRwLock as _;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::check::bucket_of;
+use crate::index::{Index, Loc, PrefetchHint};
 use crate::position::AppliedPosition;
 use crate::store::{
     check_objects, record_hash, visit_buckets_in_memory, BucketVisit, ObjectCheck, ObjectInfo,
@@ -59,16 +62,13 @@ const VISIT_GROUP_RECORDS: usize = 4 << 20;
 const PREFETCH_AHEAD: usize = 16;
 /// Data-file bytes faulted in at once ahead of the appends.
 const POPULATE_BYTES: usize = 1 << 20;
+/// How far ahead of the change it makes `apply` fetches index slots: enough
+/// misses in flight to hide their latency, not so many that they evict each
+/// other.
+const LOOKAHEAD_OPS: usize = 8;
 const CHECKPOINT_MAGIC: &[u8; 8] = b"HATBLCK1";
 const CHECKPOINT_FILE: &str = "checkpoint";
 const MAX_JOURNALS: usize = 4096;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Loc {
-    file: u32,
-    offset: u32,
-    len: u32,
-}
 
 /// One data file, mapped for its whole size.
 #[derive(Debug)]
@@ -228,63 +228,9 @@ struct Lane {
     file: Option<Arc<DataFile>>,
 }
 
-/// A key in an index slot: short keys inline, so a probe reads no other
-/// memory.
-#[derive(Clone, Debug)]
-enum SlotKey {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    Heap(Box<[u8]>),
-}
-
-const INLINE_KEY: usize = 22;
-
-impl SlotKey {
-    fn new(key: &[u8]) -> SlotKey {
-        if key.len() <= INLINE_KEY {
-            let mut bytes = [0u8; INLINE_KEY];
-            bytes[..key.len()].copy_from_slice(key);
-            SlotKey::Inline {
-                len: key.len() as u8,
-                bytes,
-            }
-        } else {
-            SlotKey::Heap(key.into())
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            SlotKey::Inline { len, bytes } => &bytes[..*len as usize],
-            SlotKey::Heap(b) => b,
-        }
-    }
-}
-
-/// One record's index entry.
-#[derive(Clone, Debug)]
-struct Slot {
-    hash: u64,
-    object: u64,
-    key: SlotKey,
-    loc: Loc,
-}
-
-impl Slot {
-    fn is(&self, hash: u64, object: u64, key: &[u8]) -> bool {
-        self.hash == hash && self.object == object && self.key.as_slice() == key
-    }
-}
-
-/// The hash the shard's table probes with. Shards are chosen by the low
-/// bits of the record hash, which every slot of a shard shares, and the
-/// table takes its bucket from the low bits: rotate fresh bits down.
-fn table_hash(hash: u64) -> u64 {
-    hash.rotate_left(26)
-}
-
 #[derive(Debug, Default)]
 struct Shard {
-    records: HashTable<Slot>,
+    records: Index,
     /// Ids of the objects that exist, the same in every shard: changed only
     /// with every shard write-locked, so a transaction checks its objects
     /// under the shard locks it holds anyway, touching no shared line.
@@ -299,50 +245,21 @@ struct Shard {
 
 impl Shard {
     fn get(&self, hash: u64, object: u64, key: &[u8]) -> Option<Loc> {
-        self.records
-            .find(table_hash(hash), |s| s.is(hash, object, key))
-            .map(|s| s.loc)
+        self.records.get(hash, object, key)
     }
 
     /// Points the record at `loc`; returns where it was before.
     fn put(&mut self, hash: u64, object: u64, key: &[u8], loc: Loc) -> Option<Loc> {
-        if let Some(slot) = self
-            .records
-            .find_mut(table_hash(hash), |s| s.is(hash, object, key))
-        {
-            return Some(std::mem::replace(&mut slot.loc, loc));
-        }
-        self.records.insert_unique(
-            table_hash(hash),
-            Slot {
-                hash,
-                object,
-                key: SlotKey::new(key),
-                loc,
-            },
-            |s| table_hash(s.hash),
-        );
-        None
+        self.records.put(hash, object, key, loc)
     }
 
     fn remove(&mut self, hash: u64, object: u64, key: &[u8]) -> Option<Loc> {
-        self.records
-            .find_entry(table_hash(hash), |s| s.is(hash, object, key))
-            .ok()
-            .map(|e| e.remove().0.loc)
+        self.records.remove(hash, object, key)
     }
 
     /// Removes every record of `object`; returns their bytes.
     fn remove_object(&mut self, object: u64) -> u64 {
-        let mut bytes = 0;
-        self.records.retain(|s| {
-            let keep = s.object != object;
-            if !keep {
-                bytes += s.loc.len as u64;
-            }
-            keep
-        });
-        bytes
+        self.records.retain(|o| o != object)
     }
 }
 
@@ -430,6 +347,8 @@ pub struct ReplicaTables {
     next_file: AtomicU32,
     /// Files written since the last checkpoint.
     dirty: Mutex<Vec<Arc<DataFile>>>,
+    /// Each shard's `Index::hint`, read without its lock.
+    hints: Box<[Arc<PrefetchHint>]>,
     /// Checkpoints begun.
     begun: AtomicU64,
     durable: Arc<Durable>,
@@ -448,9 +367,12 @@ impl ReplicaTables {
     pub fn open(dir: impl AsRef<Path>) -> Result<ReplicaTables, StoreError> {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(StoreError::io("create tables directory", &dir))?;
+        let shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
+        let hints = shards.iter().map(|s| s.records.hint()).collect();
         let tables = ReplicaTables {
             objects: RwLock::new(BTreeMap::new()),
-            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            shards: shards.into_iter().map(RwLock::new).collect(),
+            hints,
             files: RwLock::new(Files::default()),
             next_file: AtomicU32::new(1),
             dirty: Mutex::new(Vec::new()),
@@ -480,6 +402,15 @@ impl ReplicaTables {
     /// Records held, over all objects.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().records.len()).sum()
+    }
+
+    /// Bytes the in-memory index takes (slots and long keys): divided by
+    /// `len`, the index cost per key.
+    pub fn index_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().records.memory_bytes())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -666,7 +597,7 @@ impl ReplicaTables {
         body.extend_from_slice(&count.to_le_bytes());
         for shard in self.shards.iter() {
             for slot in shard.read().records.iter() {
-                let key = slot.key.as_slice();
+                let key = slot.key;
                 body.extend_from_slice(&slot.object.to_le_bytes());
                 body.extend_from_slice(&(key.len() as u32).to_le_bytes());
                 body.extend_from_slice(key);
@@ -892,8 +823,15 @@ impl Store for ReplicaTables {
                 known = op.object_id;
             }
         }
-        // Records go to the lowest shard's lane, under its lock.
+        // Records go to the lowest shard's lane, under its lock. The index
+        // slot LOOKAHEAD_OPS changes on is fetched while this one is made
+        // (`prefetch` fetched the first ones).
+        let mut ahead = txn.ops().skip(LOOKAHEAD_OPS);
         for op in txn.ops() {
+            if let Some(next) = ahead.next() {
+                let hash = record_hash(next.object_id, next.key);
+                locked.shard(shard_of(hash)).records.prefetch(hash);
+            }
             let hash = record_hash(op.object_id, op.key);
             let loc = match op.kind {
                 OpKind::Put => Some(self.append(&mut locked.shard(lane).lane, &op)?),
@@ -928,6 +866,16 @@ impl Store for ReplicaTables {
 
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
         self.begin_checkpoint(position)?.finish()
+    }
+
+    /// The index slots of the transaction's first `LOOKAHEAD_OPS` records
+    /// (`apply` fetches the rest as it goes; the data files are appended in
+    /// order, which the hardware prefetches by itself).
+    fn prefetch(&self, txn: &Txn<'_>) {
+        for op in txn.ops().take(LOOKAHEAD_OPS) {
+            let hash = record_hash(op.object_id, op.key);
+            self.hints[shard_of(hash)].prefetch(hash);
+        }
     }
 
     /// Takes the dirty-file list and the index (a copy of the index, so the
@@ -965,7 +913,7 @@ impl Store for ReplicaTables {
     }
 
     fn scan(&self, object_id: u64, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
-        let mut locs: Vec<(SlotKey, Loc)> = Vec::new();
+        let mut locs: Vec<(Box<[u8]>, Loc)> = Vec::new();
         for shard in self.shards.iter() {
             locs.extend(
                 shard
@@ -973,14 +921,14 @@ impl Store for ReplicaTables {
                     .records
                     .iter()
                     .filter(|s| s.object == object_id)
-                    .map(|s| (s.key.clone(), s.loc)),
+                    .map(|s| (Box::from(s.key), s.loc)),
             );
         }
-        locs.sort_unstable_by(|a, b| a.0.as_slice().cmp(b.0.as_slice()));
+        locs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let files = self.files.read();
         for (key, loc) in &locs {
             if let Some(value) = self.read_value(&files, Some(*loc))? {
-                visit(key.as_slice(), &value);
+                visit(key, &value);
             }
         }
         Ok(())

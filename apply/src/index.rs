@@ -1,0 +1,480 @@
+//! The replica tables' in-memory index: one open-addressing hash table per
+//! shard, built so that a change costs one cache miss, and that miss can be
+//! started early.
+//!
+//! Each slot is one 64-byte cache line: record hash, object, location, and
+//! the key itself when it has at most 35 bytes (longer keys live in a side
+//! list the slot points into). Linear probing, at most 3/4 full, with
+//! deletion by backward shift (no tombstones): a lookup reads the home slot's
+//! line and, rarely, the next ones, which the hardware fetches with it.
+//! `prefetch` starts loading a record's home slot, and `PrefetchHint` lets
+//! that be done without the shard's lock: parallel apply has the store fetch
+//! the slots of the transactions a few ahead of the one it applies
+//! (`Store::prefetch`), and `ReplicaTables::apply` fetches a transaction's
+//! later slots as it goes.
+//!
+//! Why not `hashbrown`: its control bytes and its slots are separate lines,
+//! and its layout gives no address to prefetch (decisions.md 26).
+
+use std::alloc::Layout;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Where a record is: data file, offset, length (never 0: a record has a
+/// header).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Loc {
+    pub file: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// Keys up to this many bytes sit in the slot.
+pub(crate) const INLINE_KEY: usize = 35;
+/// `key_len` of a slot whose key is in the side list.
+const LONG: u8 = u8::MAX;
+const MIN_SLOTS: usize = 64;
+
+/// One record's entry: a cache line. All zeroes is an empty slot (its
+/// `loc.len` is 0).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u64,
+    object: u64,
+    loc: Loc,
+    key_len: u8,
+    /// The key, or for a long key the index of its entry in `Index::long`
+    /// (little-endian u32 in the first 4 bytes).
+    key: [u8; INLINE_KEY],
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 64);
+
+impl Slot {
+    fn is_empty(&self) -> bool {
+        self.loc.len == 0
+    }
+
+    fn zeroed() -> Slot {
+        Slot {
+            hash: 0,
+            object: 0,
+            loc: Loc::default(),
+            key_len: 0,
+            key: [0; INLINE_KEY],
+        }
+    }
+
+    fn long_index(&self) -> usize {
+        u32::from_le_bytes(self.key[..4].try_into().unwrap()) as usize
+    }
+}
+
+/// Where a table's slots are, readable without the table's lock, so apply
+/// can start fetching the slots of transactions it has not reached yet.
+/// Read racily on purpose: a stale or torn pair only makes a useless
+/// prefetch, which never faults.
+#[derive(Debug, Default)]
+pub(crate) struct PrefetchHint {
+    base: AtomicUsize,
+    mask: AtomicUsize,
+}
+
+impl PrefetchHint {
+    /// Starts loading the home slot of `hash` into cache.
+    pub fn prefetch(&self, hash: u64) {
+        let base = self.base.load(Ordering::Relaxed);
+        if base == 0 {
+            return;
+        }
+        let home = hash.rotate_left(26) as usize & self.mask.load(Ordering::Relaxed);
+        prefetch_line(base.wrapping_add(home * std::mem::size_of::<Slot>()) as *const u8);
+    }
+}
+
+/// A hint to the CPU to load the line at `at` (nothing on targets without
+/// one). Any address will do: a prefetch never faults.
+fn prefetch_line(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint with no effect on memory or program
+    // state, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(at.cast(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// One shard's table.
+pub(crate) struct Index {
+    /// A power of two long, or empty before the first insert.
+    slots: Box<[Slot]>,
+    len: usize,
+    /// Keys longer than `INLINE_KEY`; `None` where freed.
+    long: Vec<Option<Box<[u8]>>>,
+    free_long: Vec<u32>,
+    hint: Arc<PrefetchHint>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            slots: Box::new([]),
+            len: 0,
+            long: Vec::new(),
+            free_long: Vec::new(),
+            hint: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("len", &self.len)
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+/// A record as the index holds it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry<'a> {
+    pub hash: u64,
+    pub object: u64,
+    pub key: &'a [u8],
+    pub loc: Loc,
+}
+
+/// `n` empty slots. Zeroed memory straight from the allocator (a large
+/// table's fresh pages are zero already, not written here).
+fn empty_slots(n: usize) -> Box<[Slot]> {
+    let layout = Layout::array::<Slot>(n).expect("index size overflows");
+    // SAFETY: `n` > 0 (callers ask for at least MIN_SLOTS), so the layout
+    // has a non-zero size; all zeroes is a valid `Slot` (integers only); and
+    // the pointer comes from the global allocator with the layout a
+    // `Box<[Slot]>` of `n` frees it with.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<Slot>();
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
+    }
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Where this table's slots are, kept current as it grows.
+    pub fn hint(&self) -> Arc<PrefetchHint> {
+        self.hint.clone()
+    }
+
+    /// Bytes this table holds in memory (slots and long keys).
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<Slot>()
+            + self
+                .long
+                .iter()
+                .map(|k| k.as_ref().map_or(0, |k| k.len() + 16))
+                .sum::<usize>()
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// Shards take the low bits of the record hash, which all of a shard's
+    /// records share: the table takes its slot from the high bits.
+    fn home(&self, hash: u64) -> usize {
+        hash.rotate_left(26) as usize & self.mask()
+    }
+
+    fn key_of<'a>(&'a self, slot: &'a Slot) -> &'a [u8] {
+        if slot.key_len == LONG {
+            self.long[slot.long_index()]
+                .as_deref()
+                .expect("a slot points at a freed long key")
+        } else {
+            &slot.key[..slot.key_len as usize]
+        }
+    }
+
+    fn matches(&self, slot: &Slot, hash: u64, object: u64, key: &[u8]) -> bool {
+        slot.hash == hash && slot.object == object && self.key_of(slot) == key
+    }
+
+    /// Where the record is, or the empty slot where it would go.
+    fn find(&self, hash: u64, object: u64, key: &[u8]) -> Result<usize, usize> {
+        let mask = self.mask();
+        let mut i = self.home(hash);
+        loop {
+            let slot = &self.slots[i];
+            if slot.is_empty() {
+                return Err(i);
+            }
+            if self.matches(slot, hash, object, key) {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Starts loading the home slot of `hash` into cache.
+    pub fn prefetch(&self, hash: u64) {
+        if !self.slots.is_empty() {
+            prefetch_line((&self.slots[self.home(hash)] as *const Slot).cast());
+        }
+    }
+
+    pub fn get(&self, hash: u64, object: u64, key: &[u8]) -> Option<Loc> {
+        if self.len == 0 {
+            return None;
+        }
+        self.find(hash, object, key).ok().map(|i| self.slots[i].loc)
+    }
+
+    /// Points the record at `loc`; returns where it was before.
+    pub fn put(&mut self, hash: u64, object: u64, key: &[u8], loc: Loc) -> Option<Loc> {
+        assert!(loc.len > 0, "a record location has a length");
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        match self.find(hash, object, key) {
+            Ok(i) => Some(std::mem::replace(&mut self.slots[i].loc, loc)),
+            Err(i) => {
+                let mut slot = Slot {
+                    hash,
+                    object,
+                    loc,
+                    key_len: key.len() as u8,
+                    key: [0; INLINE_KEY],
+                };
+                if key.len() <= INLINE_KEY {
+                    slot.key[..key.len()].copy_from_slice(key);
+                } else {
+                    slot.key_len = LONG;
+                    let at = match self.free_long.pop() {
+                        Some(at) => {
+                            self.long[at as usize] = Some(key.into());
+                            at
+                        }
+                        None => {
+                            self.long.push(Some(key.into()));
+                            u32::try_from(self.long.len() - 1).expect("over 4G long keys")
+                        }
+                    };
+                    slot.key[..4].copy_from_slice(&at.to_le_bytes());
+                }
+                self.slots[i] = slot;
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, hash: u64, object: u64, key: &[u8]) -> Option<Loc> {
+        if self.len == 0 {
+            return None;
+        }
+        let i = self.find(hash, object, key).ok()?;
+        let loc = self.slots[i].loc;
+        self.vacate(i);
+        Some(loc)
+    }
+
+    /// Empties slot `i`, then moves later slots of its run back into the
+    /// hole wherever their home allows, so every record stays reachable from
+    /// its home without tombstones.
+    fn vacate(&mut self, i: usize) {
+        let slot = self.slots[i];
+        if slot.key_len == LONG {
+            self.long[slot.long_index()] = None;
+            self.free_long.push(slot.long_index() as u32);
+        }
+        let mask = self.mask();
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let next = self.slots[j];
+            if next.is_empty() {
+                break;
+            }
+            let home = self.home(next.hash);
+            // `next` may move to the hole unless its home lies after the
+            // hole (cyclically, in hole+1..=j).
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.slots[hole] = next;
+                hole = j;
+            }
+        }
+        self.slots[hole] = Slot::zeroed();
+        self.len -= 1;
+    }
+
+    /// Keeps the records `keep` says to; returns the bytes of those removed.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) -> u64 {
+        let mut bytes = 0;
+        let mut i = 0;
+        // Backward shifts move records only towards lower indices within a
+        // run, except across the wrap: scan until a pass removes nothing.
+        loop {
+            let mut removed = false;
+            while i < self.slots.len() {
+                let slot = self.slots[i];
+                if !slot.is_empty() && !keep(slot.object) {
+                    bytes += slot.loc.len as u64;
+                    self.vacate(i);
+                    removed = true;
+                    // Slot i now holds a shifted record: look again.
+                    continue;
+                }
+                i += 1;
+            }
+            if !removed {
+                return bytes;
+            }
+            i = 0;
+        }
+    }
+
+    fn grow(&mut self) {
+        let n = (self.slots.len() * 2).max(MIN_SLOTS);
+        let old = std::mem::replace(&mut self.slots, empty_slots(n));
+        let mask = self.mask();
+        for slot in old.iter().filter(|s| !s.is_empty()) {
+            let mut i = self.home(slot.hash);
+            while !self.slots[i].is_empty() {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = *slot;
+        }
+        self.hint.mask.store(mask, Ordering::Relaxed);
+        self.hint
+            .base
+            .store(self.slots.as_ptr() as usize, Ordering::Relaxed);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
+        self.slots.iter().filter(|s| !s.is_empty()).map(|s| Entry {
+            hash: s.hash,
+            object: s.object,
+            key: self.key_of(s),
+            loc: s.loc,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn loc(n: u32) -> Loc {
+        Loc {
+            file: n,
+            offset: n.wrapping_mul(7),
+            len: 20 + n % 100,
+        }
+    }
+
+    /// Random puts, overwrites and removes with short and long keys and
+    /// colliding hashes, against a HashMap; the table must agree after
+    /// every step (seed printed).
+    #[test]
+    fn agrees_with_a_map_under_random_changes() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        eprintln!("index test seed {seed}");
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut index = Index::default();
+        let mut model: HashMap<(u64, Vec<u8>), Loc> = HashMap::new();
+        for step in 0..200_000u32 {
+            let k = next() % 3000;
+            let object = k % 3;
+            let key: Vec<u8> = if k % 5 == 0 {
+                vec![k as u8; 40 + (k % 7) as usize]
+            } else {
+                k.to_le_bytes().to_vec()
+            };
+            // Few distinct homes (the table takes them from the high bits),
+            // half at the start of the table, half at its end: long runs,
+            // and runs that wrap around.
+            let spot = k % 97;
+            let high = if k % 2 == 0 {
+                spot
+            } else {
+                (1 << 26) - 1 - spot
+            };
+            let hash = (high << 38) | (k % 64);
+            match next() % 10 {
+                0..=5 => {
+                    let l = loc(step);
+                    let before = index.put(hash, object, &key, l);
+                    assert_eq!(
+                        before,
+                        model.insert((object, key.clone()), l),
+                        "seed {seed}"
+                    );
+                }
+                6..=8 => {
+                    assert_eq!(
+                        index.remove(hash, object, &key),
+                        model.remove(&(object, key.clone())),
+                        "seed {seed}"
+                    );
+                }
+                _ => {
+                    assert_eq!(
+                        index.get(hash, object, &key),
+                        model.get(&(object, key.clone())).copied(),
+                        "seed {seed}"
+                    );
+                }
+            }
+            assert_eq!(index.len(), model.len(), "seed {seed}");
+        }
+        let mut seen: Vec<(u64, Vec<u8>, Loc)> = index
+            .iter()
+            .map(|e| (e.object, e.key.to_vec(), e.loc))
+            .collect();
+        seen.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut want: Vec<(u64, Vec<u8>, Loc)> = model
+            .iter()
+            .map(|((o, k), l)| (*o, k.clone(), *l))
+            .collect();
+        want.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        assert_eq!(seen, want, "seed {seed}");
+
+        let removed = index.retain(|object| object != 1);
+        let want_bytes: u64 = model
+            .iter()
+            .filter(|((o, _), _)| *o == 1)
+            .map(|(_, l)| l.len as u64)
+            .sum();
+        model.retain(|(o, _), _| *o != 1);
+        assert_eq!(removed, want_bytes, "seed {seed}");
+        assert_eq!(index.len(), model.len(), "seed {seed}");
+        for ((o, k), l) in &model {
+            let hash = index
+                .iter()
+                .find(|e| e.object == *o && e.key == &k[..])
+                .map(|e| e.hash)
+                .expect("kept record");
+            assert_eq!(index.get(hash, *o, k), Some(*l), "seed {seed}");
+        }
+    }
+}
