@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apply::{
-    AppliedPosition, Assembler, JournalPosition, ReplicaTables, RunOptions, RunStatus,
-    StagedJournal, Store, TxnBatch, APPLIED_FILE,
+    AppliedPosition, Assembler, JournalPosition, PendingCheckpoint, ReplicaTables, RunOptions,
+    RunStatus, StagedJournal, Store, StoreError, TxnBatch, APPLIED_FILE,
 };
 use engine::frame::{Codec, FrameEncoder};
 use engine::journal::entry::encode_to_vec;
@@ -241,4 +241,85 @@ fn several_journals_merge_in_commit_time_order() {
     );
     assert_eq!(store.applied_position().journals(), target);
     assert_eq!(store_state(&*store), expected);
+}
+
+/// Replica tables whose checkpoints are taken but never become durable (a
+/// disk that fails the sync).
+#[derive(Debug)]
+struct UnsyncableTables(ReplicaTables);
+
+impl Store for UnsyncableTables {
+    fn apply(&self, txn: &apply::Txn<'_>) -> Result<(), StoreError> {
+        self.0.apply(txn)
+    }
+
+    fn checkpoint(&self, _position: &AppliedPosition) -> Result<(), StoreError> {
+        Err(StoreError::Database("sync failed".into()))
+    }
+
+    fn begin_checkpoint(
+        &self,
+        position: &AppliedPosition,
+    ) -> Result<PendingCheckpoint, StoreError> {
+        // The tables' own state is taken, as for a real checkpoint; only
+        // its finish fails.
+        drop(self.0.begin_checkpoint(position)?);
+        Ok(PendingCheckpoint::new(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            Err(StoreError::Database("sync failed".into()))
+        }))
+    }
+
+    fn applied_position(&self) -> AppliedPosition {
+        self.0.applied_position()
+    }
+
+    fn objects(&self) -> Result<Vec<apply::ObjectInfo>, StoreError> {
+        self.0.objects()
+    }
+
+    fn scan(&self, object_id: u64, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        self.0.scan(object_id, visit)
+    }
+
+    fn get(&self, object_id: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(object_id, key)
+    }
+}
+
+/// Checkpoints are made durable beside apply: `applied.pos` (which lets
+/// the receiver purge staging) must move only once one is, so a checkpoint
+/// that fails leaves it where it was, and apply stops with the error.
+#[test]
+fn applied_pos_waits_for_a_durable_checkpoint() {
+    let seed = seed("applied_pos_waits_for_a_durable_checkpoint");
+    let entries = journal_workload(seed, 2000, 0, |s| 1_000 + s);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let journals = [StagedJournal {
+        name: "main".into(),
+        dir: dir.clone(),
+    }];
+    let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
+    stage(&mut staging, &entries, 0, entries.len(), 100);
+    let store = Arc::new(UnsyncableTables(
+        ReplicaTables::open(root.path().join("replica")).unwrap(),
+    ));
+    let stop = AtomicBool::new(false);
+    let status = RunStatus::default();
+    let result = std::thread::scope(|s| {
+        let runner = s.spawn(|| apply::run(store, &journals, &options(), &stop, &status));
+        let started = Instant::now();
+        while !runner.is_finished() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        runner.join().unwrap()
+    });
+    let err = result.expect_err("a checkpoint that cannot be made durable stops apply");
+    assert!(err.to_string().contains("sync failed"), "{err}");
+    // Still where apply started (resume from the first sequence), though
+    // checkpoints of later positions were begun.
+    assert_eq!(read_position_file(&dir.join(APPLIED_FILE)), Some(1));
+    assert_eq!(status.checkpoints.load(Ordering::Relaxed), 0);
 }
