@@ -88,9 +88,16 @@ impl PrefetchHint {
         if base == 0 {
             return;
         }
-        let home = hash.rotate_left(26) as usize & self.mask.load(Ordering::Relaxed);
+        let home = home(hash, self.mask.load(Ordering::Relaxed));
         prefetch_line(base.wrapping_add(home * std::mem::size_of::<Slot>()) as *const u8);
     }
+}
+
+/// The slot a record's probe starts at in a table of `mask + 1` slots.
+/// Shards take the low bits of the record hash, which all of a shard's
+/// records share: the table takes its slot from the high bits.
+fn home(hash: u64, mask: usize) -> usize {
+    hash.rotate_left(26) as usize & mask
 }
 
 /// A hint to the CPU to load the line at `at` (nothing on targets without
@@ -188,10 +195,8 @@ impl Index {
         self.slots.len() - 1
     }
 
-    /// Shards take the low bits of the record hash, which all of a shard's
-    /// records share: the table takes its slot from the high bits.
     fn home(&self, hash: u64) -> usize {
-        hash.rotate_left(26) as usize & self.mask()
+        home(hash, self.mask())
     }
 
     fn key_of<'a>(&'a self, slot: &'a Slot) -> &'a [u8] {
@@ -388,22 +393,12 @@ mod tests {
     /// every step (seed printed).
     #[test]
     fn agrees_with_a_map_under_random_changes() {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("index test seed {seed}");
-        let mut state = seed | 1;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let seed = testkit::seed("index agrees_with_a_map_under_random_changes");
+        let mut rng = testkit::Rng(seed);
         let mut index = Index::default();
         let mut model: HashMap<(u64, Vec<u8>), Loc> = HashMap::new();
         for step in 0..200_000u32 {
-            let k = next() % 3000;
+            let k = rng.below(3000);
             let object = k % 3;
             let key: Vec<u8> = if k % 5 == 0 {
                 vec![k as u8; 40 + (k % 7) as usize]
@@ -420,7 +415,7 @@ mod tests {
                 (1 << 26) - 1 - spot
             };
             let hash = (high << 38) | (k % 64);
-            match next() % 10 {
+            match rng.below(10) {
                 0..=5 => {
                     let l = loc(step);
                     let before = index.put(hash, object, &key, l);

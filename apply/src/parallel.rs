@@ -303,12 +303,11 @@ impl ParallelApply {
     /// tickets: only while no worker has anything to apply.
     fn run_serial(&mut self, batch: &TxnBatch, range: Range<usize>) -> Result<(), StoreError> {
         let (mut txns, mut ops) = (0, 0);
-        let end = range.end;
-        prefetch_first(&*self.store, range.clone().map(|i| batch.get(i)));
+        let (start, end) = (range.start, range.end);
         for i in range {
-            if i + PREFETCH_TXNS < end {
-                self.store.prefetch(&batch.get(i + PREFETCH_TXNS));
-            }
+            prefetch_ahead(&*self.store, i - start, |n| {
+                (start + n < end).then(|| batch.get(start + n))
+            });
             let txn = batch.get(i);
             assert!(
                 txn.large().is_none(),
@@ -330,12 +329,11 @@ impl ParallelApply {
     /// Applies the caller's share of `batch`, in commit order.
     fn run_own(&mut self, batch: &TxnBatch) {
         let mut ops = 0;
-        let store = &*self.store;
-        prefetch_first(store, self.own.iter().map(|o| batch.get(o.0 as usize)));
-        for (n, &(i, start, end)) in self.own.iter().enumerate() {
-            if let Some(ahead) = self.own.get(n + PREFETCH_TXNS) {
-                store.prefetch(&batch.get(ahead.0 as usize));
-            }
+        let own = &self.own;
+        for (n, &(i, start, end)) in own.iter().enumerate() {
+            prefetch_ahead(&*self.store, n, |m| {
+                own.get(m).map(|o| batch.get(o.0 as usize))
+            });
             let tickets = &self.own_tickets[start as usize..end as usize];
             let txn = batch.get(i as usize);
             ops += txn.len();
@@ -479,11 +477,9 @@ impl Drop for ParallelApply {
 
 fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<Work>) {
     for mut work in rx {
-        prefetch_first(store, work.txns.iter());
         for (i, txn) in work.txns.iter().enumerate() {
-            if i + PREFETCH_TXNS < work.txns.len() {
-                store.prefetch(&work.txns.get(i + PREFETCH_TXNS));
-            }
+            let txns = &work.txns;
+            prefetch_ahead(store, i, |m| (m < txns.len()).then(|| txns.get(m)));
             let (start, end) = work.ranges[i];
             run_one(
                 store,
@@ -503,10 +499,16 @@ fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<
 /// what they fetch is still in cache when it gets there.
 const PREFETCH_TXNS: usize = 4;
 
-/// Prefetches the first `PREFETCH_TXNS` of `txns` (the loops then keep
-/// that far ahead).
-fn prefetch_first<'a>(store: &dyn Store, txns: impl Iterator<Item = Txn<'a>>) {
-    txns.take(PREFETCH_TXNS).for_each(|t| store.prefetch(&t));
+/// Before the `n`th of a run of transactions (`txn(m)`: the `m`th, if
+/// any) is applied, has the store prefetch the one `PREFETCH_TXNS` ahead;
+/// before the first, the first `PREFETCH_TXNS` too.
+fn prefetch_ahead<'a>(store: &dyn Store, n: usize, txn: impl Fn(usize) -> Option<Txn<'a>>) {
+    let from = if n == 0 { 0 } else { n + PREFETCH_TXNS };
+    for m in from..=n + PREFETCH_TXNS {
+        if let Some(t) = txn(m) {
+            store.prefetch(&t);
+        }
+    }
 }
 
 /// Takes the outcome of one transaction's apply: a refusal is logged and
