@@ -47,10 +47,18 @@ use crate::txn::{LargeTxn, OpKind, Txn, TxnBatch};
 pub struct ApplyOptions {
     pub workers: usize,
     pub stripes: usize,
-    /// A batch whose transactions average more changes than this is applied
-    /// by the caller alone (`usize::MAX`: never; measured default,
-    /// decisions.md 22).
+    /// For a store that cannot split a batch into parts by record
+    /// (`Store::lock_parts`): a batch whose transactions average more
+    /// changes than this is applied by the caller alone, the others by
+    /// workers taking stripe tickets (`usize::MAX`: never alone; measured
+    /// default, decisions.md 22). A store that splits always applies in
+    /// parts (decisions.md 27).
     pub serial_ops_per_txn: usize,
+    /// Fewest transactions in a run such a batch applies split into parts
+    /// (`Store::lock_parts`, one part per worker); shorter runs are applied
+    /// by the caller alone, as starting the other threads would cost more
+    /// than they save.
+    pub parted_min_txns: usize,
     /// Where the outcomes of sync-check probes (S-CK) go: the log a check
     /// service answers from. `None` (no service): probes are passed over,
     /// so outcomes nobody will take do not pile up.
@@ -63,6 +71,7 @@ impl Default for ApplyOptions {
             workers: 2,
             stripes: 1024,
             serial_ops_per_txn: 2,
+            parted_min_txns: 64,
             probes: None,
         }
     }
@@ -156,6 +165,10 @@ pub struct ParallelApply {
     stripes: usize,
     workers: usize,
     serial_ops_per_txn: usize,
+    parted_min_txns: usize,
+    /// Parts a batch splits into (a power of two, at most `workers`), or 1
+    /// if the store cannot split.
+    parts: usize,
     shared: Arc<Shared>,
     /// The caller's share of the batch being submitted: (transaction index,
     /// its tickets in `own_tickets`).
@@ -178,6 +191,14 @@ impl ParallelApply {
     pub fn new(store: Arc<dyn Store>, options: &ApplyOptions) -> ParallelApply {
         let workers = options.workers.clamp(1, store.max_parallel().max(1));
         let stripes = options.stripes.max(1);
+        // Parts divide the store's shards: a power of two. Asking once
+        // tells whether the store splits (nothing is applying yet).
+        let parts = 1 << workers.ilog2();
+        let parts = if parts > 1 && store.lock_parts(parts).is_some() {
+            parts
+        } else {
+            1
+        };
         let shared = Arc::new(Shared {
             serving: (0..stripes.div_ceil(8) * 8)
                 .map(|_| AtomicU64::new(0))
@@ -213,6 +234,8 @@ impl ParallelApply {
             stripes,
             workers,
             serial_ops_per_txn: options.serial_ops_per_txn,
+            parted_min_txns: options.parted_min_txns.max(1),
+            parts,
             shared,
             own: Vec::new(),
             own_tickets: Vec::new(),
@@ -268,13 +291,15 @@ impl ParallelApply {
             return self.run_serial(batch, range);
         }
         let ops: usize = range.clone().map(|i| batch.get(i).len()).sum();
-        if ops > self.serial_ops_per_txn.saturating_mul(range.len()) {
+        if self.parts > 1 || ops > self.serial_ops_per_txn.saturating_mul(range.len()) {
             // Transactions of several changes each spread over many stripes
-            // (and shards) and would mostly wait for each other while their
-            // locks bounce between cores: the caller applies the batch alone
-            // once the workers are idle (decisions.md 22).
+            // (and shards) and would mostly wait for each other's tickets
+            // while their locks bounce between cores: once the workers are
+            // idle, the batch is split by record instead, each part on its
+            // own thread, or else applied by the caller alone (decisions.md
+            // 22, 27).
             self.drain()?;
-            return self.run_serial(batch, range);
+            return self.run_parted(batch, range);
         }
         for i in range {
             let txn = batch.get(i);
@@ -320,6 +345,72 @@ impl ParallelApply {
             self.position.advance(&txn.meta());
             (txns, ops) = (txns + 1, ops + txn.len());
         }
+        self.dispatched_txns += txns as u64;
+        self.dispatched_ops += ops as u64;
+        finished(&self.shared, txns, ops);
+        self.check_failed()
+    }
+
+    /// Applies `range` of `batch` split by record (`Store::lock_parts`),
+    /// only while no worker has anything to apply: runs of record-change
+    /// transactions in parts on this thread and as many others, each run
+    /// visible at once when it ends; transactions with object-level changes
+    /// or probes one at a time between the runs. Stores that cannot split
+    /// apply it all on this thread.
+    fn run_parted(&mut self, batch: &TxnBatch, range: Range<usize>) -> Result<(), StoreError> {
+        let mut start = range.start;
+        while start < range.end {
+            let mut end = start;
+            while end < range.end && !needs_alone(&batch.get(end)) {
+                end += 1;
+            }
+            if end - start >= self.parted_min_txns {
+                self.apply_parts(batch, start..end)?;
+            } else {
+                end = end.max(start + 1);
+                self.run_serial(batch, start..end)?;
+            }
+            start = end;
+        }
+        self.check_failed()
+    }
+
+    /// Applies the record-change transactions `range` of `batch` in
+    /// `self.parts` parts at once, or on this thread if the store cannot
+    /// split.
+    fn apply_parts(&mut self, batch: &TxnBatch, range: Range<usize>) -> Result<(), StoreError> {
+        let (store, parts) = (self.store.clone(), self.parts);
+        let Some(locked) = (parts > 1).then(|| store.lock_parts(parts)).flatten() else {
+            return self.run_serial(batch, range);
+        };
+        let (mut txns, mut ops) = (0, 0);
+        self.scratch.clear();
+        for i in range {
+            let txn = batch.get(i);
+            match locked.refusal(&txn) {
+                Some(e) => settle(&self.shared, Err(e)),
+                None => self.scratch.push(i as u32),
+            }
+            self.position.advance(&txn.meta());
+            (txns, ops) = (txns + 1, ops + txn.len());
+        }
+        let (parted, chosen) = (&*locked, &self.scratch[..]);
+        let applied = std::thread::scope(|scope| {
+            let others: Vec<_> = (1..parts)
+                .map(|p| scope.spawn(move || parted.apply_part(p, batch, chosen)))
+                .collect();
+            let mut result = parted.apply_part(0, batch, chosen);
+            for other in others {
+                let outcome = other.join().expect("apply part thread panicked");
+                result = result.and(outcome);
+            }
+            result
+        });
+        if let Err(e) = applied {
+            settle(&self.shared, Err(e));
+        }
+        // Unlocked: everything of the run becomes visible at once.
+        drop(locked);
         self.dispatched_txns += txns as u64;
         self.dispatched_ops += ops as u64;
         finished(&self.shared, txns, ops);
@@ -492,6 +583,14 @@ fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<
         work.clear();
         let _ = spare.send(work);
     }
+}
+
+/// Whether a transaction is applied by itself between parted runs: it has
+/// object-level changes (which act on every shard) or probes (whose outcome
+/// is noted as it is applied).
+fn needs_alone(txn: &Txn<'_>) -> bool {
+    txn.ops()
+        .any(|op| op.is_object_level() || op.kind == OpKind::Probe)
 }
 
 /// Transactions a worker has the store prefetch ahead of the one it

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::position::AppliedPosition;
-use crate::txn::{Changes, LargeTxn, OpKind, Txn};
+use crate::txn::{Changes, LargeTxn, OpKind, Txn, TxnBatch};
 
 /// A checkpoint whose state is taken (`Store::begin_checkpoint`): `finish`
 /// makes it durable, on whatever thread calls it.
@@ -264,6 +264,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn max_parallel(&self) -> usize {
         usize::MAX
     }
+
+    /// Locks the store against readers and other writers for applying
+    /// record changes split into `parts` disjoint parts by record, each on
+    /// its own thread at once (`PartedApply`); unlocked when the returned
+    /// value is dropped, so readers see none or all of what was applied
+    /// through it. `None` (the default): the store cannot split.
+    fn lock_parts(&self, _parts: usize) -> Option<Box<dyn PartedApply + '_>> {
+        None
+    }
+}
+
+/// Record changes applied in parts on several threads at once
+/// (`Store::lock_parts`): a record's part is fixed by its `record_hash`, so
+/// each part sees its records' changes in commit order and parallel equals
+/// serial.
+pub trait PartedApply: Sync {
+    /// Why the store refuses `txn` (record changes only), checked before
+    /// any part applies it: a refused transaction is left out of every part.
+    fn refusal(&self, txn: &Txn<'_>) -> Option<StoreError>;
+
+    /// Applies, in order, the changes of the transactions `txns` of `batch`
+    /// (record changes only, none refused) whose records fall in `part`.
+    /// One call per part at a time.
+    fn apply_part(&self, part: usize, batch: &TxnBatch, txns: &[u32]) -> Result<(), StoreError>;
 }
 
 /// Everything a store holds: by object id, the object's name and its records

@@ -46,9 +46,9 @@ use crate::index::{Index, Loc, PrefetchHint};
 use crate::position::AppliedPosition;
 use crate::store::{
     check_objects, record_hash, visit_buckets_in_memory, BucketVisit, ObjectCheck, ObjectInfo,
-    PendingCheckpoint, Store, StoreError,
+    PartedApply, PendingCheckpoint, Store, StoreError,
 };
-use crate::txn::{LargeTxn, Op, OpKind, Txn};
+use crate::txn::{LargeTxn, Op, OpKind, Txn, TxnBatch};
 
 /// At most 64: a transaction's shards are a bit set in a u64.
 const SHARDS: usize = 64;
@@ -318,6 +318,97 @@ impl<'a> ShardSet<'a> {
         // only in `drop`), and `&mut self` keeps this the only reference
         // handed out at a time.
         unsafe { &mut *self.shards[s].data_ptr() }
+    }
+}
+
+/// Every shard write-locked (in shard order, as any lock set is taken), the
+/// shards then applied in `parts` parts by record hash, each part by one
+/// thread at a time (`Store::lock_parts`). Part `p` holds the shards `s`
+/// with `s % parts == p` and appends its records through shard `p`'s lane.
+struct Parted<'a> {
+    tables: &'a ReplicaTables,
+    locked: ShardSet<'a>,
+    parts: usize,
+    /// The objects (no object-level change runs while this is held).
+    live: Arc<[u64]>,
+    /// Held by the thread applying each part: a part's shards are handed
+    /// out to one thread at a time.
+    busy: Box<[Mutex<()>]>,
+}
+
+impl Parted<'_> {
+    /// Shard `s`, of a part whose `busy` lock the caller holds.
+    ///
+    /// # Safety
+    /// No other reference to shard `s` may be live: the caller holds the
+    /// `busy` lock of the part `s` belongs to and hands out one at a time.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn shard(&self, s: usize) -> &mut Shard {
+        debug_assert!(self.locked.set & (1 << s) != 0);
+        // SAFETY: `locked` holds shard s's write lock while `self` lives;
+        // exclusivity among the part threads is the caller's promise.
+        unsafe { &mut *self.locked.shards[s].data_ptr() }
+    }
+}
+
+impl PartedApply for Parted<'_> {
+    fn refusal(&self, txn: &Txn<'_>) -> Option<StoreError> {
+        let mut known = u64::MAX;
+        for op in txn.ops() {
+            if op.object_id != known && op.kind != OpKind::Probe {
+                if self.live.binary_search(&op.object_id).is_err() {
+                    return Some(StoreError::UnknownObject {
+                        sequence: op.sequence,
+                        label: op.kind.label(),
+                        object_id: op.object_id,
+                    });
+                }
+                known = op.object_id;
+            }
+        }
+        None
+    }
+
+    fn apply_part(&self, part: usize, batch: &TxnBatch, txns: &[u32]) -> Result<(), StoreError> {
+        assert!(part < self.parts, "part {part} of {}", self.parts);
+        let _busy = self.busy[part].lock();
+        let parts = self.parts as u64;
+        let mine = txns
+            .iter()
+            .flat_map(|&i| batch.get(i as usize).ops())
+            .filter_map(|op| {
+                let hash = record_hash(op.object_id, op.key);
+                (hash % parts == part as u64).then_some((op, hash))
+            });
+        // Each change's slot is fetched LOOKAHEAD_OPS changes before it is
+        // made, its hash kept from then.
+        let mut ahead = std::collections::VecDeque::with_capacity(LOOKAHEAD_OPS + 1);
+        let make = |op: Op<'_>, hash: u64| -> Result<(), StoreError> {
+            let loc = match op.kind {
+                // SAFETY: shard `part` is in this part (part < parts), whose
+                // `busy` lock we hold; the reference ends with this line.
+                OpKind::Put => Some(
+                    self.tables
+                        .append(unsafe { &mut self.shard(part).lane }, &op)?,
+                ),
+                OpKind::Delete => None,
+                OpKind::Probe => return Ok(()),
+                _ => unreachable!("object-level changes are not applied in parts"),
+            };
+            // SAFETY: as above, for the record's own shard.
+            ReplicaTables::index_change(unsafe { self.shard(shard_of(hash)) }, hash, &op, loc);
+            Ok(())
+        };
+        for (op, hash) in mine {
+            // SAFETY: the record's shard is in this part.
+            unsafe { self.shard(shard_of(hash)) }.records.prefetch(hash);
+            ahead.push_back((op, hash));
+            if ahead.len() > LOOKAHEAD_OPS {
+                let (op, hash) = ahead.pop_front().expect("not empty");
+                make(op, hash)?;
+            }
+        }
+        ahead.into_iter().try_for_each(|(op, hash)| make(op, hash))
     }
 }
 
@@ -876,6 +967,23 @@ impl Store for ReplicaTables {
             let hash = record_hash(op.object_id, op.key);
             self.hints[shard_of(hash)].prefetch(hash);
         }
+    }
+
+    /// Every shard locked, in `parts` parts of `SHARDS / parts` shards
+    /// each (`parts` must divide `SHARDS`; else `None`).
+    fn lock_parts(&self, parts: usize) -> Option<Box<dyn PartedApply + '_>> {
+        if parts == 0 || SHARDS % parts != 0 {
+            return None;
+        }
+        let mut locked = ShardSet::lock(&self.shards, u64::MAX >> (64 - SHARDS));
+        let live = locked.shard(0).live.clone();
+        Some(Box::new(Parted {
+            tables: self,
+            locked,
+            parts,
+            live,
+            busy: (0..parts).map(|_| Mutex::new(())).collect(),
+        }))
     }
 
     /// Takes the dirty-file list and the index (a copy of the index, so the

@@ -90,14 +90,33 @@ proptest! {
         chunk in prop::sample::select(vec![1usize, 17, 500]),
         // Never, sometimes and always apply a batch on the caller alone.
         serial_ops_per_txn in prop::sample::select(vec![usize::MAX, 2, 0]),
+        // Runs split into parts from the shortest on, or only long ones.
+        parted_min_txns in prop::sample::select(vec![1usize, 64]),
+        // The tables split batches into parts by record; wrapped, they do
+        // not, and workers take stripe tickets.
+        split in any::<bool>(),
     ) {
         let entries = workload(seed, 3000);
         let dir = tempfile::tempdir().unwrap();
-        let tables = Arc::new(ReplicaTables::open(dir.path()).unwrap());
-        let options = ApplyOptions { workers, stripes, serial_ops_per_txn, ..ApplyOptions::default() };
-        let apply = apply_from(&tables, &entries, &options, chunk);
-        apply.finish().unwrap();
-        prop_assert_eq!(store_state(&*tables), serial_state(&entries));
+        let options = ApplyOptions {
+            workers,
+            stripes,
+            serial_ops_per_txn,
+            parted_min_txns,
+            ..ApplyOptions::default()
+        };
+        if split {
+            let tables = Arc::new(ReplicaTables::open(dir.path()).unwrap());
+            apply_from(&tables, &entries, &options, chunk).finish().unwrap();
+            prop_assert_eq!(store_state(&*tables), serial_state(&entries));
+        } else {
+            let tables = Arc::new(Recording {
+                tables: ReplicaTables::open(dir.path()).unwrap(),
+                applied: Default::default(),
+            });
+            apply_from(&tables, &entries, &options, chunk).finish().unwrap();
+            prop_assert_eq!(store_state(&tables.tables), serial_state(&entries));
+        }
     }
 
     #[test]
