@@ -166,9 +166,10 @@ pub struct ParallelApply {
     workers: usize,
     serial_ops_per_txn: usize,
     parted_min_txns: usize,
-    /// Parts a batch splits into (a power of two, at most `workers`), or 1
-    /// if the store cannot split.
+    /// Parts a batch splits into, if the store splits: a power of two, at
+    /// most `workers`.
     parts: usize,
+    splits: bool,
     shared: Arc<Shared>,
     /// The caller's share of the batch being submitted: (transaction index,
     /// its tickets in `own_tickets`).
@@ -194,11 +195,7 @@ impl ParallelApply {
         // Parts divide the store's shards: a power of two. Asking once
         // tells whether the store splits (nothing is applying yet).
         let parts = 1 << workers.ilog2();
-        let parts = if parts > 1 && store.lock_parts(parts).is_some() {
-            parts
-        } else {
-            1
-        };
+        let splits = store.lock_parts(parts).is_some();
         let shared = Arc::new(Shared {
             serving: (0..stripes.div_ceil(8) * 8)
                 .map(|_| AtomicU64::new(0))
@@ -217,7 +214,10 @@ impl ParallelApply {
         let (spare_tx, spare) = crossbeam_channel::unbounded();
         let mut senders = Vec::new();
         let mut threads = Vec::new();
-        for w in 1..workers {
+        // Workers taking tickets, for a store that does not split (one that
+        // does starts its part threads per run).
+        let ticket_workers = if splits { 1 } else { workers };
+        for w in 1..ticket_workers {
             let (tx, rx) = crossbeam_channel::unbounded::<Work>();
             let (store, shared, spare_tx) = (store.clone(), shared.clone(), spare_tx.clone());
             threads.push(
@@ -236,13 +236,14 @@ impl ParallelApply {
             serial_ops_per_txn: options.serial_ops_per_txn,
             parted_min_txns: options.parted_min_txns.max(1),
             parts,
+            splits,
             shared,
             own: Vec::new(),
             own_tickets: Vec::new(),
             senders,
             threads,
             spare,
-            pending: (1..workers).map(|_| Work::default()).collect(),
+            pending: (1..ticket_workers).map(|_| Work::default()).collect(),
             next_ticket: vec![0; stripes],
             scratch: Vec::new(),
             dispatched_txns: 0,
@@ -287,19 +288,22 @@ impl ParallelApply {
         batch: &TxnBatch,
         range: Range<usize>,
     ) -> Result<(), StoreError> {
+        if self.splits {
+            // Split by record, each part on its own thread, no ticket
+            // taken per transaction (decisions.md 27).
+            return self.run_parted(batch, range);
+        }
         if self.workers == 1 {
             return self.run_serial(batch, range);
         }
         let ops: usize = range.clone().map(|i| batch.get(i).len()).sum();
-        if self.parts > 1 || ops > self.serial_ops_per_txn.saturating_mul(range.len()) {
+        if ops > self.serial_ops_per_txn.saturating_mul(range.len()) {
             // Transactions of several changes each spread over many stripes
             // (and shards) and would mostly wait for each other's tickets
-            // while their locks bounce between cores: once the workers are
-            // idle, the batch is split by record instead, each part on its
-            // own thread, or else applied by the caller alone (decisions.md
-            // 22, 27).
+            // while their locks bounce between cores: the caller applies the
+            // batch alone once the workers are idle (decisions.md 22).
             self.drain()?;
-            return self.run_parted(batch, range);
+            return self.run_serial(batch, range);
         }
         for i in range {
             let txn = batch.get(i);
@@ -351,12 +355,10 @@ impl ParallelApply {
         self.check_failed()
     }
 
-    /// Applies `range` of `batch` split by record (`Store::lock_parts`),
-    /// only while no worker has anything to apply: runs of record-change
-    /// transactions in parts on this thread and as many others, each run
-    /// visible at once when it ends; transactions with object-level changes
-    /// or probes one at a time between the runs. Stores that cannot split
-    /// apply it all on this thread.
+    /// Applies `range` of `batch` split by record (`Store::lock_parts`):
+    /// runs of record-change transactions in parts, each run visible at
+    /// once when it ends; transactions with object-level changes or probes
+    /// one at a time between the runs.
     fn run_parted(&mut self, batch: &TxnBatch, range: Range<usize>) -> Result<(), StoreError> {
         let mut start = range.start;
         while start < range.end {
@@ -364,10 +366,10 @@ impl ParallelApply {
             while end < range.end && !needs_alone(&batch.get(end)) {
                 end += 1;
             }
-            if end - start >= self.parted_min_txns {
+            if end > start {
                 self.apply_parts(batch, start..end)?;
             } else {
-                end = end.max(start + 1);
+                end += 1;
                 self.run_serial(batch, start..end)?;
             }
             start = end;
@@ -375,12 +377,13 @@ impl ParallelApply {
         self.check_failed()
     }
 
-    /// Applies the record-change transactions `range` of `batch` in
-    /// `self.parts` parts at once, or on this thread if the store cannot
-    /// split.
+    /// Applies the record-change transactions `range` of `batch` in parts:
+    /// on this thread and `parts - 1` others at once, or one part after
+    /// the other on this thread for a run shorter than `parted_min_txns`.
     fn apply_parts(&mut self, batch: &TxnBatch, range: Range<usize>) -> Result<(), StoreError> {
         let (store, parts) = (self.store.clone(), self.parts);
-        let Some(locked) = (parts > 1).then(|| store.lock_parts(parts)).flatten() else {
+        let spread = parts > 1 && range.len() >= self.parted_min_txns;
+        let Some(locked) = store.lock_parts(parts) else {
             return self.run_serial(batch, range);
         };
         let (mut txns, mut ops) = (0, 0);
@@ -395,17 +398,21 @@ impl ParallelApply {
             (txns, ops) = (txns + 1, ops + txn.len());
         }
         let (parted, chosen) = (&*locked, &self.scratch[..]);
-        let applied = std::thread::scope(|scope| {
-            let others: Vec<_> = (1..parts)
-                .map(|p| scope.spawn(move || parted.apply_part(p, batch, chosen)))
-                .collect();
-            let mut result = parted.apply_part(0, batch, chosen);
-            for other in others {
-                let outcome = other.join().expect("apply part thread panicked");
-                result = result.and(outcome);
-            }
-            result
-        });
+        let applied = if !spread {
+            (0..parts).try_for_each(|p| parted.apply_part(p, batch, chosen))
+        } else {
+            std::thread::scope(|scope| {
+                let others: Vec<_> = (1..parts)
+                    .map(|p| scope.spawn(move || parted.apply_part(p, batch, chosen)))
+                    .collect();
+                let mut result = parted.apply_part(0, batch, chosen);
+                for other in others {
+                    let outcome = other.join().expect("apply part thread panicked");
+                    result = result.and(outcome);
+                }
+                result
+            })
+        };
         if let Err(e) = applied {
             settle(&self.shared, Err(e));
         }

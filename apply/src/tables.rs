@@ -33,6 +33,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,8 +61,8 @@ const RECORD_HEADER_BYTES: usize = 20;
 const VISIT_GROUP_RECORDS: usize = 4 << 20;
 /// Records `visit_buckets` fetches into cache ahead of the one it reads.
 const PREFETCH_AHEAD: usize = 16;
-/// Data-file bytes faulted in at once ahead of the appends.
-const POPULATE_BYTES: usize = 1 << 20;
+/// Record bytes a lane gathers before writing them to its data file.
+const LANE_BUFFER_BYTES: usize = 128 << 10;
 /// How far ahead of the change it makes `apply` fetches index slots: enough
 /// misses in flight to hide their latency, not so many that they evict each
 /// other.
@@ -93,9 +94,7 @@ impl DataFile {
             .map_err(StoreError::io("create data file", &path))?;
         file.set_len(DATA_FILE_BYTES as u64)
             .map_err(StoreError::io("size data file", &path))?;
-        let data = DataFile::map(id, path, file, 0)?;
-        data.populate(0);
-        Ok(data)
+        DataFile::map(id, path, file, 0)
     }
 
     fn open(dir: &Path, id: u32, used: u32) -> Result<DataFile, StoreError> {
@@ -123,7 +122,7 @@ impl DataFile {
     fn map(id: u32, path: PathBuf, file: File, used: u32) -> Result<DataFile, StoreError> {
         let map = MmapOptions::new()
             .len(DATA_FILE_BYTES)
-            .map_raw(&file)
+            .map_raw_read_only(&file)
             .map_err(StoreError::io("map data file", &path))?;
         Ok(DataFile {
             id,
@@ -132,18 +131,6 @@ impl DataFile {
             map,
             used: AtomicU32::new(used),
         })
-    }
-
-    /// Faults in `POPULATE_BYTES` from `offset` in one call, so appends do
-    /// not take a page fault every 4 KiB (measured, decisions.md 23). Only
-    /// a hint: if it fails, the appends fault the pages in themselves.
-    fn populate(&self, offset: usize) {
-        let len = POPULATE_BYTES.min(DATA_FILE_BYTES.saturating_sub(offset));
-        if len > 0 {
-            let _ = self
-                .map
-                .advise_range(memmap2::Advice::PopulateWrite, offset, len);
-        }
     }
 
     /// Asks the CPU to start loading the record at `loc` into cache (a
@@ -184,9 +171,10 @@ impl DataFile {
             )));
         }
         // SAFETY: offset..end lies inside the map and below `used`, so it was
-        // written completely before the index entry pointing at it was
-        // published (under the shard lock the caller holds or held); records
-        // are never rewritten.
+        // written to the file (`Lane::flush`) before the shard lock under
+        // which the index entry pointing at it was made was released, and
+        // the caller holds or held that lock since; records are never
+        // rewritten.
         let bytes = unsafe {
             std::slice::from_raw_parts(self.map.as_ptr().add(loc.offset as usize), loc.len as usize)
         };
@@ -222,10 +210,34 @@ fn parse_data_name(name: &str) -> Option<u32> {
         .ok()
 }
 
-/// A lane appends records to its current data file.
+/// A lane appends records to its current data file: gathered in memory
+/// and written with one `pwrite` (decisions.md 27).
 #[derive(Debug, Default)]
 struct Lane {
     file: Option<Arc<DataFile>>,
+    /// Records not yet in `file`; they go at its `used` offset. Empty
+    /// whenever the shard that owns the lane is unlocked.
+    pending: Vec<u8>,
+}
+
+impl Lane {
+    /// Writes the gathered records to the file. Whole pages written this
+    /// way are filled by the copy itself, where pages faulted into a map
+    /// are zeroed by the kernel first and then written again.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.as_deref().expect("gathered records have a file");
+        let at = file.used.load(Ordering::Relaxed);
+        file.file
+            .write_all_at(&self.pending, at as u64)
+            .map_err(StoreError::io("write data file", &file.path))?;
+        file.used
+            .store(at + self.pending.len() as u32, Ordering::Release);
+        self.pending.clear();
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -408,7 +420,11 @@ impl PartedApply for Parted<'_> {
                 make(op, hash)?;
             }
         }
-        ahead.into_iter().try_for_each(|(op, hash)| make(op, hash))
+        ahead
+            .into_iter()
+            .try_for_each(|(op, hash)| make(op, hash))?;
+        // SAFETY: as in `make`.
+        unsafe { self.shard(part) }.lane.flush()
     }
 }
 
@@ -536,51 +552,45 @@ impl ReplicaTables {
     }
 
     /// Appends one record through `lane`, opening a new data file when the
-    /// current one is full.
+    /// current one is full. The record is in the file only once the lane is
+    /// flushed (`Lane::flush`), which every writer does before it lets go
+    /// of the lane's shard.
     fn append(&self, lane: &mut Lane, op: &Op<'_>) -> Result<Loc, StoreError> {
         let len = RECORD_HEADER_BYTES + op.key.len() + op.value.len();
-        let file = match &lane.file {
-            Some(f) if f.used.load(Ordering::Relaxed) as usize + len <= DATA_FILE_BYTES => {
-                f.clone()
-            }
-            _ => {
-                let id = self.next_file.fetch_add(1, Ordering::Relaxed);
-                let file = Arc::new(DataFile::create(&self.dir, id)?);
-                self.files.write().insert(file.clone());
-                self.dirty.lock().push(file.clone());
-                lane.file = Some(file.clone());
-                file
-            }
+        let fits = |file: &DataFile| {
+            file.used.load(Ordering::Relaxed) as usize + lane.pending.len() + len <= DATA_FILE_BYTES
         };
-        let offset = file.used.load(Ordering::Relaxed) as usize;
-        if offset / POPULATE_BYTES != (offset + len) / POPULATE_BYTES {
-            file.populate((offset + len) / POPULATE_BYTES * POPULATE_BYTES);
+        if !lane.file.as_deref().is_some_and(fits) {
+            lane.flush()?;
+            let id = self.next_file.fetch_add(1, Ordering::Relaxed);
+            let file = Arc::new(DataFile::create(&self.dir, id)?);
+            self.files.write().insert(file.clone());
+            self.dirty.lock().push(file.clone());
+            lane.file = Some(file);
         }
-        let mut header = [0u8; RECORD_HEADER_BYTES];
-        header[4..12].copy_from_slice(&op.object_id.to_le_bytes());
-        header[12..16].copy_from_slice(&(op.key.len() as u32).to_le_bytes());
-        header[16..20].copy_from_slice(&(op.value.len() as u32).to_le_bytes());
-        // SAFETY: offset..offset+len lies inside the map (checked above) and
-        // past `used`, so no reader looks at it and only this lane (whose lock
-        // we hold) writes this file.
-        let record = unsafe {
-            let start = file.map.as_mut_ptr().add(offset);
-            std::ptr::copy_nonoverlapping(header.as_ptr(), start, RECORD_HEADER_BYTES);
-            let dst = start.add(RECORD_HEADER_BYTES);
-            std::ptr::copy_nonoverlapping(op.key.as_ptr(), dst, op.key.len());
-            std::ptr::copy_nonoverlapping(op.value.as_ptr(), dst.add(op.key.len()), op.value.len());
-            std::slice::from_raw_parts_mut(start, len)
-        };
-        // One checksum over the record just written (still in cache), not
-        // one per part.
-        let crc = crc32c::crc32c(&record[4..]);
-        record[..4].copy_from_slice(&crc.to_le_bytes());
-        file.used.store((offset + len) as u32, Ordering::Release);
-        Ok(Loc {
+        let file = lane.file.as_deref().expect("a lane with room has a file");
+        let offset = file.used.load(Ordering::Relaxed) as usize + lane.pending.len();
+        let start = lane.pending.len();
+        let pending = &mut lane.pending;
+        pending.extend_from_slice(&[0; 4]);
+        pending.extend_from_slice(&op.object_id.to_le_bytes());
+        pending.extend_from_slice(&(op.key.len() as u32).to_le_bytes());
+        pending.extend_from_slice(&(op.value.len() as u32).to_le_bytes());
+        pending.extend_from_slice(op.key);
+        pending.extend_from_slice(op.value);
+        // One checksum over the record just gathered (in cache), not one
+        // per part.
+        let crc = crc32c::crc32c(&pending[start + 4..]);
+        pending[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+        let loc = Loc {
             file: file.id,
             offset: offset as u32,
             len: len as u32,
-        })
+        };
+        if lane.pending.len() >= LANE_BUFFER_BYTES {
+            lane.flush()?;
+        }
+        Ok(loc)
     }
 
     /// Points the index at a put's record (`loc`) or removes a deleted one.
@@ -610,7 +620,7 @@ impl ReplicaTables {
             .ops()
             .try_for_each(|op| self.apply_op_exclusive(&mut objects, &mut shards, &op));
         publish_objects(&objects, &mut shards);
-        applied
+        applied.and_then(|()| shards[0].lane.flush())
     }
 
     /// One change, with the objects and every shard locked (records go to
@@ -931,7 +941,7 @@ impl Store for ReplicaTables {
             };
             Self::index_change(locked.shard(shard_of(hash)), hash, &op, loc);
         }
-        Ok(())
+        locked.shard(lane).lane.flush()
     }
 
     /// Streams the transaction twice with everything locked: a check pass
@@ -952,7 +962,7 @@ impl Store for ReplicaTables {
         let applied =
             txn.for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, &op));
         publish_objects(&objects, &mut shards);
-        applied
+        applied.and_then(|()| shards[0].lane.flush())
     }
 
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
