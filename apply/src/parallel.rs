@@ -1,6 +1,15 @@
 //! Lock-striped parallel apply.
 //!
-//! Every record belongs to one of S stripes (`stripe_of`: hash of object and
+//! A store that splits (`Store::lock_parts`: the replica tables) is applied
+//! in parts (decisions.md 27): a batch is cut into runs of record-change
+//! transactions; for each run the store locks every shard, and part `p`
+//! (the records whose hash is `p` modulo the parts) is applied by its own
+//! thread, the caller being part 0. A record is always in the same part, so
+//! each part sees its records' changes in commit order, and nothing of the
+//! run is visible before all of it is. Transactions with object-level
+//! changes or probes apply one at a time between runs.
+//!
+//! Other stores take stripe tickets. Every record belongs to one of S stripes (`stripe_of`: hash of object and
 //! key); a transaction's stripe set is the stripes of its records, or all S
 //! for a transaction with object-level changes (a drop is never overtaken by a
 //! put, nor a put by a drop). Each stripe is a ticket lock: the dispatcher

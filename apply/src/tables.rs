@@ -1,11 +1,14 @@
 //! Replica tables: the embedded default store, built for apply speed.
 //!
 //! Shape (Bitcask-like, decisions.md 16):
-//! - Records live in append-only, memory-mapped data files (`data-<id>.tbl`,
-//!   64 MiB each). A put appends `[crc32c u32][object u64][key len u32]
-//!   [value len u32][key][value]` and points the index at it. Each shard
-//!   appends to its own current file (its lane) under its own lock; a
-//!   transaction's records go to its lowest shard's lane.
+//! - Records live in append-only data files (`data-<id>.tbl`, 64 MiB each,
+//!   read through read-only maps). A put appends `[crc32c u32][object u64]
+//!   [key len u32][value len u32][key][value]` and points the index at it.
+//!   Each shard appends to its own current file (its lane) under its own
+//!   lock: records are gathered in memory and written with one `pwrite`
+//!   (128 KiB, and always before the shard is unlocked: decisions.md 27).
+//!   A transaction's records go to its lowest shard's lane; a part's
+//!   (`lock_parts`) to its first shard's.
 //! - The index is in memory: 64 shards by the low bits of the record hash
 //!   (as stripes are chosen, decisions.md 22), each one open-addressing
 //!   table (`index.rs`) of 64-byte slots (record hash, object, key, file,
@@ -24,7 +27,8 @@
 //!   Opening loads the last checkpoint and deletes data files made after it;
 //!   apply then replays staging from the checkpoint's position.
 //! - Writers hold the write locks of every shard their transaction touches
-//!   (in shard order) while they update the index, and readers take the read
+//!   (in shard order) while they update the index, or of every shard while
+//!   the parts of a run apply (`lock_parts`), and readers take the read
 //!   lock of the shard (or shards, `get_many`) they read: a reader sees a
 //!   transaction all at once or not at all.
 //! - Space of replaced and deleted records is counted (`dead_bytes`) but not
