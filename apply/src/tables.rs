@@ -253,6 +253,10 @@ struct Shard {
     live: Arc<[u64]>,
     /// Bytes of records this shard's changes replaced or deleted.
     dead: u64,
+    /// Records held per object, by ascending object id (objects with none
+    /// may be missing): clearing or dropping an object skips the shards
+    /// that hold none of it, and `record_count` adds these up.
+    counts: Vec<(u64, u64)>,
     /// The data file transactions whose lowest shard is this one append
     /// to: written under this shard's lock, so appending takes no lock of
     /// its own.
@@ -266,15 +270,39 @@ impl Shard {
 
     /// Points the record at `loc`; returns where it was before.
     fn put(&mut self, hash: u64, object: u64, key: &[u8], loc: Loc) -> Option<Loc> {
-        self.records.put(hash, object, key, loc)
+        let old = self.records.put(hash, object, key, loc);
+        if old.is_none() {
+            match self.counts.binary_search_by_key(&object, |c| c.0) {
+                Ok(i) => self.counts[i].1 += 1,
+                Err(i) => self.counts.insert(i, (object, 1)),
+            }
+        }
+        old
     }
 
     fn remove(&mut self, hash: u64, object: u64, key: &[u8]) -> Option<Loc> {
-        self.records.remove(hash, object, key)
+        let old = self.records.remove(hash, object, key);
+        if old.is_some() {
+            let i = self.counts.binary_search_by_key(&object, |c| c.0);
+            self.counts[i.expect("a record held is counted")].1 -= 1;
+        }
+        old
     }
 
-    /// Removes every record of `object`; returns their bytes.
+    /// Records of `object` held here.
+    fn count(&self, object: u64) -> u64 {
+        self.counts
+            .binary_search_by_key(&object, |c| c.0)
+            .map_or(0, |i| self.counts[i].1)
+    }
+
+    /// Removes every record of `object`; returns their bytes. A shard that
+    /// holds none is not scanned.
     fn remove_object(&mut self, object: u64) -> u64 {
+        let Ok(i) = self.counts.binary_search_by_key(&object, |c| c.0) else {
+            return 0;
+        };
+        self.counts.remove(i);
         self.records.retain(|o| o != object)
     }
 }
@@ -1057,17 +1085,7 @@ impl Store for ReplicaTables {
     }
 
     fn record_count(&self, object_id: u64) -> Result<u64, StoreError> {
-        Ok(self
-            .shards
-            .iter()
-            .map(|s| {
-                s.read()
-                    .records
-                    .iter()
-                    .filter(|slot| slot.object == object_id)
-                    .count() as u64
-            })
-            .sum())
+        Ok(self.shards.iter().map(|s| s.read().count(object_id)).sum())
     }
 
     /// By groups of shards (a bucket lies in one shard: buckets and shards
