@@ -1,6 +1,8 @@
 //! The apply process's loop: staged frames of each journal of the group ->
 //! transactions (Assembler) -> merged commit order -> ParallelApply -> the
-//! store, with periodic checkpoints.
+//! store, with periodic checkpoints. Reading, decoding and assembling run
+//! on a thread of their own (`ReadLoop`, "staging-read") a batch or two
+//! ahead of apply, which takes each batch whole.
 //!
 //! Durability: the store keeps the applied position with its data
 //! (`Store::checkpoint`); after a crash, apply replays staging from the
@@ -182,7 +184,6 @@ struct Feed {
     seen_time_ns: u64,
     /// When the reader last found nothing new; `None` while it finds frames.
     idle_since: Option<Instant>,
-    applied_file: PositionFile,
 }
 
 impl Feed {
@@ -241,6 +242,7 @@ pub fn run(
 ) -> Result<AppliedPosition, RunError> {
     let position = store.applied_position();
     let mut feeds = Vec::new();
+    let mut applied_files = Vec::new();
     for (i, j) in journals.iter().enumerate() {
         let from = position.journal(i as u32).resume_from;
         std::fs::create_dir_all(&j.dir).map_err(|source| StagingError::Io {
@@ -248,12 +250,17 @@ pub fn run(
             path: j.dir.clone(),
             source,
         })?;
-        let applied_file = PositionFile::open_path(j.dir.join(APPLIED_FILE)).map_err(|source| {
+        let file = PositionFile::open_path(j.dir.join(APPLIED_FILE)).map_err(|source| {
             RunError::AppliedFile {
                 dir: j.dir.clone(),
                 source,
             }
         })?;
+        applied_files.push(AppliedFile {
+            journal: i as u32,
+            dir: j.dir.clone(),
+            file,
+        });
         feeds.push(Feed {
             journal: i as u32,
             name: j.name.clone(),
@@ -270,7 +277,6 @@ pub fn run(
             released: 0,
             seen_time_ns: 0,
             idle_since: None,
-            applied_file,
         });
     }
     tracing::info!(
@@ -281,7 +287,6 @@ pub fn run(
     assembler.set_spill_bytes(options.spill_bytes);
     let dirs: Vec<PathBuf> = journals.iter().map(|j| j.dir.clone()).collect();
     let mut apply = ParallelApply::new(store, &options.apply);
-    let mut merged = TxnBatch::new();
     let mut next_checkpoint = Instant::now() + options.checkpoint_every;
     let mut next_progress = Instant::now() + options.progress_every;
     let mut last = (Instant::now(), 0u64);
@@ -289,72 +294,171 @@ pub fn run(
     let mut checkpointed = position;
     let mut in_flight: Option<InFlight> = None;
     let mut applied_clock = AppliedClock::default();
+    let assembly = Assembly::default();
+    let quit = AtomicBool::new(false);
+    let (batches, ready) = crossbeam_channel::bounded(READ_AHEAD_BATCHES);
+    let (spare, spares) = crossbeam_channel::unbounded();
 
-    while !stop.load(Ordering::Relaxed) {
-        let mut progressed = false;
-        for feed in &mut feeds {
-            progressed |= feed.fill(&mut assembler, options.batch_ops)?;
-        }
-        if let [feed] = feeds.as_mut_slice() {
-            if !feed.batch.is_empty() {
-                submit(&mut apply, &feed.batch, &dirs, status)?;
-                applied_clock.submitted(&apply, &status.applied_at);
-                feed.batch.clear();
+    std::thread::scope(|scope| -> Result<AppliedPosition, RunError> {
+        let reading = ReadLoop {
+            feeds,
+            assembler,
+            options,
+            stop,
+            quit: &quit,
+            status,
+            assembly: &assembly,
+        };
+        std::thread::Builder::new()
+            .name("staging-read".into())
+            .spawn_scoped(scope, move || reading.run(batches, spares))
+            .map_err(|e| StoreError::Database(format!("cannot start the staging reader: {e}")))?;
+        // The reader stops at the first of `stop`, an error of its own, or
+        // `quit` (an error here).
+        let looped = (|| -> Result<(), RunError> {
+            loop {
+                match ready.recv_timeout(options.idle_wait.max(Duration::from_millis(1))) {
+                    Ok(batch) => {
+                        let mut batch = batch?;
+                        submit(&mut apply, &batch, &dirs, status)?;
+                        applied_clock.submitted(&apply, &status.applied_at);
+                        batch.clear();
+                        let _ = spare.send(batch);
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+                applied_clock.poll(&apply, &status.applied_at);
+                status
+                    .applied_ops
+                    .store(apply.applied_ops(), Ordering::Relaxed);
+                if in_flight.as_ref().is_some_and(|c| c.thread.is_finished()) {
+                    let done = in_flight.take().expect("checked above");
+                    checkpointed = done.wait(&mut applied_files, status)?;
+                }
+                let now = Instant::now();
+                if now >= next_checkpoint && in_flight.is_none() {
+                    if *apply.submitted_position() != checkpointed {
+                        in_flight = Some(InFlight::begin(&mut apply)?);
+                    }
+                    next_checkpoint = now + options.checkpoint_every;
+                }
+                if now >= next_progress {
+                    let ops = apply.applied_ops();
+                    let rate = (ops - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                    tracing::info!(
+                        "HAD0221I apply: {} transactions, {ops} changes applied ({rate:.0}/s), {} open ({} bytes), {} refused; checkpointed at {}",
+                        status.assembled_txns.load(Ordering::Relaxed),
+                        assembly.open_txns.load(Ordering::Relaxed),
+                        assembly.open_bytes.load(Ordering::Relaxed),
+                        apply.refused(),
+                        describe(&checkpointed, journals)
+                    );
+                    last = (now, ops);
+                    next_progress = now + options.progress_every;
+                }
             }
-        } else {
-            release_merged(&mut feeds, &mut merged, options.merge_wait);
+        })();
+        if looped.is_err() {
+            quit.store(true, Ordering::Relaxed);
+            drop(ready);
+        }
+        looped?;
+        if let Some(c) = in_flight.take() {
+            c.wait(&mut applied_files, status)?;
+        }
+        let position = InFlight::begin(&mut apply)?.wait(&mut applied_files, status)?;
+        apply.finish()?;
+        tracing::info!(
+            "HAD0224I apply stopped at {}",
+            describe(&position, journals)
+        );
+        Ok(position)
+    })
+}
+
+/// Batches read ahead of apply: enough that apply need not wait for the
+/// reader, few enough to bound memory (each holds up to `batch_ops`
+/// changes).
+const READ_AHEAD_BATCHES: usize = 2;
+
+/// What the staging reader tells the loop's progress messages.
+#[derive(Debug, Default)]
+struct Assembly {
+    open_txns: AtomicU64,
+    open_bytes: AtomicU64,
+}
+
+/// A journal's `applied.pos`, written by the loop after each durable
+/// checkpoint.
+struct AppliedFile {
+    journal: u32,
+    dir: PathBuf,
+    file: PositionFile,
+}
+
+/// The staging reader: on a thread of its own, reads every journal's
+/// staged frames, assembles their transactions and hands them to the loop
+/// in merged commit order, a batch at a time, so reading and decoding run
+/// beside apply. At most `READ_AHEAD_BATCHES` wait: a slow apply holds the
+/// reader back.
+struct ReadLoop<'a> {
+    feeds: Vec<Feed>,
+    assembler: Assembler,
+    options: &'a RunOptions,
+    stop: &'a AtomicBool,
+    quit: &'a AtomicBool,
+    status: &'a RunStatus,
+    assembly: &'a Assembly,
+}
+
+impl ReadLoop<'_> {
+    fn run(
+        mut self,
+        batches: crossbeam_channel::Sender<Result<TxnBatch, RunError>>,
+        spares: crossbeam_channel::Receiver<TxnBatch>,
+    ) {
+        let mut merged = spares.try_recv().unwrap_or_default();
+        while !self.stop.load(Ordering::Relaxed) && !self.quit.load(Ordering::Relaxed) {
+            let mut progressed = false;
+            for feed in &mut self.feeds {
+                match feed.fill(&mut self.assembler, self.options.batch_ops) {
+                    Ok(read) => progressed |= read,
+                    Err(e) => {
+                        let _ = batches.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if let [feed] = self.feeds.as_mut_slice() {
+                if !feed.batch.is_empty() {
+                    std::mem::swap(&mut feed.batch, &mut merged);
+                }
+            } else {
+                release_merged(&mut self.feeds, &mut merged, self.options.merge_wait);
+            }
+            self.status
+                .assembled_txns
+                .store(self.assembler.committed(), Ordering::Relaxed);
+            self.assembly
+                .open_txns
+                .store(self.assembler.open_transactions() as u64, Ordering::Relaxed);
+            self.assembly
+                .open_bytes
+                .store(self.assembler.open_bytes() as u64, Ordering::Relaxed);
             if !merged.is_empty() {
-                submit(&mut apply, &merged, &dirs, status)?;
-                applied_clock.submitted(&apply, &status.applied_at);
-                merged.clear();
+                let next = spares.try_recv().unwrap_or_default();
+                if batches
+                    .send(Ok(std::mem::replace(&mut merged, next)))
+                    .is_err()
+                {
+                    return;
+                }
+            } else if !progressed {
+                std::thread::sleep(self.options.idle_wait);
             }
         }
-        applied_clock.poll(&apply, &status.applied_at);
-        status
-            .assembled_txns
-            .store(assembler.committed(), Ordering::Relaxed);
-        status
-            .applied_ops
-            .store(apply.applied_ops(), Ordering::Relaxed);
-        if in_flight.as_ref().is_some_and(|c| c.thread.is_finished()) {
-            let done = in_flight.take().expect("checked above");
-            checkpointed = done.wait(&mut feeds, status)?;
-        }
-        let now = Instant::now();
-        if now >= next_checkpoint && in_flight.is_none() {
-            if *apply.submitted_position() != checkpointed {
-                in_flight = Some(InFlight::begin(&mut apply)?);
-            }
-            next_checkpoint = now + options.checkpoint_every;
-        }
-        if now >= next_progress {
-            let ops = apply.applied_ops();
-            let rate = (ops - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-            tracing::info!(
-                "HAD0221I apply: {} transactions, {ops} changes applied ({rate:.0}/s), {} open ({} bytes), {} refused; checkpointed at {}",
-                assembler.committed(),
-                assembler.open_transactions(),
-                assembler.open_bytes(),
-                apply.refused(),
-                describe(&checkpointed, journals)
-            );
-            last = (now, ops);
-            next_progress = now + options.progress_every;
-        }
-        if !progressed {
-            std::thread::sleep(options.idle_wait);
-        }
     }
-    if let Some(c) = in_flight {
-        c.wait(&mut feeds, status)?;
-    }
-    let position = InFlight::begin(&mut apply)?.wait(&mut feeds, status)?;
-    apply.finish()?;
-    tracing::info!(
-        "HAD0224I apply stopped at {}",
-        describe(&position, journals)
-    );
-    Ok(position)
 }
 
 /// Moves transactions from the feeds to `merged` in (commit time, journal,
@@ -515,28 +619,33 @@ impl InFlight {
 
     /// Waits until the checkpoint is durable, then lets the receivers purge
     /// what a restart no longer needs.
-    fn wait(self, feeds: &mut [Feed], status: &RunStatus) -> Result<AppliedPosition, RunError> {
+    fn wait(
+        self,
+        files: &mut [AppliedFile],
+        status: &RunStatus,
+    ) -> Result<AppliedPosition, RunError> {
         self.thread.join().unwrap_or_else(|_| {
             Err(StoreError::Database(
                 "the checkpoint thread panicked".into(),
             ))
         })?;
-        advance_applied(self.position, feeds, status)
+        advance_applied(self.position, files, status)
     }
 }
 
 /// Records a durable checkpoint's position in each journal's `applied.pos`.
 fn advance_applied(
     position: AppliedPosition,
-    feeds: &mut [Feed],
+    files: &mut [AppliedFile],
     status: &RunStatus,
 ) -> Result<AppliedPosition, RunError> {
-    for feed in feeds {
-        let resume_from = position.journal(feed.journal).resume_from;
-        feed.applied_file
+    for applied in files {
+        let resume_from = position.journal(applied.journal).resume_from;
+        applied
+            .file
             .store(resume_from)
             .map_err(|source| RunError::AppliedFile {
-                dir: feed.reader.dir().to_owned(),
+                dir: applied.dir.clone(),
                 source,
             })?;
     }
