@@ -323,3 +323,63 @@ fn applied_pos_waits_for_a_durable_checkpoint() {
     assert_eq!(read_position_file(&dir.join(APPLIED_FILE)), Some(1));
     assert_eq!(status.checkpoints.load(Ordering::Relaxed), 0);
 }
+
+/// A damaged frame in staging (in a segment the receiver has moved on from:
+/// in the newest one the reader takes damage for a write in progress)
+/// stops the loop with an error naming it, the reader thread's error
+/// reaching `run`'s caller, and nothing after the damage is applied.
+#[test]
+fn a_damaged_staged_frame_stops_apply_with_an_error() {
+    let entries = journal_workload(11, 3000, 0, |s| 1_000 + s);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let journals = [StagedJournal {
+        name: "main".into(),
+        dir: dir.clone(),
+    }];
+    {
+        let options = StagingOptions {
+            segment_bytes: 8 << 10,
+            ..StagingOptions::default()
+        };
+        let (mut staging, _) = Staging::open(&dir, options).unwrap();
+        stage(&mut staging, &entries, 0, entries.len(), 100);
+    }
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "stg"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() > 1, "the workload fills several segments");
+    let segment = &segments[0];
+    let mut bytes = std::fs::read(segment).unwrap();
+    let staged_end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[staged_end / 2] ^= 0x5a;
+    std::fs::write(segment, &bytes).unwrap();
+
+    let store = Arc::new(ReplicaTables::open(root.path().join("replica")).unwrap());
+    let stop = AtomicBool::new(false);
+    let status = RunStatus::default();
+    let outcome = std::thread::scope(|s| {
+        let runner = s.spawn(|| apply::run(store.clone(), &journals, &options(), &stop, &status));
+        let started = Instant::now();
+        while !runner.is_finished() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        runner.join().unwrap()
+    });
+    let error = outcome.expect_err("apply went on past a damaged frame");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("HAX0002E") && message.contains(".stg"),
+        "the error names neither the damage nor the segment: {message}"
+    );
+    let applied = store.applied_position().journal(0).applied;
+    assert!(
+        (applied as usize) < entries.len(),
+        "applied up to {applied} of {} past the damage",
+        entries.len()
+    );
+}
