@@ -9,10 +9,11 @@
 //! run is visible before all of it is. Transactions with object-level
 //! changes or probes apply one at a time between runs.
 //!
-//! Other stores take stripe tickets. Every record belongs to one of S stripes (`stripe_of`: hash of object and
-//! key); a transaction's stripe set is the stripes of its records, or all S
-//! for a transaction with object-level changes (a drop is never overtaken by a
-//! put, nor a put by a drop). Each stripe is a ticket lock: the dispatcher
+//! Other stores take stripe tickets. Every record belongs to one of S
+//! stripes (`stripe_of`: hash of object and key); a transaction's stripe set
+//! is the stripes of its records, or all S for a transaction with
+//! object-level changes (a drop is never overtaken by a put, nor a put by a
+//! drop). Each stripe is a ticket lock: the dispatcher
 //! hands tickets out in commit order, and a worker applies a transaction only
 //! when every stripe it needs is serving that transaction's ticket, then moves
 //! each of those stripes on by one. So transactions whose stripes overlap
