@@ -437,6 +437,8 @@ struct Session {
     control_in: Vec<u8>,
     control_out: ControlOut,
     data: TcpStream,
+    /// Data bytes received and not yet staged while no read holds them: at
+    /// the start (what came with the handshake) and while staging is full.
     data_in: Vec<u8>,
     decoder: FrameDecoder,
     acked: u64,
@@ -458,7 +460,6 @@ impl Session {
         let heartbeat = self.config.transport.heartbeat;
         let timeout = self.config.transport.timeout;
         let control_fd = self.control.as_raw_fd();
-        let mut data_buf = std::mem::take(&mut self.data_in);
         let mut control_buf = std::mem::take(&mut self.control_in);
         let mut last_heard = Instant::now();
         let mut next_heartbeat = Instant::now();
@@ -474,8 +475,9 @@ impl Session {
         if let Some(reason) = self.take_control(&mut control_buf, &mut last_heard)? {
             return Ok(reason);
         }
-        let flow = self.process(&mut data_buf)?;
-        if let Some(end) = self.follow(flow, Vec::new())? {
+        let mut unstaged = std::mem::take(&mut self.data_in);
+        let flow = self.process(&mut unstaged)?;
+        if let Some(end) = self.follow(flow, unstaged)? {
             return Ok(end);
         }
         let mut completions = Vec::new();
@@ -504,8 +506,9 @@ impl Session {
                 .held_since
                 .is_some_and(|since| since.elapsed() >= FULL_RETRY)
             {
-                let flow = self.process(&mut data_buf)?;
-                if let Some(end) = self.follow(flow, Vec::new())? {
+                let mut unstaged = std::mem::take(&mut self.data_in);
+                let flow = self.process(&mut unstaged)?;
+                if let Some(end) = self.follow(flow, unstaged)? {
                     return Ok(end);
                 }
             }
@@ -521,15 +524,11 @@ impl Session {
                             return Ok("the primary closed the data connection".into());
                         }
                         last_heard = Instant::now();
-                        let mut buf = buf;
-                        if data_buf.is_empty() {
-                            std::mem::swap(&mut data_buf, &mut buf);
-                        } else {
-                            data_buf.extend_from_slice(&buf);
-                        }
-                        buf.clear();
-                        let flow = self.process(&mut data_buf)?;
-                        if let Some(end) = self.follow(flow, buf)? {
+                        // The read appended to what was not yet staged (the
+                        // buffer is read into in place, not copied).
+                        let mut unstaged = buf;
+                        let flow = self.process(&mut unstaged)?;
+                        if let Some(end) = self.follow(flow, unstaged)? {
                             return Ok(end);
                         }
                     }
@@ -569,20 +568,23 @@ impl Session {
         }
     }
 
-    /// Acts on what processing received bytes led to: read on (reusing
-    /// `buf`), hold the primary back (saying so once), or refuse. `Some` ends
-    /// the session.
-    fn follow(&mut self, flow: Flow, mut buf: Vec<u8>) -> anyhow::Result<Option<String>> {
+    /// Acts on what processing received bytes led to: read on into the
+    /// spare room after `unstaged` (the bytes not yet staged: a partial
+    /// frame, or the frame that did not fit), hold the primary back (saying
+    /// so once; `unstaged` is kept in `data_in` for the retry), or refuse.
+    /// `Some` ends the session.
+    fn follow(&mut self, flow: Flow, mut unstaged: Vec<u8>) -> anyhow::Result<Option<String>> {
         match flow {
             Flow::More => {
                 if self.held_since.take().is_some() {
                     tracing::info!("DMK0053I staging has room again; receiving");
                 }
-                if buf.capacity() < READ_CHUNK {
-                    buf.reserve(READ_CHUNK);
+                if unstaged.capacity() - unstaged.len() < READ_CHUNK / 2 {
+                    unstaged.reserve(READ_CHUNK);
                 }
                 let fd = self.data.as_raw_fd();
-                self.driver.submit(T_DATA_READ, Op::Read { fd, buf });
+                self.driver
+                    .submit(T_DATA_READ, Op::Read { fd, buf: unstaged });
             }
             Flow::Held => {
                 if self.held_since.is_none() {
@@ -596,6 +598,7 @@ impl Session {
                         .push(&Control::Held { position, reason }, &mut *self.driver);
                 }
                 self.held_since = Some(Instant::now());
+                self.data_in = unstaged;
             }
             Flow::Refused(reason) => return self.refuse(reason).map(Some),
         }
