@@ -302,7 +302,9 @@ impl Shard {
         let Ok(i) = self.counts.binary_search_by_key(&object, |c| c.0) else {
             return 0;
         };
-        self.counts.remove(i);
+        if self.counts.remove(i).1 == 0 {
+            return 0;
+        }
         self.records.retain(|o| o != object)
     }
 }
