@@ -100,6 +100,24 @@ fn run_until(
     (store, status.large_txns.load(Ordering::Relaxed))
 }
 
+/// Runs apply until it ends by itself (an error), or stops it after 30 s.
+fn run_to_its_end(
+    store: Arc<dyn Store>,
+    journals: &[StagedJournal],
+    status: &RunStatus,
+) -> Result<AppliedPosition, apply::RunError> {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let runner = s.spawn(|| apply::run(store, journals, &options(), &stop, status));
+        let started = Instant::now();
+        while !runner.is_finished() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        runner.join().unwrap()
+    })
+}
+
 #[test]
 fn staged_transactions_apply_exactly_once_across_stops_and_restarts() {
     let seed = seed("staged_transactions_apply_exactly_once_across_stops_and_restarts");
@@ -305,17 +323,8 @@ fn applied_pos_waits_for_a_durable_checkpoint() {
     let store = Arc::new(UnsyncableTables(
         ReplicaTables::open(root.path().join("replica")).unwrap(),
     ));
-    let stop = AtomicBool::new(false);
     let status = RunStatus::default();
-    let result = std::thread::scope(|s| {
-        let runner = s.spawn(|| apply::run(store, &journals, &options(), &stop, &status));
-        let started = Instant::now();
-        while !runner.is_finished() && started.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        stop.store(true, Ordering::Relaxed);
-        runner.join().unwrap()
-    });
+    let result = run_to_its_end(store, &journals, &status);
     let err = result.expect_err("a checkpoint that cannot be made durable stops apply");
     assert!(err.to_string().contains("sync failed"), "{err}");
     // Still where apply started (resume from the first sequence), though
@@ -359,17 +368,7 @@ fn a_damaged_staged_frame_stops_apply_with_an_error() {
     std::fs::write(segment, &bytes).unwrap();
 
     let store = Arc::new(ReplicaTables::open(root.path().join("replica")).unwrap());
-    let stop = AtomicBool::new(false);
-    let status = RunStatus::default();
-    let outcome = std::thread::scope(|s| {
-        let runner = s.spawn(|| apply::run(store.clone(), &journals, &options(), &stop, &status));
-        let started = Instant::now();
-        while !runner.is_finished() && started.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        stop.store(true, Ordering::Relaxed);
-        runner.join().unwrap()
-    });
+    let outcome = run_to_its_end(store.clone(), &journals, &RunStatus::default());
     let error = outcome.expect_err("apply went on past a damaged frame");
     let message = error.to_string();
     assert!(

@@ -475,9 +475,7 @@ impl Session {
         if let Some(reason) = self.take_control(&mut control_buf, &mut last_heard)? {
             return Ok(reason);
         }
-        let mut unstaged = std::mem::take(&mut self.data_in);
-        let flow = self.process(&mut unstaged)?;
-        if let Some(end) = self.follow(flow, unstaged)? {
+        if let Some(end) = self.stage_held()? {
             return Ok(end);
         }
         let mut completions = Vec::new();
@@ -506,9 +504,7 @@ impl Session {
                 .held_since
                 .is_some_and(|since| since.elapsed() >= FULL_RETRY)
             {
-                let mut unstaged = std::mem::take(&mut self.data_in);
-                let flow = self.process(&mut unstaged)?;
-                if let Some(end) = self.follow(flow, unstaged)? {
+                if let Some(end) = self.stage_held()? {
                     return Ok(end);
                 }
             }
@@ -566,6 +562,14 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Stages what `data_in` holds (bytes that came with the handshake, or
+    /// what did not fit while staging was full), then `follow`s.
+    fn stage_held(&mut self) -> anyhow::Result<Option<String>> {
+        let mut unstaged = std::mem::take(&mut self.data_in);
+        let flow = self.process(&mut unstaged)?;
+        self.follow(flow, unstaged)
     }
 
     /// Acts on what processing received bytes led to: read on into the
