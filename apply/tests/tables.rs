@@ -355,6 +355,15 @@ fn a_damaged_checkpoint_or_record_is_reported_not_guessed() {
     let err = tables.get(1, b"k").unwrap_err();
     assert!(err.to_string().starts_with("HAD0211E"), "{err}");
     assert!(err.to_string().contains("data-00000001.tbl"), "{err}");
+    // And so does hashing it for a sync-check.
+    let err = apply::check::ObjectDigest::compute(&tables, 1, 8).unwrap_err();
+    assert!(err.to_string().starts_with("HAD0211E"), "{err}");
+    assert!(err.to_string().contains("data-00000001.tbl"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("checksum mismatch in the record at offset 0"),
+        "{err}"
+    );
     drop(tables);
     // A flipped bit in the checkpoint: open refuses.
     let cp = dir.path().join("checkpoint");
