@@ -1123,18 +1123,14 @@ impl Store for ReplicaTables {
         let counts: Vec<usize> = self
             .shards
             .iter()
-            .map(|s| {
-                let shard = s.read();
-                shard
-                    .records
-                    .iter()
-                    .filter(|s| s.object == object_id)
-                    .count()
-            })
+            .map(|s| s.read().count(object_id) as usize)
             .collect();
-        // (hash, location), then the same sorted by bucket and hash.
-        let mut held: Vec<(u64, Loc)> = Vec::new();
-        let mut sorted: Vec<(u64, Loc)> = Vec::new();
+        // (hash, location), then the same sorted by bucket and hash: room
+        // for the largest group (counts may grow while the groups are
+        // read), on huge pages, since the sort writes all over it.
+        let room = counts.iter().sum::<usize>().min(VISIT_GROUP_RECORDS);
+        let mut held: Vec<(u64, Loc)> = huge_vec(room);
+        let mut sorted: Vec<(u64, Loc)> = huge_vec(room);
         let mut starts: Vec<u32> = Vec::new();
         let mut gather = Gather::default();
         let mut first = 0;
@@ -1294,4 +1290,25 @@ impl Gather {
         }
         Ok(())
     }
+}
+
+/// An empty vector with room for `len` elements, the kernel asked to back
+/// it with transparent huge pages (where they are enabled in `madvise`
+/// mode, as they are by default): a large buffer touched in random order
+/// otherwise costs a TLB miss per touch, and a page fault per 4 KiB.
+fn huge_vec<T>(len: usize) -> Vec<T> {
+    const HUGE: usize = 2 << 20;
+    let v = Vec::with_capacity(len);
+    let start = v.as_ptr() as usize;
+    let (from, to) = (
+        start.next_multiple_of(HUGE),
+        (start + len * std::mem::size_of::<T>()) / HUGE * HUGE,
+    );
+    if to > from {
+        // SAFETY: MADV_HUGEPAGE changes only how the kernel backs these
+        // pages of our own allocation (inside `v`'s capacity), never their
+        // contents; a failure leaves them on small pages.
+        unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
+    }
+    v
 }
