@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::check::bucket_of;
 use crate::position::AppliedPosition;
 use crate::txn::{Changes, LargeTxn, OpKind, Txn, TxnBatch};
 
@@ -248,16 +249,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Calls `visit(hash, key, value)` for every record of `object_id`,
     /// `hash` being its `record_hash`, bucket by bucket (`bucket_of(hash,
     /// bits)`; buckets in any order) and within a bucket by ascending
-    /// (hash, key): what sync-check hashes. The default
+    /// (hash, key): what sync-check hashes. With `only` (ascending
+    /// buckets), the records of those buckets alone. The default
     /// reads the whole object into memory through `scan`; stores that can
     /// give buckets from their own layout override it.
     fn visit_buckets(
         &self,
         object_id: u64,
         bits: u32,
+        only: Option<&[u64]>,
         visit: &mut BucketVisit<'_>,
     ) -> Result<(), StoreError> {
-        visit_buckets_in_memory(self, object_id, bits, visit)
+        visit_buckets_in_memory(self, object_id, bits, only, visit)
     }
 
     /// How many transactions this store can apply at once.
@@ -323,11 +326,15 @@ pub(crate) fn visit_buckets_in_memory<S: Store + ?Sized>(
     store: &S,
     object_id: u64,
     bits: u32,
+    only: Option<&[u64]>,
     visit: &mut BucketVisit<'_>,
 ) -> Result<(), StoreError> {
     let mut records = Vec::new();
     store.scan(object_id, &mut |k, v| {
-        records.push((record_hash(object_id, k), k.to_vec(), v.to_vec()));
+        let hash = record_hash(object_id, k);
+        if only.is_none_or(|o| o.binary_search(&bucket_of(hash, bits)).is_ok()) {
+            records.push((hash, k.to_vec(), v.to_vec()));
+        }
     })?;
     records.sort_by(|a, b| (bucket_order(a.0, bits), &a.1).cmp(&(bucket_order(b.0, bits), &b.1)));
     for (hash, k, v) in &records {

@@ -1115,20 +1115,36 @@ impl Store for ReplicaTables {
         &self,
         object_id: u64,
         bits: u32,
+        only: Option<&[u64]>,
         visit: &mut BucketVisit<'_>,
     ) -> Result<(), StoreError> {
         if (1usize << bits) < SHARDS {
-            return visit_buckets_in_memory(self, object_id, bits, visit);
+            return visit_buckets_in_memory(self, object_id, bits, only, visit);
         }
-        let counts: Vec<usize> = self
-            .shards
-            .iter()
-            .map(|s| s.read().count(object_id) as usize)
+        // With `only`: the buckets as a bit set, and the shards they lie in.
+        let wanted = only.map(|only| {
+            let mut set = vec![0u64; (1usize << bits).div_ceil(64)];
+            for &b in only.iter().filter(|&&b| b < 1 << bits) {
+                set[b as usize / 64] |= 1 << (b % 64);
+            }
+            set
+        });
+        let in_shard =
+            |s: usize| only.is_none_or(|only| only.iter().any(|&b| b as usize % SHARDS == s));
+        let counts: Vec<usize> = (0..SHARDS)
+            .map(|s| match in_shard(s) {
+                true => self.shards[s].read().count(object_id) as usize,
+                false => 0,
+            })
             .collect();
         // (hash, location), then the same sorted by bucket and hash: room
         // for the largest group (counts may grow while the groups are
-        // read), on huge pages, since the sort writes all over it.
-        let room = counts.iter().sum::<usize>().min(VISIT_GROUP_RECORDS);
+        // read), on huge pages, since the sort writes all over it. A few
+        // buckets take what they need.
+        let room = match only {
+            None => counts.iter().sum::<usize>().min(VISIT_GROUP_RECORDS),
+            Some(_) => 0,
+        };
         let mut held: Vec<(u64, Loc)> = huge_vec(room);
         let mut sorted: Vec<(u64, Loc)> = huge_vec(room);
         let mut starts: Vec<u32> = Vec::new();
@@ -1142,14 +1158,20 @@ impl Store for ReplicaTables {
                 end += 1;
             }
             held.clear();
-            for shard in &self.shards[first..end] {
+            for s in (first..end).filter(|&s| in_shard(s)) {
                 held.extend(
-                    shard
+                    self.shards[s]
                         .read()
                         .records
                         .iter()
-                        .filter(|s| s.object == object_id)
-                        .map(|s| (s.hash, s.loc)),
+                        .filter(|r| r.object == object_id)
+                        .filter(|r| {
+                            wanted.as_ref().is_none_or(|set| {
+                                let b = bucket_of(r.hash, bits);
+                                set[b as usize / 64] & (1 << (b % 64)) != 0
+                            })
+                        })
+                        .map(|r| (r.hash, r.loc)),
                 );
             }
             first = end;

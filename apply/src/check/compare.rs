@@ -446,16 +446,21 @@ fn object_candidates(
         }
     }
     let mut mine = Vec::new();
-    store.visit_buckets(object_id, bits, &mut |hash, key, value| {
-        let bucket = bucket_of(hash, bits);
-        if differing.binary_search(&bucket).is_ok() {
-            mine.push(BucketRecord {
-                bucket,
-                key: key.to_vec(),
-                digest: record_digest(key, value),
-            });
-        }
-    })?;
+    store.visit_buckets(
+        object_id,
+        bits,
+        Some(&differing),
+        &mut |hash, key, value| {
+            let bucket = bucket_of(hash, bits);
+            if differing.binary_search(&bucket).is_ok() {
+                mine.push(BucketRecord {
+                    bucket,
+                    key: key.to_vec(),
+                    digest: record_digest(key, value),
+                });
+            }
+        },
+    )?;
     mine.sort_unstable_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
     theirs.sort_unstable_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
     Ok(differing_records(mine, theirs))

@@ -82,7 +82,7 @@ impl ObjectDigest {
         assert!(valid_bucket_bits(bits), "bucket bits {bits}");
         let mut leaves = LeafHasher::new(bits);
         let mut broken = None;
-        store.visit_buckets(object_id, bits, &mut |hash, key, value| {
+        store.visit_buckets(object_id, bits, None, &mut |hash, key, value| {
             if broken.is_none() {
                 broken = leaves.push(hash, key, value).err();
             }

@@ -112,7 +112,7 @@ impl Session {
             } => {
                 buckets.sort_unstable();
                 let mut records = Vec::new();
-                let visited = store.visit_buckets(object, bits, &mut |hash, key, value| {
+                let visited = store.visit_buckets(object, bits, Some(&buckets), &mut |hash, key, value| {
                     let bucket = bucket_of(hash, bits);
                     if buckets.binary_search(&bucket).is_ok() {
                         records.push(BucketRecord {
