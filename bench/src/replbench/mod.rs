@@ -221,6 +221,10 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
 
     let written_to: Vec<AtomicU64> = (0..journals).map(|_| AtomicU64::new(0)).collect();
     let stop_writers = AtomicBool::new(false);
+    // The writer's figure is this whole process: the writer threads, the
+    // journals' spare-segment threads (zero-filling: decisions.md 30) and
+    // this thread's polling.
+    let cpu_before = workload::process_cpu();
     let started = Instant::now();
     let written = std::thread::scope(|scope| -> anyhow::Result<Vec<Written>> {
         let writers: Vec<_> = opened
@@ -295,7 +299,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
             shown = Instant::now();
         }
     }
-    let writer_cpu: Duration = written.iter().map(|w| w.cpu).sum();
+    let writer_cpu = workload::process_cpu().saturating_sub(cpu_before);
     let mut cpu = vec![CpuFigure {
         process: "writer".into(),
         seconds: writer_cpu.as_secs_f64(),

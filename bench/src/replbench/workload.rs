@@ -56,8 +56,6 @@ pub struct Written {
     pub appended: Vec<StageEvent>,
     /// When the first change was appended (`monotonic_ns`).
     pub started_ns: u64,
-    /// The writer thread's CPU time.
-    pub cpu: Duration,
 }
 
 /// Which of the group's journals a writer writes, and so which objects:
@@ -216,7 +214,6 @@ pub fn write(
     for (id, name) in &generator.objects {
         appender.append(&NewEntry::create_object(*id, name))?;
     }
-    let cpu_before = thread_cpu();
     let mut out = Written {
         first: journal.next_sequence(),
         started_ns: monotonic_ns(),
@@ -273,7 +270,6 @@ pub fn write(
     journal.flush()?;
     out.end = journal.next_sequence();
     progress.store(out.end, Ordering::Relaxed);
-    out.cpu = thread_cpu().saturating_sub(cpu_before);
     Ok(out)
 }
 
@@ -318,13 +314,13 @@ impl Scratch {
     }
 }
 
-/// This thread's CPU time (user + system).
-pub fn thread_cpu() -> Duration {
+/// This process's CPU time (user + system, every thread).
+pub fn process_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

@@ -88,6 +88,15 @@ pub struct JournalOptions {
     /// Prepare the next segment on a background thread (recommended); when off,
     /// the appender that fills a segment creates the next one itself.
     pub background_preallocation: bool,
+    /// Have the background thread write its spare segments full of zeros
+    /// and sync them before use (recommended): appends then overwrite
+    /// written blocks whose pages are cached, so an appender's first touch
+    /// of a page neither waits for the filesystem's journal (ext4 takes a
+    /// journal handle to write into preallocated, unwritten blocks) nor has
+    /// the kernel zero a new page. Costs a segment's worth of disk writes
+    /// per segment, on the background thread (decisions.md 30). Segments
+    /// made on an appender's path are never zero-filled.
+    pub zero_fill_spares: bool,
 }
 
 impl Default for JournalOptions {
@@ -101,6 +110,7 @@ impl Default for JournalOptions {
             clock: Arc::new(SystemClock),
             syncer: Arc::new(OsSync),
             background_preallocation: true,
+            zero_fill_spares: true,
         }
     }
 }

@@ -25,6 +25,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -35,6 +36,9 @@ use super::catalog::Catalog;
 use super::entry::{decode, DecodeError, Entry};
 use crate::limits::{CATALOG_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES};
 use crate::sys;
+
+/// Zeros written per `pwrite` when a spare is zero-filled.
+const ZERO_FILL_BYTES: usize = 1 << 20;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"REPLJRNL";
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
@@ -186,10 +190,15 @@ impl SegmentError {
 
 impl MappedSegment {
     /// Creates a new segment file at `path` (which must not exist), preallocated to
-    /// `segment_bytes` and mapped. Pages are faulted in by the appends themselves:
+    /// `segment_bytes` (with `zero_fill`, written full of zeros and synced:
+    /// decisions.md 30) and mapped. Pages are faulted in by the appends themselves:
     /// pre-faulting ahead cost append-to-staged latency and bought no append
     /// throughput (decisions.md 5). The header is written by `finalize`.
-    pub fn create_spare(path: &Path, segment_bytes: usize) -> Result<MappedSegment, SegmentError> {
+    pub fn create_spare(
+        path: &Path,
+        segment_bytes: usize,
+        zero_fill: bool,
+    ) -> Result<MappedSegment, SegmentError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -198,6 +207,20 @@ impl MappedSegment {
             .map_err(SegmentError::io("create segment", path))?;
         sys::preallocate(&file, segment_bytes as u64)
             .map_err(SegmentError::io("preallocate segment", path))?;
+        if zero_fill {
+            let zeros = vec![0u8; ZERO_FILL_BYTES];
+            for at in (0..segment_bytes).step_by(ZERO_FILL_BYTES) {
+                let n = ZERO_FILL_BYTES.min(segment_bytes - at);
+                file.write_all_at(&zeros[..n], at as u64)
+                    .map_err(SegmentError::io("zero-fill segment", path))?;
+                // Written back piece by piece, so the disk never queues a
+                // whole segment of zeros ahead of anyone's sync.
+                sys::write_back(&file, at as u64, n as u64)
+                    .map_err(SegmentError::io("zero-fill segment", path))?;
+            }
+            file.sync_data()
+                .map_err(SegmentError::io("sync zero-filled segment", path))?;
+        }
         let map = MmapOptions::new()
             .len(segment_bytes)
             .map_raw(&file)
@@ -439,6 +462,32 @@ impl MappedSegment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where the first hole of `file` starts (its length when it has none):
+    /// preallocated blocks never written count as a hole on ext4 and tmpfs.
+    fn first_hole(file: &File) -> u64 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: lseek on an open descriptor we own; no memory is passed.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_HOLE) };
+        assert!(at >= 0, "{}", io::Error::last_os_error());
+        at as u64
+    }
+
+    #[test]
+    fn a_zero_filled_spare_is_written_to_its_end_and_maps_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 3 * ZERO_FILL_BYTES + 4096;
+        let spare = MappedSegment::create_spare(&dir.path().join("a.spare"), bytes, true).unwrap();
+        assert_eq!(spare.file().metadata().unwrap().len(), bytes as u64);
+        assert_eq!(
+            first_hole(spare.file()),
+            bytes as u64,
+            "a block was left unwritten"
+        );
+        // SAFETY: the map is `bytes` long and nobody else writes it.
+        let mapped = unsafe { std::slice::from_raw_parts(spare.ptr(), bytes) };
+        assert!(mapped.iter().all(|&b| b == 0));
+    }
 
     #[test]
     fn names_sort_and_parse() {

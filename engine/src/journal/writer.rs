@@ -194,7 +194,11 @@ impl Journal {
         std::fs::create_dir_all(&dir)
             .map_err(SegmentError::io("create journal directory", &dir))?;
         let lock = lock_dir(&dir)?;
-        let spares = Arc::new(SpareMaker::new(&dir, options.segment_bytes));
+        let spares = Arc::new(SpareMaker::new(
+            &dir,
+            options.segment_bytes,
+            options.zero_fill_spares,
+        ));
         let recovered = recover(&dir, &options, &spares)?;
         let live = Arc::new(LiveSegment::new(
             recovered.active,
@@ -701,6 +705,8 @@ fn checked_catalog(current: &Catalog, entries: &[NewEntry<'_>]) -> Result<Catalo
 pub(crate) struct SpareMaker {
     dir: PathBuf,
     segment_bytes: usize,
+    /// Whether the background thread zero-fills its spares.
+    zero_fill: bool,
     slot: Mutex<SpareSlot>,
     changed: Condvar,
 }
@@ -717,16 +723,18 @@ struct SpareSlot {
 pub(crate) const SPARE_SUFFIX: &str = ".spare";
 
 impl SpareMaker {
-    fn new(dir: &Path, segment_bytes: usize) -> SpareMaker {
+    fn new(dir: &Path, segment_bytes: usize, zero_fill: bool) -> SpareMaker {
         SpareMaker {
             dir: dir.to_owned(),
             segment_bytes,
+            zero_fill,
             slot: Mutex::new(SpareSlot::default()),
             changed: Condvar::new(),
         }
     }
 
-    fn create(&self) -> Result<MappedSegment, SegmentError> {
+    /// A new spare; `zero_fill` only off an appender's path.
+    fn create(&self, zero_fill: bool) -> Result<MappedSegment, SegmentError> {
         let n = {
             let mut slot = self.slot.lock();
             slot.made += 1;
@@ -735,7 +743,7 @@ impl SpareMaker {
         let path = self
             .dir
             .join(format!("{}-{n}{SPARE_SUFFIX}", std::process::id()));
-        MappedSegment::create_spare(&path, self.segment_bytes)
+        MappedSegment::create_spare(&path, self.segment_bytes, zero_fill)
     }
 
     /// The prepared spare, or a new one made now. Waits for a spare the
@@ -750,7 +758,7 @@ impl SpareMaker {
         self.changed.notify_all();
         match taken {
             Some(spare) => Ok(spare),
-            None => self.create(),
+            None => self.create(false),
         }
     }
 
@@ -768,7 +776,7 @@ impl SpareMaker {
                     }
                     slot.creating = true;
                 }
-                let created = self.create();
+                let created = self.create(self.zero_fill);
                 let mut slot = self.slot.lock();
                 slot.creating = false;
                 self.changed.notify_all();
