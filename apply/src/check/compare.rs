@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use scraper::ObjectSelector;
 
-use super::digest::{bucket_bits, bucket_of, record_digest, Hash, ObjectDigest, FANOUT};
+use super::digest::{bucket_bits, bucket_records, Hash, ObjectDigest, FANOUT};
 use super::probe::ProbeOutcome;
 use super::protocol::{BucketRecord, Reply, Request};
 use super::service::{Peer, PeerError};
@@ -445,23 +445,7 @@ fn object_candidates(
             }
         }
     }
-    let mut mine = Vec::new();
-    store.visit_buckets(
-        object_id,
-        bits,
-        Some(&differing),
-        &mut |hash, key, value| {
-            let bucket = bucket_of(hash, bits);
-            if differing.binary_search(&bucket).is_ok() {
-                mine.push(BucketRecord {
-                    bucket,
-                    key: key.to_vec(),
-                    digest: record_digest(key, value),
-                });
-            }
-        },
-    )?;
-    mine.sort_unstable_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
+    let mine = bucket_records(store, object_id, bits, &differing)?;
     theirs.sort_unstable_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
     Ok(differing_records(mine, theirs))
 }

@@ -10,6 +10,7 @@
 //! hash of its 16 children's hashes; `bits` is a multiple of 4, so the tree
 //! has `bits / 4` levels above the leaves and one root.
 
+use super::protocol::BucketRecord;
 use crate::store::{Store, StoreError};
 
 /// A BLAKE3 hash.
@@ -59,6 +60,31 @@ pub fn record_digest(key: &[u8], value: &[u8]) -> Hash {
     hasher.update(key);
     hasher.update(value);
     *hasher.finalize().as_bytes()
+}
+
+/// The key lists of `buckets` (ascending) of `object_id`: each record's
+/// bucket, key and digest, sorted by (bucket, key). What both sides of a
+/// check exchange for the buckets whose leaves differ.
+pub fn bucket_records(
+    store: &dyn Store,
+    object_id: u64,
+    bits: u32,
+    buckets: &[u64],
+) -> Result<Vec<BucketRecord>, StoreError> {
+    let mut records = Vec::new();
+    store.visit_buckets(object_id, bits, Some(buckets), &mut |hash, key, value| {
+        let bucket = bucket_of(hash, bits);
+        // A store gives only these buckets; the check costs nothing.
+        if buckets.binary_search(&bucket).is_ok() {
+            records.push(BucketRecord {
+                bucket,
+                key: key.to_vec(),
+                digest: record_digest(key, value),
+            });
+        }
+    })?;
+    records.sort_unstable_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
+    Ok(records)
 }
 
 /// An object's Merkle tree.

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::digest::{bucket_of, record_digest, ObjectDigest, FANOUT};
+use super::digest::{bucket_records, ObjectDigest, FANOUT};
 use super::probe::ProbeLog;
-use super::protocol::{BucketRecord, MessageError, Reply, Request, RECORDS_REPLY_BYTES};
+use super::protocol::{MessageError, Reply, Request, RECORDS_REPLY_BYTES};
 use crate::store::Store;
 
 /// What a replica answers checkers from.
@@ -111,21 +111,10 @@ impl Session {
                 mut buckets,
             } => {
                 buckets.sort_unstable();
-                let mut records = Vec::new();
-                let visited = store.visit_buckets(object, bits, Some(&buckets), &mut |hash, key, value| {
-                    let bucket = bucket_of(hash, bits);
-                    if buckets.binary_search(&bucket).is_ok() {
-                        records.push(BucketRecord {
-                            bucket,
-                            key: key.to_vec(),
-                            digest: record_digest(key, value),
-                        });
-                    }
-                });
-                if let Err(e) = visited {
-                    return send(failed(&e));
-                }
-                records.sort_unstable_by(|a, b| (a.bucket, &a.key).cmp(&(b.bucket, &b.key)));
+                let records = match bucket_records(store, object, bits, &buckets) {
+                    Ok(records) => records,
+                    Err(e) => return send(failed(&e)),
+                };
                 let mut chunk = Vec::new();
                 let mut bytes = 0;
                 for r in records {
