@@ -27,7 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -191,13 +191,14 @@ impl SegmentError {
 impl MappedSegment {
     /// Creates a new segment file at `path` (which must not exist), preallocated to
     /// `segment_bytes` (with `zero_fill`, written full of zeros and synced:
-    /// decisions.md 30) and mapped. Pages are faulted in by the appends themselves:
+    /// decisions.md 30; given up, the file removed, once the flag it names
+    /// is set) and mapped. Pages are faulted in by the appends themselves:
     /// pre-faulting ahead cost append-to-staged latency and bought no append
     /// throughput (decisions.md 5). The header is written by `finalize`.
     pub fn create_spare(
         path: &Path,
         segment_bytes: usize,
-        zero_fill: bool,
+        zero_fill: Option<&AtomicBool>,
     ) -> Result<MappedSegment, SegmentError> {
         let file = OpenOptions::new()
             .read(true)
@@ -207,9 +208,17 @@ impl MappedSegment {
             .map_err(SegmentError::io("create segment", path))?;
         sys::preallocate(&file, segment_bytes as u64)
             .map_err(SegmentError::io("preallocate segment", path))?;
-        if zero_fill {
+        if let Some(give_up) = zero_fill {
             let zeros = vec![0u8; ZERO_FILL_BYTES];
             for at in (0..segment_bytes).step_by(ZERO_FILL_BYTES) {
+                if give_up.load(Ordering::Relaxed) {
+                    let _ = std::fs::remove_file(path);
+                    return Err(SegmentError::Io {
+                        context: "zero-fill segment (given up: the journal is closing)",
+                        path: path.to_owned(),
+                        source: io::ErrorKind::Interrupted.into(),
+                    });
+                }
                 let n = ZERO_FILL_BYTES.min(segment_bytes - at);
                 file.write_all_at(&zeros[..n], at as u64)
                     .map_err(SegmentError::io("zero-fill segment", path))?;
@@ -478,7 +487,9 @@ mod tests {
     fn a_zero_filled_spare_is_written_to_its_end_and_maps_whole() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = 3 * ZERO_FILL_BYTES + 4096;
-        let spare = MappedSegment::create_spare(&dir.path().join("a.spare"), bytes, true).unwrap();
+        let go_on = AtomicBool::new(false);
+        let spare =
+            MappedSegment::create_spare(&dir.path().join("a.spare"), bytes, Some(&go_on)).unwrap();
         assert_eq!(spare.file().metadata().unwrap().len(), bytes as u64);
         assert_eq!(
             first_hole(spare.file()),
@@ -488,6 +499,12 @@ mod tests {
         // SAFETY: the map is `bytes` long and nobody else writes it.
         let mapped = unsafe { std::slice::from_raw_parts(spare.ptr(), bytes) };
         assert!(mapped.iter().all(|&b| b == 0));
+        // Told to give up, it stops and leaves no file behind.
+        let path = dir.path().join("b.spare");
+        let err =
+            MappedSegment::create_spare(&path, bytes, Some(&AtomicBool::new(true))).unwrap_err();
+        assert!(err.to_string().contains("journal is closing"), "{err}");
+        assert!(!path.exists());
     }
 
     #[test]

@@ -707,6 +707,8 @@ pub(crate) struct SpareMaker {
     segment_bytes: usize,
     /// Whether the background thread zero-fills its spares.
     zero_fill: bool,
+    /// Set when the journal closes: a zero-fill under way gives up.
+    closing: AtomicBool,
     slot: Mutex<SpareSlot>,
     changed: Condvar,
 }
@@ -728,6 +730,7 @@ impl SpareMaker {
             dir: dir.to_owned(),
             segment_bytes,
             zero_fill,
+            closing: AtomicBool::new(false),
             slot: Mutex::new(SpareSlot::default()),
             changed: Condvar::new(),
         }
@@ -743,7 +746,11 @@ impl SpareMaker {
         let path = self
             .dir
             .join(format!("{}-{n}{SPARE_SUFFIX}", std::process::id()));
-        MappedSegment::create_spare(&path, self.segment_bytes, zero_fill)
+        MappedSegment::create_spare(
+            &path,
+            self.segment_bytes,
+            zero_fill.then_some(&self.closing),
+        )
     }
 
     /// The prepared spare, or a new one made now. Waits for a spare the
@@ -786,6 +793,8 @@ impl SpareMaker {
                         return;
                     }
                     Ok(spare) => slot.spare = Some(spare),
+                    // A zero-fill given up because the journal closes.
+                    Err(_) if slot.shutdown => return,
                     Err(err) => {
                         tracing::warn!("HAD0115W could not prepare a spare journal segment ahead of time: {err}");
                         // Try again at the next rotation; appenders make their own.
@@ -799,6 +808,7 @@ impl SpareMaker {
     }
 
     fn shutdown(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         self.slot.lock().shutdown = true;
         self.changed.notify_all();
     }
