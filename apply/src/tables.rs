@@ -1221,9 +1221,6 @@ impl Store for ReplicaTables {
 struct Gather {
     /// The batch's records as the data files hold them.
     out: Vec<u8>,
-    /// Where in `out` each of a run of records that share one hash starts,
-    /// for ordering them by key.
-    same: Vec<(usize, Loc)>,
 }
 
 impl Gather {
@@ -1270,7 +1267,7 @@ impl Gather {
     /// Checks and visits `batch`'s records from `out`; records that share
     /// a hash go by key.
     fn visit_batch(
-        &mut self,
+        &self,
         dir: &Path,
         batch: &[(u64, Loc)],
         visit: &mut BucketVisit<'_>,
@@ -1289,18 +1286,15 @@ impl Gather {
         while i < batch.len() {
             let (hash, loc) = batch[i];
             if batch.get(i + 1).is_some_and(|next| next.0 == hash) {
-                self.same.clear();
+                let mut same = Vec::new();
                 while i < batch.len() && batch[i].0 == hash {
-                    record(at, batch[i].1)?;
-                    self.same.push((at, batch[i].1));
+                    let (_, key, value) = record(at, batch[i].1)?;
+                    same.push((key, value));
                     at += batch[i].1.len as usize;
                     i += 1;
                 }
-                // Every one was checked just above.
-                let key = |&(at, loc): &(usize, Loc)| record(at, loc).map(|r| r.1).ok();
-                self.same.sort_by(|a, b| key(a).cmp(&key(b)));
-                for &(at, loc) in &self.same {
-                    let (_, key, value) = record(at, loc)?;
+                same.sort_unstable_by_key(|r| r.0);
+                for (key, value) in same {
                     visit(hash, key, value);
                 }
                 continue;
@@ -1316,7 +1310,7 @@ impl Gather {
 
 /// An empty vector with room for `len` elements, the kernel asked to back
 /// it with transparent huge pages (where they are enabled in `madvise`
-/// mode, as they are by default): a large buffer touched in random order
+/// mode, as on this project's test machines): a large buffer touched in random order
 /// otherwise costs a TLB miss per touch, and a page fault per 4 KiB.
 fn huge_vec<T>(len: usize) -> Vec<T> {
     const HUGE: usize = 2 << 20;
