@@ -144,25 +144,15 @@ impl ShipFigure {
     }
 }
 
-fn dir_bytes(dir: &Path, suffix: &str) -> u64 {
-    walk(dir)
-        .iter()
-        .filter(|p| p.to_string_lossy().ends_with(suffix))
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum()
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
+/// Bytes of the frames staged in `dir` (segments made ahead end in zeros,
+/// so file sizes overstate it): read back through a `StagingReader`.
+fn staged_frame_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut reader = engine::staging::StagingReader::open(dir, 1)?;
+    let (mut bytes, mut frame) = (0u64, Vec::new());
+    while reader.next(&mut frame)?.is_some() {
+        bytes += frame.len() as u64;
     }
-    out
+    Ok(bytes)
 }
 
 /// Ships the journal in `root/journal` (filled by `fill_journal`, ending at
@@ -185,7 +175,7 @@ pub fn ship(
     Ok(ShipFigure {
         entries: end - 1,
         journal_bytes: published_bytes(&root.join("journal"))?,
-        staged_bytes: dir_bytes(staging, ".stg"),
+        staged_bytes: staged_frame_bytes(&config.staging_dir())?,
         secs,
     })
 }

@@ -8,7 +8,8 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicU32;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Reserves `len` bytes of disk for `file` so later writes through a map cannot
@@ -48,6 +49,39 @@ pub fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Zeros written per `pwrite` by `zero_fill`.
+pub const ZERO_FILL_BYTES: usize = 1 << 20;
+
+/// Writes zeros over `file`'s bytes `from..to`, `ZERO_FILL_BYTES` at a time,
+/// each piece written back before the next and followed by a pause as long
+/// as it took, then `fdatasync`. Later writes
+/// there overwrite allocated, written, cached blocks: no page zeroing and no
+/// filesystem journal handle on the writer's path, and a later `fdatasync`
+/// has only data to write (decisions.md 30, 31). Returns `Interrupted`
+/// without syncing once `give_up` is set.
+pub fn zero_fill(file: &File, from: u64, to: u64, give_up: &AtomicBool) -> io::Result<()> {
+    let zeros = vec![0u8; ZERO_FILL_BYTES];
+    let mut at = from;
+    while at < to {
+        if give_up.load(Ordering::Relaxed) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        let n = (ZERO_FILL_BYTES as u64).min(to - at);
+        let began = std::time::Instant::now();
+        file.write_all_at(&zeros[..n as usize], at)?;
+        // Written back piece by piece, so the disk never queues a whole
+        // segment of zeros ahead of anyone's sync. Only pacing: where the
+        // filesystem refuses it, the sync below still makes the zeros
+        // durable and reports any write error.
+        let _ = write_back(file, at, n);
+        at += n;
+        // And paced to half the disk's time: a fill at full speed queued
+        // enough write-back to lengthen the syncs beside it (decisions.md 31).
+        std::thread::sleep(began.elapsed());
+    }
+    file.sync_data()
 }
 
 /// Sleeps until `word` no longer holds `expected`, a wake arrives, or `timeout`

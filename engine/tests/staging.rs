@@ -357,3 +357,158 @@ fn a_reader_refuses_purged_positions_and_damage_in_a_finished_segment() {
         "{err}"
     );
 }
+
+/// The segment files in `dir`, oldest first, with their lengths.
+fn segment_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "stg"))
+        .map(|p| {
+            let len = std::fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn spare_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "stg-spare")
+        })
+        .count()
+}
+
+#[test]
+fn segments_made_ahead_are_begun_at_rotation_and_their_zero_ends_read_as_nothing_yet() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(40);
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    let mut seen = Vec::new();
+    for f in &all[..20] {
+        assert!(staging.await_prepared_segment(), "a segment is made ahead");
+        staging.append(f).unwrap();
+        seen.extend(read_available(&mut reader));
+    }
+    staging.sync().unwrap();
+    assert_eq!(
+        seen,
+        all[..20],
+        "zeros after the last frame read as nothing yet"
+    );
+    let files = segment_files(&dir);
+    assert!(files.len() >= 3, "expected rotation: {files:?}");
+    assert_eq!(
+        files.last().unwrap().1,
+        8 * 1024,
+        "the active segment was made ahead, full length"
+    );
+    // Finished segments were cut to their frames: each holds a whole run
+    // of frames and nothing else.
+    let mut frames_in_order = all[..20].iter();
+    for (path, len) in &files[..files.len() - 1] {
+        let mut left = len - 16;
+        while left > 0 {
+            let frame = frames_in_order.next().expect("more frames than staged");
+            left = left
+                .checked_sub(frame.len() as u64)
+                .unwrap_or_else(|| panic!("{} does not end after a frame", path.display()));
+        }
+    }
+    assert!(staging.held_bytes() >= files.iter().map(|(_, len)| len).sum::<u64>() + 8 * 1024);
+    assert!(staging.await_prepared_segment());
+    assert_eq!(spare_files(&dir), 1);
+    drop(staging);
+    assert_eq!(
+        spare_files(&dir),
+        0,
+        "closing removes the segment made ahead"
+    );
+
+    // Reopened: the zero end is no torn tail; appends go on after the last frame.
+    let (mut staging, recovery) = Staging::open(&dir, small()).unwrap();
+    assert_eq!(
+        (recovery.staged_position, recovery.truncated_bytes),
+        (201, 0)
+    );
+    for f in &all[20..30] {
+        assert!(staging.await_prepared_segment());
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    assert_eq!(staging.read_all().unwrap(), all[..30]);
+    seen.extend(read_available(&mut reader));
+    assert_eq!(seen, all[..30]);
+    drop(staging);
+
+    // A torn frame written into the zero end (half of the next frame): cut
+    // off, and the store goes on from there.
+    let (active, len) = segment_files(&dir).pop().unwrap();
+    let start: u64 = active
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first = (start as usize - 1) / 10;
+    let end: u64 = 16 + all[first..30].iter().map(|f| f.len() as u64).sum::<u64>();
+    assert!(end < len, "the last segment was made ahead: {end} of {len}");
+    let torn = &all[30][..all[30].len() / 2];
+    std::os::unix::fs::FileExt::write_all_at(
+        &File::options().write(true).open(&active).unwrap(),
+        torn,
+        end,
+    )
+    .unwrap();
+    let (mut staging, recovery) = Staging::open(&dir, small()).unwrap();
+    assert_eq!(
+        (recovery.staged_position, recovery.truncated_bytes),
+        (301, len - end)
+    );
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), end);
+    for f in &all[30..] {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    assert_eq!(staging.read_all().unwrap(), all);
+    seen.extend(read_available(&mut reader));
+    assert_eq!(seen, all);
+}
+
+#[test]
+fn a_full_budget_gives_up_the_segment_made_ahead_before_refusing_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = frames(40);
+    let options = StagingOptions {
+        segment_bytes: 4 * 1024,
+        budget_bytes: 16 * 1024,
+        ..StagingOptions::default()
+    };
+    let (mut staging, _) = Staging::open(dir.path(), options).unwrap();
+    let mut staged = 0;
+    let err = loop {
+        staging.await_prepared_segment();
+        match staging.append(&all[staged]) {
+            Ok(_) => staged += 1,
+            Err(err) => break err,
+        }
+    };
+    assert!(err.to_string().starts_with("HAX0012E"), "{err}");
+    assert_eq!(spare_files(dir.path()), 0, "given up for frames");
+    let on_disk: u64 = segment_files(dir.path()).iter().map(|(_, len)| len).sum();
+    assert!(on_disk <= 16 * 1024 && staging.held_bytes() <= 16 * 1024);
+    assert!(
+        on_disk + all[staged].len() as u64 > 16 * 1024 - 4 * 1024,
+        "refused while a whole segment's room was left: {on_disk} bytes held"
+    );
+}

@@ -25,7 +25,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -36,9 +35,6 @@ use super::catalog::Catalog;
 use super::entry::{decode, DecodeError, Entry};
 use crate::limits::{CATALOG_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES};
 use crate::sys;
-
-/// Zeros written per `pwrite` when a spare is zero-filled.
-const ZERO_FILL_BYTES: usize = 1 << 20;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"REPLJRNL";
 pub const SEGMENT_FORMAT_VERSION: u32 = 1;
@@ -209,27 +205,19 @@ impl MappedSegment {
         sys::preallocate(&file, segment_bytes as u64)
             .map_err(SegmentError::io("preallocate segment", path))?;
         if let Some(give_up) = zero_fill {
-            let zeros = vec![0u8; ZERO_FILL_BYTES];
-            for at in (0..segment_bytes).step_by(ZERO_FILL_BYTES) {
-                if give_up.load(Ordering::Relaxed) {
-                    let _ = std::fs::remove_file(path);
-                    return Err(SegmentError::Io {
-                        context: "zero-fill segment (given up: the journal is closing)",
-                        path: path.to_owned(),
-                        source: io::ErrorKind::Interrupted.into(),
-                    });
-                }
-                let n = ZERO_FILL_BYTES.min(segment_bytes - at);
-                file.write_all_at(&zeros[..n], at as u64)
-                    .map_err(SegmentError::io("zero-fill segment", path))?;
-                // Written back piece by piece, so the disk never queues a
-                // whole segment of zeros ahead of anyone's sync. Only pacing:
-                // where the filesystem refuses it, the sync below still
-                // makes the zeros durable and reports any write error.
-                let _ = sys::write_back(&file, at as u64, n as u64);
+            if let Err(source) = sys::zero_fill(&file, 0, segment_bytes as u64, give_up) {
+                let _ = std::fs::remove_file(path);
+                let context = if source.kind() == io::ErrorKind::Interrupted {
+                    "zero-fill segment (given up: the journal is closing)"
+                } else {
+                    "zero-fill segment"
+                };
+                return Err(SegmentError::Io {
+                    context,
+                    path: path.to_owned(),
+                    source,
+                });
             }
-            file.sync_data()
-                .map_err(SegmentError::io("sync zero-filled segment", path))?;
         }
         let map = MmapOptions::new()
             .len(segment_bytes)
@@ -486,7 +474,7 @@ mod tests {
     #[test]
     fn a_zero_filled_spare_is_written_to_its_end_and_maps_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let bytes = 3 * ZERO_FILL_BYTES + 4096;
+        let bytes = 3 * sys::ZERO_FILL_BYTES + 4096;
         let go_on = AtomicBool::new(false);
         let spare =
             MappedSegment::create_spare(&dir.path().join("a.spare"), bytes, Some(&go_on)).unwrap();

@@ -9,6 +9,15 @@
 //! start position is the staged position (the `next_sequence` of the frame
 //! before) when the segment was begun.
 //!
+//! The newest segment may end in zeros: segments are made ahead of time by a
+//! background thread, written full of zeros and synced (`*.stg-spare` until
+//! a rotation renames one into place), so a group commit's `fdatasync` has
+//! only data blocks to write, never a size change (decisions.md 31). Zeros
+//! cannot start a frame (the magic is not zero), so they read as "nothing
+//! more yet". A segment is finished before the next one is begun: its
+//! unused end is cut off and it is synced, so a segment that has a
+//! successor ends exactly after its last frame.
+//!
 //! Positions are "next sequence" values, like a frame's `next_sequence`:
 //! every entry below the staged position is staged; an empty store is at 1.
 //!
@@ -24,8 +33,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crate::frame::FrameHeader;
 use crate::journal::{OsSync, SyncFile};
@@ -37,14 +49,20 @@ pub use reader::StagingReader;
 pub const STAGING_MAGIC: [u8; 8] = *b"REPLSTG1";
 const FILE_HEADER_BYTES: u64 = 16;
 const EXTENSION: &str = "stg";
+const SPARE_EXTENSION: &str = "stg-spare";
 
 /// How a staging store is opened.
 #[derive(Clone, Debug)]
 pub struct StagingOptions {
     /// A new segment is begun once the active one holds this many bytes.
     pub segment_bytes: u64,
-    /// Most bytes the store may hold on disk; appends beyond fail (HAX0012E).
+    /// Most bytes the store may hold on disk (segments, their zero-filled
+    /// ends and a segment being made ahead); appends beyond fail (HAX0012E).
     pub budget_bytes: u64,
+    /// Make each next segment ahead of time on a background thread, written
+    /// full of zeros (while the budget has room for it). Off: a rotation
+    /// creates an empty segment that appends grow.
+    pub prepare_segments: bool,
     pub syncer: Arc<dyn SyncFile>,
 }
 
@@ -53,6 +71,7 @@ impl Default for StagingOptions {
         StagingOptions {
             segment_bytes: 256 << 20,
             budget_bytes: 64 << 30,
+            prepare_segments: true,
             syncer: Arc::new(OsSync),
         }
     }
@@ -116,7 +135,55 @@ fn io<'p>(
 struct Segment {
     start_position: u64,
     path: PathBuf,
+    /// Header and frames.
     bytes: u64,
+    /// The file's length when it was opened or made (a prepared segment's
+    /// zero-filled end): what it holds on disk is the larger of the two.
+    allocated: u64,
+}
+
+impl Segment {
+    fn disk_bytes(&self) -> u64 {
+        self.bytes.max(self.allocated)
+    }
+}
+
+/// The next segment, being made (or made) on a background thread.
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    give_up: Arc<AtomicBool>,
+    thread: JoinHandle<Result<File, StagingError>>,
+}
+
+impl Spare {
+    /// Starts making a segment of `bytes` at `path`: header, zeros, synced.
+    fn start(path: PathBuf, bytes: u64) -> std::io::Result<Spare> {
+        let give_up = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (path, give_up) = (path.clone(), Arc::clone(&give_up));
+            std::thread::Builder::new()
+                .name("stg-prealloc".into())
+                .spawn(move || {
+                    let file = create_segment(&path)?;
+                    crate::sys::zero_fill(&file, FILE_HEADER_BYTES, bytes, &give_up)
+                        .map_err(io("zero-fill staging segment", &path))?;
+                    Ok(file)
+                })?
+        };
+        Ok(Spare {
+            path,
+            give_up,
+            thread,
+        })
+    }
+
+    /// Stops it (a zero-fill under way gives up) and removes its file.
+    fn discard(self) {
+        self.give_up.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// What `append` did with a frame.
@@ -166,6 +233,9 @@ pub struct Staging {
     staged_position: u64,
     durable_position: u64,
     poisoned: bool,
+    /// The next segment, made ahead (`prepare_segments`).
+    spare: Option<Spare>,
+    spares_started: u64,
 }
 
 fn segment_name(start_position: u64) -> String {
@@ -238,6 +308,22 @@ fn read_frame(
     Ok(FrameAt::Frame(header))
 }
 
+/// Whether `file` holds only zeros from `offset` to `end`.
+fn zeros_to_end(file: &File, offset: u64, end: u64, path: &Path) -> Result<bool, StagingError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = offset;
+    while at < end {
+        let n = (buf.len() as u64).min(end - at) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(io("read staging segment", path))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Whether a valid frame header starts anywhere after `from` in `bytes`.
 fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
     (from + 1..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).any(|at| {
@@ -270,6 +356,7 @@ impl Staging {
                 start_position: *start_position,
                 path: path.clone(),
                 bytes,
+                allocated: bytes,
             });
         }
         let last = segments.last_mut().expect("at least one segment");
@@ -289,6 +376,7 @@ impl Staging {
             file.seek(SeekFrom::Start(0))
                 .map_err(io("seek staging segment", &last.path))?;
             last.bytes = FILE_HEADER_BYTES;
+            last.allocated = FILE_HEADER_BYTES;
         }
         let mut header = [0u8; FILE_HEADER_BYTES as usize];
         let corrupt = |offset: u64, detail: String| StagingError::Corrupt {
@@ -316,6 +404,10 @@ impl Staging {
                     recovery.staged_position = h.next_sequence;
                 }
                 FrameAt::End => break,
+                FrameAt::Broken(_) if zeros_to_end(&file, offset, last.bytes, &last.path)? => {
+                    // The unused end of a segment made ahead.
+                    break;
+                }
                 FrameAt::Broken(detail) => {
                     let mut rest = Vec::new();
                     file.seek(SeekFrom::Start(offset))
@@ -338,26 +430,29 @@ impl Staging {
                             path: last.path.clone(),
                             source,
                         })?;
-                    last.bytes = offset;
+                    last.allocated = offset;
                     break;
                 }
             }
         }
+        last.bytes = offset;
         file.seek(SeekFrom::Start(offset))
             .map_err(io("seek staging segment", &last.path))?;
-        Ok((
-            Staging {
-                dir,
-                options,
-                active: file,
-                unsynced: Vec::new(),
-                staged_position: recovery.staged_position,
-                durable_position: recovery.staged_position,
-                segments,
-                poisoned: false,
-            },
-            recovery,
-        ))
+        remove_leftover_spares(&dir)?;
+        let mut staging = Staging {
+            dir,
+            options,
+            active: file,
+            unsynced: Vec::new(),
+            staged_position: recovery.staged_position,
+            durable_position: recovery.staged_position,
+            segments,
+            poisoned: false,
+            spare: None,
+            spares_started: 0,
+        };
+        staging.prepare_next();
+        Ok((staging, recovery))
     }
 
     /// Appends a received frame (already checked by `FrameDecoder`). Not
@@ -392,18 +487,26 @@ impl Staging {
                 staged: self.staged_position,
             });
         }
-        let held_bytes: u64 = self.segments.iter().map(|s| s.bytes).sum();
-        if held_bytes + frame.len() as u64 > self.options.budget_bytes {
-            return Err(StagingError::Full {
-                dir: self.dir.clone(),
-                budget_bytes: self.options.budget_bytes,
-                held_bytes,
-            });
+        if self.held_bytes() + frame.len() as u64 > self.options.budget_bytes {
+            // Room for frames comes before a segment made ahead.
+            if let Some(spare) = self.spare.take() {
+                spare.discard();
+            }
+            let held_bytes = self.held_bytes();
+            if held_bytes + frame.len() as u64 > self.options.budget_bytes {
+                return Err(StagingError::Full {
+                    dir: self.dir.clone(),
+                    budget_bytes: self.options.budget_bytes,
+                    held_bytes,
+                });
+            }
         }
-        if self.segments.last().expect("active").bytes + frame.len() as u64
-            > self.options.segment_bytes
-            && self.segments.last().expect("active").bytes > FILE_HEADER_BYTES
-        {
+        let active = self.segments.last().expect("active");
+        let full = active.bytes + frame.len() as u64 > self.options.segment_bytes;
+        // A segment that grows by appends (the first one, or one begun while
+        // none was ready) gives way to a prepared one as soon as it is ready.
+        let unprepared = active.allocated <= active.bytes && self.spare_ready();
+        if (full || unprepared) && active.bytes > FILE_HEADER_BYTES {
             self.rotate()?;
         }
         let active = self.segments.last_mut().expect("active");
@@ -420,19 +523,115 @@ impl Staging {
         })
     }
 
+    /// Finishes the active segment and begins the next, at the staged
+    /// position: the one made ahead when it is ready, else a new empty one.
     fn rotate(&mut self) -> Result<(), StagingError> {
+        // Finished before a successor exists (readers and recovery take a
+        // segment with a successor as complete): its unused end cut off,
+        // its frames and length durable.
+        let old = self.segments.last_mut().expect("active");
+        if old.allocated > old.bytes {
+            self.active
+                .set_len(old.bytes)
+                .map_err(io("cut the unused end of staging segment", &old.path))?;
+            old.allocated = old.bytes;
+        }
+        if let Err(source) = self.options.syncer.sync_data(&self.active) {
+            self.poisoned = true;
+            return Err(StagingError::SyncFailed {
+                path: old.path.clone(),
+                source,
+            });
+        }
+        let old_path = old.path.clone();
+        self.unsynced.retain(|p| *p != old_path);
+
         let path = self.dir.join(segment_name(self.staged_position));
-        self.active = create_segment(&path)?;
+        let (mut file, allocated) = match self.take_spare() {
+            Some((file, spare_path)) => {
+                std::fs::rename(&spare_path, &path)
+                    .map_err(io("rename prepared staging segment to", &path))?;
+                (file, self.options.segment_bytes)
+            }
+            None => (create_segment(&path)?, FILE_HEADER_BYTES),
+        };
+        file.seek(SeekFrom::Start(FILE_HEADER_BYTES))
+            .map_err(io("seek staging segment", &path))?;
         // The new name must survive a crash before anything in it is acked.
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io("sync staging directory", &self.dir))?;
+        self.active = file;
         self.segments.push(Segment {
             start_position: self.staged_position,
             path,
             bytes: FILE_HEADER_BYTES,
+            allocated,
         });
+        self.prepare_next();
         Ok(())
+    }
+
+    /// Starts making the next segment ahead, unless one is under way or
+    /// the budget has no room for it.
+    fn prepare_next(&mut self) {
+        if !self.options.prepare_segments
+            || self.spare.is_some()
+            || self.poisoned
+            || self.held_bytes() + self.options.segment_bytes > self.options.budget_bytes
+        {
+            return;
+        }
+        self.spares_started += 1;
+        let path = self.dir.join(format!(
+            "{}-{}.{SPARE_EXTENSION}",
+            std::process::id(),
+            self.spares_started
+        ));
+        match Spare::start(path, self.options.segment_bytes) {
+            Ok(spare) => self.spare = Some(spare),
+            Err(e) => tracing::warn!(
+                "HAX0021W could not prepare the next staging segment in {} ahead of time: {e}",
+                self.dir.display()
+            ),
+        }
+    }
+
+    fn spare_ready(&self) -> bool {
+        self.spare.as_ref().is_some_and(|s| s.thread.is_finished())
+    }
+
+    /// The segment made ahead, if it is ready (not while it is being made:
+    /// a rotation does not wait for it). A failure is logged and dropped.
+    fn take_spare(&mut self) -> Option<(File, PathBuf)> {
+        if !self.spare_ready() {
+            return None;
+        }
+        let spare = self.spare.take()?;
+        match spare.thread.join() {
+            Ok(Ok(file)) => Some((file, spare.path)),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "HAX0021W could not prepare the next staging segment in {} ahead of time: {e}",
+                    self.dir.display()
+                );
+                let _ = std::fs::remove_file(&spare.path);
+                None
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Waits until the segment being made ahead is ready; whether there is
+    /// one. The next rotation then begins it rather than an empty segment.
+    pub fn await_prepared_segment(&self) -> bool {
+        let Some(spare) = &self.spare else {
+            return false;
+        };
+        while !spare.thread.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
     }
 
     /// Makes everything staged durable; returns the new durable position (the
@@ -504,8 +703,9 @@ impl Staging {
                 "HAX0020I staging segment {} purged: applied through {applied_position}",
                 segment.path.display()
             );
-            freed += segment.bytes;
+            freed += segment.disk_bytes();
         }
+        self.prepare_next();
         Ok(freed)
     }
 
@@ -515,8 +715,15 @@ impl Staging {
     pub fn durable_position(&self) -> u64 {
         self.durable_position
     }
+    /// Bytes on disk: segments (with any zero-filled end) and the segment
+    /// being made ahead.
     pub fn held_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.bytes).sum()
+        let spare = if self.spare.is_some() {
+            self.options.segment_bytes
+        } else {
+            0
+        };
+        self.segments.iter().map(Segment::disk_bytes).sum::<u64>() + spare
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -550,6 +757,26 @@ impl Staging {
         }
         Ok(frames)
     }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.discard();
+        }
+    }
+}
+
+/// Removes segments made ahead by an earlier run (never renamed into place,
+/// so they hold no frame).
+fn remove_leftover_spares(dir: &Path) -> Result<(), StagingError> {
+    for item in std::fs::read_dir(dir).map_err(io("list staging", dir))? {
+        let path = item.map_err(io("list staging", dir))?.path();
+        if path.extension().is_some_and(|e| e == SPARE_EXTENSION) {
+            std::fs::remove_file(&path).map_err(io("remove leftover staging spare", &path))?;
+        }
+    }
+    Ok(())
 }
 
 fn create_segment(path: &Path) -> Result<File, StagingError> {

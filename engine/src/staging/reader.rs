@@ -8,10 +8,12 @@
 //!   checksum matches. A partial or damaged frame at the end of the newest
 //!   segment is a write in progress (or a torn tail the receiver will cut
 //!   off when it restarts): the reader waits for it.
-//! - A segment is finished once a later segment exists: the receiver begins
-//!   a new segment (named by the staged position) and never appends to an
+//! - A segment is finished once a later segment exists: the receiver cuts
+//!   off a segment's unused (zero-filled) end and syncs it before it begins
+//!   a new segment (named by the staged position), and never appends to an
 //!   older one. A partial or damaged frame in a finished segment is
-//!   corruption (HAX0002E).
+//!   corruption (HAX0002E); what was read before the later segment was seen
+//!   is read again first, as it may predate the finishing.
 //! - Frames follow each other without gap: a frame that does not start
 //!   where the previous one ended is corruption too.
 
@@ -33,8 +35,9 @@ pub struct StagingReader {
     /// Everything below this has been handed out (or skipped as below the
     /// starting position); the next frame must start here.
     position: u64,
-    /// Frames ending at or below this are skipped, not handed out.
-    skip_through: u64,
+    /// The starting position: frames holding nothing at or above it (their
+    /// `next_sequence` is at or below it) are skipped, not handed out.
+    from: u64,
 }
 
 #[derive(Debug)]
@@ -63,7 +66,7 @@ impl StagingReader {
             dir: dir.as_ref().to_owned(),
             segment: None,
             position: 0,
-            skip_through: from.saturating_sub(1),
+            from,
         };
         reader.find_start(from)?;
         Ok(reader)
@@ -102,16 +105,19 @@ impl StagingReader {
     /// The next whole frame into `buf` (header and body), or `None` when
     /// nothing more is staged yet. Call again later for more.
     pub fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<FrameHeader>, StagingError> {
+        // A later segment was seen while this one showed no whole frame.
+        let mut finished = false;
         loop {
             if self.segment.is_none() {
-                self.find_start(self.skip_through + 1)?;
+                self.find_start(self.from)?;
                 if self.segment.is_none() {
                     return Ok(None);
                 }
             }
             match self.read_at_offset(buf)? {
                 Found::Frame(header) => {
-                    if header.next_sequence <= self.skip_through {
+                    if header.next_sequence <= self.from {
+                        finished = false;
                         continue;
                     }
                     return Ok(Some(header));
@@ -123,24 +129,31 @@ impl StagingReader {
                         return Ok(None);
                     }
                     self.segment = Some(open_segment(self.position, &next)?);
+                    finished = false;
                 }
                 Found::NotYet { trailing } => {
                     // A write in progress, unless the receiver has moved on
                     // to a later segment: then these bytes are damage.
                     let current = self.segment.as_ref().expect("open");
-                    if list(&self.dir)?
+                    if !list(&self.dir)?
                         .iter()
                         .any(|(start, _)| *start > current.start)
                     {
-                        return Err(StagingError::Corrupt {
-                            path: current.path.clone(),
-                            offset: current.offset,
-                            detail: format!(
-                                "{trailing} bytes here are not a whole, intact frame, and a later segment exists"
-                            ),
-                        });
+                        return Ok(None);
                     }
-                    return Ok(None);
+                    if !finished {
+                        // Read again: the segment may have been finished
+                        // since (its zero-filled end cut off).
+                        finished = true;
+                        continue;
+                    }
+                    return Err(StagingError::Corrupt {
+                        path: current.path.clone(),
+                        offset: current.offset,
+                        detail: format!(
+                            "{trailing} bytes here are not a whole, intact frame, and a later segment exists"
+                        ),
+                    });
                 }
             }
         }
