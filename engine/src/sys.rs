@@ -54,18 +54,41 @@ pub fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// Zeros written per `pwrite` by `zero_fill`.
 pub const ZERO_FILL_BYTES: usize = 1 << 20;
 
+/// How a `zero_fill` under way is told to change course.
+#[derive(Debug, Default)]
+pub struct ZeroFillControl {
+    /// Someone waits for the fill: stop pausing.
+    hurry: AtomicBool,
+    /// Nobody will use the fill: stop (`Interrupted`).
+    give_up: AtomicBool,
+}
+
+impl ZeroFillControl {
+    /// Pause after each piece again (for the next fill).
+    pub fn pace(&self) {
+        self.hurry.store(false, Ordering::Relaxed);
+    }
+    pub fn hurry(&self) {
+        self.hurry.store(true, Ordering::Relaxed);
+    }
+    pub fn give_up(&self) {
+        self.give_up.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Writes zeros over `file`'s bytes `from..to`, `ZERO_FILL_BYTES` at a time,
-/// each piece written back before the next and followed by a pause as long
-/// as it took, then `fdatasync`. Later writes
-/// there overwrite allocated, written, cached blocks: no page zeroing and no
-/// filesystem journal handle on the writer's path, and a later `fdatasync`
-/// has only data to write (decisions.md 30, 31). Returns `Interrupted`
-/// without syncing once `give_up` is set.
-pub fn zero_fill(file: &File, from: u64, to: u64, give_up: &AtomicBool) -> io::Result<()> {
+/// then `fdatasync`. Later writes there overwrite allocated, written, cached
+/// blocks: no page zeroing and no filesystem journal handle on the writer's
+/// path, and a later `fdatasync` has only data to write (decisions.md 30,
+/// 31). Each piece is written back before the next and followed by a pause
+/// as long as it took (until `control` says hurry), so a fill uses about
+/// half of the disk's time. Returns `Interrupted` without syncing once
+/// `control` says give up.
+pub fn zero_fill(file: &File, from: u64, to: u64, control: &ZeroFillControl) -> io::Result<()> {
     let zeros = vec![0u8; ZERO_FILL_BYTES];
     let mut at = from;
     while at < to {
-        if give_up.load(Ordering::Relaxed) {
+        if control.give_up.load(Ordering::Relaxed) {
             return Err(io::ErrorKind::Interrupted.into());
         }
         let n = (ZERO_FILL_BYTES as u64).min(to - at);
@@ -77,9 +100,9 @@ pub fn zero_fill(file: &File, from: u64, to: u64, give_up: &AtomicBool) -> io::R
         // durable and reports any write error.
         let _ = write_back(file, at, n);
         at += n;
-        // And paced to half the disk's time: a fill at full speed queued
-        // enough write-back to lengthen the syncs beside it (decisions.md 31).
-        std::thread::sleep(began.elapsed());
+        if !control.hurry.load(Ordering::Relaxed) {
+            std::thread::sleep(began.elapsed());
+        }
     }
     file.sync_data()
 }

@@ -26,7 +26,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -186,15 +186,15 @@ impl SegmentError {
 
 impl MappedSegment {
     /// Creates a new segment file at `path` (which must not exist), preallocated to
-    /// `segment_bytes` (with `zero_fill`, written full of zeros and synced:
-    /// decisions.md 30; given up, the file removed, once the flag it names
-    /// is set) and mapped. Pages are faulted in by the appends themselves:
+    /// `segment_bytes` (with `zero_fill`, written full of zeros and synced,
+    /// paced unless told to hurry: decisions.md 30, 31; given up, the file
+    /// removed, when told to) and mapped. Pages are faulted in by the appends themselves:
     /// pre-faulting ahead cost append-to-staged latency and bought no append
     /// throughput (decisions.md 5). The header is written by `finalize`.
     pub fn create_spare(
         path: &Path,
         segment_bytes: usize,
-        zero_fill: Option<&AtomicBool>,
+        zero_fill: Option<&sys::ZeroFillControl>,
     ) -> Result<MappedSegment, SegmentError> {
         let file = OpenOptions::new()
             .read(true)
@@ -204,8 +204,8 @@ impl MappedSegment {
             .map_err(SegmentError::io("create segment", path))?;
         sys::preallocate(&file, segment_bytes as u64)
             .map_err(SegmentError::io("preallocate segment", path))?;
-        if let Some(give_up) = zero_fill {
-            if let Err(source) = sys::zero_fill(&file, 0, segment_bytes as u64, give_up) {
+        if let Some(control) = zero_fill {
+            if let Err(source) = sys::zero_fill(&file, 0, segment_bytes as u64, control) {
                 let _ = std::fs::remove_file(path);
                 let context = if source.kind() == io::ErrorKind::Interrupted {
                     "zero-fill segment (given up: the journal is closing)"
@@ -475,7 +475,7 @@ mod tests {
     fn a_zero_filled_spare_is_written_to_its_end_and_maps_whole() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = 3 * sys::ZERO_FILL_BYTES + 4096;
-        let go_on = AtomicBool::new(false);
+        let go_on = sys::ZeroFillControl::default();
         let spare =
             MappedSegment::create_spare(&dir.path().join("a.spare"), bytes, Some(&go_on)).unwrap();
         assert_eq!(spare.file().metadata().unwrap().len(), bytes as u64);
@@ -489,8 +489,9 @@ mod tests {
         assert!(mapped.iter().all(|&b| b == 0));
         // Told to give up, it stops and leaves no file behind.
         let path = dir.path().join("b.spare");
-        let err =
-            MappedSegment::create_spare(&path, bytes, Some(&AtomicBool::new(true))).unwrap_err();
+        let stop = sys::ZeroFillControl::default();
+        stop.give_up();
+        let err = MappedSegment::create_spare(&path, bytes, Some(&stop)).unwrap_err();
         assert!(err.to_string().contains("journal is closing"), "{err}");
         assert!(!path.exists());
     }

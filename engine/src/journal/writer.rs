@@ -32,6 +32,7 @@ use super::recover::{recover, RecoveryReport};
 use super::segment::{list_segments, MappedSegment, SegmentError};
 use super::{Durability, JournalError, JournalOptions};
 use crate::limits::{APPEND_BATCH_BYTES_MAX, ENTRY_HEADER_BYTES};
+use crate::sys::ZeroFillControl;
 
 /// Bytes a J-NR entry takes; the end of every segment keeps this much back.
 const NEXT_SEGMENT_BYTES: usize = align_up(ENTRY_HEADER_BYTES);
@@ -707,8 +708,9 @@ pub(crate) struct SpareMaker {
     segment_bytes: usize,
     /// Whether the background thread zero-fills its spares.
     zero_fill: bool,
-    /// Set when the journal closes: a zero-fill under way gives up.
-    closing: AtomicBool,
+    /// Tells a zero-fill under way to hurry (an appender waits for it) or
+    /// give up (the journal closes).
+    fill: ZeroFillControl,
     slot: Mutex<SpareSlot>,
     changed: Condvar,
 }
@@ -730,7 +732,7 @@ impl SpareMaker {
             dir: dir.to_owned(),
             segment_bytes,
             zero_fill,
-            closing: AtomicBool::new(false),
+            fill: ZeroFillControl::default(),
             slot: Mutex::new(SpareSlot::default()),
             changed: Condvar::new(),
         }
@@ -746,18 +748,19 @@ impl SpareMaker {
         let path = self
             .dir
             .join(format!("{}-{n}{SPARE_SUFFIX}", std::process::id()));
-        MappedSegment::create_spare(
-            &path,
-            self.segment_bytes,
-            zero_fill.then_some(&self.closing),
-        )
+        if zero_fill {
+            self.fill.pace();
+        }
+        MappedSegment::create_spare(&path, self.segment_bytes, zero_fill.then_some(&self.fill))
     }
 
     /// The prepared spare, or a new one made now. Waits for a spare the
-    /// background thread is making rather than racing it with a second one.
+    /// background thread is making rather than racing it with a second one
+    /// (telling a zero-fill to stop pausing: decisions.md 31).
     pub(crate) fn take(&self) -> Result<MappedSegment, SegmentError> {
         let mut slot = self.slot.lock();
         while slot.spare.is_none() && slot.creating && !slot.shutdown {
+            self.fill.hurry();
             self.changed.wait(&mut slot);
         }
         let taken = slot.spare.take();
@@ -808,7 +811,7 @@ impl SpareMaker {
     }
 
     fn shutdown(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.fill.give_up();
         self.slot.lock().shutdown = true;
         self.changed.notify_all();
     }

@@ -35,13 +35,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::frame::FrameHeader;
 use crate::journal::{OsSync, SyncFile};
 use crate::limits::FRAME_HEADER_BYTES;
+use crate::sys::ZeroFillControl;
 
 mod reader;
 pub use reader::StagingReader;
@@ -152,35 +152,31 @@ impl Segment {
 #[derive(Debug)]
 struct Spare {
     path: PathBuf,
-    give_up: Arc<AtomicBool>,
+    fill: Arc<ZeroFillControl>,
     thread: JoinHandle<Result<File, StagingError>>,
 }
 
 impl Spare {
     /// Starts making a segment of `bytes` at `path`: header, zeros, synced.
     fn start(path: PathBuf, bytes: u64) -> std::io::Result<Spare> {
-        let give_up = Arc::new(AtomicBool::new(false));
+        let fill = Arc::new(ZeroFillControl::default());
         let thread = {
-            let (path, give_up) = (path.clone(), Arc::clone(&give_up));
+            let (path, fill) = (path.clone(), Arc::clone(&fill));
             std::thread::Builder::new()
                 .name("stg-prealloc".into())
                 .spawn(move || {
                     let file = create_segment(&path)?;
-                    crate::sys::zero_fill(&file, FILE_HEADER_BYTES, bytes, &give_up)
+                    crate::sys::zero_fill(&file, FILE_HEADER_BYTES, bytes, &fill)
                         .map_err(io("zero-fill staging segment", &path))?;
                     Ok(file)
                 })?
         };
-        Ok(Spare {
-            path,
-            give_up,
-            thread,
-        })
+        Ok(Spare { path, fill, thread })
     }
 
     /// Stops it (a zero-fill under way gives up) and removes its file.
     fn discard(self) {
-        self.give_up.store(true, Ordering::Relaxed);
+        self.fill.give_up();
         let _ = self.thread.join();
         let _ = std::fs::remove_file(&self.path);
     }
@@ -605,6 +601,11 @@ impl Staging {
     /// a rotation does not wait for it). A failure is logged and dropped.
     fn take_spare(&mut self) -> Option<(File, PathBuf)> {
         if !self.spare_ready() {
+            // Wanted now: no more pauses; a segment that grows by appends
+            // gives way to it as soon as it is ready.
+            if let Some(spare) = &self.spare {
+                spare.fill.hurry();
+            }
             return None;
         }
         let spare = self.spare.take()?;
