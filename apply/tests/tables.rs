@@ -423,3 +423,52 @@ fn a_reader_sees_a_transaction_all_at_once() {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
 }
+
+#[test]
+fn keys_of_every_length_survive_checkpoints_that_reuse_their_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lengths around the index's inline key size (35) and well past it.
+    let keys: Vec<Vec<u8>> = (0..=80u8)
+        .flat_map(|len| (0..3u8).map(move |i| vec![i.wrapping_add(len); len as usize]))
+        .filter(|k| !k.is_empty())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let value = |k: &[u8], round: u8| [k, &[round; 7][..]].concat();
+    let mut position = AppliedPosition::new(1);
+    let mut seq = 1;
+    for round in 0..3u8 {
+        let tables = ReplicaTables::open(dir.path()).unwrap();
+        if round > 0 {
+            for k in &keys {
+                assert_eq!(
+                    tables.get(1, k).unwrap(),
+                    Some(value(k, round - 1)),
+                    "key of {} bytes after reopening",
+                    k.len()
+                );
+            }
+        }
+        let mut batch = TxnBatch::new();
+        if round == 0 {
+            batch.push(meta(seq), [op(OpKind::Create, 1, b"T", b"")]);
+            seq += 1;
+        }
+        for k in &keys {
+            batch.push(meta(seq), [op(OpKind::Put, 1, k, &value(k, round))]);
+            seq += 1;
+        }
+        for t in batch.iter() {
+            tables.apply(&t).unwrap();
+            position.advance(&t.meta());
+        }
+        // Two checkpoints in one opening: the second reuses the first's buffer.
+        tables.checkpoint(&position).unwrap();
+        tables.checkpoint(&position).unwrap();
+    }
+    let tables = ReplicaTables::open(dir.path()).unwrap();
+    assert_eq!(tables.len(), keys.len());
+    for k in &keys {
+        assert_eq!(tables.get(1, k).unwrap(), Some(value(k, 2)));
+    }
+}
