@@ -512,3 +512,43 @@ fn a_full_budget_gives_up_the_segment_made_ahead_before_refusing_frames() {
         "refused while a whole segment's room was left: {on_disk} bytes held"
     );
 }
+
+#[test]
+fn a_reader_refuses_a_damaged_frame_that_a_whole_frame_follows_in_the_newest_segment() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(5);
+    let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
+    for f in &all {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    let segment = dir.join(format!("{:020}.stg", 1));
+    let third = 16 + all[0].len() + all[1].len();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[third + 100] ^= 0x01;
+    std::os::unix::fs::FileExt::write_all_at(
+        &File::options().write(true).open(&segment).unwrap(),
+        &bytes[third + 100..third + 101],
+        (third + 100) as u64,
+    )
+    .unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    let mut buf = Vec::new();
+    assert!(reader.next(&mut buf).unwrap().is_some());
+    assert!(reader.next(&mut buf).unwrap().is_some());
+    let err = reader.next(&mut buf).unwrap_err();
+    assert!(
+        matches!(&err, StagingError::Corrupt { offset, .. } if *offset as usize == third),
+        "{err}"
+    );
+    // Damage in the last frame has nothing after it: a write in progress,
+    // as far as a reader can tell, so it waits.
+    let last = bytes.len() - all[4].len();
+    bytes[third + 100] ^= 0x01;
+    bytes[last + 100] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader), all[..4]);
+    drop(staging);
+}

@@ -14,6 +14,12 @@
 //!   older one. A partial or damaged frame in a finished segment is
 //!   corruption (HAX0002E); what was read before the later segment was seen
 //!   is read again first, as it may predate the finishing.
+//! - In the newest segment, a frame whose header is whole but whose body
+//!   does not match its checksum, followed by the header of the frame that
+//!   continues it, is damage too: the receiver writes a frame wholly before
+//!   it begins the next (read again first, for the same reason). Damage
+//!   there that leaves no whole header after it (or breaks the header
+//!   itself) cannot be told from a write in progress and is waited on.
 //! - Frames follow each other without gap: a frame that does not start
 //!   where the previous one ended is corruption too.
 
@@ -25,6 +31,7 @@ use super::{
     list, read_frame, segment_name, FrameAt, StagingError, FILE_HEADER_BYTES, STAGING_MAGIC,
 };
 use crate::frame::FrameHeader;
+use crate::limits::FRAME_HEADER_BYTES;
 
 /// Follows one staging store from a position.
 #[derive(Debug)]
@@ -139,7 +146,19 @@ impl StagingReader {
                         .iter()
                         .any(|(start, _)| *start > current.start)
                     {
-                        return Ok(None);
+                        if !self.followed_by_a_frame()? {
+                            return Ok(None);
+                        }
+                        if !finished {
+                            finished = true;
+                            continue;
+                        }
+                        let current = self.segment.as_ref().expect("open");
+                        return Err(StagingError::Corrupt {
+                            path: current.path.clone(),
+                            offset: current.offset,
+                            detail: "a frame whose body does not match its checksum, followed by the frame after it".into(),
+                        });
                     }
                     if !finished {
                         // Read again: the segment may have been finished
@@ -187,6 +206,27 @@ impl StagingReader {
         segment.offset += buf.len() as u64;
         self.position = header.next_sequence;
         Ok(Found::Frame(header))
+    }
+}
+
+impl StagingReader {
+    /// Whether the frame at the offset has a whole header and the header of
+    /// the frame that continues it follows where its body ends.
+    fn followed_by_a_frame(&self) -> Result<bool, StagingError> {
+        let segment = self.segment.as_ref().expect("open");
+        let header_at = |offset: u64| -> Result<Option<FrameHeader>, StagingError> {
+            let mut raw = [0u8; FRAME_HEADER_BYTES];
+            match segment.file.read_exact_at(&mut raw, offset) {
+                Ok(()) => Ok(FrameHeader::decode(&raw).ok()),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+                Err(e) => Err(super::io("read staging segment", &segment.path)(e)),
+            }
+        };
+        let Some(this) = header_at(segment.offset)? else {
+            return Ok(false);
+        };
+        let next = segment.offset + (FRAME_HEADER_BYTES as u64) + u64::from(this.body_bytes);
+        Ok(header_at(next)?.is_some_and(|after| after.start_position == this.next_sequence))
     }
 }
 
