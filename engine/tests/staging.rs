@@ -164,23 +164,41 @@ fn a_torn_tail_is_truncated_at_every_byte_and_damage_before_it_is_refused() {
     );
 }
 
-#[test]
-fn the_budget_pushes_back_until_apply_purges() {
-    let dir = tempfile::tempdir().unwrap();
-    let all = frames(40);
+/// A store of 4 KiB segments in a 16 KiB budget.
+fn tight_budget(dir: &std::path::Path) -> Staging {
     let options = StagingOptions {
         segment_bytes: 4 * 1024,
         budget_bytes: 16 * 1024,
         ..StagingOptions::default()
     };
-    let (mut staging, _) = Staging::open(dir.path(), options).unwrap();
+    Staging::open(dir, options).unwrap().0
+}
+
+/// Appends `all` until the store refuses one: how many it took, and why it
+/// refused. With `wait_ahead`, each append waits for the segment made ahead.
+fn append_until_refused(
+    staging: &mut Staging,
+    all: &[Vec<u8>],
+    wait_ahead: bool,
+) -> (usize, StagingError) {
     let mut staged = 0;
-    let err = loop {
+    loop {
+        if wait_ahead {
+            staging.await_prepared_segment();
+        }
         match staging.append(&all[staged]) {
             Ok(_) => staged += 1,
-            Err(err) => break err,
+            Err(err) => return (staged, err),
         }
-    };
+    }
+}
+
+#[test]
+fn the_budget_pushes_back_until_apply_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = frames(40);
+    let mut staging = tight_budget(dir.path());
+    let (staged, err) = append_until_refused(&mut staging, &all, false);
     assert!(err.to_string().starts_with("HAX0012E"), "{err}");
     assert!(staging.held_bytes() <= 16 * 1024);
     staging.sync().unwrap();
@@ -489,20 +507,8 @@ fn segments_made_ahead_are_begun_at_rotation_and_their_zero_ends_read_as_nothing
 fn a_full_budget_gives_up_the_segment_made_ahead_before_refusing_frames() {
     let dir = tempfile::tempdir().unwrap();
     let all = frames(40);
-    let options = StagingOptions {
-        segment_bytes: 4 * 1024,
-        budget_bytes: 16 * 1024,
-        ..StagingOptions::default()
-    };
-    let (mut staging, _) = Staging::open(dir.path(), options).unwrap();
-    let mut staged = 0;
-    let err = loop {
-        staging.await_prepared_segment();
-        match staging.append(&all[staged]) {
-            Ok(_) => staged += 1,
-            Err(err) => break err,
-        }
-    };
+    let mut staging = tight_budget(dir.path());
+    let (staged, err) = append_until_refused(&mut staging, &all, true);
     assert!(err.to_string().starts_with("HAX0012E"), "{err}");
     assert_eq!(spare_files(dir.path()), 0, "given up for frames");
     let on_disk: u64 = segment_files(dir.path()).iter().map(|(_, len)| len).sum();
