@@ -586,11 +586,15 @@ impl Staging {
         ));
         match Spare::start(path, self.options.segment_bytes) {
             Ok(spare) => self.spare = Some(spare),
-            Err(e) => tracing::warn!(
-                "HAX0021W could not prepare the next staging segment in {} ahead of time: {e}",
-                self.dir.display()
-            ),
+            Err(e) => self.not_prepared(&e),
         }
+    }
+
+    fn not_prepared(&self, error: &dyn std::fmt::Display) {
+        tracing::warn!(
+            "HAX0021W could not prepare the next staging segment in {} ahead of time: {error}",
+            self.dir.display()
+        );
     }
 
     fn spare_ready(&self) -> bool {
@@ -612,10 +616,7 @@ impl Staging {
         match spare.thread.join() {
             Ok(Ok(file)) => Some((file, spare.path)),
             Ok(Err(e)) => {
-                tracing::warn!(
-                    "HAX0021W could not prepare the next staging segment in {} ahead of time: {e}",
-                    self.dir.display()
-                );
+                self.not_prepared(&e);
                 let _ = std::fs::remove_file(&spare.path);
                 None
             }
