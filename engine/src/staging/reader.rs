@@ -207,9 +207,7 @@ impl StagingReader {
         self.position = header.next_sequence;
         Ok(Found::Frame(header))
     }
-}
 
-impl StagingReader {
     /// Whether the frame at the offset has a whole header and the header of
     /// the frame that continues it follows where its body ends.
     fn followed_by_a_frame(&self) -> Result<bool, StagingError> {
