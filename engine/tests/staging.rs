@@ -304,16 +304,27 @@ fn a_reader_follows_the_store_across_segments_while_it_is_written() {
     );
 }
 
-#[test]
-fn a_reader_waits_for_a_frame_being_written_and_starts_mid_store() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("staging");
-    let all = frames(5);
+/// A store in `<root>/staging` (one segment) holding `all[..staged]`,
+/// synced.
+fn one_segment_store(
+    root: &std::path::Path,
+    all: &[Vec<u8>],
+    staged: usize,
+) -> (std::path::PathBuf, Staging) {
+    let dir = root.join("staging");
     let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
-    for f in &all[..4] {
+    for f in &all[..staged] {
         staging.append(f).unwrap();
     }
     staging.sync().unwrap();
+    (dir, staging)
+}
+
+#[test]
+fn a_reader_waits_for_a_frame_being_written_and_starts_mid_store() {
+    let root = tempfile::tempdir().unwrap();
+    let all = frames(5);
+    let (dir, staging) = one_segment_store(root.path(), &all, 4);
     drop(staging);
     // Write the fifth frame a piece at a time, as a receiver would be seen
     // mid-write by another process.
@@ -522,13 +533,8 @@ fn a_full_budget_gives_up_the_segment_made_ahead_before_refusing_frames() {
 #[test]
 fn a_reader_refuses_a_damaged_frame_that_a_whole_frame_follows_in_the_newest_segment() {
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("staging");
     let all = frames(5);
-    let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
-    for f in &all {
-        staging.append(f).unwrap();
-    }
-    staging.sync().unwrap();
+    let (dir, staging) = one_segment_store(root.path(), &all, 5);
     let segment = dir.join(format!("{:020}.stg", 1));
     let third = 16 + all[0].len() + all[1].len();
     let mut bytes = std::fs::read(&segment).unwrap();
