@@ -15,6 +15,9 @@
 //! listen = "0.0.0.0:7400"
 //! staging = "/var/lib/repl/staging"
 //! budget = "64GiB"                    # staging disk budget
+//! segment = "256MiB"                  # staging segment size
+//! prepare_segments = true             # make the next segment ahead, zero-filled
+//!                                     # (data-only syncs; writes each byte twice)
 //!
 //! [transport]
 //! io = "auto"                         # auto | uring | plain
@@ -95,6 +98,7 @@ struct RawBackup {
     staging: Spanned<String>,
     budget: Option<Spanned<String>>,
     segment: Option<Spanned<String>>,
+    prepare_segments: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -142,6 +146,8 @@ pub struct Backup {
     pub staging: PathBuf,
     pub budget_bytes: u64,
     pub segment_bytes: u64,
+    /// Staging makes its next segment ahead, zero-filled (decisions.md 31).
+    pub prepare_segments: bool,
 }
 
 /// How the two talk.
@@ -486,6 +492,7 @@ impl Config {
                     1 << 20,
                     16 << 30,
                 )?,
+                prepare_segments: raw.backup.prepare_segments.unwrap_or(true),
             },
             transport: Transport {
                 io,
@@ -583,6 +590,15 @@ window = "32MiB"
         assert_eq!(c.apply.journals, ["main"]);
         assert_eq!(c.apply.workers, 2);
         assert_eq!(c.apply.spill_bytes, 64 << 20);
+        assert!(c.backup.prepare_segments);
+        let off = GOOD.replace("[backup]\n", "[backup]\nprepare_segments = false\n");
+        let c = Config::parse(Path::new("/etc/repl/pair.toml"), &off).unwrap();
+        assert!(!c.backup.prepare_segments);
+        let e = err(&GOOD.replace("[backup]\n", "[backup]\nprepare_segments = \"yes\"\n"));
+        assert!(
+            e.contains(":9:20: key `backup.prepare_segments`") && e.contains("invalid type"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &Arc<ReceiverStatus>) -> 
         StagingOptions {
             segment_bytes: config.backup.segment_bytes,
             budget_bytes: config.backup.budget_bytes,
+            prepare_segments: config.backup.prepare_segments,
             ..StagingOptions::default()
         },
     )?;
