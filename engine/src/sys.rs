@@ -54,6 +54,23 @@ pub fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// Zeros written per `pwrite` by `zero_fill`.
 pub const ZERO_FILL_BYTES: usize = 1 << 20;
 
+/// Whether `file` holds only zeros in `from..to` (read a piece at a time):
+/// the unused end of a segment made ahead, or one whose creation was cut
+/// short.
+pub fn is_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; ZERO_FILL_BYTES];
+    let mut at = from;
+    while at < to {
+        let n = (buf.len() as u64).min(to - at) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// How a `zero_fill` under way is told to change course.
 #[derive(Debug, Default)]
 pub struct ZeroFillControl {

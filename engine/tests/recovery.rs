@@ -317,6 +317,40 @@ fn undo_first_jnr(dir: &Path) -> (Vec<Placed>, Placed) {
 }
 
 #[test]
+fn a_newest_segment_blank_from_its_header_on_is_removed_and_one_holding_bytes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = fill_until_rotation(dir.path());
+    let (_, jnr) = undo_first_jnr(dir.path());
+    // A rotation that crashed before even the new segment's header was
+    // durable: the whole file reads as zeros.
+    let damaged = tempfile::tempdir().unwrap();
+    for (_, path) in &segments {
+        std::fs::copy(path, damaged.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let newest = damaged.path().join(segments[1].1.file_name().unwrap());
+    cut_file(&newest, 0, Cut::Zero);
+    let journal = Journal::open(damaged.path(), small_options()).unwrap();
+    assert_eq!(
+        journal.recovery_report().removed_segments,
+        vec![newest.clone()]
+    );
+    assert_eq!(journal.next_sequence(), jnr.entry.sequence);
+    drop(journal);
+    // The same with one byte far past the header: not blank, so refused
+    // rather than removed.
+    std::fs::copy(&segments[1].1, &newest).unwrap();
+    cut_file(&newest, 0, Cut::Zero);
+    let file = OpenOptions::new().write(true).open(&newest).unwrap();
+    file.write_all_at(&[1], 512 << 10).unwrap();
+    let err = Journal::open(damaged.path(), small_options()).unwrap_err();
+    assert!(
+        err.to_string().contains(&newest.display().to_string()),
+        "{err}"
+    );
+    assert!(newest.exists());
+}
+
+#[test]
 fn a_rotation_cut_before_its_jnr_removes_the_empty_segment() {
     let dir = tempfile::tempdir().unwrap();
     let segments = fill_until_rotation(dir.path());

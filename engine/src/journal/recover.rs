@@ -166,11 +166,13 @@ fn remove_leftover_spares(dir: &Path) -> Result<usize, JournalError> {
 /// Whether the bytes of `path` after a header-sized prefix are all zero: a
 /// segment whose creation was cut short, holding nothing.
 fn is_blank_after_header(path: &Path) -> Result<bool, JournalError> {
-    let bytes = std::fs::read(path).map_err(SegmentError::io("read segment", path))?;
-    Ok(bytes
-        .iter()
-        .skip(crate::limits::SEGMENT_HEADER_BYTES)
-        .all(|b| *b == 0))
+    let blank = || {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let from = (crate::limits::SEGMENT_HEADER_BYTES as u64).min(len);
+        crate::sys::is_zero(&file, from, len)
+    };
+    Ok(blank().map_err(SegmentError::io("read segment", path))?)
 }
 
 pub(crate) fn recover(

@@ -33,7 +33,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -304,22 +303,6 @@ fn read_frame(
     Ok(FrameAt::Frame(header))
 }
 
-/// Whether `file` holds only zeros from `offset` to `end`.
-fn zeros_to_end(file: &File, offset: u64, end: u64, path: &Path) -> Result<bool, StagingError> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = offset;
-    while at < end {
-        let n = (buf.len() as u64).min(end - at) as usize;
-        file.read_exact_at(&mut buf[..n], at)
-            .map_err(io("read staging segment", path))?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-        at += n as u64;
-    }
-    Ok(true)
-}
-
 /// Whether a valid frame header starts anywhere after `from` in `bytes`.
 fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
     (from + 1..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).any(|at| {
@@ -400,7 +383,10 @@ impl Staging {
                     recovery.staged_position = h.next_sequence;
                 }
                 FrameAt::End => break,
-                FrameAt::Broken(_) if zeros_to_end(&file, offset, last.bytes, &last.path)? => {
+                FrameAt::Broken(_)
+                    if crate::sys::is_zero(&file, offset, last.bytes)
+                        .map_err(io("read staging segment", &last.path))? =>
+                {
                     // The unused end of a segment made ahead.
                     break;
                 }
