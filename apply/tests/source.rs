@@ -295,14 +295,36 @@ fn a_killed_writer_loses_nothing_acknowledged() {
                 .spawn()
                 .unwrap();
             let lines = BufReader::new(child.stdout.take().unwrap());
-            let reader =
-                std::thread::spawn(move || lines.lines().map(|l| l.unwrap()).collect::<Vec<_>>());
-            // Wait for the child to open (replay may take a while), then
-            // let it work for a random while.
-            std::thread::sleep(Duration::from_millis(150 + rng.below(400)));
+            let (sent, received) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in lines.lines().map_while(Result::ok) {
+                    let _ = sent.send(line);
+                }
+            });
+            // Kill only once the child is at work: opened (replay may take
+            // a while on a loaded machine) and acknowledging commits, then
+            // after a random while more, so the kills land mid-work. (A kill
+            // before the child reports its open would also hide what that
+            // open rolled back.)
+            let wanted_acks = 20;
+            let mut seen = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while seen
+                .iter()
+                .filter(|l: &&String| l.starts_with("ACK "))
+                .count()
+                < wanted_acks
+                && std::time::Instant::now() < deadline
+            {
+                if let Ok(line) = received.recv_timeout(Duration::from_millis(100)) {
+                    seen.push(line);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(rng.below(200)));
             child.kill().unwrap();
             child.wait().unwrap();
-            for line in reader.join().unwrap() {
+            seen.extend(received.iter());
+            for line in seen {
                 if let Some(seq) = line.strip_prefix("ACK ") {
                     acked.push(seq.parse::<u64>().unwrap());
                 } else if let Some(open) = line.strip_prefix("OPEN ") {
