@@ -93,11 +93,17 @@ impl PrefetchHint {
     }
 }
 
-/// The slot a record's probe starts at in a table of `mask + 1` slots.
-/// Shards take the low bits of the record hash, which all of a shard's
-/// records share: the table takes its slot from the high bits.
+/// Low bits of the record hash that all of a table's records share (the
+/// replica tables' shard: `SHARDS` is `1 << SHARD_BITS`).
+pub(crate) const SHARD_BITS: u32 = 6;
+
+/// The slot a record's probe starts at in a table of `mask + 1` slots: the
+/// next bits of the *bit-reversed* record hash after the shard's, so the
+/// slots run in the order of `hash.reverse_bits()`, which is the order
+/// sync-check visits records in (`Index::ordered`, decisions.md 32).
 fn home(hash: u64, mask: usize) -> usize {
-    hash.rotate_left(26) as usize & mask
+    let shift = (mask as u64).leading_zeros();
+    ((hash.reverse_bits() << SHARD_BITS).checked_shr(shift)).unwrap_or(0) as usize
 }
 
 /// A hint to the CPU to load the line at `at` (nothing on targets without
@@ -148,7 +154,6 @@ impl std::fmt::Debug for Index {
 /// A record as the index holds it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry<'a> {
-    pub hash: u64,
     pub object: u64,
     pub key: &'a [u8],
     pub loc: Loc,
@@ -365,9 +370,57 @@ impl Index {
             .store(self.slots.as_ptr() as usize, Ordering::Relaxed);
     }
 
+    /// Appends the (hash, location) of every record of `object` whose hash
+    /// `keep` accepts to `out`, in the order of `hash.reverse_bits()`. The
+    /// slots are in that order already but for the records linear probing
+    /// put after their home (a few places, or around the end of the table to
+    /// its start): an insertion sort puts those back, at a cost of the
+    /// distance each one moves.
+    pub fn ordered(
+        &self,
+        object: u64,
+        mut keep: impl FnMut(u64) -> bool,
+        out: &mut Vec<(u64, Loc)>,
+    ) {
+        let start = out.len();
+        // The run at the table's start may hold records that wrapped around
+        // from its end: those go last.
+        let lead = self.slots.iter().position(Slot::is_empty).unwrap_or(0);
+        let mut wrapped = Vec::new();
+        for (i, slot) in self.slots[..lead].iter().enumerate() {
+            if slot.object == object && keep(slot.hash) {
+                match self.home(slot.hash) > i {
+                    true => wrapped.push((slot.hash, slot.loc)),
+                    false => out.push((slot.hash, slot.loc)),
+                }
+            }
+        }
+        // The rest without a branch on each slot: a quarter to a half of
+        // them are empty, at random.
+        let mut block = [(0, Loc::default()); 64];
+        for chunk in self.slots[lead..].chunks(block.len()) {
+            let mut n = 0;
+            for slot in chunk {
+                block[n] = (slot.hash, slot.loc);
+                n += usize::from(!slot.is_empty() & (slot.object == object) & keep(slot.hash));
+            }
+            out.extend_from_slice(&block[..n]);
+        }
+        out.extend_from_slice(&wrapped);
+        let order = |h: u64| h.reverse_bits();
+        for i in start + 1..out.len() {
+            let x = out[i];
+            let mut j = i;
+            while j > start && order(out[j - 1].0) > order(x.0) {
+                out[j] = out[j - 1];
+                j -= 1;
+            }
+            out[j] = x;
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
         self.slots.iter().filter(|s| !s.is_empty()).map(|s| Entry {
-            hash: s.hash,
             object: s.object,
             key: self.key_of(s),
             loc: s.loc,
@@ -397,6 +450,7 @@ mod tests {
         let mut rng = testkit::Rng(seed);
         let mut index = Index::default();
         let mut model: HashMap<(u64, Vec<u8>), Loc> = HashMap::new();
+        let mut hashes: HashMap<(u64, Vec<u8>), u64> = HashMap::new();
         for step in 0..200_000u32 {
             let k = rng.below(3000);
             let object = k % 3;
@@ -405,16 +459,17 @@ mod tests {
             } else {
                 k.to_le_bytes().to_vec()
             };
-            // Few distinct homes (the table takes them from the high bits),
-            // half at the start of the table, half at its end: long runs,
-            // and runs that wrap around.
+            // Few distinct homes (the table takes them from the bit-reversed
+            // hash after the shard's bits), half at the start of the table,
+            // half at its end: long runs, and runs that wrap around.
             let spot = k % 97;
             let high = if k % 2 == 0 {
                 spot
             } else {
                 (1 << 26) - 1 - spot
             };
-            let hash = (high << 38) | (k % 64);
+            let hash = (high << 32).reverse_bits() | (k % 64);
+            hashes.insert((object, key.clone()), hash);
             match rng.below(10) {
                 0..=5 => {
                     let l = loc(step);
@@ -453,6 +508,25 @@ mod tests {
             .collect();
         want.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         assert_eq!(seen, want, "seed {seed}");
+        for object in 0..3 {
+            let mut ordered = Vec::new();
+            index.ordered(object, |h| h % 3 != 0, &mut ordered);
+            assert!(
+                ordered
+                    .windows(2)
+                    .all(|w| w[0].0.reverse_bits() <= w[1].0.reverse_bits()),
+                "seed {seed}: records out of order"
+            );
+            let mut got: Vec<Loc> = ordered.iter().map(|r| r.1).collect();
+            let mut want: Vec<Loc> = model
+                .iter()
+                .filter(|((o, k), _)| *o == object && hashes[&(*o, k.clone())] % 3 != 0)
+                .map(|(_, l)| *l)
+                .collect();
+            got.sort_by_key(|l| (l.file, l.offset, l.len));
+            want.sort_by_key(|l| (l.file, l.offset, l.len));
+            assert_eq!(got, want, "seed {seed}: object {object}");
+        }
 
         let removed = index.retain(|object| object != 1);
         let want_bytes: u64 = model
@@ -464,11 +538,7 @@ mod tests {
         assert_eq!(removed, want_bytes, "seed {seed}");
         assert_eq!(index.len(), model.len(), "seed {seed}");
         for ((o, k), l) in &model {
-            let hash = index
-                .iter()
-                .find(|e| e.object == *o && e.key == &k[..])
-                .map(|e| e.hash)
-                .expect("kept record");
+            let hash = hashes[&(*o, k.clone())];
             assert_eq!(index.get(hash, *o, k), Some(*l), "seed {seed}");
         }
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::check::bucket_of;
+use crate::check::{bucket_of, record_order};
 use crate::position::AppliedPosition;
 use crate::txn::{Changes, LargeTxn, OpKind, Txn, TxnBatch};
 
@@ -249,7 +249,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Calls `visit(hash, key, value)` for every record of `object_id`,
     /// `hash` being its `record_hash`, bucket by bucket (`bucket_of(hash,
     /// bits)`; buckets in any order) and within a bucket by ascending
-    /// (hash, key): what sync-check hashes. With `only` (ascending
+    /// (`record_order(hash)`, key): what sync-check hashes. With `only` (ascending
     /// buckets), the records of those buckets alone. The default
     /// reads the whole object into memory through `scan`; stores that can
     /// give buckets from their own layout override it.
@@ -314,13 +314,6 @@ pub fn contents(store: &dyn Store) -> Result<Contents, StoreError> {
 /// What `Store::visit_buckets` calls: record hash, key, value.
 pub type BucketVisit<'a> = dyn FnMut(u64, &[u8], &[u8]) + 'a;
 
-/// The order of `Store::visit_buckets` for records of `bits`-bit buckets,
-/// as one integer: the bucket (the hash's low bits) on top, then the rest of
-/// the hash. Records with equal keys here (the same 64-bit hash) go by key.
-fn bucket_order(hash: u64, bits: u32) -> u64 {
-    hash.rotate_right(bits)
-}
-
 /// `Store::visit_buckets` through `scan`, with the whole object in memory.
 pub(crate) fn visit_buckets_in_memory<S: Store + ?Sized>(
     store: &S,
@@ -336,7 +329,7 @@ pub(crate) fn visit_buckets_in_memory<S: Store + ?Sized>(
             records.push((hash, k.to_vec(), v.to_vec()));
         }
     })?;
-    records.sort_by(|a, b| (bucket_order(a.0, bits), &a.1).cmp(&(bucket_order(b.0, bits), &b.1)));
+    records.sort_by(|a, b| (record_order(a.0), &a.1).cmp(&(record_order(b.0), &b.1)));
     for (hash, k, v) in &records {
         visit(*hash, k, v);
     }

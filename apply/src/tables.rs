@@ -47,7 +47,7 @@ use parking_lot::lock_api::RawRwLock as _;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::check::bucket_of;
-use crate::index::{Index, Loc, PrefetchHint, INLINE_KEY};
+use crate::index::{Index, Loc, PrefetchHint, INLINE_KEY, SHARD_BITS};
 use crate::position::AppliedPosition;
 use crate::store::{
     check_objects, record_hash, visit_buckets_in_memory, BucketVisit, ObjectCheck, ObjectInfo,
@@ -56,12 +56,12 @@ use crate::store::{
 use crate::txn::{LargeTxn, Op, OpKind, Txn, TxnBatch};
 
 /// At most 64: a transaction's shards are a bit set in a u64.
-const SHARDS: usize = 64;
+const SHARDS: usize = 1 << SHARD_BITS;
 const _: () = assert!(SHARDS <= 64);
 /// Size of one data file.
 pub const DATA_FILE_BYTES: usize = 64 << 20;
 const RECORD_HEADER_BYTES: usize = 20;
-/// Records `visit_buckets` sorts at once (24 bytes each).
+/// Records `visit_buckets` takes from the index at once (24 bytes each).
 const VISIT_GROUP_RECORDS: usize = 4 << 20;
 /// Records `visit_buckets` copies from the data files before checking and
 /// visiting them (about 70 KiB of 100-byte records: in L2).
@@ -1132,10 +1132,11 @@ impl Store for ReplicaTables {
 
     /// By groups of shards (a bucket lies in one shard: buckets and shards
     /// both take the low bits of the record hash): the group's record
-    /// locations are taken under each shard's read lock and sorted into
-    /// bucket order, then the records are read from the data files in that
-    /// order, fetched a few ahead (records are never rewritten, so a
-    /// location stays valid after the lock is released).
+    /// locations are taken under each shard's read lock in the order of the
+    /// index's slots, which is the visiting order (`Index::ordered`), then
+    /// the records are read from the data files in that order, fetched a few
+    /// ahead (records are never rewritten, so a location stays valid after
+    /// the lock is released).
     fn visit_buckets(
         &self,
         object_id: u64,
@@ -1162,17 +1163,14 @@ impl Store for ReplicaTables {
                 false => 0,
             })
             .collect();
-        // (hash, location), then the same sorted by bucket and hash: room
-        // for the largest group (counts may grow while the groups are
-        // read), on huge pages, since the sort writes all over it. A few
+        // (hash, location) in visiting order: room for the largest group
+        // (counts may grow while the groups are read), on huge pages. A few
         // buckets take what they need.
         let room = match only {
             None => counts.iter().sum::<usize>().min(VISIT_GROUP_RECORDS),
             Some(_) => 0,
         };
         let mut held: Vec<(u64, Loc)> = huge_vec(room);
-        let mut sorted: Vec<(u64, Loc)> = huge_vec(room);
-        let mut starts: Vec<u32> = Vec::new();
         let mut gather = Gather::default();
         let mut first = 0;
         while first < SHARDS {
@@ -1184,47 +1182,20 @@ impl Store for ReplicaTables {
             }
             held.clear();
             for s in (first..end).filter(|&s| in_shard(s)) {
-                held.extend(
-                    self.shards[s]
-                        .read()
-                        .records
-                        .iter()
-                        .filter(|r| r.object == object_id)
-                        .filter(|r| {
-                            wanted.as_ref().is_none_or(|set| {
-                                let b = bucket_of(r.hash, bits);
-                                set[b as usize / 64] & (1 << (b % 64)) != 0
-                            })
-                        })
-                        .map(|r| (r.hash, r.loc)),
-                );
+                let wanted = |hash: u64| {
+                    wanted.as_ref().is_none_or(|set| {
+                        let b = bucket_of(hash, bits);
+                        set[b as usize / 64] & (1 << (b % 64)) != 0
+                    })
+                };
+                self.shards[s]
+                    .read()
+                    .records
+                    .ordered(object_id, wanted, &mut held);
             }
             first = end;
-            // Counting sort by bucket, then each bucket (about a hundred
-            // records, in cache) by hash.
-            starts.clear();
-            starts.resize((1 << bits) + 1, 0);
-            for h in &held {
-                starts[bucket_of(h.0, bits) as usize + 1] += 1;
-            }
-            for b in 1..starts.len() {
-                starts[b] += starts[b - 1];
-            }
-            sorted.clear();
-            sorted.resize(held.len(), (0, Loc::default()));
-            for h in &held {
-                let at = &mut starts[bucket_of(h.0, bits) as usize];
-                sorted[*at as usize] = *h;
-                *at += 1;
-            }
-            // `starts[b]` is now where bucket b ends.
-            let mut from = 0;
-            for &to in &starts[..1 << bits] {
-                sorted[from..to as usize].sort_unstable_by_key(|h| h.0);
-                from = to as usize;
-            }
             let files: Vec<Option<Arc<DataFile>>> = self.files.read().by_id.clone();
-            gather.visit(&self.dir, &files, &sorted, visit)?;
+            gather.visit(&self.dir, &files, &held, visit)?;
         }
         Ok(())
     }
@@ -1249,8 +1220,8 @@ struct Gather {
 }
 
 impl Gather {
-    /// Visits the records of `sorted` (bucket order, hash order within a
-    /// bucket) in that order.
+    /// Visits the records of `sorted` (in the order of their bit-reversed
+    /// hash: bucket by bucket) in that order.
     fn visit(
         &mut self,
         dir: &Path,

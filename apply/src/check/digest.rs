@@ -2,7 +2,9 @@
 //!
 //! A record's bucket is the low `bits` bits of its record hash
 //! (`record_hash(object, key)`), the same on both sides. A leaf is the BLAKE3
-//! hash of its bucket's records in (record hash, key) order, each framed as
+//! hash of its bucket's records in (`record_order(hash)`, key) order: the
+//! bit-reversed hash, the order the replica tables' index keeps its slots in
+//! (decisions.md 32). Each record is framed as
 //! `[key len u32][value len u32][key][value]` (little-endian): a defined
 //! order inside the bucket makes the digest independent of the order records
 //! were inserted in or are stored in, and hashing a bucket as one stream
@@ -42,6 +44,13 @@ pub fn valid_bucket_bits(bits: u32) -> bool {
 /// The bucket of a record with hash `hash`.
 pub fn bucket_of(hash: u64, bits: u32) -> u64 {
     hash & ((1u64 << bits) - 1)
+}
+
+/// The order of records within a bucket (then by key, for equal hashes):
+/// the record hash with its bits reversed. Sorting by it sorts by bucket
+/// too, for every bucket count, since a bucket is the hash's low bits.
+pub fn record_order(hash: u64) -> u64 {
+    hash.reverse_bits()
 }
 
 /// Appends one record's framing to `out`.
@@ -148,7 +157,7 @@ impl ObjectDigest {
 }
 
 /// Builds the leaves from records that come bucket by bucket, in
-/// (hash, key) order within one.
+/// (`record_order`, key) order within one.
 #[derive(Debug)]
 struct LeafHasher {
     bits: u32,
@@ -192,7 +201,7 @@ impl LeafHasher {
             self.current = Some(bucket);
         } else {
             let (last_hash, at, len) = self.last;
-            if (last_hash, &self.stream[at..at + len]) >= (hash, key) {
+            if (record_order(last_hash), &self.stream[at..at + len]) >= (record_order(hash), key) {
                 return Err(bucket);
             }
         }
@@ -271,7 +280,7 @@ mod tests {
         let digest = |records: &[(u64, &[u8], &[u8])]| {
             let mut h = LeafHasher::new(8);
             for (hash, k, v) in records {
-                h.push(7 + (hash << 8), k, v).unwrap();
+                h.push(7 | (hash.reverse_bits() & !0xff), k, v).unwrap();
             }
             h.finish()
         };

@@ -14,8 +14,8 @@ pub use compare::{
     check, show_key, CheckError, CheckOptions, Mismatch, MismatchKind, Progress, Report,
 };
 pub use digest::{
-    bucket_bits, bucket_of, record_digest, valid_bucket_bits, Hash, ObjectDigest, FANOUT,
-    FANOUT_BITS, MAX_BUCKET_BITS, MIN_BUCKET_BITS,
+    bucket_bits, bucket_of, record_digest, record_order, valid_bucket_bits, Hash, ObjectDigest,
+    FANOUT, FANOUT_BITS, MAX_BUCKET_BITS, MIN_BUCKET_BITS,
 };
 pub use probe::{ProbeLog, ProbeOutcome};
 pub use protocol::{
