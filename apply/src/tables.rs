@@ -61,8 +61,10 @@ const _: () = assert!(SHARDS <= 64);
 /// Size of one data file.
 pub const DATA_FILE_BYTES: usize = 64 << 20;
 const RECORD_HEADER_BYTES: usize = 20;
-/// Records `visit_buckets` takes from the index at once (24 bytes each).
-const VISIT_GROUP_RECORDS: usize = 4 << 20;
+/// Records `visit_buckets` takes from the index at once, in whole shards
+/// (24 bytes each: 6 MiB, which the gather reads back from cache). Larger
+/// groups cost a check's first run their fresh pages (decisions.md 32).
+const VISIT_GROUP_RECORDS: usize = 256 << 10;
 /// Records `visit_buckets` copies from the data files before checking and
 /// visiting them (about 70 KiB of 100-byte records: in L2).
 const VISIT_BATCH_RECORDS: usize = 512;
@@ -1164,13 +1166,19 @@ impl Store for ReplicaTables {
             })
             .collect();
         // (hash, location) in visiting order: room for the largest group
-        // (counts may grow while the groups are read), on huge pages. A few
-        // buckets take what they need.
+        // (counts may grow while the groups are read). A few buckets take
+        // what they need.
         let room = match only {
-            None => counts.iter().sum::<usize>().min(VISIT_GROUP_RECORDS),
+            None => {
+                let largest = counts.iter().copied().max().unwrap_or(0);
+                counts
+                    .iter()
+                    .sum::<usize>()
+                    .min(largest.max(VISIT_GROUP_RECORDS))
+            }
             Some(_) => 0,
         };
-        let mut held: Vec<(u64, Loc)> = huge_vec(room);
+        let mut held: Vec<(u64, Loc)> = Vec::with_capacity(room);
         let mut gather = Gather::default();
         let mut first = 0;
         while first < SHARDS {
@@ -1302,25 +1310,4 @@ impl Gather {
         }
         Ok(())
     }
-}
-
-/// An empty vector with room for `len` elements, the kernel asked to back
-/// it with transparent huge pages (where they are enabled in `madvise`
-/// mode, as on this project's test machines): a large buffer touched in random order
-/// otherwise costs a TLB miss per touch, and a page fault per 4 KiB.
-fn huge_vec<T>(len: usize) -> Vec<T> {
-    const HUGE: usize = 2 << 20;
-    let v = Vec::with_capacity(len);
-    let start = v.as_ptr() as usize;
-    let (from, to) = (
-        start.next_multiple_of(HUGE),
-        (start + len * std::mem::size_of::<T>()) / HUGE * HUGE,
-    );
-    if to > from {
-        // SAFETY: MADV_HUGEPAGE changes only how the kernel backs these
-        // pages of our own allocation (inside `v`'s capacity), never their
-        // contents; a failure leaves them on small pages.
-        unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
-    }
-    v
 }
