@@ -194,23 +194,32 @@ impl DataFile {
 
     /// The record at `loc`, checked against its checksum.
     fn record(&self, loc: Loc) -> Result<(u64, &[u8], &[u8]), StoreError> {
-        parse_record(self.raw(loc)?, loc.offset).map_err(|detail| StoreError::Corrupt {
-            path: self.path.clone(),
-            detail,
-        })
+        let bytes = self.raw(loc)?;
+        check_record_sum(bytes, loc.offset)
+            .and_then(|()| parse_record(bytes, loc.offset))
+            .map_err(|detail| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail,
+            })
+    }
+}
+
+/// Whether a record's bytes (as a lane wrote them) match its checksum;
+/// what is wrong otherwise, naming the record by its `offset` in its data
+/// file.
+fn check_record_sum(bytes: &[u8], offset: u32) -> Result<(), String> {
+    let crc = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+    match crc32c::crc32c(&bytes[4..]) == crc {
+        true => Ok(()),
+        false => Err(format!(
+            "checksum mismatch in the record at offset {offset}"
+        )),
     }
 }
 
 /// A record's object, key and value from its bytes (as a lane wrote them),
-/// checked against its checksum and lengths; what is wrong otherwise,
-/// naming the record by its `offset` in its data file.
+/// checked against its lengths (not its checksum: `check_record_sum`).
 fn parse_record(bytes: &[u8], offset: u32) -> Result<(u64, &[u8], &[u8]), String> {
-    let crc = u32::from_le_bytes(bytes[..4].try_into().unwrap());
-    if crc32c::crc32c(&bytes[4..]) != crc {
-        return Err(format!(
-            "checksum mismatch in the record at offset {offset}"
-        ));
-    }
     let object = u64::from_le_bytes(bytes[4..12].try_into().unwrap());
     let klen = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
     let vlen = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
@@ -1139,6 +1148,12 @@ impl Store for ReplicaTables {
     /// the records are read from the data files in that order, fetched a few
     /// ahead (records are never rewritten, so a location stays valid after
     /// the lock is released).
+    ///
+    /// A pass over the whole object (`only` is `None`) checks each record's
+    /// lengths but not its checksum: sync-check compares what it hashes with
+    /// the source, which finds any damage to a key or value, and then reads
+    /// the buckets that differ again with `only`, checksums checked, so the
+    /// damage is named as such (HAD0211E, decisions.md 32).
     fn visit_buckets(
         &self,
         object_id: u64,
@@ -1179,7 +1194,10 @@ impl Store for ReplicaTables {
             Some(_) => 0,
         };
         let mut held: Vec<(u64, Loc)> = Vec::with_capacity(room);
-        let mut gather = Gather::default();
+        let mut gather = Gather {
+            out: Vec::new(),
+            checksums: only.is_some(),
+        };
         let mut first = 0;
         while first < SHARDS {
             let mut end = first + 1;
@@ -1221,10 +1239,12 @@ impl Store for ReplicaTables {
 /// copy (decisions.md 29). Checking each record where it lies in the map
 /// makes its checksum wait for its cache miss, and the misses no longer
 /// overlap.
-#[derive(Default)]
 struct Gather {
     /// The batch's records as the data files hold them.
     out: Vec<u8>,
+    /// Whether each record is checked against its checksum (its lengths
+    /// always are).
+    checksums: bool,
 }
 
 impl Gather {
@@ -1278,11 +1298,15 @@ impl Gather {
     ) -> Result<(), StoreError> {
         let out = &self.out;
         let record = |at: usize, loc: Loc| {
-            parse_record(&out[at..at + loc.len as usize], loc.offset).map_err(|detail| {
-                StoreError::Corrupt {
-                    path: data_path(dir, loc.file),
-                    detail,
-                }
+            let bytes = &out[at..at + loc.len as usize];
+            match self.checksums {
+                true => check_record_sum(bytes, loc.offset),
+                false => Ok(()),
+            }
+            .and_then(|()| parse_record(bytes, loc.offset))
+            .map_err(|detail| StoreError::Corrupt {
+                path: data_path(dir, loc.file),
+                detail,
             })
         };
         let mut at = 0;

@@ -470,3 +470,35 @@ fn a_check_compares_only_the_objects_its_selector_names() {
     assert_eq!(report.mismatches.len(), 1);
     assert_eq!(report.mismatches[0].key, key(7));
 }
+
+/// A bit flipped in a record on the replica's disk: the pass over the whole
+/// object hashes the record as it is, the comparison finds its bucket, and
+/// reading that bucket again (checksums checked) names the damage.
+#[test]
+fn a_record_damaged_on_the_replicas_disk_is_named_as_damage() {
+    use std::os::unix::fs::FileExt;
+    let pair = pair();
+    load(&pair.source, 20_000);
+    assert!(local_check(&pair, false).is_equal());
+    let needle = image(1234, 0);
+    let (path, at) = std::fs::read_dir(pair._dir.path().join("replica"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tbl"))
+        .find_map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let at = bytes.windows(needle.len()).position(|w| w == needle)?;
+            Some((p, at))
+        })
+        .expect("record 1234 in a replica data file");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_at(b"#", (at + 50) as u64).unwrap();
+    let mut peer = LocalPeer::new(&pair.service);
+    let err = check(&pair.source, &mut peer, &CheckOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("HAD0211E"), "{err}");
+    assert!(err.contains("checksum mismatch"), "{err}");
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "{err}");
+}

@@ -25,8 +25,11 @@ pub const FANOUT: usize = 1 << FANOUT_BITS;
 /// Fewest and most bucket bits: 256 leaves to 16 M leaves.
 pub const MIN_BUCKET_BITS: u32 = 8;
 pub const MAX_BUCKET_BITS: u32 = 24;
-/// Records per leaf the bucket count aims at.
-const LEAF_RECORDS: u64 = 128;
+/// Records per leaf the bucket count aims at: a leaf of about a thousand
+/// 100-byte records is ~120 KiB, which BLAKE3 hashes 16 chunks at a time
+/// all through; a leaf of a hundred leaves it a tail of a few chunks hashed
+/// a few lanes wide (decisions.md 32).
+const LEAF_RECORDS: u64 = 1024;
 
 /// Bucket bits for an object of `records` records: about `LEAF_RECORDS`
 /// per leaf, a multiple of `FANOUT_BITS`.
@@ -253,10 +256,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bucket_bits_aim_at_a_hundred_records_per_leaf() {
+    fn bucket_bits_aim_at_a_thousand_records_per_leaf() {
         assert_eq!(bucket_bits(0), 8);
-        assert_eq!(bucket_bits(1_000_000), 12);
-        assert_eq!(bucket_bits(10_000_000), 16);
+        assert_eq!(bucket_bits(1_000_000), 8);
+        assert_eq!(bucket_bits(10_000_000), 12);
+        assert_eq!(bucket_bits(100_000_000), 16);
         assert_eq!(bucket_bits(u64::MAX), 24);
         for r in [0, 1, 5000, 1 << 20, 1 << 30, u64::MAX] {
             assert!(valid_bucket_bits(bucket_bits(r)));
