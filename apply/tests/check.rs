@@ -494,9 +494,14 @@ fn a_record_damaged_on_the_replicas_disk_is_named_as_damage() {
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.write_at(b"#", (at + 50) as u64).unwrap();
     let mut peer = LocalPeer::new(&pair.service);
-    let err = check(&pair.source, &mut peer, &CheckOptions::default(), &mut |_| {})
-        .unwrap_err()
-        .to_string();
+    let err = check(
+        &pair.source,
+        &mut peer,
+        &CheckOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("HAD0211E"), "{err}");
     assert!(err.contains("checksum mismatch"), "{err}");
     let name = path.file_name().unwrap().to_str().unwrap();
