@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::journal::{Durability, Journal, JournalOptions, NewEntry};
+use engine::trace::{monotonic_ns, StageClock};
 use ship::config::Config;
 use ship::receiver::ReceiverStatus;
 use ship::sender::SenderStatus;
@@ -76,10 +77,23 @@ pub struct RunningPair {
 }
 
 impl RunningPair {
-    pub fn start(config: &Config) -> RunningPair {
+    /// Starts a receiver and a sender; with `clocks`, their stage clocks
+    /// record (when frames were sent, when syncs made them durable).
+    pub fn start(config: &Config, clocks: bool) -> RunningPair {
         let stop = Arc::new(AtomicBool::new(false));
-        let received = Arc::new(ReceiverStatus::default());
-        let sent = Arc::new(SenderStatus::default());
+        let clock = || match clocks {
+            true => StageClock::recording(),
+            false => StageClock::default(),
+        };
+        let received = Arc::new(ReceiverStatus {
+            staged_at: clock(),
+            ..ReceiverStatus::default()
+        });
+        let sent = Arc::new(SenderStatus {
+            scraped_at: clock(),
+            sent_at: clock(),
+            ..SenderStatus::default()
+        });
         let mut threads = Vec::new();
         {
             let (config, stop, status) = (config.clone(), Arc::clone(&stop), Arc::clone(&received));
@@ -168,7 +182,7 @@ pub fn ship(
     let _ = std::fs::remove_file(root.join("journal").join("acked-b.pos"));
     let config = config(root, staging, compression, io)?;
     let start = Instant::now();
-    let pair = RunningPair::start(&config);
+    let pair = RunningPair::start(&config, false);
     pair.wait_durable(end, Duration::from_secs(600))?;
     let secs = start.elapsed().as_secs_f64();
     pair.stop()?;
@@ -261,37 +275,27 @@ pub fn latency(
     )?;
     journal.append(&NewEntry::create_object(1, "BENCH"))?;
     let config = config(root, staging, "none", "auto")?;
-    let pair = RunningPair::start(&config);
+    // The pair's stage clocks note when each frame went to the socket and
+    // when each sync made frames durable, on the threads that did it (a
+    // thread polling the positions would wake ~10 000 times a second on
+    // the two cores it measures, and add its polling interval).
+    let pair = RunningPair::start(&config, true);
     pair.wait_durable(journal.next_sequence(), Duration::from_secs(30))?;
-    // Watch the durable position: (position, when it was reached).
-    let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (received, sent) = (Arc::clone(&pair.received), Arc::clone(&pair.sent));
-        let stop = Arc::clone(&watch_stop);
-        std::thread::spawn(move || {
-            let (mut staged_seen, mut sent_seen) = (Vec::new(), Vec::new());
-            let (mut last_staged, mut last_sent) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
-                let now = Instant::now();
-                let d = received.durable.load(Ordering::Relaxed);
-                if d != last_staged {
-                    staged_seen.push((d, now));
-                    last_staged = d;
-                }
-                let s = sent.sent.load(Ordering::Relaxed);
-                if s != last_sent {
-                    sent_seen.push((s, now));
-                    last_sent = s;
-                }
-                std::thread::sleep(Duration::from_micros(50));
-            }
-            (staged_seen, sent_seen)
-        })
+    let events = |clock: &StageClock| -> Vec<(u64, u64)> {
+        clock
+            .take()
+            .0
+            .iter()
+            .map(|e| (e.position, e.time_ns))
+            .collect()
     };
+    events(&pair.received.staged_at);
+    events(&pair.sent.sent_at);
+    events(&pair.sent.scraped_at);
     let per_batch = (rate_per_sec / 1000).max(1);
     let image = engine::workload::image(2, 0, IMAGE_BYTES);
     let mut w = journal.appender();
-    let mut appended: Vec<(u64, Instant)> = Vec::new();
+    let mut appended: Vec<(u64, u64)> = Vec::new();
     let start = Instant::now();
     let mut tick = 0u64;
     let mut keys: Vec<[u8; 8]> = Vec::new();
@@ -304,22 +308,28 @@ pub fn latency(
         keys.extend((0..per_batch).map(|i| (tick * per_batch + i).to_le_bytes()));
         let batch: Vec<NewEntry<'_>> = keys.iter().map(|k| NewEntry::put(1, k, &image)).collect();
         let range = w.append_batch(&batch)?;
-        appended.push((range.end, Instant::now()));
+        appended.push((range.end, monotonic_ns()));
         tick += 1;
     }
     pair.wait_durable(journal.next_sequence(), Duration::from_secs(30))?;
-    watch_stop.store(true, Ordering::Relaxed);
-    let (staged_seen, sent_seen) = watcher.join().expect("watcher panicked");
+    let (staged_seen, sent_seen, scraped_seen) = (
+        events(&pair.received.staged_at),
+        events(&pair.sent.sent_at),
+        events(&pair.sent.scraped_at),
+    );
     pair.stop()?;
     Ok(LatencyFigure {
         staged: lag(&appended, &staged_seen, per_batch)?,
         sent: lag(&appended, &sent_seen, per_batch)?,
+        scraped: lag(&appended, &scraped_seen, per_batch)?,
     })
 }
 
 /// Append-to-stage latencies of one run, in microseconds.
 #[derive(Debug)]
 pub struct LatencyFigure {
+    /// Until the sender's scraper took the entry from the journal.
+    pub scraped: hdrhistogram::Histogram<u64>,
     /// Until the frame holding the entry was handed to the socket.
     pub sent: hdrhistogram::Histogram<u64>,
     /// Until the backup had it durably staged.
@@ -327,10 +337,11 @@ pub struct LatencyFigure {
 }
 
 /// For each appended batch (position after it, when), the time until a
-/// watched position first reached it.
+/// stage first reached it (stage clock events: position, when; times in
+/// `monotonic_ns`).
 fn lag(
-    appended: &[(u64, Instant)],
-    seen: &[(u64, Instant)],
+    appended: &[(u64, u64)],
+    seen: &[(u64, u64)],
     per_batch: u64,
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
@@ -339,8 +350,8 @@ fn lag(
         while k < seen.len() && seen[k].0 < end {
             k += 1;
         }
-        let reached = seen.get(k).map(|s| s.1).unwrap_or_else(Instant::now);
-        let micros = reached.saturating_duration_since(at).as_micros() as u64;
+        let reached = seen.get(k).map(|s| s.1).unwrap_or_else(monotonic_ns);
+        let micros = reached.saturating_sub(at) / 1000;
         histogram.record_n(micros.max(1), per_batch)?;
     }
     Ok(histogram)

@@ -136,7 +136,11 @@ fn latency(args: &Args) -> anyhow::Result<()> {
         args.latency_rate,
         Duration::from_secs(args.latency_secs),
     )?;
-    for (stage, h) in [("sent", &figure.sent), ("staged", &figure.staged)] {
+    for (stage, h) in [
+        ("scraped", &figure.scraped),
+        ("sent", &figure.sent),
+        ("staged", &figure.staged),
+    ] {
         println!(
             "| append → {stage} latency at {} entries/s offered, {} s | p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs |",
             args.latency_rate,
