@@ -199,6 +199,12 @@ pub struct PendingSync {
 }
 
 impl PendingSync {
+    /// What is durable once this sync (and every one prepared before it)
+    /// has run.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
     /// fdatasync of every segment written since the last sync.
     pub fn run(&self) -> Result<(), (PathBuf, std::io::Error)> {
         for (file, path) in &self.files {
