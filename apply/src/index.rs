@@ -20,6 +20,8 @@ use std::alloc::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::check::record_order;
+
 /// Where a record is: data file, offset, length (never 0: a record has a
 /// header).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -98,12 +100,12 @@ impl PrefetchHint {
 pub(crate) const SHARD_BITS: u32 = 6;
 
 /// The slot a record's probe starts at in a table of `mask + 1` slots: the
-/// next bits of the *bit-reversed* record hash after the shard's, so the
-/// slots run in the order of `hash.reverse_bits()`, which is the order
-/// sync-check visits records in (`Index::ordered`, decisions.md 32).
+/// next bits of `record_order(hash)` (the bit-reversed hash) after the
+/// shard's, so the slots run in the order sync-check visits records in
+/// (`Index::ordered`, decisions.md 32).
 fn home(hash: u64, mask: usize) -> usize {
     let shift = (mask as u64).leading_zeros();
-    ((hash.reverse_bits() << SHARD_BITS).checked_shr(shift)).unwrap_or(0) as usize
+    ((record_order(hash) << SHARD_BITS).checked_shr(shift)).unwrap_or(0) as usize
 }
 
 /// A hint to the CPU to load the line at `at` (nothing on targets without
@@ -371,7 +373,7 @@ impl Index {
     }
 
     /// Appends the (hash, location) of every record of `object` whose hash
-    /// `keep` accepts to `out`, in the order of `hash.reverse_bits()`. The
+    /// `keep` accepts to `out`, in `record_order` of their hashes. The
     /// slots are in that order already but for the records linear probing
     /// put after their home (a few places, or around the end of the table to
     /// its start): an insertion sort puts those back, at a cost of the
@@ -407,11 +409,10 @@ impl Index {
             out.extend_from_slice(&block[..n]);
         }
         out.extend_from_slice(&wrapped);
-        let order = |h: u64| h.reverse_bits();
         for i in start + 1..out.len() {
             let x = out[i];
             let mut j = i;
-            while j > start && order(out[j - 1].0) > order(x.0) {
+            while j > start && record_order(out[j - 1].0) > record_order(x.0) {
                 out[j] = out[j - 1];
                 j -= 1;
             }
