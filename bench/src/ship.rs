@@ -97,9 +97,12 @@ impl RunningPair {
         let mut threads = Vec::new();
         {
             let (config, stop, status) = (config.clone(), Arc::clone(&stop), Arc::clone(&received));
-            threads.push(std::thread::spawn(move || {
-                ship::receiver::run(&config, &stop, &status)
-            }));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("receiver".into())
+                    .spawn(move || ship::receiver::run(&config, &stop, &status))
+                    .expect("spawn the receiver thread"),
+            );
         }
         // Wait until the receiver listens, so the sender's first connect works.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -108,9 +111,12 @@ impl RunningPair {
         }
         {
             let (config, stop, status) = (config.clone(), Arc::clone(&stop), Arc::clone(&sent));
-            threads.push(std::thread::spawn(move || {
-                ship::sender::run(&config, &stop, &status)
-            }));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sender".into())
+                    .spawn(move || ship::sender::run(&config, &stop, &status))
+                    .expect("spawn the sender thread"),
+            );
         }
         RunningPair {
             stop,

@@ -215,11 +215,13 @@ fn session(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
     let (tx, rx) = mpsc::sync_channel::<Outgoing>(4);
     let mut driver = open_driver(config.transport.io)?;
     std::thread::scope(|scope| {
-        let producer = scope.spawn(|| {
-            let result = produce(config, scraper, journal_id, &shared, tx, status);
-            shared.waker.wake();
-            result
-        });
+        let producer = std::thread::Builder::new()
+            .name("produce".into())
+            .spawn_scoped(scope, || {
+                let result = produce(config, scraper, journal_id, &shared, tx, status);
+                shared.waker.wake();
+                result
+            })?;
         let mut io = SessionIo {
             config,
             shared: &shared,
