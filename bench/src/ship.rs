@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::replbench::stages::record_lag;
 use engine::journal::{Durability, Journal, JournalOptions, NewEntry};
-use engine::trace::{monotonic_ns, StageClock};
+use engine::trace::{monotonic_ns, StageClock, StageEvent};
 use ship::config::Config;
 use ship::receiver::ReceiverStatus;
 use ship::sender::SenderStatus;
@@ -287,21 +288,15 @@ pub fn latency(
     // the two cores it measures, and add its polling interval).
     let pair = RunningPair::start(&config, true);
     pair.wait_durable(journal.next_sequence(), Duration::from_secs(30))?;
-    let events = |clock: &StageClock| -> Vec<(u64, u64)> {
-        clock
-            .take()
-            .0
-            .iter()
-            .map(|e| (e.position, e.time_ns))
-            .collect()
-    };
+    let events = |clock: &StageClock| clock.take().0;
     events(&pair.received.staged_at);
     events(&pair.sent.sent_at);
     events(&pair.sent.scraped_at);
+    let from = journal.next_sequence();
     let per_batch = (rate_per_sec / 1000).max(1);
     let image = engine::workload::image(2, 0, IMAGE_BYTES);
     let mut w = journal.appender();
-    let mut appended: Vec<(u64, u64)> = Vec::new();
+    let mut appended: Vec<StageEvent> = Vec::new();
     let start = Instant::now();
     let mut tick = 0u64;
     let mut keys: Vec<[u8; 8]> = Vec::new();
@@ -314,7 +309,11 @@ pub fn latency(
         keys.extend((0..per_batch).map(|i| (tick * per_batch + i).to_le_bytes()));
         let batch: Vec<NewEntry<'_>> = keys.iter().map(|k| NewEntry::put(1, k, &image)).collect();
         let range = w.append_batch(&batch)?;
-        appended.push((range.end, monotonic_ns()));
+        appended.push(StageEvent {
+            lane: 0,
+            position: range.end,
+            time_ns: monotonic_ns(),
+        });
         tick += 1;
     }
     pair.wait_durable(journal.next_sequence(), Duration::from_secs(30))?;
@@ -324,10 +323,15 @@ pub fn latency(
         events(&pair.sent.scraped_at),
     );
     pair.stop()?;
+    let lag = |passed: &[StageEvent]| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+        let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+        record_lag(&mut histogram, from, &appended, passed)?;
+        Ok(histogram)
+    };
     Ok(LatencyFigure {
-        staged: lag(&appended, &staged_seen, per_batch)?,
-        sent: lag(&appended, &sent_seen, per_batch)?,
-        scraped: lag(&appended, &scraped_seen, per_batch)?,
+        staged: lag(&staged_seen)?,
+        sent: lag(&sent_seen)?,
+        scraped: lag(&scraped_seen)?,
     })
 }
 
@@ -340,25 +344,4 @@ pub struct LatencyFigure {
     pub sent: hdrhistogram::Histogram<u64>,
     /// Until the backup had it durably staged.
     pub staged: hdrhistogram::Histogram<u64>,
-}
-
-/// For each appended batch (position after it, when), the time until a
-/// stage first reached it (stage clock events: position, when; times in
-/// `monotonic_ns`).
-fn lag(
-    appended: &[(u64, u64)],
-    seen: &[(u64, u64)],
-    per_batch: u64,
-) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-    let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
-    let mut k = 0;
-    for &(end, at) in appended {
-        while k < seen.len() && seen[k].0 < end {
-            k += 1;
-        }
-        let reached = seen.get(k).map(|s| s.1).unwrap_or_else(monotonic_ns);
-        let micros = reached.saturating_sub(at) / 1000;
-        histogram.record_n(micros.max(1), per_batch)?;
-    }
-    Ok(histogram)
 }
