@@ -16,8 +16,9 @@
 //! staging = "/var/lib/repl/staging"
 //! budget = "64GiB"                    # staging disk budget
 //! segment = "256MiB"                  # staging segment size
-//! prepare_segments = true             # make the next segment ahead, zero-filled
-//!                                     # (data-only syncs; writes each byte twice)
+//! prepare_segments = true             # make the next segment ahead (data-only syncs):
+//!                                     # a purged segment's file reused, else a new
+//!                                     # one zero-filled (each byte written twice)
 //!
 //! [transport]
 //! io = "auto"                         # auto | uring | plain

@@ -9,14 +9,19 @@
 //! start position is the staged position (the `next_sequence` of the frame
 //! before) when the segment was begun.
 //!
-//! The newest segment may end in zeros: segments are made ahead of time by a
-//! background thread, written full of zeros and synced (`*.stg-spare` until
-//! a rotation renames one into place), so a group commit's `fdatasync` has
-//! only data blocks to write, never a size change (decisions.md 31). Zeros
-//! cannot start a frame (the magic is not zero), so they read as "nothing
-//! more yet". A segment is finished before the next one is begun: its
-//! unused end is cut off and it is synced, so a segment that has a
-//! successor ends exactly after its last frame.
+//! The newest segment may be longer than its frames: segments are made
+//! ahead of time by a background thread (`*.stg-spare` until a rotation
+//! renames one into place), so a group commit's `fdatasync` has only data
+//! blocks to write, never a size change (decisions.md 31). A segment made
+//! ahead is either a new file written full of zeros, or the file of a
+//! purged segment reused as it is (decisions.md 34): after the last frame
+//! come zeros, or frames and pieces of frames from the file's earlier use.
+//! Zeros cannot start a frame (the magic is not zero); a frame from the
+//! earlier use starts below the segment's start position (positions only
+//! grow), so it is told apart by its header. Both read as "nothing more
+//! yet". A segment is finished before the next one is begun: its unused
+//! end is cut off and it is synced, so a segment that has a successor ends
+//! exactly after its last frame.
 //!
 //! Positions are "next sequence" values, like a frame's `next_sequence`:
 //! every entry below the staged position is staged; an empty store is at 1.
@@ -58,9 +63,10 @@ pub struct StagingOptions {
     /// Most bytes the store may hold on disk (segments, their zero-filled
     /// ends and a segment being made ahead); appends beyond fail (HAX0012E).
     pub budget_bytes: u64,
-    /// Make each next segment ahead of time on a background thread, written
-    /// full of zeros (while the budget has room for it). Off: a rotation
-    /// creates an empty segment that appends grow.
+    /// Make each next segment ahead of time on a background thread (while
+    /// the budget has room for it): a purged segment's file reused, else a
+    /// new file written full of zeros. Off: a rotation creates an empty
+    /// segment that appends grow, and purged segments are deleted.
     pub prepare_segments: bool,
     pub syncer: Arc<dyn SyncFile>,
 }
@@ -156,16 +162,35 @@ struct Spare {
 }
 
 impl Spare {
-    /// Starts making a segment of `bytes` at `path`: header, zeros, synced.
-    fn start(path: PathBuf, bytes: u64) -> std::io::Result<Spare> {
+    /// Starts making a segment of `bytes` at `path`: with `reuse`, from the
+    /// purged segment's file already there (only what it lacks of `bytes`
+    /// zero-filled: it was cut to its frames when it was finished), else a
+    /// new file (header, zeros). Synced either way.
+    fn start(path: PathBuf, bytes: u64, reuse: bool) -> std::io::Result<Spare> {
         let fill = Arc::new(ZeroFillControl::default());
         let thread = {
             let (path, fill) = (path.clone(), Arc::clone(&fill));
             std::thread::Builder::new()
                 .name("stg-prealloc".into())
                 .spawn(move || {
-                    let file = create_segment(&path)?;
-                    crate::sys::zero_fill(&file, FILE_HEADER_BYTES, bytes, &fill)
+                    let file = if reuse {
+                        OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(&path)
+                            .map_err(io("open purged staging segment to reuse", &path))?
+                    } else {
+                        create_segment(&path)?
+                    };
+                    let len = file
+                        .metadata()
+                        .map_err(io("stat staging segment", &path))?
+                        .len();
+                    if len > bytes {
+                        file.set_len(bytes)
+                            .map_err(io("cut reused staging segment", &path))?;
+                    }
+                    crate::sys::zero_fill(&file, len.clamp(FILE_HEADER_BYTES, bytes), bytes, &fill)
                         .map_err(io("zero-fill staging segment", &path))?;
                     Ok(file)
                 })?
@@ -236,6 +261,9 @@ pub struct Staging {
     poisoned: bool,
     /// The next segment, made ahead (`prepare_segments`).
     spare: Option<Spare>,
+    /// A purged segment's file kept to be made into a next segment (path,
+    /// bytes), while `spare` is busy: renamed like a spare.
+    free: Option<(PathBuf, u64)>,
     spares_started: u64,
 }
 
@@ -269,17 +297,23 @@ enum FrameAt {
     Frame(FrameHeader),
     /// The offset is the end of the segment.
     End,
+    /// A frame header from the file's earlier use (a reused segment): it
+    /// starts below the segment's start position. The segment's own frames
+    /// end here.
+    Earlier,
     /// Bytes that are not a whole, intact frame (why).
     Broken(String),
 }
 
-/// Reads the frame at `offset` of a segment of `file_bytes` bytes into `buf`
-/// (header and body). Shared by recovery and `StagingReader`.
+/// Reads the frame at `offset` of the segment begun at `segment_start`, of
+/// `file_bytes` bytes, into `buf` (header and body). Shared by recovery and
+/// `StagingReader`.
 fn read_frame(
     file: &mut File,
     path: &Path,
     offset: u64,
     file_bytes: u64,
+    segment_start: u64,
     buf: &mut Vec<u8>,
 ) -> Result<FrameAt, StagingError> {
     if offset >= file_bytes {
@@ -296,6 +330,9 @@ fn read_frame(
         Ok(h) => h,
         Err(e) => return Ok(FrameAt::Broken(e.to_string())),
     };
+    if header.start_position < segment_start {
+        return Ok(FrameAt::Earlier);
+    }
     let total = FRAME_HEADER_BYTES as u64 + header.body_bytes as u64;
     if file_bytes - offset < total {
         return Ok(FrameAt::Broken("partial frame body".into()));
@@ -309,10 +346,13 @@ fn read_frame(
     Ok(FrameAt::Frame(header))
 }
 
-/// Whether a valid frame header starts anywhere after `from` in `bytes`.
-fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
+/// Whether a valid frame header of the segment begun at `segment_start`
+/// starts anywhere after `from` in `bytes` (headers from a reused file's
+/// earlier use start below it and do not count).
+fn valid_frame_after(bytes: &[u8], from: usize, segment_start: u64) -> bool {
     (from + 1..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).any(|at| {
-        bytes[at..at + 4] == crate::frame::FRAME_MAGIC && FrameHeader::decode(&bytes[at..]).is_ok()
+        bytes[at..at + 4] == crate::frame::FRAME_MAGIC
+            && FrameHeader::decode(&bytes[at..]).is_ok_and(|h| h.start_position >= segment_start)
     })
 }
 
@@ -382,11 +422,28 @@ impl Staging {
         let mut offset = FILE_HEADER_BYTES;
         let mut buf = Vec::new();
         loop {
-            match read_frame(&mut file, &last.path, offset, last.bytes, &mut buf)? {
-                FrameAt::Frame(h) => {
+            let detail = match read_frame(
+                &mut file,
+                &last.path,
+                offset,
+                last.bytes,
+                last.start_position,
+                &mut buf,
+            )? {
+                FrameAt::Frame(h) if h.start_position == recovery.staged_position => {
                     offset += buf.len() as u64;
                     recovery.frames += 1;
                     recovery.staged_position = h.next_sequence;
+                    continue;
+                }
+                FrameAt::Frame(h) => {
+                    return Err(corrupt(
+                        offset,
+                        format!(
+                            "frame covers {}..{} but the previous frame ended at {}",
+                            h.start_position, h.next_sequence, recovery.staged_position
+                        ),
+                    ))
                 }
                 FrameAt::End => break,
                 FrameAt::Broken(_)
@@ -396,32 +453,42 @@ impl Staging {
                     // The unused end of a segment made ahead.
                     break;
                 }
-                FrameAt::Broken(detail) => {
-                    let mut rest = Vec::new();
-                    file.seek(SeekFrom::Start(offset))
-                        .and_then(|_| file.read_to_end(&mut rest))
-                        .map_err(io("read staging segment", &last.path))?;
-                    if valid_frame_after(&rest, 0) {
-                        return Err(corrupt(
-                            offset,
-                            format!("{detail}; valid frames follow, so this is not a torn tail"),
-                        ));
-                    }
-                    tracing::warn!("HAX0005W staging segment {} had a torn tail at offset {offset} ({detail}): {} bytes truncated", last.path.display(), last.bytes - offset);
-                    recovery.truncated_bytes = last.bytes - offset;
-                    file.set_len(offset)
-                        .map_err(io("truncate staging segment", &last.path))?;
-                    options
-                        .syncer
-                        .sync_data(&file)
-                        .map_err(|source| StagingError::SyncFailed {
-                            path: last.path.clone(),
-                            source,
-                        })?;
-                    last.allocated = offset;
-                    break;
-                }
+                FrameAt::Broken(detail) => detail,
+                FrameAt::Earlier => "a frame from the file's earlier use".to_owned(),
+            };
+            // Not a frame of this segment and not zeros to the end: a torn
+            // tail, or what a reused file held before. Either way the end,
+            // unless a frame of this segment follows.
+            let mut rest = Vec::new();
+            file.seek(SeekFrom::Start(offset))
+                .and_then(|_| file.read_to_end(&mut rest))
+                .map_err(io("read staging segment", &last.path))?;
+            if valid_frame_after(&rest, 0, last.start_position) {
+                return Err(corrupt(
+                    offset,
+                    format!("{detail}; valid frames follow, so this is not a torn tail"),
+                ));
             }
+            let torn = rest.len() < FRAME_HEADER_BYTES
+                || FrameHeader::decode(&rest)
+                    .is_ok_and(|h| h.start_position == recovery.staged_position);
+            if !torn {
+                tracing::info!("HAX0022I staging segment {}: its frames end at offset {offset}; the {} bytes after are not frames of it (the reused file's earlier frames, or a write cut short) and will be overwritten", last.path.display(), last.bytes - offset);
+                break;
+            }
+            tracing::warn!("HAX0005W staging segment {} had a torn tail at offset {offset} ({detail}): {} bytes truncated", last.path.display(), last.bytes - offset);
+            recovery.truncated_bytes = last.bytes - offset;
+            file.set_len(offset)
+                .map_err(io("truncate staging segment", &last.path))?;
+            options
+                .syncer
+                .sync_data(&file)
+                .map_err(|source| StagingError::SyncFailed {
+                    path: last.path.clone(),
+                    source,
+                })?;
+            last.allocated = offset;
+            break;
         }
         last.bytes = offset;
         file.seek(SeekFrom::Start(offset))
@@ -437,6 +504,7 @@ impl Staging {
             segments,
             poisoned: false,
             spare: None,
+            free: None,
             spares_started: 0,
         };
         staging.prepare_next();
@@ -476,10 +544,11 @@ impl Staging {
             });
         }
         if self.held_bytes() + frame.len() as u64 > self.options.budget_bytes {
-            // Room for frames comes before a segment made ahead.
+            // Room for frames comes before segments made (or kept) ahead.
             if let Some(spare) = self.spare.take() {
                 spare.discard();
             }
+            self.discard_free();
             let held_bytes = self.held_bytes();
             if held_bytes + frame.len() as u64 > self.options.budget_bytes {
                 return Err(StagingError::Full {
@@ -560,25 +629,63 @@ impl Staging {
         Ok(())
     }
 
-    /// Starts making the next segment ahead, unless one is under way or
-    /// the budget has no room for it.
+    /// Starts making the next segment ahead, from a purged segment's file
+    /// when one was kept, unless one is under way or the budget has no
+    /// room for it.
     fn prepare_next(&mut self) {
-        if !self.options.prepare_segments
-            || self.spare.is_some()
-            || self.poisoned
-            || self.held_bytes() + self.options.segment_bytes > self.options.budget_bytes
-        {
+        if !self.options.prepare_segments || self.spare.is_some() || self.poisoned {
             return;
         }
+        let kept = self.free.as_ref().map_or(0, |(_, bytes)| *bytes);
+        if self.held_bytes() - kept + self.options.segment_bytes > self.options.budget_bytes {
+            return;
+        }
+        let (path, reuse) = match self.free.take() {
+            Some((path, _)) => (path, true),
+            None => (self.spare_path(), false),
+        };
+        match Spare::start(path.clone(), self.options.segment_bytes, reuse) {
+            Ok(spare) => self.spare = Some(spare),
+            Err(e) => {
+                self.not_prepared(&e);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// A new name for a segment made ahead (removed if found at open).
+    fn spare_path(&mut self) -> PathBuf {
         self.spares_started += 1;
-        let path = self.dir.join(format!(
+        self.dir.join(format!(
             "{}-{}.{SPARE_EXTENSION}",
             std::process::id(),
             self.spares_started
-        ));
-        match Spare::start(path, self.options.segment_bytes) {
-            Ok(spare) => self.spare = Some(spare),
-            Err(e) => self.not_prepared(&e),
+        ))
+    }
+
+    /// Keeps a purged segment's file to be made into a next segment: its
+    /// blocks are allocated and written already, so nothing needs to be
+    /// zero-filled (decisions.md 34). A new segment still being
+    /// zero-filled is given up for it. Whether it was kept.
+    fn keep_for_reuse(&mut self, segment: &Segment) -> Result<bool, StagingError> {
+        if !self.options.prepare_segments || self.poisoned || self.free.is_some() {
+            return Ok(false);
+        }
+        let path = self.spare_path();
+        std::fs::rename(&segment.path, &path)
+            .map_err(io("rename purged staging segment to", &path))?;
+        self.free = Some((path, segment.disk_bytes()));
+        if !self.spare_ready() {
+            if let Some(spare) = self.spare.take() {
+                spare.discard();
+            }
+        }
+        Ok(true)
+    }
+
+    fn discard_free(&mut self) {
+        if let Some((path, _)) = self.free.take() {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -691,8 +798,10 @@ impl Staging {
         let mut freed = 0;
         while self.segments.len() > 1 && self.segments[1].start_position <= applied_position {
             let segment = self.segments.remove(0);
-            std::fs::remove_file(&segment.path)
-                .map_err(io("remove staging segment", &segment.path))?;
+            if !self.keep_for_reuse(&segment)? {
+                std::fs::remove_file(&segment.path)
+                    .map_err(io("remove staging segment", &segment.path))?;
+            }
             tracing::info!(
                 "HAX0020I staging segment {} purged: applied through {applied_position}",
                 segment.path.display()
@@ -709,15 +818,16 @@ impl Staging {
     pub fn durable_position(&self) -> u64 {
         self.durable_position
     }
-    /// Bytes on disk: segments (with any zero-filled end) and the segment
-    /// being made ahead.
+    /// Bytes on disk: segments (with any unused end), the segment being
+    /// made ahead and a purged segment's file kept for the next one.
     pub fn held_bytes(&self) -> u64 {
         let spare = if self.spare.is_some() {
             self.options.segment_bytes
         } else {
             0
         };
-        self.segments.iter().map(Segment::disk_bytes).sum::<u64>() + spare
+        let kept = self.free.as_ref().map_or(0, |(_, bytes)| *bytes);
+        self.segments.iter().map(Segment::disk_bytes).sum::<u64>() + spare + kept
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -733,12 +843,28 @@ impl Staging {
             let mut offset = FILE_HEADER_BYTES;
             let mut buf = Vec::new();
             loop {
-                match read_frame(&mut file, &segment.path, offset, segment.bytes, &mut buf)? {
+                match read_frame(
+                    &mut file,
+                    &segment.path,
+                    offset,
+                    segment.bytes,
+                    segment.start_position,
+                    &mut buf,
+                )? {
                     FrameAt::Frame(_) => {
                         offset += buf.len() as u64;
                         frames.push(buf.clone());
                     }
                     FrameAt::End => break,
+                    FrameAt::Earlier => {
+                        return Err(StagingError::Corrupt {
+                            path: segment.path.clone(),
+                            offset,
+                            detail:
+                                "a frame from before the segment's start position among its frames"
+                                    .into(),
+                        })
+                    }
                     FrameAt::Broken(detail) => {
                         return Err(StagingError::Corrupt {
                             path: segment.path.clone(),
@@ -758,11 +884,13 @@ impl Drop for Staging {
         if let Some(spare) = self.spare.take() {
             spare.discard();
         }
+        self.discard_free();
     }
 }
 
-/// Removes segments made ahead by an earlier run (never renamed into place,
-/// so they hold no frame).
+/// Removes segments made ahead by an earlier run, and purged segments'
+/// files kept for reuse (never renamed into place, so they hold no frame
+/// anyone needs).
 fn remove_leftover_spares(dir: &Path) -> Result<(), StagingError> {
     for item in std::fs::read_dir(dir).map_err(io("list staging", dir))? {
         let path = item.map_err(io("list staging", dir))?.path();

@@ -22,6 +22,12 @@
 //!   itself) cannot be told from a write in progress and is waited on.
 //! - Frames follow each other without gap: a frame that does not start
 //!   where the previous one ended is corruption too.
+//! - A segment named by the reader's position, once it exists, means the
+//!   segment being read is finished and wholly read: the reader goes on
+//!   there whatever else the open file holds. Purged segments' files are
+//!   reused as new segments (decisions.md 34), possibly under a reader
+//!   that has not yet moved on; a new segment's earlier frames start
+//!   below its name and read as "nothing more yet".
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -58,7 +64,10 @@ struct OpenSegment {
 /// What the reader found at its position.
 enum Found {
     Frame(FrameHeader),
-    /// No whole, checked frame at the offset; `trailing` bytes follow it.
+    /// A whole frame that does not start at the reader's position.
+    Stray(FrameHeader),
+    /// No whole, checked frame of this segment at the offset; `trailing`
+    /// bytes follow it.
     NotYet {
         trailing: u64,
     },
@@ -121,23 +130,35 @@ impl StagingReader {
                     return Ok(None);
                 }
             }
-            match self.read_at_offset(buf)? {
-                Found::Frame(header) => {
-                    if header.next_sequence <= self.from {
-                        finished = false;
-                        continue;
-                    }
-                    return Ok(Some(header));
-                }
-                Found::NotYet { trailing: 0 } => {
-                    let current = self.segment.as_ref().expect("open").start;
-                    let next = self.dir.join(segment_name(self.position));
-                    if current == self.position || !next.exists() {
-                        return Ok(None);
-                    }
-                    self.segment = Some(open_segment(self.position, &next)?);
+            let found = self.read_at_offset(buf)?;
+            if let Found::Frame(header) = found {
+                if header.next_sequence <= self.from {
                     finished = false;
+                    continue;
                 }
+                return Ok(Some(header));
+            }
+            let current = self.segment.as_ref().expect("open").start;
+            let next = self.dir.join(segment_name(self.position));
+            if current != self.position && next.exists() {
+                self.segment = Some(open_segment(self.position, &next)?);
+                finished = false;
+                continue;
+            }
+            match found {
+                Found::Frame(_) => unreachable!("handed out above"),
+                Found::Stray(header) => {
+                    let current = self.segment.as_ref().expect("open");
+                    return Err(StagingError::Corrupt {
+                        path: current.path.clone(),
+                        offset: current.offset,
+                        detail: format!(
+                            "frame covers {}..{} but the previous frame ended at {}",
+                            header.start_position, header.next_sequence, self.position
+                        ),
+                    });
+                }
+                Found::NotYet { trailing: 0 } => return Ok(None),
                 Found::NotYet { trailing } => {
                     // A write in progress, unless the receiver has moved on
                     // to a later segment: then these bytes are damage.
@@ -185,31 +206,32 @@ impl StagingReader {
             .metadata()
             .map_err(super::io("stat staging segment", &segment.path))?
             .len();
-        let header = match read_frame(&mut segment.file, &segment.path, segment.offset, len, buf)? {
+        let header = match read_frame(
+            &mut segment.file,
+            &segment.path,
+            segment.offset,
+            len,
+            segment.start,
+            buf,
+        )? {
             FrameAt::Frame(header) => header,
-            FrameAt::End | FrameAt::Broken(_) => {
+            FrameAt::End | FrameAt::Earlier | FrameAt::Broken(_) => {
                 return Ok(Found::NotYet {
                     trailing: len.saturating_sub(segment.offset),
                 })
             }
         };
         if header.start_position != self.position {
-            return Err(StagingError::Corrupt {
-                path: segment.path.clone(),
-                offset: segment.offset,
-                detail: format!(
-                    "frame covers {}..{} but the previous frame ended at {}",
-                    header.start_position, header.next_sequence, self.position
-                ),
-            });
+            return Ok(Found::Stray(header));
         }
         segment.offset += buf.len() as u64;
         self.position = header.next_sequence;
         Ok(Found::Frame(header))
     }
 
-    /// Whether the frame at the offset has a whole header and the header of
-    /// the frame that continues it follows where its body ends.
+    /// Whether the frame at the offset has a whole header that continues
+    /// the stream, and the header of the frame that continues it follows
+    /// where its body ends.
     fn followed_by_a_frame(&self) -> Result<bool, StagingError> {
         let segment = self.segment.as_ref().expect("open");
         let header_at = |offset: u64| -> Result<Option<FrameHeader>, StagingError> {
@@ -220,7 +242,8 @@ impl StagingReader {
                 Err(e) => Err(super::io("read staging segment", &segment.path)(e)),
             }
         };
-        let Some(this) = header_at(segment.offset)? else {
+        let Some(this) = header_at(segment.offset)?.filter(|h| h.start_position == self.position)
+        else {
             return Ok(false);
         };
         let next = segment.offset + (FRAME_HEADER_BYTES as u64) + u64::from(this.body_bytes);
