@@ -175,6 +175,9 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     std::fs::create_dir_all(&logs)?;
     let journal_options = JournalOptions {
         durability: Durability::None,
+        // The sync-check at the end builds the source's tables from the
+        // whole journal: keep it, acknowledged or not.
+        purge_acknowledged: false,
         ..JournalOptions::default()
     };
     let opened = (0..journals)

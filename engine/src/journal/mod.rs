@@ -97,6 +97,14 @@ pub struct JournalOptions {
     /// per segment, on the background thread (decisions.md 30). Segments
     /// made on an appender's path are never zero-filled.
     pub zero_fill_spares: bool,
+    /// Before making each spare, have the background thread purge the
+    /// segments every recorded backup has acknowledged and no local
+    /// consumer holds (`Journal::purge_acknowledged`, quietly; nothing while
+    /// no backup is recorded). With `zero_fill_spares`, a purged segment's
+    /// file becomes the next spare: zero-filled over its written, cached
+    /// blocks instead of a new file's (decisions.md 35). Off: segments are
+    /// kept until someone calls `purge_acknowledged` or `purge_before`.
+    pub purge_acknowledged: bool,
 }
 
 impl Default for JournalOptions {
@@ -111,6 +119,7 @@ impl Default for JournalOptions {
             syncer: Arc::new(OsSync),
             background_preallocation: true,
             zero_fill_spares: true,
+            purge_acknowledged: true,
         }
     }
 }

@@ -205,20 +205,29 @@ impl Journal {
     /// journal is kept until some backup has it (returns `None`, with a
     /// message).
     pub fn purge_acknowledged(&self) -> Result<Option<PurgeReport>, JournalError> {
-        let acked = acked_positions(self.dir())?;
-        let Some(lowest) = acked.iter().map(|(_, p)| *p).min() else {
+        let Some(safe) = safe_sequence(self.dir())? else {
             tracing::info!(
                 "HAD0124I journal {}: no backup has acknowledged anything yet; nothing purged",
                 self.dir().display()
             );
             return Ok(None);
         };
-        // Everything below `lowest` is staged on every backup and no longer
-        // needed by any local consumer.
-        let lowest = held_positions(self.dir())?
-            .iter()
-            .map(|(_, p)| *p)
-            .fold(lowest, u64::min);
-        self.purge_before(lowest - 1).map(Some)
+        self.purge_before(safe).map(Some)
     }
+}
+
+/// The last sequence every recorded backup has acknowledged and no local
+/// consumer holds (`None` while no backup is recorded): segments wholly at
+/// or below it may be purged.
+pub(crate) fn safe_sequence(dir: &Path) -> Result<Option<u64>, JournalError> {
+    let Some(lowest) = acked_positions(dir)?.iter().map(|(_, p)| *p).min() else {
+        return Ok(None);
+    };
+    // Everything below `lowest` is staged on every backup and no longer
+    // needed by any local consumer.
+    let lowest = held_positions(dir)?
+        .iter()
+        .map(|(_, p)| *p)
+        .fold(lowest, u64::min);
+    Ok(Some(lowest - 1))
 }

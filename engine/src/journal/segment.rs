@@ -204,6 +204,43 @@ impl MappedSegment {
             .map_err(SegmentError::io("create segment", path))?;
         sys::preallocate(&file, segment_bytes as u64)
             .map_err(SegmentError::io("preallocate segment", path))?;
+        Self::fill_and_map(path, file, segment_bytes, zero_fill)
+    }
+
+    /// Makes a spare of the purged segment's file at `path` (renamed there
+    /// by purge), as `create_spare` with a zero-fill makes a new one: its
+    /// blocks are allocated and written and its pages likely cached, so the
+    /// fill allocates neither (decisions.md 35). Given up (the file
+    /// removed) when told to.
+    pub fn reuse_spare(
+        path: &Path,
+        segment_bytes: usize,
+        zero_fill: &sys::ZeroFillControl,
+    ) -> Result<MappedSegment, SegmentError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(SegmentError::io("open purged segment to reuse", path))?;
+        let len = file
+            .metadata()
+            .map_err(SegmentError::io("stat segment", path))?
+            .len();
+        if len != segment_bytes as u64 {
+            // Made with another segment size.
+            file.set_len(segment_bytes as u64)
+                .and_then(|()| sys::preallocate(&file, segment_bytes as u64))
+                .map_err(SegmentError::io("resize purged segment to reuse", path))?;
+        }
+        Self::fill_and_map(path, file, segment_bytes, Some(zero_fill))
+    }
+
+    fn fill_and_map(
+        path: &Path,
+        file: File,
+        segment_bytes: usize,
+        zero_fill: Option<&sys::ZeroFillControl>,
+    ) -> Result<MappedSegment, SegmentError> {
         if let Some(control) = zero_fill {
             if let Err(source) = sys::zero_fill(&file, 0, segment_bytes as u64, control) {
                 let _ = std::fs::remove_file(path);

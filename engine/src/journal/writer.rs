@@ -195,12 +195,11 @@ impl Journal {
         std::fs::create_dir_all(&dir)
             .map_err(SegmentError::io("create journal directory", &dir))?;
         let lock = lock_dir(&dir)?;
-        let spares = Arc::new(SpareMaker::new(
-            &dir,
-            options.segment_bytes,
-            options.zero_fill_spares,
-        ));
+        let spares = Arc::new(SpareMaker::new(&dir, &options));
         let recovered = recover(&dir, &options, &spares)?;
+        spares
+            .active_first
+            .store(recovered.active.first_sequence(), Ordering::Release);
         let live = Arc::new(LiveSegment::new(
             recovered.active,
             recovered.tail_offset,
@@ -288,30 +287,47 @@ impl Journal {
 
     /// Deletes every segment all of whose entries are at or below `safe_sequence`
     /// (the slowest consumer's acknowledged position). The segment being
-    /// appended to is never deleted.
+    /// appended to is never deleted. One purged file may be kept to become
+    /// the next spare (`JournalOptions::purge_acknowledged`).
     pub fn purge_before(&self, safe_sequence: u64) -> Result<PurgeReport, JournalError> {
         let active_first = self.shared.active.lock().seg.first_sequence();
-        let dir = &self.shared.dir;
-        let segments = list_segments(dir).map_err(SegmentError::io("list journal", dir))?;
-        let mut report = PurgeReport {
-            removed: Vec::new(),
-            retained_from: segments.first().map_or(active_first, |s| s.0),
-        };
-        for pair in segments.windows(2) {
-            let ((first, path), (next_first, _)) = (&pair[0], &pair[1]);
-            if *first >= active_first || next_first - 1 > safe_sequence {
-                break;
-            }
-            std::fs::remove_file(path).map_err(SegmentError::io("remove purged segment", path))?;
-            tracing::info!(
-                "HAD0120I journal segment {} purged: all its entries are at or below the safe position {safe_sequence}",
-                path.display()
-            );
-            report.removed.push(path.clone());
-            report.retained_from = *next_first;
-        }
-        Ok(report)
+        purge_segments(&self.shared.spares, active_first, safe_sequence)
     }
+}
+
+/// `Journal::purge_before` for the segments before the one beginning at
+/// `active_first`; the background thread's purge runs it too.
+fn purge_segments(
+    spares: &SpareMaker,
+    active_first: u64,
+    safe_sequence: u64,
+) -> Result<PurgeReport, JournalError> {
+    let dir = &spares.dir;
+    let segments = list_segments(dir).map_err(SegmentError::io("list journal", dir))?;
+    let mut report = PurgeReport {
+        removed: Vec::new(),
+        retained_from: segments.first().map_or(active_first, |s| s.0),
+    };
+    for pair in segments.windows(2) {
+        let ((first, path), (next_first, _)) = (&pair[0], &pair[1]);
+        if *first >= active_first || next_first - 1 > safe_sequence {
+            break;
+        }
+        if !spares.keep_for_reuse(path)? {
+            match std::fs::remove_file(path) {
+                // Purged by a caller of `purge_before` at the same time.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other.map_err(SegmentError::io("remove purged segment", path))?,
+            }
+        }
+        tracing::info!(
+            "HAD0120I journal segment {} purged: all its entries are at or below the safe position {safe_sequence}",
+            path.display()
+        );
+        report.removed.push(path.clone());
+        report.retained_from = *next_first;
+    }
+    Ok(report)
 }
 
 impl Shared {
@@ -395,6 +411,11 @@ impl Shared {
             now,
             catalog,
         )?;
+        // Purge keeps everything from here on (the J-NR that leads here is
+        // not even published yet, so no backup can have acknowledged it).
+        self.spares
+            .active_first
+            .store(first_sequence, Ordering::Release);
         if self.options.durability != Durability::None {
             let dir = File::open(&self.dir)
                 .map_err(SegmentError::io("open journal directory", &self.dir))?;
@@ -702,12 +723,19 @@ fn checked_catalog(current: &Catalog, entries: &[NewEntry<'_>]) -> Result<Catalo
 
 /// Prepares the next segment file ahead of time (create, preallocate, map), so
 /// rotation costs a rename rather than file creation and block allocation.
+/// Its background thread also purges acknowledged segments, and makes its
+/// spares of their files when it can.
 #[derive(Debug)]
 pub(crate) struct SpareMaker {
     dir: PathBuf,
     segment_bytes: usize,
     /// Whether the background thread zero-fills its spares.
     zero_fill: bool,
+    /// Whether the background thread purges acknowledged segments first.
+    purge: bool,
+    /// The first sequence of the segment being appended to (or about to
+    /// be): purge never reaches it.
+    active_first: AtomicU64,
     /// Tells a zero-fill under way to hurry (an appender waits for it) or
     /// give up (the journal closes).
     fill: ZeroFillControl,
@@ -722,36 +750,96 @@ struct SpareSlot {
     creating: bool,
     made: u64,
     shutdown: bool,
+    /// A purged segment's file, renamed as a spare, for the next spare the
+    /// background thread makes.
+    reusable: Option<PathBuf>,
 }
 
 pub(crate) const SPARE_SUFFIX: &str = ".spare";
 
 impl SpareMaker {
-    fn new(dir: &Path, segment_bytes: usize, zero_fill: bool) -> SpareMaker {
+    fn new(dir: &Path, options: &JournalOptions) -> SpareMaker {
+        // Only the background thread zero-fills, and only a zero-fill makes
+        // an old file blank.
+        let zero_fill = options.background_preallocation && options.zero_fill_spares;
         SpareMaker {
             dir: dir.to_owned(),
-            segment_bytes,
+            segment_bytes: options.segment_bytes,
             zero_fill,
+            purge: options.background_preallocation && options.purge_acknowledged,
+            active_first: AtomicU64::new(1),
             fill: ZeroFillControl::default(),
             slot: Mutex::new(SpareSlot::default()),
             changed: Condvar::new(),
         }
     }
 
-    /// A new spare; `zero_fill` only off an appender's path.
-    fn create(&self, zero_fill: bool) -> Result<MappedSegment, SegmentError> {
-        let n = {
-            let mut slot = self.slot.lock();
-            slot.made += 1;
+    /// A new name for a spare (removed if found by recovery).
+    fn spare_path(&self, slot: &mut SpareSlot) -> PathBuf {
+        slot.made += 1;
+        self.dir.join(format!(
+            "{}-{}{SPARE_SUFFIX}",
+            std::process::id(),
             slot.made
+        ))
+    }
+
+    /// A new spare; `zero_fill` only off an appender's path, where a
+    /// purged file kept for reuse is made into it.
+    fn create(&self, zero_fill: bool) -> Result<MappedSegment, SegmentError> {
+        let (path, reuse) = {
+            let mut slot = self.slot.lock();
+            match slot.reusable.take().filter(|_| zero_fill) {
+                Some(path) => (path, true),
+                None => (self.spare_path(&mut slot), false),
+            }
         };
-        let path = self
-            .dir
-            .join(format!("{}-{n}{SPARE_SUFFIX}", std::process::id()));
         if zero_fill {
             self.fill.pace();
         }
-        MappedSegment::create_spare(&path, self.segment_bytes, zero_fill.then_some(&self.fill))
+        if reuse {
+            MappedSegment::reuse_spare(&path, self.segment_bytes, &self.fill)
+        } else {
+            MappedSegment::create_spare(&path, self.segment_bytes, zero_fill.then_some(&self.fill))
+        }
+    }
+
+    /// Keeps a purged segment's file (renamed as a spare) for the next
+    /// spare, when spares are zero-filled and none is kept yet. Whether it
+    /// was kept; if not, the caller removes it.
+    fn keep_for_reuse(&self, path: &Path) -> Result<bool, SegmentError> {
+        let mut slot = self.slot.lock();
+        if !self.zero_fill || slot.shutdown || slot.reusable.is_some() {
+            return Ok(false);
+        }
+        let spare = self.spare_path(&mut slot);
+        match std::fs::rename(path, &spare) {
+            Ok(()) => {
+                slot.reusable = Some(spare);
+                Ok(true)
+            }
+            // Purged by a caller of `purge_before` at the same time.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(SegmentError::io("rename purged segment to", &spare)(e)),
+        }
+    }
+
+    /// The background thread's purge before it makes a spare: what
+    /// `Journal::purge_acknowledged` does, without its message when no
+    /// backup is recorded. A failure is logged; the next rotation tries
+    /// again.
+    fn purge_acknowledged(&self) {
+        let active_first = self.active_first.load(Ordering::Acquire);
+        let purged = super::retention::safe_sequence(&self.dir).and_then(|safe| match safe {
+            Some(safe) => purge_segments(self, active_first, safe).map(drop),
+            None => Ok(()),
+        });
+        if let Err(err) = purged {
+            tracing::warn!(
+                "HAD0126W journal {}: could not purge acknowledged segments: {err}",
+                self.dir.display()
+            );
+        }
     }
 
     /// The prepared spare, or a new one made now. Waits for a spare the
@@ -781,6 +869,15 @@ impl SpareMaker {
                     while slot.spare.is_some() && !slot.shutdown {
                         self.changed.wait(&mut slot);
                     }
+                    if slot.shutdown {
+                        return;
+                    }
+                }
+                if self.purge {
+                    self.purge_acknowledged();
+                }
+                {
+                    let mut slot = self.slot.lock();
                     if slot.shutdown {
                         return;
                     }
@@ -817,8 +914,12 @@ impl SpareMaker {
     }
 
     fn discard(&self) {
-        if let Some(spare) = self.slot.lock().spare.take() {
+        let mut slot = self.slot.lock();
+        if let Some(spare) = slot.spare.take() {
             let _ = std::fs::remove_file(spare.path());
+        }
+        if let Some(path) = slot.reusable.take() {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
