@@ -360,8 +360,14 @@ mod tests {
         assert!(ship::raw_tcp(root.path()).unwrap() > 0.0);
         let root = tempfile::tempdir().unwrap();
         let staging = root.path().join("staging");
-        let figure =
-            ship::latency(root.path(), &staging, 20_000, Duration::from_millis(200)).unwrap();
+        let figure = ship::latency(
+            root.path(),
+            &staging,
+            20_000,
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+        )
+        .unwrap();
         assert!(figure.staged.len() >= 2_000);
         assert!(figure.sent.value_at_quantile(0.5) <= figure.staged.value_at_quantile(0.5));
     }

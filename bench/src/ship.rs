@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::replbench::stages::record_lag;
-use engine::journal::{Durability, Journal, JournalOptions, NewEntry};
+use engine::journal::{Durability, Journal, JournalOptions, NewEntry, PositionFile};
 use engine::trace::{monotonic_ns, StageClock, StageEvent};
 use ship::config::Config;
 use ship::receiver::ReceiverStatus;
@@ -265,12 +265,19 @@ pub fn raw_tcp_journal(dir: &Path, limit: usize) -> anyhow::Result<(u64, f64)> {
 }
 
 /// Append-to-staged latency at an offered rate: a writer appends
-/// `rate_per_sec` entries per second in 1 ms batches for `duration`; each
-/// batch's latency is from its append to the first sync that covers it.
+/// `rate_per_sec` entries per second in 1 ms batches for `warmup`, then
+/// for `duration` measured; each batch's latency is from its append to the
+/// first sync that covers it. As in production's steady state, the writer
+/// purges what the backup acknowledged and staging is purged as an apply
+/// that keeps up would let it (once a second, apply's default checkpoint
+/// interval), so both sides reuse their segments' files (decisions.md 34,
+/// 35); staging segments are the journal's size (64 MiB), so the run
+/// rotates through several.
 pub fn latency(
     root: &Path,
     staging: &Path,
     rate_per_sec: u64,
+    warmup: Duration,
     duration: Duration,
 ) -> anyhow::Result<LatencyFigure> {
     let journal = Journal::open(
@@ -281,7 +288,8 @@ pub fn latency(
         },
     )?;
     journal.append(&NewEntry::create_object(1, "BENCH"))?;
-    let config = config(root, staging, "none", "auto")?;
+    let mut config = config(root, staging, "none", "auto")?;
+    config.backup.segment_bytes = 64 << 20;
     // The pair's stage clocks note when each frame went to the socket and
     // when each sync made frames durable, on the threads that did it (a
     // thread polling the positions would wake ~10 000 times a second on
@@ -292,7 +300,9 @@ pub fn latency(
     events(&pair.received.staged_at);
     events(&pair.sent.sent_at);
     events(&pair.sent.scraped_at);
-    let from = journal.next_sequence();
+    let mut applied =
+        PositionFile::open_path(config.staging_dir().join(ship::receiver::APPLIED_FILE))?;
+    let mut from = None;
     let per_batch = (rate_per_sec / 1000).max(1);
     let image = engine::workload::image(2, 0, IMAGE_BYTES);
     let mut w = journal.appender();
@@ -300,7 +310,7 @@ pub fn latency(
     let start = Instant::now();
     let mut tick = 0u64;
     let mut keys: Vec<[u8; 8]> = Vec::new();
-    while start.elapsed() < duration {
+    while start.elapsed() < warmup + duration {
         // Sleep, not spin: on 2 cores a spinning writer would take a core
         // from the pair it is measuring.
         let due = start + Duration::from_millis(tick);
@@ -309,13 +319,20 @@ pub fn latency(
         keys.extend((0..per_batch).map(|i| (tick * per_batch + i).to_le_bytes()));
         let batch: Vec<NewEntry<'_>> = keys.iter().map(|k| NewEntry::put(1, k, &image)).collect();
         let range = w.append_batch(&batch)?;
-        appended.push(StageEvent {
-            lane: 0,
-            position: range.end,
-            time_ns: monotonic_ns(),
-        });
+        if start.elapsed() >= warmup {
+            from.get_or_insert(range.start);
+            appended.push(StageEvent {
+                lane: 0,
+                position: range.end,
+                time_ns: monotonic_ns(),
+            });
+        }
         tick += 1;
+        if tick % 1000 == 0 {
+            applied.store(pair.received.durable.load(Ordering::Relaxed))?;
+        }
     }
+    let from = from.unwrap_or(journal.next_sequence());
     pair.wait_durable(journal.next_sequence(), Duration::from_secs(30))?;
     let (staged_seen, sent_seen, scraped_seen) = (
         events(&pair.received.staged_at),

@@ -444,7 +444,11 @@ fn purge(dir: &Path, shared: &Shared) {
     // yet (StagingReader takes any whole frame), but purge must not outrun
     // what a crash of this node would keep.
     let through = applied.min(staging.durable_position());
-    if let Err(e) = staging.purge_through(through) {
+    let purged = staging.purge_through_later(through);
+    // Deleting files (and stopping a segment being made) can take
+    // milliseconds: not while appends wait for the store.
+    drop(staging);
+    if let Err(e) = purged.and_then(|(_, cleanup)| cleanup.run()) {
         tracing::warn!("{e}");
     }
 }

@@ -28,6 +28,10 @@ struct Args {
     /// Length of the latency run, in seconds.
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
+    /// Seconds the latency run's load runs before it is measured (both
+    /// sides then purge and reuse their segments, as in steady state).
+    #[arg(long, default_value_t = 3)]
+    latency_warmup_secs: u64,
     /// Run only the figures whose name contains this text (throughput, latency).
     #[arg(long, default_value = "")]
     only: String,
@@ -134,6 +138,7 @@ fn latency(args: &Args) -> anyhow::Result<()> {
         root.path(),
         &staging,
         args.latency_rate,
+        Duration::from_secs(args.latency_warmup_secs),
         Duration::from_secs(args.latency_secs),
     )?;
     for (stage, h) in [
@@ -142,9 +147,10 @@ fn latency(args: &Args) -> anyhow::Result<()> {
         ("staged", &figure.staged),
     ] {
         println!(
-            "| append → {stage} latency at {} entries/s offered, {} s | p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs |",
+            "| append → {stage} latency at {} entries/s offered, {} s after {} s | p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs |",
             args.latency_rate,
             args.latency_secs,
+            args.latency_warmup_secs,
             h.value_at_quantile(0.5),
             h.value_at_quantile(0.99),
             h.value_at_quantile(0.999),

@@ -54,6 +54,10 @@ pub const STAGING_MAGIC: [u8; 8] = *b"REPLSTG1";
 const FILE_HEADER_BYTES: u64 = 16;
 const EXTENSION: &str = "stg";
 const SPARE_EXTENSION: &str = "stg-spare";
+/// Purged segments' files kept for reuse at most: apply's position moves a
+/// checkpoint at a time (a second by default), which may purge several
+/// segments at once, each the next rotations can use.
+const KEPT_FILES: usize = 4;
 
 /// How a staging store is opened.
 #[derive(Clone, Debug)]
@@ -261,9 +265,9 @@ pub struct Staging {
     poisoned: bool,
     /// The next segment, made ahead (`prepare_segments`).
     spare: Option<Spare>,
-    /// A purged segment's file kept to be made into a next segment (path,
-    /// bytes), while `spare` is busy: renamed like a spare.
-    free: Option<(PathBuf, u64)>,
+    /// Purged segments' files kept to be made into next segments (path,
+    /// bytes), at most `KEPT_FILES`: renamed like spares.
+    free: Vec<(PathBuf, u64)>,
     spares_started: u64,
 }
 
@@ -504,7 +508,7 @@ impl Staging {
             segments,
             poisoned: false,
             spare: None,
-            free: None,
+            free: Vec::new(),
             spares_started: 0,
         };
         staging.prepare_next();
@@ -548,7 +552,9 @@ impl Staging {
             if let Some(spare) = self.spare.take() {
                 spare.discard();
             }
-            self.discard_free();
+            for (path, _) in self.free.drain(..) {
+                let _ = std::fs::remove_file(path);
+            }
             let held_bytes = self.held_bytes();
             if held_bytes + frame.len() as u64 > self.options.budget_bytes {
                 return Err(StagingError::Full {
@@ -636,11 +642,11 @@ impl Staging {
         if !self.options.prepare_segments || self.spare.is_some() || self.poisoned {
             return;
         }
-        let kept = self.free.as_ref().map_or(0, |(_, bytes)| *bytes);
+        let kept = self.free.last().map_or(0, |(_, bytes)| *bytes);
         if self.held_bytes() - kept + self.options.segment_bytes > self.options.budget_bytes {
             return;
         }
-        let (path, reuse) = match self.free.take() {
+        let (path, reuse) = match self.free.pop() {
             Some((path, _)) => (path, true),
             None => (self.spare_path(), false),
         };
@@ -666,27 +672,23 @@ impl Staging {
     /// Keeps a purged segment's file to be made into a next segment: its
     /// blocks are allocated and written already, so nothing needs to be
     /// zero-filled (decisions.md 34). A new segment still being
-    /// zero-filled is given up for it. Whether it was kept.
-    fn keep_for_reuse(&mut self, segment: &Segment) -> Result<bool, StagingError> {
-        if !self.options.prepare_segments || self.poisoned || self.free.is_some() {
+    /// zero-filled is given up for it (into `cleanup`). Whether it was kept.
+    fn keep_for_reuse(
+        &mut self,
+        segment: &Segment,
+        cleanup: &mut Cleanup,
+    ) -> Result<bool, StagingError> {
+        if !self.options.prepare_segments || self.poisoned || self.free.len() >= KEPT_FILES {
             return Ok(false);
         }
         let path = self.spare_path();
         std::fs::rename(&segment.path, &path)
             .map_err(io("rename purged staging segment to", &path))?;
-        self.free = Some((path, segment.disk_bytes()));
+        self.free.push((path, segment.disk_bytes()));
         if !self.spare_ready() {
-            if let Some(spare) = self.spare.take() {
-                spare.discard();
-            }
+            cleanup.spares.extend(self.spare.take());
         }
         Ok(true)
-    }
-
-    fn discard_free(&mut self) {
-        if let Some((path, _)) = self.free.take() {
-            let _ = std::fs::remove_file(path);
-        }
     }
 
     fn not_prepared(&self, error: &dyn std::fmt::Display) {
@@ -792,15 +794,29 @@ impl Staging {
         Ok(self.durable_position)
     }
 
-    /// Deletes segments all of whose frames end at or below `applied_position`.
-    /// The active segment is kept. Returns the bytes freed.
+    /// Deletes segments all of whose frames end at or below `applied_position`
+    /// (or keeps their files for reuse). The active segment is kept.
+    /// Returns the bytes freed for frames.
     pub fn purge_through(&mut self, applied_position: u64) -> Result<u64, StagingError> {
+        let (freed, cleanup) = self.purge_through_later(applied_position)?;
+        cleanup.run()?;
+        Ok(freed)
+    }
+
+    /// `purge_through`, leaving the slow part (deleting files, stopping a
+    /// segment being made that a purged file replaces) to the returned
+    /// `Cleanup`, for a caller that runs it without holding the store
+    /// (appends wait for the store meanwhile).
+    pub fn purge_through_later(
+        &mut self,
+        applied_position: u64,
+    ) -> Result<(u64, Cleanup), StagingError> {
         let mut freed = 0;
+        let mut cleanup = Cleanup::default();
         while self.segments.len() > 1 && self.segments[1].start_position <= applied_position {
             let segment = self.segments.remove(0);
-            if !self.keep_for_reuse(&segment)? {
-                std::fs::remove_file(&segment.path)
-                    .map_err(io("remove staging segment", &segment.path))?;
+            if !self.keep_for_reuse(&segment, &mut cleanup)? {
+                cleanup.files.push(segment.path.clone());
             }
             tracing::info!(
                 "HAX0020I staging segment {} purged: applied through {applied_position}",
@@ -809,7 +825,7 @@ impl Staging {
             freed += segment.disk_bytes();
         }
         self.prepare_next();
-        Ok(freed)
+        Ok((freed, cleanup))
     }
 
     pub fn staged_position(&self) -> u64 {
@@ -826,7 +842,7 @@ impl Staging {
         } else {
             0
         };
-        let kept = self.free.as_ref().map_or(0, |(_, bytes)| *bytes);
+        let kept: u64 = self.free.iter().map(|(_, bytes)| bytes).sum();
         self.segments.iter().map(Segment::disk_bytes).sum::<u64>() + spare + kept
     }
     pub fn dir(&self) -> &Path {
@@ -884,7 +900,30 @@ impl Drop for Staging {
         if let Some(spare) = self.spare.take() {
             spare.discard();
         }
-        self.discard_free();
+        for (path, _) in self.free.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// What a purge leaves to be done outside the store: purged segments to
+/// delete and segments being made ahead to stop and delete.
+#[derive(Debug, Default)]
+#[must_use = "run it, or the purged files stay on disk"]
+pub struct Cleanup {
+    files: Vec<PathBuf>,
+    spares: Vec<Spare>,
+}
+
+impl Cleanup {
+    pub fn run(self) -> Result<(), StagingError> {
+        for spare in self.spares {
+            spare.discard();
+        }
+        for path in &self.files {
+            std::fs::remove_file(path).map_err(io("remove staging segment", path))?;
+        }
+        Ok(())
     }
 }
 
