@@ -789,7 +789,8 @@ impl SpareMaker {
     fn create(&self, zero_fill: bool) -> Result<MappedSegment, SegmentError> {
         let (path, reuse) = {
             let mut slot = self.slot.lock();
-            match slot.reusable.take().filter(|_| zero_fill) {
+            let reusable = if zero_fill { slot.reusable.take() } else { None };
+            match reusable {
                 Some(path) => (path, true),
                 None => (self.spare_path(&mut slot), false),
             }
