@@ -509,3 +509,67 @@ fn without_the_background_purge_acknowledged_segments_are_kept() {
     assert_eq!(list_segments(dir.path()).unwrap()[0].0, 1);
     assert_eq!(read_all(dir.path()).len() as u64, appended);
 }
+
+#[test]
+fn a_flush_after_purged_segments_were_reused_syncs_what_is_published() {
+    use engine::journal::{list_segments, AckRecord};
+    for durability in [
+        Durability::None,
+        Durability::GroupCommit {
+            max_delay: Duration::ZERO,
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions {
+            durability,
+            ..purging_options()
+        };
+        let journal = Journal::open(dir.path(), options).unwrap();
+        let mut ack = AckRecord::open(dir.path(), "backup").unwrap();
+        let mut w = journal.appender();
+        let after = vec![5u8; 300];
+        let mut first_name = std::collections::HashMap::new();
+        let mut reused = 0;
+        let mut i = 0u64;
+        let syncs = durability != Durability::None;
+        if syncs {
+            // Entries no commit has made durable here yet are kept, even
+            // when the backup has them all.
+            while list_segments(dir.path()).unwrap().len() < 5 {
+                w.append_deferred(&NewEntry::put(1, &i.to_le_bytes(), &after).in_cycle(1))
+                    .unwrap();
+                i += 1;
+                ack.store(journal.next_sequence()).unwrap();
+            }
+            assert_eq!(list_segments(dir.path()).unwrap()[0].0, 1);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Entries appended without a commit point (with `Durability::None`
+        // nothing ever syncs): the backup acknowledges them and their
+        // segments are purged and reused, behind the sync cursor.
+        while reused < 3 {
+            assert!(std::time::Instant::now() < deadline, "no segment reused");
+            for _ in 0..200 {
+                w.append_deferred(&NewEntry::put(1, &i.to_le_bytes(), &after).in_cycle(1))
+                    .unwrap();
+                i += 1;
+            }
+            if syncs {
+                w.append(&NewEntry::commit(1)).unwrap();
+            }
+            ack.store(journal.next_sequence()).unwrap();
+            for (_, path) in list_segments(dir.path()).unwrap() {
+                let Some(inode) = inode(&path) else {
+                    continue;
+                };
+                if *first_name.entry(inode).or_insert_with(|| path.clone()) != path {
+                    reused += 1;
+                    first_name.insert(inode, path);
+                }
+            }
+        }
+        let last = journal.next_sequence() - 1;
+        assert_eq!(journal.flush().unwrap(), last, "{durability:?}");
+        assert_eq!(journal.durable_sequence(), last);
+    }
+}

@@ -322,7 +322,7 @@ fn summary(o: &Outcome) -> String {
     if let Some(build) = o.source_build_seconds {
         let _ = writeln!(
             s,
-            "\nsync-check (source tables built from the journals in {build:.1} s):"
+            "\nsync-check (source tables built from the workload written again in {build:.1} s):"
         );
     }
     if let (Some(pg), Some(times)) = (&o.postgres, o.times_postgres) {

@@ -2,8 +2,10 @@
 //! writes through the journal (this process); the sender, the receiver and
 //! apply run as separate processes over loopback (`roles`), in a temporary
 //! directory; each stage reports when it passed which position (`stages`),
-//! from which the run's throughput and lag per stage are computed. At the
-//! end the source's tables are built from the journal and sync-checked
+//! from which the run's throughput and lag per stage are computed. The
+//! journals purge what the backups acknowledged, as in production; at the
+//! end each journal's workload is written again into a journal that keeps
+//! everything, the source's tables are built from it and sync-checked
 //! against the replica, and a raw-TCP baseline moves the same bytes.
 
 pub mod postgres;
@@ -173,11 +175,11 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         .collect::<anyhow::Result<Vec<_>>>()?;
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
+    // As in production, each journal purges what its backup acknowledged
+    // and reuses the files (decisions.md 35); the sync-check's source and
+    // the raw baseline use the workload written again (`rewrite`).
     let journal_options = JournalOptions {
         durability: Durability::None,
-        // The sync-check at the end builds the source's tables from the
-        // whole journal: keep it, acknowledged or not.
-        purge_acknowledged: false,
         ..JournalOptions::default()
     };
     let opened = (0..journals)
@@ -322,10 +324,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     say.note(&progress_line(started, &board, &written_to, 0.0));
     drop(opened);
 
-    let mut journal_bytes = 0;
-    for j in 0..journals {
-        journal_bytes += crate::ship::published_bytes(&journal_dir(&dir, j))?;
-    }
+    let journal_bytes = written.iter().map(|w| w.bytes).sum();
     let mut outcome = figures(&written, &board, journal_bytes, cpu, pipeline_started_ns)?;
     outcome.directory = dir.display().to_string();
     say.note(&format!(
@@ -336,10 +335,23 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         outcome.changes_per_s / 1e6
     ));
 
+    let mut rewritten = Vec::new();
+    if options.check || options.baseline {
+        for (j, written) in written.iter().enumerate() {
+            rewritten.push(rewrite(
+                &dir,
+                j as u64,
+                journals,
+                &options.workload,
+                written,
+                say,
+            )?);
+        }
+    }
     if options.check {
         let started = Instant::now();
         for j in 0..journals {
-            let report = sync_check(&dir, j, journals, &journal_options, say)?;
+            let report = sync_check(&dir, &rewritten[j as usize], j, journals, say)?;
             outcome.checks.push(report);
         }
         let checking: f64 = outcome
@@ -358,7 +370,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
     if options.baseline {
         say.progress("raw-TCP baseline: the journal's bytes over one loopback connection");
-        let (bytes, secs) = crate::ship::raw_tcp_journal(&journal_dir(&dir, 0), RAW_BYTES_MAX)?;
+        let (bytes, secs) = crate::ship::raw_tcp_journal(&rewritten[0], RAW_BYTES_MAX)?;
         let raw = bytes as f64 / secs / 1e6;
         outcome.raw_tcp_mb_per_s = Some(raw);
         let ours = outcome.journal_bytes as f64 / outcome.seconds / 1e6;
@@ -529,31 +541,97 @@ fn figures(
     })
 }
 
-/// Builds journal `j`'s source tables from the journal (a journaled store
-/// replays it into empty tables) and sync-checks its objects against the
-/// replica through apply's check service.
-fn sync_check(
+/// Writes journal `j`'s workload again, entry for entry as the run wrote it
+/// (the same seed, the same count of changes), into a journal of its own
+/// that keeps everything: the run's journal purged what its backup
+/// acknowledged, as in production. The sync-check builds the source's
+/// tables from it; the raw baseline sends its bytes. Refused (RBN0107E)
+/// unless it ends at the run's position.
+fn rewrite(
     dir: &Path,
     j: u64,
     journals: u64,
-    journal_options: &JournalOptions,
+    workload: &Workload,
+    written: &Written,
+    say: &mut dyn Reporter,
+) -> anyhow::Result<PathBuf> {
+    say.progress(&format!(
+        "writing journal J{j}'s workload again for the sync-check's source"
+    ));
+    let path = dir.join("rewritten").join(format!("J{j}"));
+    let journal = Journal::open(
+        &path,
+        JournalOptions {
+            durability: Durability::None,
+            purge_acknowledged: false,
+            ..JournalOptions::default()
+        },
+    )?;
+    let again = Workload {
+        changes: Some(written.changes),
+        duration: None,
+        rate: None,
+        ..workload.clone()
+    };
+    let lane = Lane {
+        index: j,
+        of: journals,
+    };
+    let (stop, progress) = (AtomicBool::new(false), AtomicU64::new(0));
+    let rewritten = workload::write(&journal, lane, &again, &stop, &progress)?;
+    anyhow::ensure!(
+        (rewritten.first, rewritten.end, rewritten.bytes) == (written.first, written.end, written.bytes),
+        "RBN0107E journal J{j}'s workload written again spans {}..{} ({} bytes), the run's {}..{} ({} bytes): the sync-check would compare against another source",
+        rewritten.first,
+        rewritten.end,
+        rewritten.bytes,
+        written.first,
+        written.end,
+        written.bytes
+    );
+    Ok(path)
+}
+
+/// Builds journal `j`'s source tables from `rewritten` (its workload
+/// written again: a journaled store replays it into empty tables and
+/// checkpoints), then opens them on the run's journal, which they are at
+/// the end of (the check journals its probes there, for the pipeline to
+/// carry), and sync-checks its objects against the replica through apply's
+/// check service.
+fn sync_check(
+    dir: &Path,
+    rewritten: &Path,
+    j: u64,
+    journals: u64,
     say: &mut dyn Reporter,
 ) -> anyhow::Result<Report> {
     say.progress(&format!(
-        "building journal J{j}'s source tables from the journal"
+        "building journal J{j}'s source tables from its workload"
     ));
     let started = Instant::now();
-    let tables = ReplicaTables::open(dir.join("sources").join(format!("J{j}")))?;
+    let tables_dir = dir.join("sources").join(format!("J{j}"));
+    let options = || SourceOptions {
+        journal: JournalOptions {
+            durability: Durability::None,
+            purge_acknowledged: false,
+            ..JournalOptions::default()
+        },
+        checkpoint_every: None,
+    };
+    let (built, _) = JournaledStore::open(
+        rewritten,
+        options(),
+        Box::new(ReplicaTables::open(&tables_dir)?),
+    )?;
+    built.checkpoint()?;
+    drop(built);
     let (source, _) = JournaledStore::open(
         &journal_dir(dir, j),
-        SourceOptions {
-            journal: journal_options.clone(),
-            checkpoint_every: None,
-        },
-        Box::new(tables),
+        options(),
+        Box::new(ReplicaTables::open(&tables_dir)?),
     )?;
     say.note(&format!(
-        "RBN0003I journal J{j}: source tables built from the journal in {:.1} s",
+        "RBN0003I journal J{j}: source tables built from its workload in {:.1} s",
         started.elapsed().as_secs_f64()
     ));
     let config = ship::config::Config::load(&dir.join("pair-J0.toml"))?;

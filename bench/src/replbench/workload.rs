@@ -51,6 +51,9 @@ pub struct Written {
     pub end: u64,
     pub changes: u64,
     pub object_ops: u64,
+    /// Bytes of the entries appended (padded as in the journal; the J-NR
+    /// entries rotations add are not counted).
+    pub bytes: u64,
     /// One event per append call: everything below `position` appended at
     /// `time_ns`.
     pub appended: Vec<StageEvent>,
@@ -211,12 +214,16 @@ pub fn write(
     use std::sync::atomic::Ordering;
     let mut appender = journal.appender();
     let mut generator = Generator::new(w, lane);
+    let mut created = 0;
     for (id, name) in &generator.objects {
-        appender.append(&NewEntry::create_object(*id, name))?;
+        let entry = NewEntry::create_object(*id, name);
+        appender.append(&entry)?;
+        created += entry.padded_bytes() as u64;
     }
     let mut out = Written {
         first: journal.next_sequence(),
         started_ns: monotonic_ns(),
+        bytes: created,
         ..Written::default()
     };
     let event_lane = lane.index as u32;
@@ -249,6 +256,7 @@ pub fn write(
             entries.push(NewEntry::commit(cycle));
         }
         let range = appender.append_batch(&entries)?;
+        out.bytes += entries.iter().map(|e| e.padded_bytes() as u64).sum::<u64>();
         txns += 1;
         out.appended.push(StageEvent {
             lane: event_lane,
@@ -256,7 +264,8 @@ pub fn write(
             time_ns: monotonic_ns(),
         });
         if w.object_every > 0 && txns % w.object_every == 0 {
-            let end = scratch.step(&mut appender, w.image_bytes)?;
+            let (end, bytes) = scratch.step(&mut appender, w.image_bytes)?;
+            out.bytes += bytes;
             out.object_ops += 1;
             out.appended.push(StageEvent {
                 lane: event_lane,
@@ -282,35 +291,40 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// Appends the next step; returns the journal position after it.
+    /// Appends the next step; returns the journal position after it and
+    /// the bytes appended.
     fn step(
         &mut self,
         appender: &mut engine::journal::Appender,
         image_bytes: usize,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<(u64, u64)> {
         let id = self.lane.scratch_object(self.steps / 4);
         let library = self.lane.index;
         let image = engine::workload::image(id, self.steps, image_bytes);
+        let mut bytes = 0;
+        let mut append = |entry: NewEntry<'_>| {
+            bytes += entry.padded_bytes() as u64;
+            appender.append(&entry)
+        };
         let last = match self.steps % 4 {
             0 => {
-                let mut last =
-                    appender.append(&NewEntry::create_object(id, &format!("J{library}/S{id}")))?;
+                let mut last = append(NewEntry::create_object(id, &format!("J{library}/S{id}")))?;
                 for k in 0..8 {
                     let key = engine::workload::key(id, k);
-                    last = appender.append(&NewEntry::put(id, &key, &image))?;
+                    last = append(NewEntry::put(id, &key, &image))?;
                 }
                 last
             }
-            1 => appender.append(&NewEntry::rename_object(id, &format!("J{library}/R{id}")))?,
+            1 => append(NewEntry::rename_object(id, &format!("J{library}/R{id}")))?,
             2 => {
-                appender.append(&NewEntry::clear_object(id))?;
+                append(NewEntry::clear_object(id))?;
                 let key = engine::workload::key(id, 99);
-                appender.append(&NewEntry::put(id, &key, &image))?
+                append(NewEntry::put(id, &key, &image))?
             }
-            _ => appender.append(&NewEntry::drop_object(id))?,
+            _ => append(NewEntry::drop_object(id))?,
         };
         self.steps += 1;
-        Ok(last + 1)
+        Ok((last + 1, bytes))
     }
 }
 

@@ -113,12 +113,19 @@ impl LiveSegment {
     }
 }
 
-/// Progress of group commit: everything below `cursor` is published and synced.
+/// Progress of group commit: everything below `cursor` is published, and
+/// synced but for the files in `unsynced`.
 #[derive(Debug)]
 struct SyncState {
     durable_sequence: u64,
     cursor: Arc<LiveSegment>,
     cursor_offset: usize,
+    /// The last sequence the cursor has passed (`durable_sequence` once the
+    /// files in `unsynced` are synced).
+    cursor_sequence: u64,
+    /// Segments the cursor passed without syncing them (`advance_unsynced`,
+    /// `Durability::None`): the next sync includes those still there.
+    unsynced: Vec<PathBuf>,
     in_progress: bool,
 }
 
@@ -197,9 +204,9 @@ impl Journal {
         let lock = lock_dir(&dir)?;
         let spares = Arc::new(SpareMaker::new(&dir, &options));
         let recovered = recover(&dir, &options, &spares)?;
-        spares
-            .active_first
-            .store(recovered.active.first_sequence(), Ordering::Release);
+        for first in [&spares.active_first, &spares.cursor_first] {
+            first.store(recovered.active.first_sequence(), Ordering::Release);
+        }
         let live = Arc::new(LiveSegment::new(
             recovered.active,
             recovered.tail_offset,
@@ -215,6 +222,8 @@ impl Journal {
                     durable_sequence,
                     cursor: live.clone(),
                     cursor_offset: recovered.tail_offset,
+                    cursor_sequence: durable_sequence,
+                    unsynced: Vec::new(),
                     in_progress: false,
                 }),
                 sync_done: Condvar::new(),
@@ -291,26 +300,28 @@ impl Journal {
     /// the next spare (`JournalOptions::purge_acknowledged`).
     pub fn purge_before(&self, safe_sequence: u64) -> Result<PurgeReport, JournalError> {
         let active_first = self.shared.active.lock().seg.first_sequence();
-        purge_segments(&self.shared.spares, active_first, safe_sequence)
+        let kept_from = active_first.min(self.shared.spares.retained_from());
+        purge_segments(&self.shared.spares, kept_from, safe_sequence)
     }
 }
 
 /// `Journal::purge_before` for the segments before the one beginning at
-/// `active_first`; the background thread's purge runs it too.
+/// `kept_from` (the active segment's, or the sync cursor's if older); the
+/// background thread's purge runs it too.
 fn purge_segments(
     spares: &SpareMaker,
-    active_first: u64,
+    kept_from: u64,
     safe_sequence: u64,
 ) -> Result<PurgeReport, JournalError> {
     let dir = &spares.dir;
     let segments = list_segments(dir).map_err(SegmentError::io("list journal", dir))?;
     let mut report = PurgeReport {
         removed: Vec::new(),
-        retained_from: segments.first().map_or(active_first, |s| s.0),
+        retained_from: segments.first().map_or(kept_from, |s| s.0),
     };
     for pair in segments.windows(2) {
         let ((first, path), (next_first, _)) = (&pair[0], &pair[1]);
-        if *first >= active_first || next_first - 1 > safe_sequence {
+        if *first >= kept_from || next_first - 1 > safe_sequence {
             break;
         }
         if !spares.keep_for_reuse(path)? {
@@ -379,6 +390,9 @@ impl Shared {
         old.seg.publish(offset, len);
         old.set_next(NextSegment::Ready(next.clone()));
         *self.active.lock() = next.clone();
+        if self.options.durability == Durability::None {
+            self.advance_unsynced();
+        }
         Ok(next)
     }
 
@@ -459,7 +473,8 @@ impl Shared {
             state.in_progress = true;
             let cursor = state.cursor.clone();
             let cursor_offset = state.cursor_offset;
-            let durable = state.durable_sequence;
+            let passed = state.cursor_sequence;
+            let unsynced = std::mem::take(&mut state.unsynced);
             let outcome = parking_lot::MutexGuard::unlocked(&mut state, || {
                 if let Durability::GroupCommit { max_delay } = self.options.durability {
                     let siblings = self.appenders.load(Ordering::Relaxed) > 1;
@@ -467,26 +482,100 @@ impl Shared {
                         std::thread::sleep(max_delay);
                     }
                 }
-                self.sync_published(cursor, cursor_offset, durable)
+                self.sync_published(cursor, cursor_offset, passed, &unsynced)
             });
             state.in_progress = false;
             synced_once = true;
             self.sync_done.notify_all();
             let (cursor, offset, sequence) = outcome?;
+            self.spares
+                .cursor_first
+                .store(cursor.seg.first_sequence(), Ordering::Release);
             state.cursor = cursor;
             state.cursor_offset = offset;
+            state.cursor_sequence = sequence;
             state.durable_sequence = sequence;
         }
     }
 
-    /// Walks the published prefix from the cursor, syncs every segment it covers,
-    /// and returns the new cursor and durable sequence.
+    /// With `Durability::None` nothing waits for a sync, so the cursor would
+    /// stay where the last `flush` left it, holding every segment after it,
+    /// and purge, which takes only segments the cursor has passed, would
+    /// take none. At each rotation it therefore moves over what is
+    /// published without syncing, and the next sync includes the files it
+    /// passed. Skipped while a sync is under way.
+    fn advance_unsynced(&self) {
+        let Some(mut state) = self.sync.try_lock() else {
+            return;
+        };
+        if state.in_progress {
+            return;
+        }
+        let Ok((cursor, offset, sequence, passed)) = self.walk_published(
+            state.cursor.clone(),
+            state.cursor_offset,
+            state.cursor_sequence,
+        ) else {
+            return;
+        };
+        for live in passed {
+            if state.unsynced.last().map(PathBuf::as_path) != Some(live.seg.path()) {
+                state.unsynced.push(live.seg.path().to_owned());
+            }
+        }
+        // Purged since: nothing left to sync.
+        state.unsynced.retain(|path| path.exists());
+        self.spares
+            .cursor_first
+            .store(cursor.seg.first_sequence(), Ordering::Release);
+        state.cursor = cursor;
+        state.cursor_offset = offset;
+        state.cursor_sequence = sequence;
+    }
+
+    /// Walks the published prefix from the cursor, syncs every segment it
+    /// covers and the `unsynced` files, and returns the new cursor and
+    /// durable sequence.
     fn sync_published(
+        &self,
+        segment: Arc<LiveSegment>,
+        offset: usize,
+        sequence: u64,
+        unsynced: &[PathBuf],
+    ) -> Result<(Arc<LiveSegment>, usize, u64), JournalError> {
+        let (segment, offset, sequence, to_sync) =
+            self.walk_published(segment, offset, sequence)?;
+        for path in unsynced {
+            match File::open(path) {
+                Ok(file) => self
+                    .options
+                    .syncer
+                    .sync_data(&file)
+                    .map_err(|source| self.sync_failed(path, source))?,
+                // Purged since: nothing left to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(self.sync_failed(path, source)),
+            }
+        }
+        for live in &to_sync {
+            self.options
+                .syncer
+                .sync_data(live.seg.file())
+                .map_err(|source| self.sync_failed(live.seg.path(), source))?;
+        }
+        Ok((segment, offset, sequence))
+    }
+
+    /// Walks the published prefix from `offset` of `segment` (`sequence`
+    /// passed so far): where it ends, and the segments it covered (the one
+    /// it ends in last, unless it covered nothing).
+    #[allow(clippy::type_complexity)]
+    fn walk_published(
         &self,
         mut segment: Arc<LiveSegment>,
         mut offset: usize,
         mut sequence: u64,
-    ) -> Result<(Arc<LiveSegment>, usize, u64), JournalError> {
+    ) -> Result<(Arc<LiveSegment>, usize, u64, Vec<Arc<LiveSegment>>), JournalError> {
         let start_sequence = sequence;
         let mut to_sync = Vec::new();
         loop {
@@ -510,16 +599,10 @@ impl Shared {
             }
         }
         if sequence == start_sequence {
-            return Ok((segment, offset, sequence));
+            return Ok((segment, offset, sequence, Vec::new()));
         }
         to_sync.push(segment.clone());
-        for live in &to_sync {
-            self.options
-                .syncer
-                .sync_data(live.seg.file())
-                .map_err(|source| self.sync_failed(live.seg.path(), source))?;
-        }
-        Ok((segment, offset, sequence))
+        Ok((segment, offset, sequence, to_sync))
     }
 }
 
@@ -736,6 +819,10 @@ pub(crate) struct SpareMaker {
     /// The first sequence of the segment being appended to (or about to
     /// be): purge never reaches it.
     active_first: AtomicU64,
+    /// The first sequence of the segment the sync cursor is in: purge never
+    /// reaches it either, as the cursor reads the segments from there on
+    /// through their maps, which a reused file would change underneath it.
+    cursor_first: AtomicU64,
     /// Tells a zero-fill under way to hurry (an appender waits for it) or
     /// give up (the journal closes).
     fill: ZeroFillControl,
@@ -768,6 +855,7 @@ impl SpareMaker {
             zero_fill,
             purge: options.background_preallocation && options.purge_acknowledged,
             active_first: AtomicU64::new(1),
+            cursor_first: AtomicU64::new(1),
             fill: ZeroFillControl::default(),
             slot: Mutex::new(SpareSlot::default()),
             changed: Condvar::new(),
@@ -789,7 +877,11 @@ impl SpareMaker {
     fn create(&self, zero_fill: bool) -> Result<MappedSegment, SegmentError> {
         let (path, reuse) = {
             let mut slot = self.slot.lock();
-            let reusable = if zero_fill { slot.reusable.take() } else { None };
+            let reusable = if zero_fill {
+                slot.reusable.take()
+            } else {
+                None
+            };
             match reusable {
                 Some(path) => (path, true),
                 None => (self.spare_path(&mut slot), false),
@@ -825,12 +917,19 @@ impl SpareMaker {
         }
     }
 
+    /// Where purge must stop: the segment being appended to, or the one
+    /// the sync cursor is in if that is older.
+    fn retained_from(&self) -> u64 {
+        let active = self.active_first.load(Ordering::Acquire);
+        active.min(self.cursor_first.load(Ordering::Acquire))
+    }
+
     /// The background thread's purge before it makes a spare: what
     /// `Journal::purge_acknowledged` does, without its message when no
     /// backup is recorded. A failure is logged; the next rotation tries
     /// again.
     fn purge_acknowledged(&self) {
-        let active_first = self.active_first.load(Ordering::Acquire);
+        let active_first = self.retained_from();
         let purged = super::retention::safe_sequence(&self.dir).and_then(|safe| match safe {
             Some(safe) => purge_segments(self, active_first, safe).map(drop),
             None => Ok(()),
