@@ -21,7 +21,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
@@ -136,7 +136,7 @@ struct Shared {
     _lock: File,
     active: Mutex<Arc<LiveSegment>>,
     catalog: Mutex<Catalog>,
-    sync: Mutex<SyncState>,
+    sync: Arc<Mutex<SyncState>>,
     sync_done: Condvar,
     poisoned: AtomicBool,
     /// Live `Appender`s: group commit waits for others to join only when
@@ -213,19 +213,21 @@ impl Journal {
             recovered.tail_entries,
         ));
         let durable_sequence = recovered.report.next_sequence - 1;
+        let sync = Arc::new(Mutex::new(SyncState {
+            durable_sequence,
+            cursor: live.clone(),
+            cursor_offset: recovered.tail_offset,
+            cursor_sequence: durable_sequence,
+            unsynced: Vec::new(),
+            in_progress: false,
+        }));
+        let _ = spares.sync.set(Arc::clone(&sync));
         let spare_thread = options
             .background_preallocation
             .then(|| spares.clone().spawn());
         Ok(Journal {
             shared: Arc::new(Shared {
-                sync: Mutex::new(SyncState {
-                    durable_sequence,
-                    cursor: live.clone(),
-                    cursor_offset: recovered.tail_offset,
-                    cursor_sequence: durable_sequence,
-                    unsynced: Vec::new(),
-                    in_progress: false,
-                }),
+                sync,
                 sync_done: Condvar::new(),
                 active: Mutex::new(live),
                 catalog: Mutex::new(recovered.catalog),
@@ -299,6 +301,9 @@ impl Journal {
     /// appended to is never deleted. One purged file may be kept to become
     /// the next spare (`JournalOptions::purge_acknowledged`).
     pub fn purge_before(&self, safe_sequence: u64) -> Result<PurgeReport, JournalError> {
+        if self.shared.spares.walk_unsynced {
+            self.shared.spares.advance_unsynced();
+        }
         let active_first = self.shared.active.lock().seg.first_sequence();
         let kept_from = active_first.min(self.shared.spares.retained_from());
         purge_segments(&self.shared.spares, kept_from, safe_sequence)
@@ -390,9 +395,6 @@ impl Shared {
         old.seg.publish(offset, len);
         old.set_next(NextSegment::Ready(next.clone()));
         *self.active.lock() = next.clone();
-        if self.options.durability == Durability::None {
-            self.advance_unsynced();
-        }
         Ok(next)
     }
 
@@ -498,41 +500,6 @@ impl Shared {
         }
     }
 
-    /// With `Durability::None` nothing waits for a sync, so the cursor would
-    /// stay where the last `flush` left it, holding every segment after it,
-    /// and purge, which takes only segments the cursor has passed, would
-    /// take none. At each rotation it therefore moves over what is
-    /// published without syncing, and the next sync includes the files it
-    /// passed. Skipped while a sync is under way.
-    fn advance_unsynced(&self) {
-        let Some(mut state) = self.sync.try_lock() else {
-            return;
-        };
-        if state.in_progress {
-            return;
-        }
-        let Ok((cursor, offset, sequence, passed)) = self.walk_published(
-            state.cursor.clone(),
-            state.cursor_offset,
-            state.cursor_sequence,
-        ) else {
-            return;
-        };
-        for live in passed {
-            if state.unsynced.last().map(PathBuf::as_path) != Some(live.seg.path()) {
-                state.unsynced.push(live.seg.path().to_owned());
-            }
-        }
-        // Purged since: nothing left to sync.
-        state.unsynced.retain(|path| path.exists());
-        self.spares
-            .cursor_first
-            .store(cursor.seg.first_sequence(), Ordering::Release);
-        state.cursor = cursor;
-        state.cursor_offset = offset;
-        state.cursor_sequence = sequence;
-    }
-
     /// Walks the published prefix from the cursor, syncs every segment it
     /// covers and the `unsynced` files, and returns the new cursor and
     /// durable sequence.
@@ -544,7 +511,7 @@ impl Shared {
         unsynced: &[PathBuf],
     ) -> Result<(Arc<LiveSegment>, usize, u64), JournalError> {
         let (segment, offset, sequence, to_sync) =
-            self.walk_published(segment, offset, sequence)?;
+            walk_published(&self.dir, segment, offset, sequence)?;
         for path in unsynced {
             match File::open(path) {
                 Ok(file) => self
@@ -565,45 +532,45 @@ impl Shared {
         }
         Ok((segment, offset, sequence))
     }
+}
 
-    /// Walks the published prefix from `offset` of `segment` (`sequence`
-    /// passed so far): where it ends, and the segments it covered (the one
-    /// it ends in last, unless it covered nothing).
-    #[allow(clippy::type_complexity)]
-    fn walk_published(
-        &self,
-        mut segment: Arc<LiveSegment>,
-        mut offset: usize,
-        mut sequence: u64,
-    ) -> Result<(Arc<LiveSegment>, usize, u64, Vec<Arc<LiveSegment>>), JournalError> {
-        let start_sequence = sequence;
-        let mut to_sync = Vec::new();
-        loop {
-            let len = segment.seg.published_len(offset) as usize;
-            if len == 0 {
-                break;
-            }
-            // SAFETY: the entry at `offset` is published, so its header bytes are
-            // complete and immutable; the type lies at bytes 40..43 of it.
-            let code = unsafe { *segment.seg.ptr().add(offset + 40) };
-            offset += align_up(len);
-            sequence += 1;
-            if code == b'J' {
-                // The rotating appender hands the next segment out right after
-                // publishing J-NR; wait for it (or for the rotation's failure).
-                let next = segment.wait_next().ok_or_else(|| JournalError::Poisoned {
-                    dir: self.dir.clone(),
-                })?;
-                to_sync.push(std::mem::replace(&mut segment, next));
-                offset = segment.seg.entries_start();
-            }
+/// Walks the published prefix from `offset` of `segment` (`sequence` passed
+/// so far) of the journal in `dir`: where it ends, and the segments it
+/// covered (the one it ends in last, unless it covered nothing).
+#[allow(clippy::type_complexity)]
+fn walk_published(
+    dir: &Path,
+    mut segment: Arc<LiveSegment>,
+    mut offset: usize,
+    mut sequence: u64,
+) -> Result<(Arc<LiveSegment>, usize, u64, Vec<Arc<LiveSegment>>), JournalError> {
+    let start_sequence = sequence;
+    let mut to_sync = Vec::new();
+    loop {
+        let len = segment.seg.published_len(offset) as usize;
+        if len == 0 {
+            break;
         }
-        if sequence == start_sequence {
-            return Ok((segment, offset, sequence, Vec::new()));
+        // SAFETY: the entry at `offset` is published, so its header bytes are
+        // complete and immutable; the type lies at bytes 40..43 of it.
+        let code = unsafe { *segment.seg.ptr().add(offset + 40) };
+        offset += align_up(len);
+        sequence += 1;
+        if code == b'J' {
+            // The rotating appender hands the next segment out right after
+            // publishing J-NR; wait for it (or for the rotation's failure).
+            let next = segment.wait_next().ok_or_else(|| JournalError::Poisoned {
+                dir: dir.to_owned(),
+            })?;
+            to_sync.push(std::mem::replace(&mut segment, next));
+            offset = segment.seg.entries_start();
         }
-        to_sync.push(segment.clone());
-        Ok((segment, offset, sequence, to_sync))
     }
+    if sequence == start_sequence {
+        return Ok((segment, offset, sequence, Vec::new()));
+    }
+    to_sync.push(segment.clone());
+    Ok((segment, offset, sequence, to_sync))
 }
 
 impl Drop for Shared {
@@ -823,6 +790,11 @@ pub(crate) struct SpareMaker {
     /// reaches it either, as the cursor reads the segments from there on
     /// through their maps, which a reused file would change underneath it.
     cursor_first: AtomicU64,
+    /// The journal's sync state, once open, for `advance_unsynced`.
+    sync: OnceLock<Arc<Mutex<SyncState>>>,
+    /// Whether the background thread moves the sync cursor before it
+    /// purges (`Durability::None`: nothing else does).
+    walk_unsynced: bool,
     /// Tells a zero-fill under way to hurry (an appender waits for it) or
     /// give up (the journal closes).
     fill: ZeroFillControl,
@@ -856,6 +828,8 @@ impl SpareMaker {
             purge: options.background_preallocation && options.purge_acknowledged,
             active_first: AtomicU64::new(1),
             cursor_first: AtomicU64::new(1),
+            sync: OnceLock::new(),
+            walk_unsynced: options.durability == Durability::None,
             fill: ZeroFillControl::default(),
             slot: Mutex::new(SpareSlot::default()),
             changed: Condvar::new(),
@@ -917,6 +891,47 @@ impl SpareMaker {
         }
     }
 
+    /// With `Durability::None` nothing waits for a sync, so the sync cursor
+    /// would stay where the last `flush` left it, holding every segment
+    /// after it, and purge, which takes only segments the cursor has
+    /// passed, would take none. Before each purge the background thread
+    /// therefore moves it over what is published without syncing (off the
+    /// appenders' path: the walk reads every entry's length word), and the
+    /// next sync includes the files it passed. Skipped while a sync is
+    /// under way.
+    fn advance_unsynced(&self) {
+        let Some(sync) = self.sync.get() else {
+            return;
+        };
+        let Some(mut state) = sync.try_lock() else {
+            return;
+        };
+        if state.in_progress {
+            return;
+        }
+        let walked = walk_published(
+            &self.dir,
+            state.cursor.clone(),
+            state.cursor_offset,
+            state.cursor_sequence,
+        );
+        let Ok((cursor, offset, sequence, passed)) = walked else {
+            return;
+        };
+        for live in passed {
+            if state.unsynced.last().map(PathBuf::as_path) != Some(live.seg.path()) {
+                state.unsynced.push(live.seg.path().to_owned());
+            }
+        }
+        // Purged since: nothing left to sync.
+        state.unsynced.retain(|path| path.exists());
+        self.cursor_first
+            .store(cursor.seg.first_sequence(), Ordering::Release);
+        state.cursor = cursor;
+        state.cursor_offset = offset;
+        state.cursor_sequence = sequence;
+    }
+
     /// Where purge must stop: the segment being appended to, or the one
     /// the sync cursor is in if that is older.
     fn retained_from(&self) -> u64 {
@@ -974,6 +989,9 @@ impl SpareMaker {
                     }
                 }
                 if self.purge {
+                    if self.walk_unsynced {
+                        self.advance_unsynced();
+                    }
                     self.purge_acknowledged();
                 }
                 {
