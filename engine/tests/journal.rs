@@ -404,6 +404,18 @@ fn append_tagged(journal: &Journal, from: u64, count: u64) -> Vec<Owned> {
         .collect()
 }
 
+/// What is left of the journal in `dir` (from its oldest segment on)
+/// reads back entry for entry as `appended` has it.
+fn assert_rest_reads_back(dir: &std::path::Path, appended: &[Owned]) {
+    let oldest = engine::journal::list_segments(dir).unwrap()[0].0;
+    let kept: Vec<Owned> = appended
+        .iter()
+        .filter(|e| e.sequence >= oldest)
+        .cloned()
+        .collect();
+    assert_eq!(read_all_from(dir, oldest).unwrap(), kept);
+}
+
 /// The inode of `path`, unless purge removed it meanwhile.
 fn inode(path: &std::path::Path) -> Option<u64> {
     let metadata = std::fs::metadata(path).ok()?;
@@ -456,13 +468,7 @@ fn acknowledged_segments_are_purged_at_rotation_and_their_files_become_new_segme
     while list_segments(dir.path()).unwrap().len() < segments + 2 {
         appended.extend(append_tagged(&journal, appended.len() as u64, 200));
     }
-    let oldest = list_segments(dir.path()).unwrap()[0].0;
-    let kept: Vec<Owned> = appended
-        .iter()
-        .filter(|e| e.sequence >= oldest)
-        .cloned()
-        .collect();
-    assert_eq!(read_all_from(dir.path(), oldest).unwrap(), kept);
+    assert_rest_reads_back(dir.path(), &appended);
 
     // The hold keeps its segments whatever the backup has.
     hold.store(journal.next_sequence()).unwrap();
@@ -482,13 +488,7 @@ fn acknowledged_segments_are_purged_at_rotation_and_their_files_become_new_segme
     let journal = Journal::open(dir.path(), purging_options()).unwrap();
     let report = journal.recovery_report();
     assert_eq!((report.next_sequence, report.truncated_bytes), (last, 0));
-    let oldest = list_segments(dir.path()).unwrap()[0].0;
-    let kept: Vec<Owned> = appended
-        .iter()
-        .filter(|e| e.sequence >= oldest)
-        .cloned()
-        .collect();
-    assert_eq!(read_all_from(dir.path(), oldest).unwrap(), kept);
+    assert_rest_reads_back(dir.path(), &appended);
 }
 
 #[test]
