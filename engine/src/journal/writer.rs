@@ -846,8 +846,8 @@ impl SpareMaker {
         ))
     }
 
-    /// A new spare; `zero_fill` only off an appender's path, where a
-    /// purged file kept for reuse is made into it.
+    /// A spare: with `zero_fill` (only off an appender's path), made of a
+    /// purged file kept for reuse when there is one; else a new file.
     fn create(&self, zero_fill: bool) -> Result<MappedSegment, SegmentError> {
         let (path, reuse) = {
             let mut slot = self.slot.lock();
