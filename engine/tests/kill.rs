@@ -1,6 +1,8 @@
 //! A real writer process killed with SIGKILL while appending, again and again:
 //! every entry it reported durable must be there after recovery, with its
-//! content, and sequence numbers must stay gap-free across the restarts.
+//! content, and sequence numbers must stay gap-free across the restarts;
+//! also while a backup's acknowledgements let the writer purge segments and
+//! reuse their files.
 
 mod common;
 
@@ -9,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{read_all, Rng};
+use common::Rng;
 use engine::journal::{EntryType, Journal, JournalOptions};
 use engine::workload;
 
@@ -35,10 +37,24 @@ fn parse_ack(line: &str) -> Option<Ack> {
 
 #[test]
 fn sigkill_while_appending_loses_no_durable_entry() {
-    let seed = common::seed("sigkill_while_appending");
+    sigkill_rounds("sigkill_while_appending", false);
+}
+
+#[test]
+fn sigkill_while_appending_and_reusing_purged_segments_loses_no_durable_entry() {
+    sigkill_rounds("sigkill_while_purging", true);
+}
+
+/// Eight rounds of a writer killed at a random point. With `purge`, a
+/// backup's acknowledged position follows the writer's durable entries, so
+/// its background thread purges segments and makes spares of their files:
+/// what must be there is every durable entry from the oldest segment kept.
+fn sigkill_rounds(name: &str, purge: bool) {
+    let seed = common::seed(name);
     let mut rng = Rng(seed | 1);
     let dir = tempfile::tempdir().unwrap();
     let mut acks: Vec<Ack> = Vec::new();
+    let mut backup = purge.then(|| engine::journal::AckRecord::open(dir.path(), "backup").unwrap());
     for round in 0..8u64 {
         let durability = ["group", "fsync"][(round % 2) as usize];
         let mut child = Command::new(env!("CARGO_BIN_EXE_repljrn"))
@@ -67,14 +83,19 @@ fn sigkill_while_appending_loses_no_durable_entry() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let kill_after = 20 + rng.below(600);
+        // Purging needs rotations after the backup has acknowledged.
+        let kill_after = if purge { 2000 } else { 20 } + rng.below(600);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let started = Instant::now();
         let mut seen = 0;
         while seen < kill_after && started.elapsed() < Duration::from_secs(30) {
             match lines.next() {
                 Some(Ok(line)) => {
-                    acks.push(parse_ack(&line).unwrap_or_else(|| panic!("bad line {line:?}")));
+                    let ack = parse_ack(&line).unwrap_or_else(|| panic!("bad line {line:?}"));
+                    if let Some(backup) = &mut backup {
+                        backup.store(ack.sequence + 1).unwrap();
+                    }
+                    acks.push(ack);
                     seen += 1;
                 }
                 _ => break,
@@ -98,10 +119,15 @@ fn sigkill_while_appending_loses_no_durable_entry() {
         .unwrap();
         let report = journal.recovery_report().clone();
         drop(journal);
-        let all = read_all(dir.path());
+        let oldest = engine::journal::list_segments(dir.path()).unwrap()[0].0;
+        eprintln!("round {round}: the oldest segment kept begins at {oldest}");
+        if purge && round == 7 {
+            assert!(oldest > 1, "nothing was ever purged");
+        }
+        let all = common::read_all_from(dir.path(), oldest).unwrap();
         let by_sequence: HashMap<u64, &common::Owned> =
             all.iter().map(|e| (e.sequence, e)).collect();
-        for ack in &acks {
+        for ack in acks.iter().filter(|a| a.sequence >= oldest) {
             let entry = by_sequence.get(&ack.sequence).unwrap_or_else(|| {
                 panic!(
                     "round {round} (SEED={seed}): acknowledged sequence {} lost; {report:?}",
