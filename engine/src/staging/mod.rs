@@ -351,10 +351,10 @@ fn read_frame(
 }
 
 /// Whether a valid frame header of the segment begun at `segment_start`
-/// starts anywhere after `from` in `bytes` (headers from a reused file's
-/// earlier use start below it and do not count).
-fn valid_frame_after(bytes: &[u8], from: usize, segment_start: u64) -> bool {
-    (from + 1..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).any(|at| {
+/// starts anywhere in `bytes` after its first byte (headers from a reused
+/// file's earlier use start below it and do not count).
+fn valid_frame_after_first(bytes: &[u8], segment_start: u64) -> bool {
+    (1..bytes.len().saturating_sub(FRAME_HEADER_BYTES - 1)).any(|at| {
         bytes[at..at + 4] == crate::frame::FRAME_MAGIC
             && FrameHeader::decode(&bytes[at..]).is_ok_and(|h| h.start_position >= segment_start)
     })
@@ -467,7 +467,7 @@ impl Staging {
             file.seek(SeekFrom::Start(offset))
                 .and_then(|_| file.read_to_end(&mut rest))
                 .map_err(io("read staging segment", &last.path))?;
-            if valid_frame_after(&rest, 0, last.start_position) {
+            if valid_frame_after_first(&rest, last.start_position) {
                 return Err(corrupt(
                     offset,
                     format!("{detail}; valid frames follow, so this is not a torn tail"),
@@ -549,12 +549,7 @@ impl Staging {
         }
         if self.held_bytes() + frame.len() as u64 > self.options.budget_bytes {
             // Room for frames comes before segments made (or kept) ahead.
-            if let Some(spare) = self.spare.take() {
-                spare.discard();
-            }
-            for (path, _) in self.free.drain(..) {
-                let _ = std::fs::remove_file(path);
-            }
+            self.discard_made_ahead();
             let held_bytes = self.held_bytes();
             if held_bytes + frame.len() as u64 > self.options.budget_bytes {
                 return Err(StagingError::Full {
@@ -656,6 +651,17 @@ impl Staging {
                 self.not_prepared(&e);
                 let _ = std::fs::remove_file(&path);
             }
+        }
+    }
+
+    /// Gives up the segment being made ahead and the purged files kept for
+    /// reuse, and removes their files.
+    fn discard_made_ahead(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.discard();
+        }
+        for (path, _) in self.free.drain(..) {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -897,12 +903,7 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if let Some(spare) = self.spare.take() {
-            spare.discard();
-        }
-        for (path, _) in self.free.drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
+        self.discard_made_ahead();
     }
 }
 
