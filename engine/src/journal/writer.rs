@@ -896,8 +896,9 @@ impl SpareMaker {
     /// after it, and purge, which takes only segments the cursor has
     /// passed, would take none. Before each purge the background thread
     /// therefore moves it over what is published without syncing (off the
-    /// appenders' path: the walk reads every entry's length word), and the
-    /// next sync includes the files it passed. Skipped while a sync is
+    /// appenders' path: the walk reads every entry's length word; and only
+    /// once a backup has acknowledged entries the cursor holds back), and
+    /// the next sync includes the files it passed. Skipped while a sync is
     /// under way.
     fn advance_unsynced(&self) {
         let Some(sync) = self.sync.get() else {
@@ -944,10 +945,16 @@ impl SpareMaker {
     /// backup is recorded. A failure is logged; the next rotation tries
     /// again.
     fn purge_acknowledged(&self) {
-        let active_first = self.retained_from();
-        let purged = super::retention::safe_sequence(&self.dir).and_then(|safe| match safe {
-            Some(safe) => purge_segments(self, active_first, safe).map(drop),
-            None => Ok(()),
+        let purged = super::retention::safe_sequence(&self.dir).and_then(|safe| {
+            let Some(safe) = safe else {
+                return Ok(());
+            };
+            // The walk reads every entry since the cursor: only when the
+            // backups have what the cursor holds back, so purge could use it.
+            if self.walk_unsynced && safe >= self.cursor_first.load(Ordering::Acquire) {
+                self.advance_unsynced();
+            }
+            purge_segments(self, self.retained_from(), safe).map(drop)
         });
         if let Err(err) = purged {
             tracing::warn!(
@@ -989,9 +996,6 @@ impl SpareMaker {
                     }
                 }
                 if self.purge {
-                    if self.walk_unsynced {
-                        self.advance_unsynced();
-                    }
                     self.purge_acknowledged();
                 }
                 {
