@@ -43,6 +43,10 @@ pub(crate) struct LiveSegment {
     pub(crate) seg: MappedSegment,
     usable_end: usize,
     tail: AtomicU64,
+    /// Entries published so far (J-NR included): once the segment has
+    /// rotated, it is wholly published when this reaches the next
+    /// segment's first sequence, which needs no walk over its entries.
+    published: AtomicU64,
     next: Mutex<NextSegment>,
     next_ready: Condvar,
 }
@@ -67,6 +71,7 @@ impl LiveSegment {
             seg,
             usable_end,
             tail: AtomicU64::new((tail_entries << 32) | tail_offset as u64),
+            published: AtomicU64::new(tail_entries),
             next: Mutex::new(NextSegment::Pending),
             next_ready: Condvar::new(),
         }
@@ -105,6 +110,21 @@ impl LiveSegment {
     fn set_next(&self, next: NextSegment) {
         *self.next.lock() = next;
         self.next_ready.notify_all();
+    }
+
+    /// Counts `entries` more as published, after their length words.
+    fn count_published(&self, entries: usize) {
+        self.published.fetch_add(entries as u64, Ordering::Release);
+    }
+
+    /// The next segment, if this one has rotated and every entry of it
+    /// (J-NR included) is published.
+    fn next_if_wholly_published(&self) -> Option<Arc<LiveSegment>> {
+        let NextSegment::Ready(next) = &*self.next.lock() else {
+            return None;
+        };
+        let entries = next.seg.first_sequence() - self.seg.first_sequence();
+        (self.published.load(Ordering::Acquire) == entries).then(|| next.clone())
     }
 
     /// The sequence the next claim would get (entries past the end included).
@@ -393,6 +413,7 @@ impl Shared {
             )
         };
         old.seg.publish(offset, len);
+        old.count_published(1);
         old.set_next(NextSegment::Ready(next.clone()));
         *self.active.lock() = next.clone();
         Ok(next)
@@ -545,7 +566,11 @@ fn walk_published(
     mut sequence: u64,
 ) -> Result<(Arc<LiveSegment>, usize, u64, Vec<Arc<LiveSegment>>), JournalError> {
     let start_sequence = sequence;
-    let mut to_sync = Vec::new();
+    let mut to_sync = skip_published_segments(&mut segment);
+    if !to_sync.is_empty() {
+        offset = segment.seg.entries_start();
+        sequence = segment.seg.first_sequence() - 1;
+    }
     loop {
         let len = segment.seg.published_len(offset) as usize;
         if len == 0 {
@@ -571,6 +596,16 @@ fn walk_published(
     }
     to_sync.push(segment.clone());
     Ok((segment, offset, sequence, to_sync))
+}
+
+/// Moves `segment` past every wholly published segment from it on, without
+/// reading their entries; returns those it passed.
+fn skip_published_segments(segment: &mut Arc<LiveSegment>) -> Vec<Arc<LiveSegment>> {
+    let mut passed = Vec::new();
+    while let Some(next) = segment.next_if_wholly_published() {
+        passed.push(std::mem::replace(segment, next));
+    }
+    passed
 }
 
 impl Drop for Shared {
@@ -632,6 +667,7 @@ impl Appender {
                         )
                     };
                     self.segment.seg.publish(offset, len);
+                    self.segment.count_published(1);
                     break first_sequence;
                 }
                 Claim::Crossed { offset, sequence } => {
@@ -719,6 +755,7 @@ impl Appender {
                         at += entry.padded_bytes();
                     }
                     seg.wake_readers();
+                    self.segment.count_published(entries.len());
                     if let (Some(catalog), Some(updated)) = (catalog.as_mut(), updated) {
                         **catalog = updated;
                     }
@@ -895,9 +932,8 @@ impl SpareMaker {
     /// would stay where the last `flush` left it, holding every segment
     /// after it, and purge, which takes only segments the cursor has
     /// passed, would take none. Before each purge the background thread
-    /// therefore moves it over what is published without syncing (off the
-    /// appenders' path: the walk reads every entry's length word; and only
-    /// once a backup has acknowledged entries the cursor holds back), and
+    /// therefore moves it, without syncing, to the first segment not yet
+    /// wholly published (from per-segment counts: no entry is read), and
     /// the next sync includes the files it passed. Skipped while a sync is
     /// under way.
     fn advance_unsynced(&self) {
@@ -910,27 +946,20 @@ impl SpareMaker {
         if state.in_progress {
             return;
         }
-        let walked = walk_published(
-            &self.dir,
-            state.cursor.clone(),
-            state.cursor_offset,
-            state.cursor_sequence,
-        );
-        let Ok((cursor, offset, sequence, passed)) = walked else {
+        let mut cursor = state.cursor.clone();
+        let passed = skip_published_segments(&mut cursor);
+        if passed.is_empty() {
             return;
-        };
-        for live in passed {
-            if state.unsynced.last().map(PathBuf::as_path) != Some(live.seg.path()) {
-                state.unsynced.push(live.seg.path().to_owned());
-            }
         }
+        let paths = passed.iter().map(|live| live.seg.path().to_owned());
+        state.unsynced.extend(paths);
         // Purged since: nothing left to sync.
         state.unsynced.retain(|path| path.exists());
         self.cursor_first
             .store(cursor.seg.first_sequence(), Ordering::Release);
+        state.cursor_offset = cursor.seg.entries_start();
+        state.cursor_sequence = cursor.seg.first_sequence() - 1;
         state.cursor = cursor;
-        state.cursor_offset = offset;
-        state.cursor_sequence = sequence;
     }
 
     /// Where purge must stop: the segment being appended to, or the one
@@ -949,8 +978,8 @@ impl SpareMaker {
             let Some(safe) = safe else {
                 return Ok(());
             };
-            // The walk reads every entry since the cursor: only when the
-            // backups have what the cursor holds back, so purge could use it.
+            // Only when the backups have what the cursor holds back, so purge
+            // could use it (else `unsynced` would grow at every rotation).
             if self.walk_unsynced && safe >= self.cursor_first.load(Ordering::Acquire) {
                 self.advance_unsynced();
             }
@@ -1043,5 +1072,66 @@ impl SpareMaker {
         if let Some(path) = slot.reusable.take() {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::SEGMENT_BYTES_MIN;
+
+    /// The sync cursor skips a segment without reading its entries only
+    /// when every one of them is published: an appender that claimed a
+    /// slot and has not yet written it holds the cursor (and so purge)
+    /// in its segment, however many segments follow.
+    #[test]
+    fn a_rotated_segment_is_skipped_only_once_every_entry_of_it_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions {
+            segment_bytes: SEGMENT_BYTES_MIN,
+            durability: Durability::None,
+            background_preallocation: false,
+            ..JournalOptions::default()
+        };
+        let journal = Journal::open(dir.path(), options).unwrap();
+        let spares = &journal.shared.spares;
+        let after = [7u8; 100];
+        let entry = NewEntry::put(1, b"key", &after);
+        let slow = journal.appender();
+        let mut fast = journal.appender();
+        fast.append(&entry).unwrap();
+        let Claim::Fits {
+            offset,
+            first_sequence: stalled,
+        } = slow.segment.claim(1, entry.padded_bytes())
+        else {
+            panic!("the first segment has room");
+        };
+        // Two rotations: the stalled segment and a wholly published one
+        // lie behind the active segment.
+        let mut rotations = 0;
+        while rotations < 2 {
+            let before = fast.segment.seg.first_sequence();
+            fast.append(&entry).unwrap();
+            rotations += usize::from(fast.segment.seg.first_sequence() != before);
+        }
+        let active = journal.shared.active.lock().seg.first_sequence();
+        spares.advance_unsynced();
+        assert_eq!(spares.cursor_first.load(Ordering::Acquire), 1);
+        assert_eq!(
+            journal.flush().unwrap(),
+            stalled - 1,
+            "the walk stops at the gap"
+        );
+        assert_eq!(spares.cursor_first.load(Ordering::Acquire), 1);
+
+        // SAFETY: the claim gave this test `offset..offset+padded_bytes`.
+        let len =
+            unsafe { write_unpublished(slow.segment.seg.ptr().add(offset), &entry, stalled, 0) };
+        slow.segment.seg.publish(offset, len);
+        slow.segment.count_published(1);
+        spares.advance_unsynced();
+        assert_eq!(spares.cursor_first.load(Ordering::Acquire), active);
+        assert_eq!(journal.flush().unwrap(), journal.next_sequence() - 1);
     }
 }
