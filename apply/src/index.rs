@@ -121,10 +121,56 @@ fn prefetch_line(at: *const u8) {
     let _ = at;
 }
 
+/// Slot arrays of at least this many bytes get a map of their own in
+/// transparent huge pages (this host's THP mode is `madvise`, so a plain
+/// allocation never gets them): a change's slot is a random line of a
+/// table far larger than the 4 KiB TLB's reach, and on 4 KiB pages the
+/// prefetch of it waits for a page walk (decisions.md 37).
+const HUGE_SLOTS_BYTES: usize = 2 << 20;
+
+/// A table's slots: on the heap, or mapped in huge pages when large.
+enum SlotArray {
+    Heap(Box<[Slot]>),
+    Mapped(memmap2::MmapMut),
+}
+
+impl std::ops::Deref for SlotArray {
+    type Target = [Slot];
+    fn deref(&self) -> &[Slot] {
+        match self {
+            SlotArray::Heap(slots) => slots,
+            // SAFETY: the map is page-aligned (so 64-byte aligned), a
+            // whole number of slots long, zeroed when made (all zeroes is
+            // an empty `Slot`), and lives as long as `self`.
+            SlotArray::Mapped(map) => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().cast::<Slot>(), map.len() / SLOT_BYTES)
+            },
+        }
+    }
+}
+
+impl std::ops::DerefMut for SlotArray {
+    fn deref_mut(&mut self) -> &mut [Slot] {
+        match self {
+            SlotArray::Heap(slots) => slots,
+            // SAFETY: as in `deref`, and `&mut self` makes this the only
+            // reference to the map's bytes.
+            SlotArray::Mapped(map) => unsafe {
+                std::slice::from_raw_parts_mut(
+                    map.as_mut_ptr().cast::<Slot>(),
+                    map.len() / SLOT_BYTES,
+                )
+            },
+        }
+    }
+}
+
+const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+
 /// One shard's table.
 pub(crate) struct Index {
     /// A power of two long, or empty before the first insert.
-    slots: Box<[Slot]>,
+    slots: SlotArray,
     len: usize,
     /// Keys longer than `INLINE_KEY`; `None` where freed.
     long: Vec<Option<Box<[u8]>>>,
@@ -135,7 +181,7 @@ pub(crate) struct Index {
 impl Default for Index {
     fn default() -> Self {
         Index {
-            slots: Box::new([]),
+            slots: SlotArray::Heap(Box::new([])),
             len: 0,
             long: Vec::new(),
             free_long: Vec::new(),
@@ -161,9 +207,19 @@ pub(crate) struct Entry<'a> {
     pub loc: Loc,
 }
 
-/// `n` empty slots. Zeroed memory straight from the allocator (a large
-/// table's fresh pages are zero already, not written here).
-fn empty_slots(n: usize) -> Box<[Slot]> {
+/// `n` empty slots: zeroed memory straight from the kernel or the
+/// allocator (a large table's fresh pages are zero already, not written
+/// here).
+fn empty_slots(n: usize) -> SlotArray {
+    let bytes = n * SLOT_BYTES;
+    if bytes >= HUGE_SLOTS_BYTES {
+        // Without a map (an address-space limit), the heap will do.
+        if let Ok(map) = memmap2::MmapMut::map_anon(bytes) {
+            // Only a hint: without huge pages the table works the same.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            return SlotArray::Mapped(map);
+        }
+    }
     let layout = Layout::array::<Slot>(n).expect("index size overflows");
     // SAFETY: `n` > 0 (callers ask for at least MIN_SLOTS), so the layout
     // has a non-zero size; all zeroes is a valid `Slot` (integers only); and
@@ -174,7 +230,7 @@ fn empty_slots(n: usize) -> Box<[Slot]> {
         if ptr.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n))
+        SlotArray::Heap(Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)))
     }
 }
 
@@ -542,5 +598,38 @@ mod tests {
             let hash = hashes[&(*o, k.clone())];
             assert_eq!(index.get(hash, *o, k), Some(*l), "seed {seed}");
         }
+    }
+
+    /// A table outgrows the heap into maps of its own (huge pages when the
+    /// host gives them), twice, and keeps every record through each move.
+    #[test]
+    fn a_large_table_moves_to_a_map_and_keeps_its_records() {
+        let mut index = Index::default();
+        let records = 60_000u64;
+        let hash = |k: u64| k.wrapping_mul(0x9e37_79b9_7f4a_7c15) & !63;
+        let mut was_mapped_at = None;
+        for k in 0..records {
+            index.put(hash(k), 1, &k.to_le_bytes(), loc(k as u32));
+            if was_mapped_at.is_none() && matches!(index.slots, SlotArray::Mapped(_)) {
+                was_mapped_at = Some(k);
+            }
+        }
+        let mapped_at = was_mapped_at.expect("a table of 2 MiB or more is mapped");
+        assert!(index.slots.len() * SLOT_BYTES >= 4 * HUGE_SLOTS_BYTES);
+        assert!(
+            mapped_at > 0 && (mapped_at as usize) * 4 <= HUGE_SLOTS_BYTES / SLOT_BYTES * 3,
+            "small tables stay on the heap (mapped at {mapped_at})"
+        );
+        for k in (0..records).step_by(2) {
+            assert_eq!(
+                index.remove(hash(k), 1, &k.to_le_bytes()),
+                Some(loc(k as u32))
+            );
+        }
+        for k in 0..records {
+            let want = (k % 2 == 1).then(|| loc(k as u32));
+            assert_eq!(index.get(hash(k), 1, &k.to_le_bytes()), want, "record {k}");
+        }
+        assert_eq!(index.len() as u64, records / 2);
     }
 }
