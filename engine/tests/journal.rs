@@ -573,3 +573,63 @@ fn a_flush_after_purged_segments_were_reused_syncs_what_is_published() {
         assert_eq!(journal.durable_sequence(), last);
     }
 }
+
+/// Notes, at each sync, the first sequence in the synced file's header and
+/// whether a segment of that name was in the directory yet.
+#[derive(Debug)]
+struct HeaderAtSync {
+    dir: std::path::PathBuf,
+    seen: parking_lot::Mutex<Vec<(u64, bool)>>,
+}
+
+impl SyncFile for HeaderAtSync {
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut raw = [0u8; 64];
+        file.read_at(&mut raw, 0)?;
+        let len = file.metadata()?.len();
+        if let Ok(header) = engine::journal::segment::SegmentHeader::decode(&raw, len) {
+            let first = header.first_sequence;
+            let named = self
+                .dir
+                .join(engine::journal::segment_file_name(first))
+                .exists();
+            self.seen.lock().push((first, named));
+        }
+        file.sync_data()
+    }
+}
+
+/// At rotation, the new segment's header and catalog are synced before
+/// the segment takes its name: a name never points at a blank header that
+/// was not written yet when the file was last synced.
+#[test]
+fn a_new_segment_is_synced_with_its_header_before_it_takes_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let syncer = Arc::new(HeaderAtSync {
+        dir: dir.path().to_owned(),
+        seen: Default::default(),
+    });
+    let options = JournalOptions {
+        durability: Durability::GroupCommit {
+            max_delay: Duration::ZERO,
+        },
+        syncer: syncer.clone(),
+        ..small_options()
+    };
+    let journal = Journal::open(dir.path(), options).unwrap();
+    let mut w = journal.appender();
+    let after = image(1, 1, 300);
+    while engine::journal::list_segments(dir.path()).unwrap().len() < 4 {
+        w.append(&NewEntry::put(1, b"key", &after)).unwrap();
+        w.append(&NewEntry::commit(1)).unwrap();
+    }
+    let segments = engine::journal::list_segments(dir.path()).unwrap();
+    let seen = syncer.seen.lock().clone();
+    for (first, _) in &segments[1..] {
+        assert!(
+            seen.contains(&(*first, false)),
+            "segment {first} was not synced with its header before its rename: {seen:?}"
+        );
+    }
+}

@@ -276,7 +276,10 @@ impl MappedSegment {
     }
 
     /// Writes header and catalog into a spare and renames it to its final name in
-    /// `dir`. Entries may be appended as soon as this returns.
+    /// `dir`. Entries may be appended as soon as this returns. Nothing is
+    /// synced: a rotation that wants the header on disk before the name
+    /// calls `write_header`, syncs, then `install` (recovery takes a newest
+    /// segment with a blank header for an interrupted rotation either way).
     pub fn finalize(
         mut self,
         dir: &Path,
@@ -285,6 +288,19 @@ impl MappedSegment {
         created_unix_ns: u64,
         catalog: &Catalog,
     ) -> Result<MappedSegment, SegmentError> {
+        self.write_header(journal_id, first_sequence, created_unix_ns, catalog);
+        self.install(dir)
+    }
+
+    /// Writes header and catalog into a spare (through the map: a later
+    /// `fdatasync` of the file writes them back).
+    pub(crate) fn write_header(
+        &mut self,
+        journal_id: u64,
+        first_sequence: u64,
+        created_unix_ns: u64,
+        catalog: &Catalog,
+    ) {
         let block = catalog.encode();
         self.header = SegmentHeader {
             journal_id,
@@ -304,7 +320,12 @@ impl MappedSegment {
                 block.len(),
             );
         }
-        let path = dir.join(segment_file_name(first_sequence));
+    }
+
+    /// Renames a spare whose header is written to its segment name in
+    /// `dir`.
+    pub(crate) fn install(mut self, dir: &Path) -> Result<MappedSegment, SegmentError> {
+        let path = dir.join(segment_file_name(self.header.first_sequence));
         std::fs::rename(&self.path, &path)
             .map_err(SegmentError::io("rename spare segment to", &path))?;
         self.path = path;

@@ -432,7 +432,9 @@ impl Shared {
                 &*guard
             }
         };
-        let spare = self.spares.take()?;
+        let mut spare = self.spares.take()?;
+        let now = self.options.clock.now_unix_ns();
+        spare.write_header(self.options.journal_id, first_sequence, now, catalog);
         if self.options.durability != Durability::None {
             // Header and catalog must be on disk before the name points at them.
             self.options
@@ -440,14 +442,7 @@ impl Shared {
                 .sync_data(spare.file())
                 .map_err(|source| self.sync_failed(spare.path(), source))?;
         }
-        let now = self.options.clock.now_unix_ns();
-        let seg = spare.finalize(
-            &self.dir,
-            self.options.journal_id,
-            first_sequence,
-            now,
-            catalog,
-        )?;
+        let seg = spare.install(&self.dir)?;
         // Purge keeps everything from here on (the J-NR that leads here is
         // not even published yet, so no backup can have acknowledged it).
         self.spares
