@@ -58,6 +58,11 @@ const SPARE_EXTENSION: &str = "stg-spare";
 /// checkpoint at a time (a second by default), which may purge several
 /// segments at once, each the next rotations can use.
 const KEPT_FILES: usize = 4;
+/// A new segment made ahead is zero-filled only while apply is within this
+/// many segments of the staged end (counting the active one): further
+/// behind, what an entry waits for is the backlog, and the fill's writes
+/// would only slow the catching up (decisions.md 38).
+const FILL_WITHIN_SEGMENTS: usize = 2;
 
 /// How a staging store is opened.
 #[derive(Clone, Debug)]
@@ -69,7 +74,8 @@ pub struct StagingOptions {
     pub budget_bytes: u64,
     /// Make each next segment ahead of time on a background thread (while
     /// the budget has room for it): a purged segment's file reused, else a
-    /// new file written full of zeros. Off: a rotation creates an empty
+    /// new file, written full of zeros unless apply is behind by more than
+    /// a segment (then only allocated). Off: a rotation creates an empty
     /// segment that appends grow, and purged segments are deleted.
     pub prepare_segments: bool,
     pub syncer: Arc<dyn SyncFile>,
@@ -169,8 +175,9 @@ impl Spare {
     /// Starts making a segment of `bytes` at `path`: with `reuse`, from the
     /// purged segment's file already there (only what it lacks of `bytes`
     /// zero-filled: it was cut to its frames when it was finished), else a
-    /// new file (header, zeros). Synced either way.
-    fn start(path: PathBuf, bytes: u64, reuse: bool) -> std::io::Result<Spare> {
+    /// new file (header, then zeros with `fill`, else only allocated
+    /// blocks). Synced either way.
+    fn start(path: PathBuf, bytes: u64, reuse: bool, fill_new: bool) -> std::io::Result<Spare> {
         let fill = Arc::new(ZeroFillControl::default());
         let thread = {
             let (path, fill) = (path.clone(), Arc::clone(&fill));
@@ -194,8 +201,16 @@ impl Spare {
                         file.set_len(bytes)
                             .map_err(io("cut reused staging segment", &path))?;
                     }
-                    crate::sys::zero_fill(&file, len.clamp(FILE_HEADER_BYTES, bytes), bytes, &fill)
-                        .map_err(io("zero-fill staging segment", &path))?;
+                    if reuse || fill_new {
+                        let from = len.clamp(FILE_HEADER_BYTES, bytes);
+                        crate::sys::zero_fill(&file, from, bytes, &fill)
+                            .map_err(io("zero-fill staging segment", &path))?;
+                    } else {
+                        crate::sys::preallocate(&file, bytes)
+                            .map_err(io("allocate staging segment", &path))?;
+                        file.sync_data()
+                            .map_err(io("sync staging segment", &path))?;
+                    }
                     Ok(file)
                 })?
         };
@@ -645,7 +660,8 @@ impl Staging {
             Some((path, _)) => (path, true),
             None => (self.spare_path(), false),
         };
-        match Spare::start(path.clone(), self.options.segment_bytes, reuse) {
+        let fill_new = self.segments.len() <= FILL_WITHIN_SEGMENTS;
+        match Spare::start(path.clone(), self.options.segment_bytes, reuse, fill_new) {
             Ok(spare) => self.spare = Some(spare),
             Err(e) => {
                 self.not_prepared(&e);
