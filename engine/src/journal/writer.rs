@@ -321,7 +321,7 @@ impl Journal {
     /// appended to is never deleted. One purged file may be kept to become
     /// the next spare (`JournalOptions::purge_acknowledged`).
     pub fn purge_before(&self, safe_sequence: u64) -> Result<PurgeReport, JournalError> {
-        if self.shared.spares.walk_unsynced {
+        if self.shared.spares.advances_unsynced {
             self.shared.spares.advance_unsynced();
         }
         let active_first = self.shared.active.lock().seg.first_sequence();
@@ -826,7 +826,7 @@ pub(crate) struct SpareMaker {
     sync: OnceLock<Arc<Mutex<SyncState>>>,
     /// Whether the background thread moves the sync cursor before it
     /// purges (`Durability::None`: nothing else does).
-    walk_unsynced: bool,
+    advances_unsynced: bool,
     /// Tells a zero-fill under way to hurry (an appender waits for it) or
     /// give up (the journal closes).
     fill: ZeroFillControl,
@@ -861,7 +861,7 @@ impl SpareMaker {
             active_first: AtomicU64::new(1),
             cursor_first: AtomicU64::new(1),
             sync: OnceLock::new(),
-            walk_unsynced: options.durability == Durability::None,
+            advances_unsynced: options.durability == Durability::None,
             fill: ZeroFillControl::default(),
             slot: Mutex::new(SpareSlot::default()),
             changed: Condvar::new(),
@@ -975,7 +975,7 @@ impl SpareMaker {
             };
             // Only when the backups have what the cursor holds back, so purge
             // could use it (else `unsynced` would grow at every rotation).
-            if self.walk_unsynced && safe >= self.cursor_first.load(Ordering::Acquire) {
+            if self.advances_unsynced && safe >= self.cursor_first.load(Ordering::Acquire) {
                 self.advance_unsynced();
             }
             purge_segments(self, self.retained_from(), safe).map(drop)

@@ -175,7 +175,7 @@ impl Spare {
     /// Starts making a segment of `bytes` at `path`: with `reuse`, from the
     /// purged segment's file already there (only what it lacks of `bytes`
     /// zero-filled: it was cut to its frames when it was finished), else a
-    /// new file (header, then zeros with `fill`, else only allocated
+    /// new file (header, then zeros with `fill_new`, else only allocated
     /// blocks). Synced either way.
     fn start(path: PathBuf, bytes: u64, reuse: bool, fill_new: bool) -> std::io::Result<Spare> {
         let fill = Arc::new(ZeroFillControl::default());
