@@ -824,6 +824,8 @@ impl CheckpointWrite {
             return Ok(());
         }
         for file in &self.files {
+            let used = file.used.load(Ordering::Acquire) as u64;
+            engine::sys::paced_write_back(&file.file, 0, used);
             file.file
                 .sync_data()
                 .map_err(StoreError::io("sync data file", &file.path))?;
@@ -843,6 +845,8 @@ impl CheckpointWrite {
         let file = out
             .into_inner()
             .map_err(|e| StoreError::io("write checkpoint", &tmp)(e.into_error()))?;
+        let file_bytes = CHECKPOINT_MAGIC.len() + 8 + 4 + body.len();
+        engine::sys::paced_write_back(&file, 0, file_bytes as u64);
         file.sync_all()
             .map_err(StoreError::io("sync checkpoint", &tmp))?;
         let path = dir.join(CHECKPOINT_FILE);

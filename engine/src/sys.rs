@@ -93,6 +93,22 @@ impl ZeroFillControl {
     }
 }
 
+/// Writes `file`'s dirty pages in `from..to` back `ZERO_FILL_BYTES` at a
+/// time, each piece followed by a pause as long as it took, so the disk
+/// keeps half its time for others' syncs (the staging store's); a
+/// `fdatasync` afterwards finds little left to write. Only pacing: the
+/// caller's sync reports any write error.
+pub fn paced_write_back(file: &File, from: u64, to: u64) {
+    let mut at = from;
+    while at < to {
+        let n = (ZERO_FILL_BYTES as u64).min(to - at);
+        let began = std::time::Instant::now();
+        let _ = write_back(file, at, n);
+        at += n;
+        std::thread::sleep(began.elapsed());
+    }
+}
+
 /// Writes zeros over `file`'s bytes `from..to`, `ZERO_FILL_BYTES` at a time,
 /// then `fdatasync`. Later writes there overwrite allocated, written, cached
 /// blocks: no page zeroing and no filesystem journal handle on the writer's
