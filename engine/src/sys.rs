@@ -93,50 +93,60 @@ impl ZeroFillControl {
     }
 }
 
-/// Writes `file`'s dirty pages in `from..to` back `ZERO_FILL_BYTES` at a
-/// time, each piece followed by a pause as long as it took, so the disk
-/// keeps half its time for others' syncs (the staging store's); a
-/// `fdatasync` afterwards finds little left to write. Only pacing: the
-/// caller's sync reports any write error.
-pub fn paced_write_back(file: &File, from: u64, to: u64) {
+/// Runs `piece(at, n)` over `from..to`, `ZERO_FILL_BYTES` at a time, each
+/// piece followed by a pause as long as it took (unless `control` says
+/// hurry), so the work uses about half of the disk's time; stops with
+/// `Interrupted` once `control` says give up.
+fn in_paced_pieces(
+    from: u64,
+    to: u64,
+    control: Option<&ZeroFillControl>,
+    mut piece: impl FnMut(u64, u64) -> io::Result<()>,
+) -> io::Result<()> {
     let mut at = from;
     while at < to {
-        let n = (ZERO_FILL_BYTES as u64).min(to - at);
-        let began = std::time::Instant::now();
-        let _ = write_back(file, at, n);
-        at += n;
-        std::thread::sleep(began.elapsed());
-    }
-}
-
-/// Writes zeros over `file`'s bytes `from..to`, `ZERO_FILL_BYTES` at a time,
-/// then `fdatasync`. Later writes there overwrite allocated, written, cached
-/// blocks: no page zeroing and no filesystem journal handle on the writer's
-/// path, and a later `fdatasync` has only data to write (decisions.md 30,
-/// 31). Each piece is written back before the next and followed by a pause
-/// as long as it took (until `control` says hurry), so a fill uses about
-/// half of the disk's time. Returns `Interrupted` without syncing once
-/// `control` says give up.
-pub fn zero_fill(file: &File, from: u64, to: u64, control: &ZeroFillControl) -> io::Result<()> {
-    let zeros = vec![0u8; ZERO_FILL_BYTES];
-    let mut at = from;
-    while at < to {
-        if control.give_up.load(Ordering::Relaxed) {
+        if control.is_some_and(|c| c.give_up.load(Ordering::Relaxed)) {
             return Err(io::ErrorKind::Interrupted.into());
         }
         let n = (ZERO_FILL_BYTES as u64).min(to - at);
         let began = std::time::Instant::now();
+        piece(at, n)?;
+        at += n;
+        if !control.is_some_and(|c| c.hurry.load(Ordering::Relaxed)) {
+            std::thread::sleep(began.elapsed());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `file`'s dirty pages in `from..to` back a piece at a time with
+/// pauses (`in_paced_pieces`), so the disk keeps half its time for others'
+/// syncs (the staging store's); a `fdatasync` afterwards finds little left
+/// to write. Only pacing: the caller's sync reports any write error.
+pub fn paced_write_back(file: &File, from: u64, to: u64) {
+    let _ = in_paced_pieces(from, to, None, |at, n| {
+        let _ = write_back(file, at, n);
+        Ok(())
+    });
+}
+
+/// Writes zeros over `file`'s bytes `from..to`, a piece at a time with
+/// pauses (`in_paced_pieces`; until `control` says hurry), then
+/// `fdatasync`. Later writes there overwrite allocated, written, cached
+/// blocks: no page zeroing and no filesystem journal handle on the writer's
+/// path, and a later `fdatasync` has only data to write (decisions.md 30,
+/// 31). Returns `Interrupted` without syncing once `control` says give up.
+pub fn zero_fill(file: &File, from: u64, to: u64, control: &ZeroFillControl) -> io::Result<()> {
+    let zeros = vec![0u8; ZERO_FILL_BYTES];
+    in_paced_pieces(from, to, Some(control), |at, n| {
         file.write_all_at(&zeros[..n as usize], at)?;
         // Written back piece by piece, so the disk never queues a whole
         // segment of zeros ahead of anyone's sync. Only pacing: where the
         // filesystem refuses it, the sync below still makes the zeros
         // durable and reports any write error.
         let _ = write_back(file, at, n);
-        at += n;
-        if !control.hurry.load(Ordering::Relaxed) {
-            std::thread::sleep(began.elapsed());
-        }
-    }
+        Ok(())
+    })?;
     file.sync_data()
 }
 
