@@ -585,7 +585,7 @@ struct HeaderAtSync {
 impl SyncFile for HeaderAtSync {
     fn sync_data(&self, file: &File) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut raw = [0u8; 64];
+        let mut raw = [0u8; engine::limits::SEGMENT_HEADER_BYTES];
         file.read_at(&mut raw, 0)?;
         let len = file.metadata()?.len();
         if let Ok(header) = engine::journal::segment::SegmentHeader::decode(&raw, len) {
