@@ -194,6 +194,8 @@ pub struct ParallelApply {
     position: AppliedPosition,
     dispatched_txns: u64,
     dispatched_ops: u64,
+    /// `Store::mixed_until` until apply gets there; then empty.
+    mixed_until: Vec<u64>,
 }
 
 impl ParallelApply {
@@ -238,6 +240,7 @@ impl ParallelApply {
             );
             senders.push(tx);
         }
+        let mixed_until = store.mixed_until();
         ParallelApply {
             position: store.applied_position(),
             store,
@@ -258,6 +261,7 @@ impl ParallelApply {
             scratch: Vec::new(),
             dispatched_txns: 0,
             dispatched_ops: 0,
+            mixed_until,
         }
     }
 
@@ -338,6 +342,33 @@ impl ParallelApply {
         self.check_failed()
     }
 
+    /// Whether the store holds one moment of the stream once `txn` is
+    /// applied (`Store::mixed_until`), so that a probe of it can be noted;
+    /// forgets the mark once it does. Only `run_serial` applies probes of a
+    /// store that can be mixed (one that splits).
+    fn consistent_after(&mut self, txn: &Txn<'_>) -> bool {
+        if self.mixed_until.is_empty() {
+            return true;
+        }
+        let mut after = self.position.clone();
+        after.advance(&txn.meta());
+        let reached = self
+            .mixed_until
+            .iter()
+            .enumerate()
+            .all(|(j, &commit)| after.journal(j as u32).applied >= commit);
+        if reached {
+            self.mixed_until = Vec::new();
+        } else if txn.ops().any(|op| op.kind == OpKind::Probe) {
+            tracing::info!(
+                "HAD0229I probe at {} of journal {} not noted: replay since the last checkpoint has not yet passed everything the checkpoint held",
+                txn.meta().commit_sequence,
+                txn.meta().journal
+            );
+        }
+        reached
+    }
+
     /// Applies `range` of `batch` on this thread in commit order, without
     /// tickets: only while no worker has anything to apply.
     fn run_serial(&mut self, batch: &TxnBatch, range: Range<usize>) -> Result<(), StoreError> {
@@ -355,7 +386,8 @@ impl ParallelApply {
             if self.shared.failed.load(Ordering::Relaxed) {
                 break;
             }
-            run_one(&*self.store, &self.shared, &txn, &[]);
+            let note_probes = self.consistent_after(&txn);
+            run_one(&*self.store, &self.shared, &txn, &[], note_probes);
             self.position.advance(&txn.meta());
             (txns, ops) = (txns + 1, ops + txn.len());
         }
@@ -445,7 +477,7 @@ impl ParallelApply {
             let tickets = &self.own_tickets[start as usize..end as usize];
             let txn = batch.get(i as usize);
             ops += txn.len();
-            run_one(&*self.store, &self.shared, &txn, tickets);
+            run_one(&*self.store, &self.shared, &txn, tickets, true);
         }
         finished(&self.shared, self.own.len(), ops);
         self.own.clear();
@@ -594,6 +626,7 @@ fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<
                 shared,
                 &txn,
                 &work.tickets[start as usize..end as usize],
+                true,
             );
         }
         finished(shared, work.txns.len(), work.txns.op_count());
@@ -648,7 +681,7 @@ fn settle(shared: &Shared, result: Result<(), StoreError>) {
 /// them on. A refusal is logged and counted; any other error stops apply
 /// (tickets still move on, so nobody waits forever). The caller counts it
 /// finished (`finished`).
-fn run_one(store: &dyn Store, shared: &Shared, txn: &Txn<'_>, tickets: &[(u32, u64)]) {
+fn run_one(store: &dyn Store, shared: &Shared, txn: &Txn<'_>, tickets: &[(u32, u64)], note: bool) {
     shared.wait_until(|| {
         tickets
             .iter()
@@ -658,7 +691,7 @@ fn run_one(store: &dyn Store, shared: &Shared, txn: &Txn<'_>, tickets: &[(u32, u
         settle(shared, store.apply(txn));
         // A probe is outside commitment control (the journal refuses one in
         // a cycle), so it is a transaction of its own: one look suffices.
-        if let Some(probes) = &shared.probes {
+        if let Some(probes) = shared.probes.as_ref().filter(|_| note) {
             if txn.len() == 1 && txn.ops().all(|op| op.kind == OpKind::Probe) {
                 settle(shared, note_probes(store, probes, txn));
             }

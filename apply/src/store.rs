@@ -216,7 +216,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Takes the state of a checkpoint at `position` (called as `checkpoint`
     /// is: nothing applying, everything up to `position` applied) and returns
     /// what makes it durable, which may run on another thread while apply
-    /// goes on. The checkpoint counts only once its `finish` returns `Ok`;
+    /// goes on (and may take part of the state then: see `mixed_until`). The checkpoint counts only once its `finish` returns `Ok`;
     /// checkpoints are finished one at a time, in the order begun. The
     /// default checkpoints here and now.
     fn begin_checkpoint(
@@ -229,6 +229,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The position stored with the data: apply resumes after it.
     fn applied_position(&self) -> AppliedPosition;
+
+    /// After opening at a checkpoint whose parts were taken one after the
+    /// other beside apply (replica tables, decisions.md 41): per journal of
+    /// the group (by index), the last commit some part already held. Until
+    /// apply has applied that far in every journal, replay leaves parts at
+    /// different moments of the stream (each record as the source had it at
+    /// some moment, not all at the same one), so a probe's outcome would not
+    /// be the source's at the probe. Empty (the default): never so.
+    fn mixed_until(&self) -> Vec<u64> {
+        Vec::new()
+    }
 
     /// Objects, by ascending id.
     fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError>;

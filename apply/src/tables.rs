@@ -20,12 +20,18 @@
 //!   Values stay on disk (page cache), so tables larger than memory work as
 //!   long as the keys fit.
 //! - No write-ahead log: staging already is one. A checkpoint takes, with
-//!   apply paused, the list of data files written since the last one and a
-//!   copy of the whole index, the objects and the applied position
-//!   (`begin_checkpoint`); then, beside apply, syncs those files, writes the
-//!   copy to `checkpoint.tmp`, syncs it and renames it over `checkpoint`.
-//!   Opening loads the last checkpoint and deletes data files made after it;
-//!   apply then replays staging from the checkpoint's position.
+//!   apply paused, only the applied position and the objects
+//!   (`begin_checkpoint`, microseconds); then, beside apply, it copies the
+//!   shards one at a time under each one's read lock, each with its stamps
+//!   (per journal, the last commit that changed it), lists the data files
+//!   with their lengths, syncs those written since the last checkpoint,
+//!   writes `checkpoint.tmp`, syncs it and renames it over `checkpoint`
+//!   (decisions.md 41). A shard taken late holds changes after the
+//!   position: opening loads the last checkpoint, deletes data files made
+//!   after it and keeps each shard's stamps as floors, and apply replays
+//!   staging from the position, each shard passing over the changes it
+//!   already holds (`Shard::admit`); until replay passes every floor
+//!   (`Store::mixed_until`), probes are not answered.
 //! - Writers hold the write locks of every shard their transaction touches
 //!   (in shard order) while they update the index, or of every shard while
 //!   the parts of a run apply (`lock_parts`), and readers take the read
@@ -53,7 +59,7 @@ use crate::store::{
     check_objects, record_hash, visit_buckets_in_memory, BucketVisit, ObjectCheck, ObjectInfo,
     PartedApply, PendingCheckpoint, Store, StoreError,
 };
-use crate::txn::{LargeTxn, Op, OpKind, Txn, TxnBatch};
+use crate::txn::{LargeTxn, Op, OpKind, Txn, TxnBatch, TxnMeta};
 
 /// At most 64: a transaction's shards are a bit set in a u64.
 const SHARDS: usize = 1 << SHARD_BITS;
@@ -76,7 +82,10 @@ const LANE_BUFFER_BYTES: usize = 128 << 10;
 /// misses in flight to hide their latency, not so many that they evict each
 /// other.
 const LOOKAHEAD_OPS: usize = 8;
-const CHECKPOINT_MAGIC: &[u8; 8] = b"HATBLCK1";
+/// Checkpoints as written: shards with their stamps (decisions.md 41).
+const CHECKPOINT_MAGIC: &[u8; 8] = b"HATBLCK2";
+/// Checkpoints taken with apply paused, one flat index, still read.
+const CHECKPOINT_MAGIC_V1: &[u8; 8] = b"HATBLCK1";
 /// A checkpoint's index entry without its key: object u64, key length u32,
 /// then (after the key) file, offset and length, u32 each.
 const RECORD_ENTRY_BYTES: usize = 24;
@@ -290,9 +299,41 @@ struct Shard {
     /// to: written under this shard's lock, so appending takes no lock of
     /// its own.
     lane: Lane,
+    /// Per journal (by index in the group), the commit sequence of the last
+    /// transaction that changed this shard: a checkpoint takes the shards
+    /// one at a time beside apply and records each one's stamps with its
+    /// records (decisions.md 41).
+    stamps: Vec<u64>,
+    /// After opening at such a checkpoint: per journal, the last commit this
+    /// shard already holds (its stamps then), which replay must pass over
+    /// here; 0 once replay is past it. Empty when nothing is left to pass.
+    floors: Vec<u64>,
 }
 
 impl Shard {
+    /// Whether a change of the transaction committed at `commit` in
+    /// `journal` is to be made here: `false` while replay passes over what
+    /// this shard already held when its checkpoint took it. Notes it as
+    /// the shard's last change otherwise.
+    fn admit(&mut self, journal: u32, commit: u64) -> bool {
+        let j = journal as usize;
+        if let Some(floor) = self.floors.get_mut(j) {
+            if commit <= *floor {
+                return false;
+            }
+            // Commits of a journal come in order: replay is past this one.
+            *floor = 0;
+            if self.floors.iter().all(|&f| f == 0) {
+                self.floors = Vec::new();
+            }
+        }
+        if self.stamps.len() <= j {
+            self.stamps.resize(j + 1, 0);
+        }
+        self.stamps[j] = commit;
+        true
+    }
+
     fn get(&self, hash: u64, object: u64, key: &[u8]) -> Option<Loc> {
         self.records.get(hash, object, key)
     }
@@ -450,42 +491,52 @@ impl PartedApply for Parted<'_> {
         let parts = self.parts as u64;
         let mine = txns
             .iter()
-            .flat_map(|&i| batch.get(i as usize).ops())
-            .filter_map(|op| {
+            .flat_map(|&i| {
+                let txn = batch.get(i as usize);
+                let meta = txn.meta();
+                txn.ops()
+                    .map(move |op| (op, meta.journal, meta.commit_sequence))
+            })
+            .filter_map(|(op, journal, commit)| {
                 let hash = record_hash(op.object_id, op.key);
-                (hash % parts == part as u64).then_some((op, hash))
+                (hash % parts == part as u64).then_some((op, hash, journal, commit))
             });
         // Each change's slot is fetched LOOKAHEAD_OPS changes before it is
         // made, its hash kept from then.
         let mut ahead = std::collections::VecDeque::with_capacity(LOOKAHEAD_OPS + 1);
-        let make = |op: Op<'_>, hash: u64| -> Result<(), StoreError> {
-            let loc = match op.kind {
-                // SAFETY: shard `part` is in this part (part < parts), whose
-                // `busy` lock we hold; the reference ends with this line.
-                OpKind::Put => Some(
-                    self.tables
-                        .append(unsafe { &mut self.shard(part).lane }, &op)?,
-                ),
-                OpKind::Delete => None,
-                OpKind::Probe => return Ok(()),
-                _ => unreachable!("object-level changes are not applied in parts"),
+        let make =
+            |(op, hash, journal, commit): (Op<'_>, u64, u32, u64)| -> Result<(), StoreError> {
+                // SAFETY: the record's shard is in this part, whose `busy` lock
+                // we hold; the reference ends with this line.
+                if !unsafe { self.shard(shard_of(hash)) }.admit(journal, commit) {
+                    return Ok(());
+                }
+                let loc = match op.kind {
+                    // SAFETY: shard `part` is in this part (part < parts), whose
+                    // `busy` lock we hold; the reference ends with this line.
+                    OpKind::Put => Some(
+                        self.tables
+                            .append(unsafe { &mut self.shard(part).lane }, &op)?,
+                    ),
+                    OpKind::Delete => None,
+                    OpKind::Probe => return Ok(()),
+                    _ => unreachable!("object-level changes are not applied in parts"),
+                };
+                // SAFETY: as above, for the record's own shard.
+                ReplicaTables::index_change(unsafe { self.shard(shard_of(hash)) }, hash, &op, loc);
+                Ok(())
             };
-            // SAFETY: as above, for the record's own shard.
-            ReplicaTables::index_change(unsafe { self.shard(shard_of(hash)) }, hash, &op, loc);
-            Ok(())
-        };
-        for (op, hash) in mine {
+        for change in mine {
             // SAFETY: the record's shard is in this part.
-            unsafe { self.shard(shard_of(hash)) }.records.prefetch(hash);
-            ahead.push_back((op, hash));
+            unsafe { self.shard(shard_of(change.1)) }
+                .records
+                .prefetch(change.1);
+            ahead.push_back(change);
             if ahead.len() > LOOKAHEAD_OPS {
-                let (op, hash) = ahead.pop_front().expect("not empty");
-                make(op, hash)?;
+                make(ahead.pop_front().expect("not empty"))?;
             }
         }
-        ahead
-            .into_iter()
-            .try_for_each(|(op, hash)| make(op, hash))?;
+        ahead.into_iter().try_for_each(make)?;
         // SAFETY: as in `make`.
         unsafe { self.shard(part) }.lane.flush()
     }
@@ -512,11 +563,15 @@ impl Drop for ShardSet<'_> {
 pub struct ReplicaTables {
     dir: PathBuf,
     objects: RwLock<BTreeMap<u64, String>>,
-    shards: Box<[RwLock<Shard>]>,
-    files: RwLock<Files>,
+    /// Shared with the background half of a checkpoint, which takes them one
+    /// at a time (as the data files and the dirty list).
+    shards: Arc<[RwLock<Shard>]>,
+    files: Arc<RwLock<Files>>,
     next_file: AtomicU32,
     /// Files written since the last checkpoint.
-    dirty: Mutex<Vec<Arc<DataFile>>>,
+    dirty: Arc<Mutex<Vec<Arc<DataFile>>>>,
+    /// `Store::mixed_until`, from the checkpoint opened.
+    mixed_until: Vec<u64>,
     /// Each shard's `Index::hint`, read without its lock.
     hints: Box<[Arc<PrefetchHint>]>,
     /// Checkpoints begun.
@@ -539,20 +594,21 @@ impl ReplicaTables {
         std::fs::create_dir_all(&dir).map_err(StoreError::io("create tables directory", &dir))?;
         let shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
         let hints = shards.iter().map(|s| s.records.hint()).collect();
-        let tables = ReplicaTables {
+        let mut tables = ReplicaTables {
             objects: RwLock::new(BTreeMap::new()),
             shards: shards.into_iter().map(RwLock::new).collect(),
             hints,
-            files: RwLock::new(Files::default()),
+            files: Arc::default(),
             next_file: AtomicU32::new(1),
-            dirty: Mutex::new(Vec::new()),
+            dirty: Arc::default(),
+            mixed_until: Vec::new(),
             begun: AtomicU64::new(0),
             durable: Arc::default(),
             dir,
         };
         let path = tables.dir.join(CHECKPOINT_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => tables.load_checkpoint(&path, &bytes)?,
+            Ok(bytes) => tables.mixed_until = tables.load_checkpoint(&path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io("read checkpoint", &path)(e)),
         }
@@ -679,19 +735,23 @@ impl ReplicaTables {
                 .map(|op| (op.kind, op.object_id, op.sequence, op.kind.label())),
             |id| objects.contains_key(&id),
         )?;
+        let meta = txn.meta();
         let applied = txn
             .ops()
-            .try_for_each(|op| self.apply_op_exclusive(&mut objects, &mut shards, &op));
+            .try_for_each(|op| self.apply_op_exclusive(&mut objects, &mut shards, meta, &op));
         publish_objects(&objects, &mut shards);
         applied.and_then(|()| shards[0].lane.flush())
     }
 
-    /// One change, with the objects and every shard locked (records go to
-    /// shard 0's lane).
+    /// One change of the transaction `meta`, with the objects and every
+    /// shard locked (records go to shard 0's lane). The objects always
+    /// change (a checkpoint takes them as of its position); a shard only
+    /// if it admits the change (`Shard::admit`).
     fn apply_op_exclusive(
         &self,
         objects: &mut BTreeMap<u64, String>,
         shards: &mut [RwLockWriteGuard<'_, Shard>],
+        meta: TxnMeta,
         op: &Op<'_>,
     ) -> Result<(), StoreError> {
         match op.kind {
@@ -703,11 +763,16 @@ impl ReplicaTables {
                     objects.remove(&op.object_id);
                 }
                 for shard in shards.iter_mut() {
-                    shard.dead += shard.remove_object(op.object_id);
+                    if shard.admit(meta.journal, meta.commit_sequence) {
+                        shard.dead += shard.remove_object(op.object_id);
+                    }
                 }
             }
             OpKind::Put | OpKind::Delete => {
                 let hash = record_hash(op.object_id, op.key);
+                if !shards[shard_of(hash)].admit(meta.journal, meta.commit_sequence) {
+                    return Ok(());
+                }
                 let loc = match op.kind {
                     OpKind::Put => Some(self.append(&mut shards[0].lane, op)?),
                     _ => None,
@@ -718,90 +783,97 @@ impl ReplicaTables {
         }
         Ok(())
     }
+}
 
-    /// The data files written since the last checkpoint, which it must sync;
-    /// files still being written stay on the list for the next one.
-    fn take_dirty(&self) -> Vec<Arc<DataFile>> {
-        let dirty = std::mem::take(&mut *self.dirty.lock());
-        // (Shard locks are taken before the dirty list's, as `append` does.)
-        let current: Vec<Arc<DataFile>> = self
-            .shards
-            .iter()
-            .filter_map(|shard| shard.read().lane.file.clone())
-            .collect();
-        let mut again = self.dirty.lock();
-        for f in current {
-            if !again.iter().any(|d| d.id == f.id) {
-                again.push(f);
-            }
+/// The data files written since the last checkpoint, which it must sync;
+/// files still being written stay on the list for the next one.
+fn take_dirty(shards: &[RwLock<Shard>], dirty: &Mutex<Vec<Arc<DataFile>>>) -> Vec<Arc<DataFile>> {
+    let taken = std::mem::take(&mut *dirty.lock());
+    // (Shard locks are taken before the dirty list's, as `append` does.)
+    let current: Vec<Arc<DataFile>> = shards
+        .iter()
+        .filter_map(|shard| shard.read().lane.file.clone())
+        .collect();
+    let mut again = dirty.lock();
+    for f in current {
+        if !again.iter().any(|d| d.id == f.id) {
+            again.push(f);
         }
-        dirty
     }
+    taken
+}
 
-    /// The checkpoint file's body: position, objects, data files with their
-    /// lengths, and the whole index.
-    fn checkpoint_body(&self, position: &AppliedPosition) -> Vec<u8> {
-        // The last checkpoint's buffer, its pages already mapped: a fresh
-        // one of tens of MB cost a page fault and a zeroed page per 4 KiB,
-        // with apply paused.
-        let mut body = std::mem::take(&mut *self.durable.spare_body.lock());
-        body.clear();
-        body.reserve(64 + self.len() * (RECORD_ENTRY_BYTES + INLINE_KEY));
-        position.encode(&mut body);
-        let objects = self.objects.read();
-        body.extend_from_slice(&(objects.len() as u32).to_le_bytes());
-        for (id, name) in objects.iter() {
-            body.extend_from_slice(&id.to_le_bytes());
-            body.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            body.extend_from_slice(name.as_bytes());
+/// Writes the shard count, then each shard's stamps and records, into
+/// `index`: the shards one at a time, each under its read lock, while apply
+/// goes on (it waits for at most one shard; decisions.md 41).
+/// `between` runs after each shard is taken (tests apply there).
+fn capture_shards(shards: &[RwLock<Shard>], index: &mut Vec<u8>, between: &mut dyn FnMut()) {
+    index.extend_from_slice(&(shards.len() as u32).to_le_bytes());
+    // One copy per record from a staging buffer (a key that fits a slot
+    // fits it), not six small ones.
+    let mut entry = [0u8; RECORD_ENTRY_BYTES + INLINE_KEY];
+    for shard in shards {
+        let shard = shard.read();
+        let records = shard.records.len();
+        index.reserve(12 + 8 * shard.stamps.len() + records * (RECORD_ENTRY_BYTES + INLINE_KEY));
+        index.extend_from_slice(&(shard.stamps.len() as u32).to_le_bytes());
+        for stamp in &shard.stamps {
+            index.extend_from_slice(&stamp.to_le_bytes());
         }
-        let files = self.files.read();
-        let listed: Vec<&Arc<DataFile>> = files.by_id.iter().flatten().collect();
-        body.extend_from_slice(&(listed.len() as u32).to_le_bytes());
-        for f in &listed {
-            body.extend_from_slice(&f.id.to_le_bytes());
-            body.extend_from_slice(&f.used.load(Ordering::Acquire).to_le_bytes());
-        }
-        let count: u64 = self.len() as u64;
-        body.extend_from_slice(&count.to_le_bytes());
-        // One copy per record from a staging buffer (a key that fits a
-        // slot fits it), not six small ones.
-        let mut entry = [0u8; RECORD_ENTRY_BYTES + INLINE_KEY];
-        for shard in self.shards.iter() {
-            for slot in shard.read().records.iter() {
-                let key = slot.key;
-                if key.len() > INLINE_KEY {
-                    body.extend_from_slice(&slot.object.to_le_bytes());
-                    body.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                    body.extend_from_slice(key);
-                    body.extend_from_slice(&slot.loc.file.to_le_bytes());
-                    body.extend_from_slice(&slot.loc.offset.to_le_bytes());
-                    body.extend_from_slice(&slot.loc.len.to_le_bytes());
-                    continue;
-                }
-                let k = key.len();
-                entry[..8].copy_from_slice(&slot.object.to_le_bytes());
-                entry[8..12].copy_from_slice(&(k as u32).to_le_bytes());
-                entry[12..12 + k].copy_from_slice(key);
-                entry[12 + k..16 + k].copy_from_slice(&slot.loc.file.to_le_bytes());
-                entry[16 + k..20 + k].copy_from_slice(&slot.loc.offset.to_le_bytes());
-                entry[20 + k..24 + k].copy_from_slice(&slot.loc.len.to_le_bytes());
-                body.extend_from_slice(&entry[..RECORD_ENTRY_BYTES + k]);
+        index.extend_from_slice(&(records as u64).to_le_bytes());
+        for slot in shard.records.iter() {
+            let key = slot.key;
+            if key.len() > INLINE_KEY {
+                index.extend_from_slice(&slot.object.to_le_bytes());
+                index.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                index.extend_from_slice(key);
+                index.extend_from_slice(&slot.loc.file.to_le_bytes());
+                index.extend_from_slice(&slot.loc.offset.to_le_bytes());
+                index.extend_from_slice(&slot.loc.len.to_le_bytes());
+                continue;
             }
+            let k = key.len();
+            entry[..8].copy_from_slice(&slot.object.to_le_bytes());
+            entry[8..12].copy_from_slice(&(k as u32).to_le_bytes());
+            entry[12..12 + k].copy_from_slice(key);
+            entry[12 + k..16 + k].copy_from_slice(&slot.loc.file.to_le_bytes());
+            entry[16 + k..20 + k].copy_from_slice(&slot.loc.offset.to_le_bytes());
+            entry[20 + k..24 + k].copy_from_slice(&slot.loc.len.to_le_bytes());
+            index.extend_from_slice(&entry[..RECORD_ENTRY_BYTES + k]);
         }
-        body
+        drop(shard);
+        between();
     }
 }
 
-/// The background half of a checkpoint: the data files it names made
-/// durable up to the lengths it lists (a sync covers later appends too,
-/// which is harmless), then its file written and renamed into place.
+/// The data files and their written lengths, as the checkpoint lists them.
+fn list_files(files: &RwLock<Files>) -> Vec<u8> {
+    let files = files.read();
+    let listed: Vec<&Arc<DataFile>> = files.by_id.iter().flatten().collect();
+    let mut out = Vec::with_capacity(4 + 8 * listed.len());
+    out.extend_from_slice(&(listed.len() as u32).to_le_bytes());
+    for f in &listed {
+        out.extend_from_slice(&f.id.to_le_bytes());
+        out.extend_from_slice(&f.used.load(Ordering::Acquire).to_le_bytes());
+    }
+    out
+}
+
+/// The background half of a checkpoint (decisions.md 41). `head` (the
+/// position and the objects) was taken with apply paused; this takes the
+/// shards one at a time beside apply, then lists the data files with their
+/// lengths (every record a shard taken points at is below them), makes
+/// the files written since the last checkpoint durable (a sync covers later
+/// appends too, which is harmless), and writes the checkpoint file and
+/// renames it into place.
 #[derive(Debug)]
 struct CheckpointWrite {
     generation: u64,
-    files: Vec<Arc<DataFile>>,
-    body: Vec<u8>,
+    head: Vec<u8>,
     position: AppliedPosition,
+    shards: Arc<[RwLock<Shard>]>,
+    files: Arc<RwLock<Files>>,
+    dirty: Arc<Mutex<Vec<Arc<DataFile>>>>,
 }
 
 /// What the background half of checkpoints shares with the tables.
@@ -813,24 +885,44 @@ struct Durable {
     written: Mutex<u64>,
     /// The position of the last checkpoint written.
     position: Mutex<AppliedPosition>,
-    /// The last checkpoint body's buffer, for the next one.
-    spare_body: Mutex<Vec<u8>>,
+    /// The last checkpoint's index buffer, for the next one: a fresh one
+    /// of tens of MB costs a page fault and a zeroed page per 4 KiB.
+    spare_index: Mutex<Vec<u8>>,
 }
 
 impl CheckpointWrite {
     fn finish(self, dir: &Path, durable: &Durable) -> Result<(), StoreError> {
+        self.finish_with(dir, durable, &mut || {})
+    }
+
+    /// `finish`, running `between` after each shard it takes.
+    fn finish_with(
+        self,
+        dir: &Path,
+        durable: &Durable,
+        between: &mut dyn FnMut(),
+    ) -> Result<(), StoreError> {
         let mut written = durable.written.lock();
         if *written >= self.generation {
             return Ok(());
         }
-        for file in &self.files {
+        let mut index = std::mem::take(&mut *durable.spare_index.lock());
+        index.clear();
+        capture_shards(&self.shards, &mut index, between);
+        let listed = list_files(&self.files);
+        for file in take_dirty(&self.shards, &self.dirty) {
             let used = file.used.load(Ordering::Acquire) as u64;
             engine::sys::paced_write_back(&file.file, 0, used);
             file.file
                 .sync_data()
                 .map_err(StoreError::io("sync data file", &file.path))?;
         }
-        let body = self.body;
+        // The body: head (position, objects), data files, shards.
+        let parts = [&self.head[..], &listed, &index];
+        let body_len: usize = parts.iter().map(|p| p.len()).sum();
+        let crc = parts
+            .iter()
+            .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
         let tmp = dir.join("checkpoint.tmp");
         let file = File::create(&tmp).map_err(StoreError::io("create checkpoint", &tmp))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -839,13 +931,15 @@ impl CheckpointWrite {
                 .map_err(StoreError::io("write checkpoint", &tmp))
         };
         write(&mut out, CHECKPOINT_MAGIC)?;
-        write(&mut out, &(body.len() as u64).to_le_bytes())?;
-        write(&mut out, &crc32c::crc32c(&body).to_le_bytes())?;
-        write(&mut out, &body)?;
+        write(&mut out, &(body_len as u64).to_le_bytes())?;
+        write(&mut out, &crc.to_le_bytes())?;
+        for part in parts {
+            write(&mut out, part)?;
+        }
         let file = out
             .into_inner()
             .map_err(|e| StoreError::io("write checkpoint", &tmp)(e.into_error()))?;
-        let file_bytes = CHECKPOINT_MAGIC.len() + 8 + 4 + body.len();
+        let file_bytes = CHECKPOINT_MAGIC.len() + 8 + 4 + body_len;
         engine::sys::paced_write_back(&file, 0, file_bytes as u64);
         file.sync_all()
             .map_err(StoreError::io("sync checkpoint", &tmp))?;
@@ -856,20 +950,50 @@ impl CheckpointWrite {
             .map_err(StoreError::io("sync tables directory", dir))?;
         *written = self.generation;
         *durable.position.lock() = self.position;
-        *durable.spare_body.lock() = body;
+        *durable.spare_index.lock() = index;
         Ok(())
     }
 }
 
 impl ReplicaTables {
-    fn load_checkpoint(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    fn checkpoint_write(&self, position: &AppliedPosition) -> CheckpointWrite {
+        CheckpointWrite {
+            generation: self.begun.fetch_add(1, Ordering::Relaxed) + 1,
+            head: self.checkpoint_head(position),
+            position: position.clone(),
+            shards: self.shards.clone(),
+            files: self.files.clone(),
+            dirty: self.dirty.clone(),
+        }
+    }
+
+    /// What a checkpoint takes with apply paused: the position and the
+    /// objects (the shards follow beside apply, `capture_shards`).
+    fn checkpoint_head(&self, position: &AppliedPosition) -> Vec<u8> {
+        let mut head = Vec::new();
+        position.encode(&mut head);
+        let objects = self.objects.read();
+        head.extend_from_slice(&(objects.len() as u32).to_le_bytes());
+        for (id, name) in objects.iter() {
+            head.extend_from_slice(&id.to_le_bytes());
+            head.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            head.extend_from_slice(name.as_bytes());
+        }
+        head
+    }
+
+    /// Loads the checkpoint `bytes` (read from `path`); returns
+    /// `Store::mixed_until`.
+    fn load_checkpoint(&self, path: &Path, bytes: &[u8]) -> Result<Vec<u64>, StoreError> {
         let corrupt = |detail: &str| StoreError::Corrupt {
             path: path.to_owned(),
             detail: detail.to_owned(),
         };
-        if bytes.len() < 20 || &bytes[..8] != CHECKPOINT_MAGIC {
-            return Err(corrupt("not a replica tables checkpoint (bad magic)"));
-        }
+        let sharded = match bytes.get(..8) {
+            Some(m) if bytes.len() >= 20 && m == CHECKPOINT_MAGIC => true,
+            Some(m) if bytes.len() >= 20 && m == CHECKPOINT_MAGIC_V1 => false,
+            _ => return Err(corrupt("not a replica tables checkpoint (bad magic)")),
+        };
         let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
         let crc = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
         let body = &bytes[20..];
@@ -903,40 +1027,80 @@ impl ReplicaTables {
             max_id = max_id.max(id);
         }
         self.next_file.store(max_id + 1, Ordering::Relaxed);
-        let count = r.u64().ok_or_else(short)?;
-        for _ in 0..count {
-            let object = r.u64().ok_or_else(short)?;
+        let mut shards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
+        // One group of records (`None`: a flat index of the first format,
+        // each record in the shard of its hash), else a group per shard.
+        let groups = if sharded {
             let n = r.u32().ok_or_else(short)? as usize;
-            let key = r.take(n).ok_or_else(short)?;
-            let loc = Loc {
-                file: r.u32().ok_or_else(short)?,
-                offset: r.u32().ok_or_else(short)?,
-                len: r.u32().ok_or_else(short)?,
-            };
-            let known = files.get(loc.file).is_some_and(|f| {
-                loc.offset as u64 + loc.len as u64 <= f.used.load(Ordering::Relaxed) as u64
-            });
-            if !known {
-                return Err(corrupt(
-                    "an index entry points outside the listed data files",
-                ));
+            if n != SHARDS {
+                return Err(corrupt(&format!("{n} shards, the tables have {SHARDS}")));
             }
-            let hash = record_hash(object, key);
-            if self.shards[shard_of(hash)]
-                .write()
-                .put(hash, object, key, loc)
-                .is_some()
-            {
-                return Err(corrupt("a record is listed twice"));
+            (0..SHARDS).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let mut mixed_until: Vec<u64> = Vec::new();
+        for group in groups {
+            if let Some(s) = group {
+                let n = r.u32().ok_or_else(short)? as usize;
+                if n > MAX_JOURNALS {
+                    return Err(corrupt(&format!("shard {s} has {n} journal stamps")));
+                }
+                let stamps = (0..n)
+                    .map(|_| r.u64().ok_or_else(short))
+                    .collect::<Result<Vec<u64>, _>>()?;
+                // What replay from `position` must pass over in this shard:
+                // the commits it holds beyond the position.
+                let mut floors = stamps.clone();
+                for (j, floor) in floors.iter_mut().enumerate() {
+                    if *floor <= position.journal(j as u32).applied {
+                        *floor = 0;
+                    }
+                }
+                if floors.iter().any(|&f| f != 0) {
+                    mixed_until.resize(mixed_until.len().max(floors.len()), 0);
+                    for (m, &f) in mixed_until.iter_mut().zip(&floors) {
+                        *m = (*m).max(f);
+                    }
+                } else {
+                    floors.clear();
+                }
+                shards[s].stamps = stamps;
+                shards[s].floors = floors;
+            }
+            let count = r.u64().ok_or_else(short)?;
+            for _ in 0..count {
+                let object = r.u64().ok_or_else(short)?;
+                let n = r.u32().ok_or_else(short)? as usize;
+                let key = r.take(n).ok_or_else(short)?;
+                let loc = Loc {
+                    file: r.u32().ok_or_else(short)?,
+                    offset: r.u32().ok_or_else(short)?,
+                    len: r.u32().ok_or_else(short)?,
+                };
+                let known = files.get(loc.file).is_some_and(|f| {
+                    loc.offset as u64 + loc.len as u64 <= f.used.load(Ordering::Relaxed) as u64
+                });
+                if !known {
+                    return Err(corrupt(
+                        "an index entry points outside the listed data files",
+                    ));
+                }
+                let hash = record_hash(object, key);
+                if group.is_some_and(|s| s != shard_of(hash)) {
+                    return Err(corrupt("a record is listed in a shard not its own"));
+                }
+                if shards[shard_of(hash)].put(hash, object, key, loc).is_some() {
+                    return Err(corrupt("a record is listed twice"));
+                }
             }
         }
         if r.at != body.len() {
             return Err(corrupt("trailing bytes after the index"));
         }
-        let mut shards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
         publish_objects(&objects, &mut shards);
         *self.durable.position.lock() = position;
-        Ok(())
+        Ok(mixed_until)
     }
 
     /// Data files a crash left behind after the last checkpoint hold nothing
@@ -1016,6 +1180,7 @@ impl Store for ReplicaTables {
         // Records go to the lowest shard's lane, under its lock. The index
         // slot LOOKAHEAD_OPS changes on is fetched while this one is made
         // (`prefetch` fetched the first ones).
+        let meta = txn.meta();
         let mut ahead = txn.ops().skip(LOOKAHEAD_OPS);
         for op in txn.ops() {
             if let Some(next) = ahead.next() {
@@ -1023,9 +1188,15 @@ impl Store for ReplicaTables {
                 locked.shard(shard_of(hash)).records.prefetch(hash);
             }
             let hash = record_hash(op.object_id, op.key);
+            if op.kind == OpKind::Probe
+                || !locked
+                    .shard(shard_of(hash))
+                    .admit(meta.journal, meta.commit_sequence)
+            {
+                continue;
+            }
             let loc = match op.kind {
                 OpKind::Put => Some(self.append(&mut locked.shard(lane).lane, &op)?),
-                OpKind::Probe => continue,
                 _ => None,
             };
             Self::index_change(locked.shard(shard_of(hash)), hash, &op, loc);
@@ -1048,8 +1219,9 @@ impl Store for ReplicaTables {
         // An error in this pass (I/O, or staging unreadable) leaves part of
         // the transaction in memory; apply stops on it, and the store is
         // reopened from its checkpoint, which has none of it.
+        let meta = txn.meta();
         let applied =
-            txn.for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, &op));
+            txn.for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, meta, &op));
         publish_objects(&objects, &mut shards);
         applied.and_then(|()| shards[0].lane.flush())
     }
@@ -1088,16 +1260,14 @@ impl Store for ReplicaTables {
     /// Takes the dirty-file list and the index (a copy of the index, so the
     /// pause is one pass over it); syncing the files and writing the
     /// checkpoint file is left to `finish`.
+    /// Takes the position and the objects (apply paused); the shards are
+    /// taken by the returned checkpoint's `finish`, beside apply
+    /// (decisions.md 41).
     fn begin_checkpoint(
         &self,
         position: &AppliedPosition,
     ) -> Result<PendingCheckpoint, StoreError> {
-        let write = CheckpointWrite {
-            generation: self.begun.fetch_add(1, Ordering::Relaxed) + 1,
-            files: self.take_dirty(),
-            body: self.checkpoint_body(position),
-            position: position.clone(),
-        };
+        let write = self.checkpoint_write(position);
         let dir = self.dir.clone();
         let durable = self.durable.clone();
         Ok(PendingCheckpoint::new(move || write.finish(&dir, &durable)))
@@ -1105,6 +1275,10 @@ impl Store for ReplicaTables {
 
     fn applied_position(&self) -> AppliedPosition {
         self.durable.position.lock().clone()
+    }
+
+    fn mixed_until(&self) -> Vec<u64> {
+        self.mixed_until.clone()
     }
 
     fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -1337,5 +1511,147 @@ impl Gather {
             i += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ops::Range;
+    use testkit::{seed, Rng};
+
+    /// Applies `range` of `batch` as parallel apply does: transactions with
+    /// object-level changes alone, runs of up to 8 others in two parts.
+    fn apply_stream(tables: &ReplicaTables, batch: &TxnBatch, range: Range<usize>) {
+        let mut i = range.start;
+        while i < range.end {
+            if batch.get(i).has_object_ops() {
+                let _ = tables.apply(&batch.get(i));
+                i += 1;
+                continue;
+            }
+            let end = (i..range.end.min(i + 8))
+                .take_while(|&j| !batch.get(j).has_object_ops())
+                .last()
+                .expect("i itself")
+                + 1;
+            let locked = tables.lock_parts(2).expect("the tables split");
+            let chosen: Vec<u32> = (i..end)
+                .filter(|&j| locked.refusal(&batch.get(j)).is_none())
+                .map(|j| j as u32)
+                .collect();
+            for part in 0..2 {
+                locked.apply_part(part, batch, &chosen).unwrap();
+            }
+            i = end;
+        }
+    }
+
+    /// Record changes over three objects and two journals, with object
+    /// operations (some refused) between them.
+    fn stream(rng: &mut Rng, txns: usize) -> TxnBatch {
+        let mut batch = TxnBatch::new();
+        // Journal 0's commits far above journal 1's: a stamp of one
+        // journal taken for the other's would pass over changes.
+        let mut commits = [1u64 << 20, 0];
+        let values: Vec<Vec<u8>> = (0..8u8).map(|v| vec![v; 1 + 5 * v as usize]).collect();
+        let keys: Vec<[u8; 2]> = (0..300u16).map(u16::to_be_bytes).collect();
+        for _ in 0..txns {
+            let journal = rng.below(2) as u32;
+            commits[journal as usize] += 1 + rng.below(3);
+            let commit_sequence = commits[journal as usize];
+            let meta = TxnMeta {
+                journal,
+                commit_sequence,
+                resume_from: commit_sequence + 1,
+                commit_time_ns: 0,
+            };
+            let op = |kind, object_id, key, value| Op {
+                kind,
+                object_id,
+                sequence: commit_sequence,
+                key,
+                value,
+            };
+            if rng.below(20) == 0 {
+                let object = 1 + rng.below(3);
+                let kind = [OpKind::Create, OpKind::Clear, OpKind::Drop, OpKind::Rename]
+                    [rng.below(4) as usize];
+                batch.push(meta, [op(kind, object, b"name".as_slice(), b"".as_slice())]);
+                continue;
+            }
+            // The batch copies the keys and values.
+            let ops: Vec<Op<'_>> = (0..1 + rng.below(6))
+                .map(|_| {
+                    let key = keys[rng.below(keys.len() as u64) as usize].as_slice();
+                    let object = 1 + rng.below(3);
+                    match rng.below(4) {
+                        0 => op(OpKind::Delete, object, key, b"".as_slice()),
+                        _ => op(OpKind::Put, object, key, &values[rng.below(8) as usize]),
+                    }
+                })
+                .collect();
+            batch.push(meta, ops);
+        }
+        batch
+    }
+
+    #[test]
+    fn a_checkpoint_that_takes_its_shards_between_changes_replays_to_the_same_state() {
+        let seed = seed("tables-checkpoint-beside-apply");
+        let mut rng = Rng(seed);
+        for round in 0..12 {
+            let txns = 400 + rng.below(400) as usize;
+            let batch = stream(&mut rng, txns);
+            let reference_dir = tempfile::tempdir().unwrap();
+            let reference = ReplicaTables::open(reference_dir.path()).unwrap();
+            apply_stream(&reference, &batch, 0..txns);
+            let expected = crate::store::contents(&reference).unwrap();
+
+            let dir = tempfile::tempdir().unwrap();
+            let at = rng.below(txns as u64) as usize;
+            let mut position = AppliedPosition::new(2);
+            {
+                let tables = ReplicaTables::open(dir.path()).unwrap();
+                apply_stream(&tables, &batch, 0..at);
+                batch
+                    .iter()
+                    .take(at)
+                    .for_each(|t| position.advance(&t.meta()));
+                // The shards are taken one at a time while transactions
+                // after `at` apply between them; more apply after, then a
+                // crash.
+                let write = tables.checkpoint_write(&position);
+                let mut next = at;
+                let (dir, durable) = (tables.dir.clone(), tables.durable.clone());
+                write
+                    .finish_with(&dir, &durable, &mut || {
+                        let end = (next + rng.below(3) as usize).min(txns);
+                        apply_stream(&tables, &batch, next..end);
+                        next = end;
+                    })
+                    .unwrap();
+                let crash = next + rng.below((txns - next) as u64 + 1) as usize;
+                apply_stream(&tables, &batch, next..crash);
+            }
+            let tables = ReplicaTables::open(dir.path()).unwrap();
+            assert_eq!(
+                tables.applied_position(),
+                position,
+                "seed {seed} round {round}"
+            );
+            apply_stream(&tables, &batch, at..txns);
+            assert!(
+                crate::store::contents(&tables).unwrap() == expected,
+                "seed {seed} round {round}: replay from {at} of {txns} differs"
+            );
+            for object in 1..=3 {
+                assert_eq!(
+                    tables.record_count(object).unwrap(),
+                    reference.record_count(object).unwrap(),
+                    "seed {seed} round {round}: object {object}"
+                );
+            }
+        }
     }
 }
