@@ -803,19 +803,23 @@ fn take_dirty(shards: &[RwLock<Shard>], dirty: &Mutex<Vec<Arc<DataFile>>>) -> Ve
     taken
 }
 
-/// Writes the shard count, then each shard's stamps and records, into
-/// `index`: the shards one at a time, each under its read lock, while apply
-/// goes on (it waits for at most one shard; decisions.md 41).
-/// `between` runs after each shard is taken (tests apply there).
+/// Writes the shard count, then each shard's number, stamps and records,
+/// into `index`: the shards one at a time, each under its read lock, while
+/// apply goes on (decisions.md 41). Last shard first: apply locks them
+/// first to last, so once it waits for the shard taken here, the next one
+/// taken is one it holds, and it waits for one shard, not for every shard
+/// ahead of it. `between` runs after each shard is taken (tests apply
+/// there).
 fn capture_shards(shards: &[RwLock<Shard>], index: &mut Vec<u8>, between: &mut dyn FnMut()) {
     index.extend_from_slice(&(shards.len() as u32).to_le_bytes());
     // One copy per record from a staging buffer (a key that fits a slot
     // fits it), not six small ones.
     let mut entry = [0u8; RECORD_ENTRY_BYTES + INLINE_KEY];
-    for shard in shards {
+    for (s, shard) in shards.iter().enumerate().rev() {
         let shard = shard.read();
         let records = shard.records.len();
-        index.reserve(12 + 8 * shard.stamps.len() + records * (RECORD_ENTRY_BYTES + INLINE_KEY));
+        index.reserve(16 + 8 * shard.stamps.len() + records * (RECORD_ENTRY_BYTES + INLINE_KEY));
+        index.extend_from_slice(&(s as u32).to_le_bytes());
         index.extend_from_slice(&(shard.stamps.len() as u32).to_le_bytes());
         for stamp in &shard.stamps {
             index.extend_from_slice(&stamp.to_le_bytes());
@@ -1028,20 +1032,28 @@ impl ReplicaTables {
         }
         self.next_file.store(max_id + 1, Ordering::Relaxed);
         let mut shards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
-        // One group of records (`None`: a flat index of the first format,
-        // each record in the shard of its hash), else a group per shard.
-        let groups = if sharded {
-            let n = r.u32().ok_or_else(short)? as usize;
-            if n != SHARDS {
-                return Err(corrupt(&format!("{n} shards, the tables have {SHARDS}")));
-            }
-            (0..SHARDS).map(Some).collect()
-        } else {
-            vec![None]
+        // One group of records (a flat index of the first format, each
+        // record in the shard of its hash), else a group per shard.
+        let groups = match sharded {
+            true => r.u32().ok_or_else(short)? as usize,
+            false => 1,
         };
+        if sharded && groups != SHARDS {
+            return Err(corrupt(&format!(
+                "{groups} shards, the tables have {SHARDS}"
+            )));
+        }
         let mut mixed_until: Vec<u64> = Vec::new();
-        for group in groups {
-            if let Some(s) = group {
+        let mut seen = 0u64;
+        for _ in 0..groups {
+            let mut group = None;
+            if sharded {
+                let s = r.u32().ok_or_else(short)? as usize;
+                if s >= SHARDS || seen & (1 << s) != 0 {
+                    return Err(corrupt(&format!("shard {s} unknown or listed twice")));
+                }
+                seen |= 1 << s;
+                group = Some(s);
                 let n = r.u32().ok_or_else(short)? as usize;
                 if n > MAX_JOURNALS {
                     return Err(corrupt(&format!("shard {s} has {n} journal stamps")));
