@@ -1084,6 +1084,11 @@ impl ReplicaTables {
             for _ in 0..count {
                 let object = r.u64().ok_or_else(short)?;
                 let n = r.u32().ok_or_else(short)? as usize;
+                if n > engine::limits::KEY_BYTES_MAX {
+                    return Err(corrupt(&format!(
+                        "an index entry's key of {n} bytes is longer than any key"
+                    )));
+                }
                 let key = r.take(n).ok_or_else(short)?;
                 let loc = Loc {
                     file: r.u32().ok_or_else(short)?,
@@ -1097,6 +1102,12 @@ impl ReplicaTables {
                     return Err(corrupt(
                         "an index entry points outside the listed data files",
                     ));
+                }
+                if (loc.len as usize) < RECORD_HEADER_BYTES + n {
+                    return Err(corrupt(&format!(
+                        "an index entry's record ({} bytes) is shorter than its header and key",
+                        loc.len
+                    )));
                 }
                 let hash = record_hash(object, key);
                 if group.is_some_and(|s| s != shard_of(hash)) {

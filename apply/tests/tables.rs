@@ -398,11 +398,28 @@ fn a_damaged_checkpoint_or_record_is_reported_not_guessed() {
     // A flipped bit in the checkpoint: open refuses.
     let cp = dir.path().join("checkpoint");
     let mut bytes = std::fs::read(&cp).unwrap();
+    let clean_checkpoint = bytes.clone();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x10;
     std::fs::write(&cp, &bytes).unwrap();
     let err = ReplicaTables::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    // A record's entry of length 0 under a matching checksum (found by the
+    // fuzzer: it reached an assertion): open refuses, naming it.
+    let mut bytes = clean_checkpoint;
+    let entry = [&1u64.to_le_bytes()[..], &1u32.to_le_bytes(), b"k"].concat();
+    let at = bytes
+        .windows(entry.len())
+        .position(|w| w == entry)
+        .expect("the record's entry")
+        + entry.len()
+        + 8;
+    bytes[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[20..]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&cp, &bytes).unwrap();
+    let err = ReplicaTables::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("shorter than its header"), "{err}");
 }
 
 #[test]
