@@ -18,7 +18,9 @@
 
 use std::alloc::Layout;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use crate::check::record_order;
 
@@ -176,6 +178,11 @@ pub(crate) struct Index {
     long: Vec<Option<Box<[u8]>>>,
     free_long: Vec<u32>,
     hint: Arc<PrefetchHint>,
+    /// The table this one grows into, made and faulted in ahead by the
+    /// `index-prep` thread (`prepare`); `None` until it is there.
+    next: Arc<Mutex<Option<SlotArray>>>,
+    /// Whether `next` was asked for at this size.
+    asked: bool,
 }
 
 impl Default for Index {
@@ -186,7 +193,56 @@ impl Default for Index {
             long: Vec::new(),
             free_long: Vec::new(),
             hint: Arc::default(),
+            next: Arc::default(),
+            asked: false,
         }
+    }
+}
+
+/// Tables smaller than this are made when they are needed: their pages
+/// cost little.
+const PREPARE_MIN_BYTES: usize = 64 << 10;
+
+/// Work for the `index-prep` thread.
+enum Prep {
+    /// Make a table of `slots` empty slots, fault its pages in, and leave
+    /// it in `into`.
+    Make {
+        slots: usize,
+        into: Arc<Mutex<Option<SlotArray>>>,
+    },
+    /// A table grown out of: unmapped or freed there, not on apply's path.
+    Drop(#[allow(dead_code)] SlotArray),
+}
+
+/// The `index-prep` thread's queue, the thread started on first use; `None`
+/// if it cannot start (tables are then made where they are needed).
+fn prep() -> Option<&'static crossbeam_channel::Sender<Prep>> {
+    static PREP: OnceLock<Option<crossbeam_channel::Sender<Prep>>> = OnceLock::new();
+    PREP.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<Prep>();
+        std::thread::Builder::new()
+            .name("index-prep".into())
+            .spawn(move || {
+                for work in rx {
+                    if let Prep::Make { slots, into } = work {
+                        let mut table = empty_slots(slots);
+                        fault_in(&mut table);
+                        *into.lock() = Some(table);
+                    }
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    })
+    .as_ref()
+}
+
+/// Touches every page of `table` (with the zeroes already there), so its
+/// page faults are taken here.
+fn fault_in(table: &mut [Slot]) {
+    for slot in table.iter_mut().step_by(4096 / SLOT_BYTES) {
+        slot.hash = std::hint::black_box(slot.hash);
     }
 }
 
@@ -311,6 +367,8 @@ impl Index {
         assert!(loc.len > 0, "a record location has a length");
         if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
+        } else if !self.asked && (self.len + 1) * 8 > self.slots.len() * 5 {
+            self.prepare();
         }
         match self.find(hash, object, key) {
             Ok(i) => Some(std::mem::replace(&mut self.slots[i].loc, loc)),
@@ -411,9 +469,29 @@ impl Index {
         }
     }
 
+    /// Past 5/8 full (it grows past 3/4): has the next table made ahead,
+    /// when it is large enough for its page faults to matter (under
+    /// uniform keys all 64 shards grow within a few runs, and those faults,
+    /// a huge page's zeroing among them, stalled apply for hundreds of
+    /// milliseconds: decisions.md 42).
+    fn prepare(&mut self) {
+        self.asked = true;
+        let slots = self.slots.len() * 2;
+        if slots * SLOT_BYTES >= PREPARE_MIN_BYTES {
+            if let Some(prep) = prep() {
+                let _ = prep.send(Prep::Make {
+                    slots,
+                    into: self.next.clone(),
+                });
+            }
+        }
+    }
+
     fn grow(&mut self) {
         let n = (self.slots.len() * 2).max(MIN_SLOTS);
-        let old = std::mem::replace(&mut self.slots, empty_slots(n));
+        let made = self.next.lock().take().filter(|t| t.len() == n);
+        self.asked = false;
+        let old = std::mem::replace(&mut self.slots, made.unwrap_or_else(|| empty_slots(n)));
         let mask = self.mask();
         for slot in old.iter().filter(|s| !s.is_empty()) {
             let mut i = self.home(slot.hash);
@@ -426,6 +504,11 @@ impl Index {
         self.hint
             .base
             .store(self.slots.as_ptr() as usize, Ordering::Relaxed);
+        if old.len() * SLOT_BYTES >= PREPARE_MIN_BYTES {
+            if let Some(prep) = prep() {
+                let _ = prep.send(Prep::Drop(old));
+            }
+        }
     }
 
     /// Appends the (hash, location) of every record of `object` whose hash
@@ -495,6 +578,44 @@ mod tests {
             file: n,
             offset: n.wrapping_mul(7),
             len: 20 + n % 100,
+        }
+    }
+
+    /// Past 5/8 full, a table large enough has its next table made on the
+    /// `index-prep` thread, and growing moves into that one.
+    #[test]
+    fn a_table_grows_into_the_table_made_ahead_for_it() {
+        let mut index = Index::default();
+        let mut n = 0u64;
+        let mut put = |index: &mut Index| {
+            n += 1;
+            let hash = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            index.put(hash, 1, &n.to_le_bytes(), loc(n as u32));
+        };
+        while index.slots.len() * SLOT_BYTES < PREPARE_MIN_BYTES {
+            put(&mut index);
+        }
+        while !index.asked {
+            put(&mut index);
+        }
+        let size = index.slots.len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // (A table asked for at the last size may come first.)
+        let made = loop {
+            if let Some(table) = index.next.lock().as_ref().filter(|t| t.len() == 2 * size) {
+                break table.as_ptr();
+            }
+            assert!(std::time::Instant::now() < deadline, "no table made ahead");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        while index.slots.len() == size {
+            put(&mut index);
+        }
+        assert_eq!(index.slots.as_ptr(), made);
+        assert!(index.next.lock().is_none());
+        for m in 1..=n {
+            let hash = m.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            assert_eq!(index.get(hash, 1, &m.to_le_bytes()), Some(loc(m as u32)));
         }
     }
 
