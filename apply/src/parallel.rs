@@ -196,6 +196,105 @@ pub struct ParallelApply {
     dispatched_ops: u64,
     /// `Store::mixed_until` until apply gets there; then empty.
     mixed_until: Vec<u64>,
+    /// Threads for parts 1.. of a run, for a store that splits.
+    part_threads: Option<PartThreads>,
+}
+
+/// A part of a run, as `PartThreads` hands it out.
+type PartFn<'a> = dyn Fn(usize) -> Result<(), StoreError> + Sync + 'a;
+type PartOutcome = std::thread::Result<Result<(), StoreError>>;
+
+/// `&PartFn` with its lifetime erased, to cross to a part thread.
+struct PartJob(&'static PartFn<'static>);
+
+/// The threads that apply parts 1.. of a run while the caller applies part
+/// 0, started once with apply: a thread started per run cost its start,
+/// the mapping and unmapping of its stack and the TLB shootdowns that sends
+/// (decisions.md 27, 43).
+struct PartThreads {
+    jobs: Vec<Sender<PartJob>>,
+    done: Receiver<PartOutcome>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl PartThreads {
+    fn start(parts: usize) -> PartThreads {
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let mut jobs = Vec::new();
+        let mut threads = Vec::new();
+        for p in 1..parts {
+            let (tx, rx) = crossbeam_channel::bounded::<PartJob>(1);
+            let done_tx = done_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("apply-part-{p}"))
+                    .spawn(move || {
+                        for PartJob(part) in rx {
+                            let outcome =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| part(p)));
+                            if done_tx.send(outcome).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .expect("spawn apply part thread"),
+            );
+            jobs.push(tx);
+        }
+        PartThreads {
+            jobs,
+            done,
+            threads,
+        }
+    }
+
+    /// Applies part 0 here and every other part on its thread; returns
+    /// once all are done (a panic in any is raised here, after all are).
+    fn run(&self, part: &PartFn<'_>) -> Result<(), StoreError> {
+        // SAFETY: only the lifetime is erased. Every job sent is answered
+        // on `done` once its thread is finished with it (a panic is caught
+        // and answered too), and this function neither returns nor unwinds
+        // before it has received every answer, so `part` outlives each use.
+        let job = unsafe { std::mem::transmute::<&PartFn<'_>, &'static PartFn<'static>>(part) };
+        let sent = self
+            .jobs
+            .iter()
+            .filter(|tx| tx.send(PartJob(job)).is_ok())
+            .count();
+        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| part(0)));
+        let mut outcomes = vec![own];
+        outcomes.extend((0..sent).map(|_| {
+            self.done
+                .recv()
+                .expect("part threads answer while apply holds their queues")
+        }));
+        assert_eq!(sent, self.jobs.len(), "an apply part thread is gone");
+        let mut result = Ok(());
+        for outcome in outcomes {
+            match outcome {
+                Ok(r) => result = result.and(r),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        result
+    }
+}
+
+impl std::fmt::Debug for PartThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartThreads")
+            .field("threads", &self.threads.len())
+            .finish()
+    }
+}
+
+impl Drop for PartThreads {
+    fn drop(&mut self) {
+        self.jobs.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 impl ParallelApply {
@@ -227,7 +326,7 @@ impl ParallelApply {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         // Workers taking tickets, for a store that does not split (one that
-        // does starts its part threads per run).
+        // does has its part threads, `PartThreads`).
         let ticket_workers = if splits { 1 } else { workers };
         for w in 1..ticket_workers {
             let (tx, rx) = crossbeam_channel::unbounded::<Work>();
@@ -262,6 +361,7 @@ impl ParallelApply {
             dispatched_txns: 0,
             dispatched_ops: 0,
             mixed_until,
+            part_threads: (splits && parts > 1).then(|| PartThreads::start(parts)),
         }
     }
 
@@ -440,20 +540,10 @@ impl ParallelApply {
             (txns, ops) = (txns + 1, ops + txn.len());
         }
         let (parted, chosen) = (&*locked, &self.scratch[..]);
-        let applied = if !spread {
-            (0..parts).try_for_each(|p| parted.apply_part(p, batch, chosen))
-        } else {
-            std::thread::scope(|scope| {
-                let others: Vec<_> = (1..parts)
-                    .map(|p| scope.spawn(move || parted.apply_part(p, batch, chosen)))
-                    .collect();
-                let mut result = parted.apply_part(0, batch, chosen);
-                for other in others {
-                    let outcome = other.join().expect("apply part thread panicked");
-                    result = result.and(outcome);
-                }
-                result
-            })
+        let part = |p: usize| parted.apply_part(p, batch, chosen);
+        let applied = match &self.part_threads {
+            Some(threads) if spread => threads.run(&part),
+            _ => (0..parts).try_for_each(part),
         };
         if let Err(e) = applied {
             settle(&self.shared, Err(e));
@@ -730,4 +820,45 @@ fn finished(shared: &Shared, txns: usize, ops: usize) {
         .finished_txns
         .fetch_add(txns as u64, Ordering::SeqCst);
     shared.notify();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic in any part, the caller's or a thread's, is raised by `run`
+    /// only once every part is finished (the parts borrow the caller's
+    /// data), and the threads serve the next run after it.
+    #[test]
+    fn part_threads_finish_every_part_before_a_panic_leaves_run() {
+        let threads = PartThreads::start(2);
+        for panicking in [0, 1] {
+            let finished = AtomicBool::new(false);
+            let part = |p: usize| -> Result<(), StoreError> {
+                if p == panicking {
+                    panic!("part {p} fails");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                finished.store(true, Ordering::SeqCst);
+                Ok(())
+            };
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| threads.run(&part)));
+            assert!(outcome.is_err(), "part {panicking}'s panic is raised");
+            assert!(
+                finished.load(Ordering::SeqCst),
+                "the other part finished first"
+            );
+        }
+        let ran = AtomicUsize::new(0);
+        let part = |p: usize| -> Result<(), StoreError> {
+            ran.fetch_add(1 << p, Ordering::SeqCst);
+            match p {
+                1 => Err(StoreError::Database("part 1".into())),
+                _ => Ok(()),
+            }
+        };
+        assert!(threads.run(&part).is_err());
+        assert_eq!(ran.load(Ordering::SeqCst), 0b11);
+    }
 }
