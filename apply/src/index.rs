@@ -487,8 +487,25 @@ impl Index {
         }
     }
 
+    /// Makes room for `records` in all, so that inserting that many grows
+    /// the table at most once, here (opening a checkpoint, which lists each
+    /// shard's record count).
+    pub fn reserve(&mut self, records: usize) {
+        let mut n = self.slots.len().max(MIN_SLOTS);
+        while (records + 1) * 4 > n * 3 {
+            n *= 2;
+        }
+        if n > self.slots.len() {
+            self.resize(n);
+        }
+    }
+
     fn grow(&mut self) {
-        let n = (self.slots.len() * 2).max(MIN_SLOTS);
+        self.resize((self.slots.len() * 2).max(MIN_SLOTS));
+    }
+
+    /// Moves the records into a table of `n` slots (a power of two).
+    fn resize(&mut self, n: usize) {
         let made = self.next.lock().take().filter(|t| t.len() == n);
         self.asked = false;
         let old = std::mem::replace(&mut self.slots, made.unwrap_or_else(|| empty_slots(n)));
@@ -578,6 +595,22 @@ mod tests {
             file: n,
             offset: n.wrapping_mul(7),
             len: 20 + n % 100,
+        }
+    }
+
+    /// A table made room for takes that many records without growing.
+    #[test]
+    fn a_reserved_table_takes_its_records_without_growing() {
+        for records in [0usize, 1, 47, 48, 49, 5000, 100_000] {
+            let mut index = Index::default();
+            index.reserve(records);
+            let size = index.slots.len();
+            for n in 1..=records as u64 {
+                let hash = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                index.put(hash, 1, &n.to_le_bytes(), loc(n as u32));
+            }
+            assert_eq!(index.slots.len(), size, "{records} records");
+            assert_eq!(index.len(), records);
         }
     }
 

@@ -1081,6 +1081,14 @@ impl ReplicaTables {
                 shards[s].floors = floors;
             }
             let count = r.u64().ok_or_else(short)?;
+            // Each entry takes at least RECORD_ENTRY_BYTES: a count the rest
+            // cannot hold is damage, not a table to make room for.
+            if count > ((body.len() - r.at) / RECORD_ENTRY_BYTES) as u64 {
+                return Err(short());
+            }
+            if let Some(s) = group {
+                shards[s].records.reserve(count as usize);
+            }
             for _ in 0..count {
                 let object = r.u64().ok_or_else(short)?;
                 let n = r.u32().ok_or_else(short)? as usize;
