@@ -180,7 +180,7 @@ pub(crate) struct Index {
     hint: Arc<PrefetchHint>,
     /// The table this one grows into, made and faulted in ahead by the
     /// `index-prep` thread (`prepare`); `None` until it is there.
-    next: Arc<Mutex<Option<SlotArray>>>,
+    next: Arc<Mutex<Option<MadeAhead>>>,
     /// Whether `next` was asked for at this size.
     asked: bool,
 }
@@ -203,13 +203,75 @@ impl Default for Index {
 /// cost little.
 const PREPARE_MIN_BYTES: usize = 64 << 10;
 
+/// Bytes of tables made ahead and not yet grown into nor dropped, at most:
+/// under uniform keys every shard asks at nearly the same moment, and a
+/// table made ahead for each would hold twice the index again; past this,
+/// growths make their own tables as before.
+const MADE_AHEAD_BUDGET_BYTES: usize = 512 << 20;
+
+static MADE_AHEAD: Budget = Budget {
+    used: AtomicUsize::new(0),
+    limit: MADE_AHEAD_BUDGET_BYTES,
+};
+
+/// Bytes that tables made ahead may hold together.
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// `bytes` of the budget, if it has them; given back when the share is
+    /// dropped.
+    fn take(&self, bytes: usize) -> Option<Share<'_>> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            if used + bytes > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + bytes,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(Share {
+                        budget: self,
+                        bytes,
+                    })
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+struct Share<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A table made ahead, with its share of `MADE_AHEAD`.
+struct MadeAhead {
+    table: SlotArray,
+    _share: Share<'static>,
+}
+
 /// Work for the `index-prep` thread.
 enum Prep {
     /// Make a table of `slots` empty slots, fault its pages in, and leave
     /// it in `into`.
     Make {
         slots: usize,
-        into: Arc<Mutex<Option<SlotArray>>>,
+        into: Arc<Mutex<Option<MadeAhead>>>,
+        share: Share<'static>,
     },
     /// A table grown out of: unmapped or freed there, not on apply's path.
     Drop(#[allow(dead_code)] SlotArray),
@@ -225,10 +287,13 @@ fn prep() -> Option<&'static crossbeam_channel::Sender<Prep>> {
             .name("index-prep".into())
             .spawn(move || {
                 for work in rx {
-                    if let Prep::Make { slots, into } = work {
+                    if let Prep::Make { slots, into, share } = work {
                         let mut table = empty_slots(slots);
                         fault_in(&mut table);
-                        *into.lock() = Some(table);
+                        *into.lock() = Some(MadeAhead {
+                            table,
+                            _share: share,
+                        });
                     }
                 }
             })
@@ -477,13 +542,15 @@ impl Index {
     fn prepare(&mut self) {
         self.asked = true;
         let slots = self.slots.len() * 2;
-        if slots * SLOT_BYTES >= PREPARE_MIN_BYTES {
-            if let Some(prep) = prep() {
-                let _ = prep.send(Prep::Make {
-                    slots,
-                    into: self.next.clone(),
-                });
-            }
+        if slots * SLOT_BYTES < PREPARE_MIN_BYTES {
+            return;
+        }
+        if let (Some(prep), Some(share)) = (prep(), MADE_AHEAD.take(slots * SLOT_BYTES)) {
+            let _ = prep.send(Prep::Make {
+                slots,
+                into: self.next.clone(),
+                share,
+            });
         }
     }
 
@@ -506,7 +573,9 @@ impl Index {
 
     /// Moves the records into a table of `n` slots (a power of two).
     fn resize(&mut self, n: usize) {
-        let made = self.next.lock().take().filter(|t| t.len() == n);
+        let made = (self.next.lock().take())
+            .map(|made| made.table)
+            .filter(|t| t.len() == n);
         self.asked = false;
         let old = std::mem::replace(&mut self.slots, made.unwrap_or_else(|| empty_slots(n)));
         let mask = self.mask();
@@ -598,6 +667,23 @@ mod tests {
         }
     }
 
+    /// Shares of a budget are given only while it lasts, and given back.
+    #[test]
+    fn a_budget_gives_shares_while_it_lasts() {
+        let budget = Budget {
+            used: AtomicUsize::new(0),
+            limit: 100,
+        };
+        let first = budget.take(60).expect("within the budget");
+        assert!(budget.take(50).is_none());
+        let second = budget.take(40).expect("exactly the rest");
+        drop(first);
+        assert!(budget.take(61).is_none());
+        assert!(budget.take(60).is_some());
+        drop(second);
+        assert_eq!(budget.used.load(Ordering::Relaxed), 0);
+    }
+
     /// A table made room for takes that many records without growing.
     #[test]
     fn a_reserved_table_takes_its_records_without_growing() {
@@ -635,8 +721,13 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         // (A table asked for at the last size may come first.)
         let made = loop {
-            if let Some(table) = index.next.lock().as_ref().filter(|t| t.len() == 2 * size) {
-                break table.as_ptr();
+            if let Some(made) = index
+                .next
+                .lock()
+                .as_ref()
+                .filter(|m| m.table.len() == 2 * size)
+            {
+                break made.table.as_ptr();
             }
             assert!(std::time::Instant::now() < deadline, "no table made ahead");
             std::thread::sleep(std::time::Duration::from_millis(1));
