@@ -130,14 +130,47 @@ pub fn paced_write_back(file: &File, from: u64, to: u64) {
     });
 }
 
-/// Writes zeros over `file`'s bytes `from..to`, a piece at a time with
-/// pauses (`in_paced_pieces`; until `control` says hurry), then
-/// `fdatasync`. Later writes there overwrite allocated, written, cached
-/// blocks: no page zeroing and no filesystem journal handle on the writer's
-/// path, and a later `fdatasync` has only data to write (decisions.md 30,
-/// 31). Returns `Interrupted` without syncing once `control` says give up.
-pub fn zero_fill(file: &File, from: u64, to: u64, control: &ZeroFillControl) -> io::Result<()> {
+/// How far a `zero_fill`'s zeros must reach before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillReach {
+    /// The disk: written back a piece at a time with pauses, then synced,
+    /// so a later `fdatasync` of the file has only its new data to write.
+    Disk,
+    /// The page cache only, at once: for a file nothing syncs (a journal
+    /// with `Durability::None`). Zeros still dirty when later writes land
+    /// on them never reach the disk at all; after a power loss the file may
+    /// hold its earlier contents there, which recovery tells apart
+    /// (decisions.md 44).
+    Cache,
+}
+
+/// Writes zeros over `file`'s bytes `from..to`. With `FillReach::Disk`, a
+/// piece at a time with pauses (`in_paced_pieces`; until `control` says
+/// hurry), then `fdatasync`. Later writes there overwrite allocated,
+/// written, cached blocks: no page zeroing and no filesystem journal handle
+/// on the writer's path, and a later `fdatasync` has only data to write
+/// (decisions.md 30, 31). Returns `Interrupted` without syncing once
+/// `control` says give up.
+pub fn zero_fill(
+    file: &File,
+    from: u64,
+    to: u64,
+    control: &ZeroFillControl,
+    reach: FillReach,
+) -> io::Result<()> {
     let zeros = vec![0u8; ZERO_FILL_BYTES];
+    if reach == FillReach::Cache {
+        let mut at = from;
+        while at < to {
+            if control.give_up.load(Ordering::Relaxed) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = (ZERO_FILL_BYTES as u64).min(to - at);
+            file.write_all_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        return Ok(());
+    }
     in_paced_pieces(from, to, Some(control), |at, n| {
         file.write_all_at(&zeros[..n as usize], at)?;
         // Written back piece by piece, so the disk never queues a whole

@@ -417,3 +417,54 @@ fn damage_in_a_sealed_segment_is_reported_by_the_reader() {
         "{message}"
     );
 }
+
+/// A reused segment file whose zeros stayed in the page cache (a journal
+/// that nothing syncs, then a power loss: decisions.md 44) holds its earlier
+/// use's entries after the tail. Same-sized entries after the same catalog
+/// put an earlier entry exactly where the next one was due: recovery ends
+/// the segment there, and appends go on from it.
+#[test]
+fn entries_of_a_reused_files_earlier_use_end_the_segment() {
+    let template = tempfile::tempdir().unwrap();
+    let segments = fill_until_rotation(template.path());
+    {
+        let journal = Journal::open(template.path(), small_options()).unwrap();
+        let mut w = journal.appender();
+        for _ in 0..3 {
+            w.append(&NewEntry::put(1, b"k", &[7u8; 1500])).unwrap();
+        }
+    }
+    let all = placements(template.path());
+    let in_second: Vec<_> = all.iter().filter(|p| p.path == segments[1].1).collect();
+    let last = in_second.last().unwrap();
+    let tail = last.offset + last.frame_bytes.next_multiple_of(8);
+    let earlier = std::fs::read(&segments[0].1).unwrap();
+    assert!(
+        all.iter()
+            .any(|p| p.path == segments[0].1 && p.offset == tail),
+        "the first segment has an entry starting at {tail}"
+    );
+    let expected: Vec<_> = read_all(template.path());
+    // Stale from the tail itself, and from the next page (zeros between, as
+    // written back with the page holding the tail).
+    for stale_from in [tail, tail.next_multiple_of(4096)] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let second = dir.path().join(segments[1].1.file_name().unwrap());
+        let file = OpenOptions::new().write(true).open(&second).unwrap();
+        let end = earlier.len() - 56;
+        file.write_all_at(&earlier[stale_from as usize..end], stale_from)
+            .unwrap();
+        drop(file);
+        let journal = Journal::open(dir.path(), small_options()).unwrap();
+        let at = format!("earlier use from {stale_from}");
+        assert_eq!(journal.next_sequence(), last.entry.sequence + 1, "{at}");
+        assert!(journal.recovery_report().truncated_bytes > 0, "{at}");
+        journal.append(&NewEntry::put(1, b"after", b"v")).unwrap();
+        drop(journal);
+        let after = read_all(dir.path());
+        assert_same(&after[..expected.len()], &expected, &at);
+        assert_eq!(after.len(), expected.len() + 1, "{at}");
+        assert_eq!(after.last().unwrap().key, b"after", "{at}");
+    }
+}

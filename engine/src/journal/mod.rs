@@ -94,8 +94,13 @@ pub struct JournalOptions {
     /// of a page neither waits for the filesystem's journal (ext4 takes a
     /// journal handle to write into preallocated, unwritten blocks) nor has
     /// the kernel zero a new page. Costs a segment's worth of disk writes
-    /// per segment, on the background thread (decisions.md 30). Segments
-    /// made on an appender's path are never zero-filled.
+    /// per segment, on the background thread (decisions.md 30). With
+    /// `Durability::None` the zeros over a purged segment's file (see
+    /// `purge_acknowledged`) go to the page cache only, neither written back
+    /// nor synced (decisions.md 44): nothing syncs such a journal, the
+    /// file's blocks are written already, and zeros that entries overwrite
+    /// soon never reach the disk.
+    /// Segments made on an appender's path are never zero-filled.
     pub zero_fill_spares: bool,
     /// Before making each spare, have the background thread purge the
     /// segments every recorded backup has acknowledged and no local

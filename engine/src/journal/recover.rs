@@ -2,8 +2,9 @@
 //!
 //! Recovery modes are explicit (as in fjall and RocksDB's WAL):
 //! - **Torn tail, tolerated**: the last segment ends in an unpublished slot, a
-//!   partly written entry, or bytes that fail their checksum with no valid entry
-//!   after them. The tail is truncated (zeroed in place, so stale bytes can never
+//!   partly written entry, bytes that fail their checksum with no valid entry
+//!   after them, or entries of the file's earlier use (sequences below the
+//!   segment's first: a reused file whose zeros stayed in the page cache). The tail is truncated (zeroed in place, so stale bytes can never
 //!   be read back as entries) and the journal continues from there.
 //! - **Corruption, refused**: an invalid entry followed by a valid later entry,
 //!   an entry with the wrong sequence number, or a bad segment header. Opening
@@ -84,6 +85,19 @@ fn scan(seg: &MappedSegment) -> Result<Scan, JournalError> {
     while scan.last_type != Some(EntryType::NextSegment) && scan.end + 8 <= seg.len() {
         match seg.entry_at(scan.end) {
             Ok(None) => break,
+            Ok(Some(entry)) if entry.sequence() < seg.first_sequence() => {
+                // The file's earlier use (a reused file whose zeros never
+                // reached the disk: decisions.md 44): this use ends here.
+                scan.stop = Some((
+                    scan.end,
+                    format!(
+                        "an entry of the file's earlier use (sequence {}, below the segment's first {})",
+                        entry.sequence(),
+                        seg.first_sequence()
+                    ),
+                ));
+                break;
+            }
             Ok(Some(entry)) if entry.sequence() != scan.next_sequence => {
                 return Err(corrupt(
                     seg,

@@ -204,18 +204,23 @@ impl MappedSegment {
             .map_err(SegmentError::io("create segment", path))?;
         sys::preallocate(&file, segment_bytes as u64)
             .map_err(SegmentError::io("preallocate segment", path))?;
-        Self::fill_and_map(path, file, segment_bytes, zero_fill)
+        // Written back even where nothing syncs the journal: the fill is
+        // what turns a new file's preallocated blocks into written ones
+        // (decisions.md 30, 44).
+        let fill = zero_fill.map(|control| (control, sys::FillReach::Disk));
+        Self::fill_and_map(path, file, segment_bytes, fill)
     }
 
     /// Makes a spare of the purged segment's file at `path` (renamed there
     /// by purge), as `create_spare` with a zero-fill makes a new one: its
     /// blocks are allocated and written and its pages likely cached, so the
-    /// fill allocates neither (decisions.md 35). Given up (the file
-    /// removed) when told to.
+    /// fill allocates neither (decisions.md 35); with `FillReach::Cache`
+    /// its zeros are neither written back nor synced (decisions.md 44).
+    /// Given up (the file removed) when told to.
     pub fn reuse_spare(
         path: &Path,
         segment_bytes: usize,
-        zero_fill: &sys::ZeroFillControl,
+        zero_fill: (&sys::ZeroFillControl, sys::FillReach),
     ) -> Result<MappedSegment, SegmentError> {
         let file = OpenOptions::new()
             .read(true)
@@ -239,10 +244,10 @@ impl MappedSegment {
         path: &Path,
         file: File,
         segment_bytes: usize,
-        zero_fill: Option<&sys::ZeroFillControl>,
+        zero_fill: Option<(&sys::ZeroFillControl, sys::FillReach)>,
     ) -> Result<MappedSegment, SegmentError> {
-        if let Some(control) = zero_fill {
-            if let Err(source) = sys::zero_fill(&file, 0, segment_bytes as u64, control) {
+        if let Some((control, reach)) = zero_fill {
+            if let Err(source) = sys::zero_fill(&file, 0, segment_bytes as u64, control, reach) {
                 let _ = std::fs::remove_file(path);
                 let context = if source.kind() == io::ErrorKind::Interrupted {
                     "zero-fill segment (given up: the journal is closing)"
@@ -550,6 +555,28 @@ mod tests {
         let stop = sys::ZeroFillControl::default();
         stop.give_up();
         let err = MappedSegment::create_spare(&path, bytes, Some(&stop)).unwrap_err();
+        assert!(err.to_string().contains("journal is closing"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_reused_file_filled_in_the_cache_maps_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 2 * sys::ZERO_FILL_BYTES + 4096;
+        let path = dir.path().join("old.spare");
+        std::fs::write(&path, vec![0xa5u8; bytes]).unwrap();
+        let go_on = sys::ZeroFillControl::default();
+        let spare =
+            MappedSegment::reuse_spare(&path, bytes, (&go_on, sys::FillReach::Cache)).unwrap();
+        // SAFETY: the map is `bytes` long and nobody else writes it.
+        let mapped = unsafe { std::slice::from_raw_parts(spare.ptr(), bytes) };
+        assert!(mapped.iter().all(|&b| b == 0), "an earlier byte shows");
+        drop(spare);
+        std::fs::write(&path, vec![0xa5u8; bytes]).unwrap();
+        let stop = sys::ZeroFillControl::default();
+        stop.give_up();
+        let err =
+            MappedSegment::reuse_spare(&path, bytes, (&stop, sys::FillReach::Cache)).unwrap_err();
         assert!(err.to_string().contains("journal is closing"), "{err}");
         assert!(!path.exists());
     }

@@ -32,7 +32,7 @@ use super::recover::{recover, RecoveryReport};
 use super::segment::{list_segments, MappedSegment, SegmentError};
 use super::{Durability, JournalError, JournalOptions};
 use crate::limits::{APPEND_BATCH_BYTES_MAX, ENTRY_HEADER_BYTES};
-use crate::sys::ZeroFillControl;
+use crate::sys::{FillReach, ZeroFillControl};
 
 /// Bytes a J-NR entry takes; the end of every segment keeps this much back.
 const NEXT_SEGMENT_BYTES: usize = align_up(ENTRY_HEADER_BYTES);
@@ -813,6 +813,10 @@ pub(crate) struct SpareMaker {
     segment_bytes: usize,
     /// Whether the background thread zero-fills its spares.
     zero_fill: bool,
+    /// How far the zeros over a reused file reach: the page cache only when
+    /// nothing syncs the journal (`Durability::None`), else the disk
+    /// (decisions.md 44). A new file's always reach the disk.
+    fill_reach: FillReach,
     /// Whether the background thread purges acknowledged segments first.
     purge: bool,
     /// The first sequence of the segment being appended to (or about to
@@ -857,6 +861,11 @@ impl SpareMaker {
             dir: dir.to_owned(),
             segment_bytes: options.segment_bytes,
             zero_fill,
+            fill_reach: if options.durability == Durability::None {
+                FillReach::Cache
+            } else {
+                FillReach::Disk
+            },
             purge: options.background_preallocation && options.purge_acknowledged,
             active_first: AtomicU64::new(1),
             cursor_first: AtomicU64::new(1),
@@ -897,7 +906,7 @@ impl SpareMaker {
             self.fill.pace();
         }
         if reuse {
-            MappedSegment::reuse_spare(&path, self.segment_bytes, &self.fill)
+            MappedSegment::reuse_spare(&path, self.segment_bytes, (&self.fill, self.fill_reach))
         } else {
             MappedSegment::create_spare(&path, self.segment_bytes, zero_fill.then_some(&self.fill))
         }

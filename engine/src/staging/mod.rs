@@ -45,7 +45,7 @@ use std::thread::JoinHandle;
 use crate::frame::FrameHeader;
 use crate::journal::{OsSync, SyncFile};
 use crate::limits::FRAME_HEADER_BYTES;
-use crate::sys::ZeroFillControl;
+use crate::sys::{FillReach, ZeroFillControl};
 
 mod reader;
 pub use reader::StagingReader;
@@ -203,7 +203,7 @@ impl Spare {
                     }
                     if reuse || fill_new {
                         let from = len.clamp(FILE_HEADER_BYTES, bytes);
-                        crate::sys::zero_fill(&file, from, bytes, &fill)
+                        crate::sys::zero_fill(&file, from, bytes, &fill, FillReach::Disk)
                             .map_err(io("zero-fill staging segment", &path))?;
                     } else {
                         crate::sys::preallocate(&file, bytes)
