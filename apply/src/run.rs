@@ -131,6 +131,8 @@ pub struct RunStatus {
     /// When submitted transactions were wholly applied, per journal
     /// (replbench); seen once per turn of the loop.
     pub applied_at: StageClock,
+    /// Set once apply reads staging (its store open, its threads started).
+    pub running: AtomicBool,
 }
 
 /// Feeds `RunStatus::applied_at`: what each submission will have applied
@@ -313,6 +315,7 @@ pub fn run(
             .name("staging-read".into())
             .spawn_scoped(scope, move || reading.run(batches, spares))
             .map_err(|e| StoreError::Database(format!("cannot start the staging reader: {e}")))?;
+        status.running.store(true, Ordering::Relaxed);
         // The reader stops at the first of `stop`, an error of its own, or
         // `quit` (an error here).
         let looped = (|| -> Result<(), RunError> {

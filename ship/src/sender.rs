@@ -47,6 +47,8 @@ pub struct SenderStatus {
     pub scraped_at: StageClock,
     /// When each frame was wholly handed to the socket (replbench).
     pub sent_at: StageClock,
+    /// Sessions opened so far (each one scraping from its resume position).
+    pub sessions: AtomicU64,
 }
 
 /// How a session ended without an error.
@@ -214,6 +216,7 @@ fn session(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
     };
     let (tx, rx) = mpsc::sync_channel::<Outgoing>(4);
     let mut driver = open_driver(config.transport.io)?;
+    status.sessions.fetch_add(1, Ordering::Relaxed);
     std::thread::scope(|scope| {
         let producer = std::thread::Builder::new()
             .name("produce".into())

@@ -32,6 +32,8 @@ use workload::{Lane, Workload, Written};
 /// How long the pipeline may go without applying anything once the writer
 /// is done before replbench gives up.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
+/// Most the pipeline's processes may take to start serving.
+const SERVING_LIMIT: Duration = Duration::from_secs(60);
 /// The raw-TCP baseline sends at most this much of the journal.
 const RAW_BYTES_MAX: usize = 1 << 30;
 
@@ -221,7 +223,11 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     let mut processes = if options.catch_up {
         Vec::new()
     } else {
-        start_pipeline()?
+        let mut processes = start_pipeline()?;
+        // Entries written before the sender's session is open would wait
+        // for it, and their lag would be the processes' start-up.
+        await_serving(&board, &mut processes, say)?;
+        processes
     };
 
     let written_to: Vec<AtomicU64> = (0..journals).map(|_| AtomicU64::new(0)).collect();
@@ -451,6 +457,35 @@ fn progress_line(started: Instant, board: &Board, written: &[AtomicU64], rate: f
         line.push_str(&format!(" ({:.2} M/s)", rate / 1e6));
     }
     line
+}
+
+/// Waits until every process of the pipeline says it serves (the
+/// senders' sessions open, apply reading staging).
+fn await_serving(
+    board: &Board,
+    processes: &mut [Process],
+    say: &mut dyn Reporter,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while board.ready() < processes.len() as u64 {
+        for p in processes.iter_mut() {
+            p.check_running()?;
+        }
+        if started.elapsed() > SERVING_LIMIT {
+            anyhow::bail!(
+                "RBN0108E the pipeline did not come up within {SERVING_LIMIT:?} ({} of {} processes serving); logs in {}",
+                board.ready(),
+                processes.len(),
+                processes[0].log.parent().map_or_else(String::new, |d| d.display().to_string())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    say.note(&format!(
+        "RBN0006I the pipeline serves after {} ms; the writers start now",
+        started.elapsed().as_millis()
+    ));
+    Ok(())
 }
 
 /// Throughput and lag per stage, from the writers' and the processes'

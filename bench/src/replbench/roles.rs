@@ -6,9 +6,10 @@
 //! milliseconds for the parent's board. Their logs go to a file each.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,11 @@ use super::stages::{print_events, Board, Stage};
 
 /// How often a role prints its events.
 const REPORT_EVERY: Duration = Duration::from_millis(10);
+
+/// What a role prints once it serves: the sender once its session is open
+/// (so the receiver took it), apply once it reads staging, the receiver at
+/// once (a sender's session needs it).
+pub const READY_LINE: &str = "R";
 
 /// A process of the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -80,11 +86,22 @@ pub fn run_role(role: Role, config: &Path) -> ExitCode {
             Role::Apply => ship::apply::run(&config, stop, &applier),
         });
         let mut out = std::io::stdout().lock();
+        let serving = || match role {
+            Role::Send => sender.sessions.load(Ordering::Relaxed) > 0,
+            Role::Receive => true,
+            Role::Apply => applier.running.load(Ordering::Relaxed),
+        };
+        let mut told_ready = false;
         while !worker.is_finished() {
             std::thread::sleep(REPORT_EVERY);
             // The parent gone (stdout closed) is no reason to stop early:
             // SIGTERM is.
             let _ = print_events(&mut out, &clocks);
+            if !told_ready && serving() {
+                told_ready = writeln!(out, "{READY_LINE}")
+                    .and_then(|()| out.flush())
+                    .is_ok();
+            }
         }
         let _ = print_events(&mut out, &clocks);
         worker.join().expect("the role's thread panicked")

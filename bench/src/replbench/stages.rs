@@ -77,6 +77,8 @@ pub struct Board {
     /// Per journal and stage: the furthest position reported.
     reached: Vec<[AtomicU64; 5]>,
     dropped: AtomicU64,
+    /// Processes that said they serve (`roles::READY_LINE`).
+    ready: AtomicU64,
 }
 
 impl Board {
@@ -87,7 +89,13 @@ impl Board {
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
             dropped: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
         }
+    }
+
+    /// How many processes have said they serve.
+    pub fn ready(&self) -> u64 {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Notes that `stage` of `journal` reached `position` at `time_ns`.
@@ -154,6 +162,9 @@ impl Board {
                         }
                         _ => other.push(line),
                     }
+                }
+                [line] if *line == super::roles::READY_LINE => {
+                    self.ready.fetch_add(1, Ordering::Relaxed);
                 }
                 ["D", _, n] => {
                     self.dropped
@@ -242,6 +253,14 @@ mod tests {
         let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
         record_lag(&mut histogram, from, appended, passed)?;
         Ok(Lag::of(stage, &histogram))
+    }
+
+    #[test]
+    fn ready_lines_are_counted_and_not_taken_for_events() {
+        let board = Board::new(1);
+        let other = board.follow(&b"R\nR\nRR\n"[..], |lane| lane);
+        assert_eq!(board.ready(), 2);
+        assert_eq!(other, vec!["RR".to_owned()]);
     }
 
     #[test]
