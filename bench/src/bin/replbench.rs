@@ -300,6 +300,17 @@ fn summary(o: &Outcome) -> String {
             ""
         );
     }
+    if o.lag_by_second.iter().any(|l| l.p99_us.len() > 1) {
+        let _ = writeln!(s, "\nlag p99 by second of appending, ms:");
+        for l in &o.lag_by_second {
+            let ms: Vec<String> = l
+                .p99_us
+                .iter()
+                .map(|us| format!("{:.1}", *us as f64 / 1000.0))
+                .collect();
+            let _ = writeln!(s, "{:<8} {}", l.stage, ms.join(" "));
+        }
+    }
     let cpu: Vec<String> = o
         .cpu
         .iter()

@@ -102,6 +102,9 @@ pub struct Outcome {
     pub changes_per_s: f64,
     pub stages: Vec<StageFigure>,
     pub lag: Vec<Lag>,
+    /// Per stage, the p99 and maximum lag of the entries appended in each
+    /// second of the run (where a stall was).
+    pub lag_by_second: Vec<stages::LagSeries>,
     pub cpu: Vec<CpuFigure>,
     /// Stage events some process could not report (figures may be coarse).
     pub dropped_events: u64,
@@ -505,8 +508,10 @@ fn figures(
     let writing_ns = written.iter().map(|w| w.started_ns).min().unwrap_or(0);
     let mut stages = Vec::new();
     let mut lag = Vec::new();
+    let mut lag_by_second = Vec::new();
     for stage in Stage::ALL {
         let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+        let mut by_second = stages::BySecond::default();
         let mut done_ns = 0;
         for (j, w) in written.iter().enumerate() {
             let events = if stage == Stage::Journal {
@@ -526,7 +531,10 @@ fn figures(
                 })?;
             done_ns = done_ns.max(done.time_ns);
             if stage != Stage::Journal {
-                stages::record_lag(&mut histogram, w.first, &w.appended, &events)?;
+                stages::visit_lag(w.first, &w.appended, &events, |at, micros, n| {
+                    histogram.record_n(micros, n)?;
+                    by_second.record(writing_ns, at, micros, n)
+                })?;
             }
         }
         let origin = match pipeline_started_ns {
@@ -542,6 +550,7 @@ fn figures(
         });
         if stage != Stage::Journal && pipeline_started_ns.is_none() {
             lag.push(Lag::of(stage, &histogram));
+            lag_by_second.push(by_second.series(stage));
         }
     }
     let seconds = stages.last().map_or(0.0, |s| s.seconds);
@@ -565,6 +574,7 @@ fn figures(
         changes_per_s: changes as f64 / seconds.max(1e-9),
         stages,
         lag,
+        lag_by_second,
         cpu,
         dropped_events: board.dropped(),
         source_build_seconds: None,

@@ -199,6 +199,21 @@ pub fn record_lag(
     appended: &[StageEvent],
     passed: &[StageEvent],
 ) -> anyhow::Result<()> {
+    visit_lag(from, appended, passed, |_, micros, n| {
+        histogram.record_n(micros, n)
+    })?;
+    Ok(())
+}
+
+/// Calls `f(append time, lag in microseconds (at least 1), entries)` for
+/// every run of entries of `[from, ..)` that an append event and a stage
+/// event bound alike (see `record_lag`).
+pub fn visit_lag<E>(
+    from: u64,
+    appended: &[StageEvent],
+    passed: &[StageEvent],
+    mut f: impl FnMut(u64, u64, u64) -> Result<(), E>,
+) -> Result<(), E> {
     let mut lower = from;
     let mut k = 0;
     for a in appended {
@@ -210,12 +225,56 @@ pub fn record_lag(
             let Some(p) = passed.get(k) else { break };
             let upto = a.position.min(p.position);
             let micros = p.time_ns.saturating_sub(a.time_ns) / 1000;
-            histogram.record_n(micros.max(1), upto - entry)?;
+            f(a.time_ns, micros.max(1), upto - entry)?;
             entry = upto;
         }
         lower = lower.max(a.position);
     }
     Ok(())
+}
+
+/// One stage's lag second by second of the run: the entries appended in
+/// each second, and their p99 and maximum lag.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LagSeries {
+    pub stage: &'static str,
+    pub p99_us: Vec<u64>,
+    pub max_us: Vec<u64>,
+}
+
+/// Histograms of lag by the second of its entries' append, from `origin_ns`.
+#[derive(Debug, Default)]
+pub struct BySecond {
+    seconds: Vec<hdrhistogram::Histogram<u64>>,
+}
+
+impl BySecond {
+    pub fn record(
+        &mut self,
+        origin_ns: u64,
+        appended_ns: u64,
+        micros: u64,
+        n: u64,
+    ) -> anyhow::Result<()> {
+        let second = (appended_ns.saturating_sub(origin_ns) / 1_000_000_000) as usize;
+        while self.seconds.len() <= second {
+            self.seconds.push(hdrhistogram::Histogram::new(3)?);
+        }
+        self.seconds[second].record_n(micros, n)?;
+        Ok(())
+    }
+
+    pub fn series(&self, stage: Stage) -> LagSeries {
+        LagSeries {
+            stage: stage.name(),
+            p99_us: self
+                .seconds
+                .iter()
+                .map(|h| h.value_at_quantile(0.99))
+                .collect(),
+            max_us: self.seconds.iter().map(|h| h.max()).collect(),
+        }
+    }
 }
 
 impl Lag {
@@ -253,6 +312,20 @@ mod tests {
         let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
         record_lag(&mut histogram, from, appended, passed)?;
         Ok(Lag::of(stage, &histogram))
+    }
+
+    #[test]
+    fn lag_is_kept_by_the_second_of_its_append() {
+        let mut by = BySecond::default();
+        let origin = 7_000_000_000;
+        by.record(origin, origin + 500_000_000, 900, 20).unwrap();
+        by.record(origin, origin + 600_000_000, 100, 80).unwrap();
+        by.record(origin, origin + 2_100_000_000, 40_000, 3).unwrap();
+        let s = by.series(Stage::Applied);
+        assert_eq!(s.stage, "applied");
+        assert_eq!(s.max_us.len(), 3);
+        assert_eq!((s.max_us[0] / 10, s.max_us[1], s.max_us[2] / 100), (90, 0, 400));
+        assert_eq!(s.p99_us[0] / 10, 90, "{s:?}");
     }
 
     #[test]
