@@ -94,13 +94,14 @@ impl ZeroFillControl {
 }
 
 /// Runs `piece(at, n)` over `from..to`, `ZERO_FILL_BYTES` at a time, each
-/// piece followed by a pause as long as it took (unless `control` says
-/// hurry), so the work uses about half of the disk's time; stops with
-/// `Interrupted` once `control` says give up.
+/// piece followed (when `paced`) by a pause as long as it took (unless
+/// `control` says hurry), so the work uses about half of the disk's time;
+/// stops with `Interrupted` once `control` says give up.
 fn in_paced_pieces(
     from: u64,
     to: u64,
     control: Option<&ZeroFillControl>,
+    paced: bool,
     mut piece: impl FnMut(u64, u64) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut at = from;
@@ -112,7 +113,7 @@ fn in_paced_pieces(
         let began = std::time::Instant::now();
         piece(at, n)?;
         at += n;
-        if !control.is_some_and(|c| c.hurry.load(Ordering::Relaxed)) {
+        if paced && !control.is_some_and(|c| c.hurry.load(Ordering::Relaxed)) {
             std::thread::sleep(began.elapsed());
         }
     }
@@ -124,7 +125,7 @@ fn in_paced_pieces(
 /// syncs (the staging store's); a `fdatasync` afterwards finds little left
 /// to write. Only pacing: the caller's sync reports any write error.
 pub fn paced_write_back(file: &File, from: u64, to: u64) {
-    let _ = in_paced_pieces(from, to, None, |at, n| {
+    let _ = in_paced_pieces(from, to, None, true, |at, n| {
         let _ = write_back(file, at, n);
         Ok(())
     });
@@ -144,9 +145,9 @@ pub enum FillReach {
     Cache,
 }
 
-/// Writes zeros over `file`'s bytes `from..to`. With `FillReach::Disk`, a
-/// piece at a time with pauses (`in_paced_pieces`; until `control` says
-/// hurry), then `fdatasync`. Later writes there overwrite allocated,
+/// Writes zeros over `file`'s bytes `from..to`, a piece at a time. With
+/// `FillReach::Disk`, each piece written back and followed by a pause
+/// (`in_paced_pieces`; until `control` says hurry), then `fdatasync`. Later writes there overwrite allocated,
 /// written, cached blocks: no page zeroing and no filesystem journal handle
 /// on the writer's path, and a later `fdatasync` has only data to write
 /// (decisions.md 30, 31). Returns `Interrupted` without syncing once
@@ -159,28 +160,22 @@ pub fn zero_fill(
     reach: FillReach,
 ) -> io::Result<()> {
     let zeros = vec![0u8; ZERO_FILL_BYTES];
-    if reach == FillReach::Cache {
-        let mut at = from;
-        while at < to {
-            if control.give_up.load(Ordering::Relaxed) {
-                return Err(io::ErrorKind::Interrupted.into());
-            }
-            let n = (ZERO_FILL_BYTES as u64).min(to - at);
-            file.write_all_at(&zeros[..n as usize], at)?;
-            at += n;
-        }
-        return Ok(());
-    }
-    in_paced_pieces(from, to, Some(control), |at, n| {
+    let to_disk = reach == FillReach::Disk;
+    in_paced_pieces(from, to, Some(control), to_disk, |at, n| {
         file.write_all_at(&zeros[..n as usize], at)?;
-        // Written back piece by piece, so the disk never queues a whole
-        // segment of zeros ahead of anyone's sync. Only pacing: where the
-        // filesystem refuses it, the sync below still makes the zeros
-        // durable and reports any write error.
-        let _ = write_back(file, at, n);
+        if to_disk {
+            // Written back piece by piece, so the disk never queues a whole
+            // segment of zeros ahead of anyone's sync. Only pacing: where
+            // the filesystem refuses it, the sync below still makes the
+            // zeros durable and reports any write error.
+            let _ = write_back(file, at, n);
+        }
         Ok(())
     })?;
-    file.sync_data()
+    if to_disk {
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// Sleeps until `word` no longer holds `expected`, a wake arrives, or `timeout`

@@ -320,11 +320,15 @@ mod tests {
         let origin = 7_000_000_000;
         by.record(origin, origin + 500_000_000, 900, 20).unwrap();
         by.record(origin, origin + 600_000_000, 100, 80).unwrap();
-        by.record(origin, origin + 2_100_000_000, 40_000, 3).unwrap();
+        by.record(origin, origin + 2_100_000_000, 40_000, 3)
+            .unwrap();
         let s = by.series(Stage::Applied);
         assert_eq!(s.stage, "applied");
         assert_eq!(s.max_us.len(), 3);
-        assert_eq!((s.max_us[0] / 10, s.max_us[1], s.max_us[2] / 100), (90, 0, 400));
+        assert_eq!(
+            (s.max_us[0] / 10, s.max_us[1], s.max_us[2] / 100),
+            (90, 0, 400)
+        );
         assert_eq!(s.p99_us[0] / 10, 90, "{s:?}");
     }
 

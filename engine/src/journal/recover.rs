@@ -4,8 +4,9 @@
 //! - **Torn tail, tolerated**: the last segment ends in an unpublished slot, a
 //!   partly written entry, bytes that fail their checksum with no valid entry
 //!   after them, or entries of the file's earlier use (sequences below the
-//!   segment's first: a reused file whose zeros stayed in the page cache). The tail is truncated (zeroed in place, so stale bytes can never
-//!   be read back as entries) and the journal continues from there.
+//!   segment's first: a reused file whose zeros stayed in the page cache).
+//!   The tail is truncated (zeroed in place, so stale bytes can never be
+//!   read back as entries) and the journal continues from there.
 //! - **Corruption, refused**: an invalid entry followed by a valid later entry,
 //!   an entry with the wrong sequence number, or a bad segment header. Opening
 //!   fails with the segment file and offset; nothing is skipped.
