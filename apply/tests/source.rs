@@ -141,9 +141,16 @@ fn drive(store: &JournaledStore, rng: &mut Rng, steps: usize, acked: &mut dyn Fn
     }
 }
 
+/// Makes objects 1, 2 and 3 exist: the driver's renames may have given
+/// their usual names to others (it uses four names for ids up to 4), so each
+/// takes the first of eight names free (an id that exists refuses them all).
 fn create_objects(store: &JournaledStore) {
-    for (id, name) in [(1, "A"), (2, "B"), (3, "C")] {
-        expected(store.create_object(id, name));
+    for id in 1..=3 {
+        for name in ["A", "B", "C", "D", "E", "F", "G", "H"] {
+            if expected(store.create_object(id, name)).is_some() {
+                break;
+            }
+        }
     }
 }
 
@@ -160,15 +167,21 @@ fn tables_equal_the_journal_through_refusals_rollbacks_and_reopening() {
         let seed = seed(&format!("source_random_{kind}"));
         let mut rng = Rng(seed);
         let dir = tempfile::tempdir().unwrap();
+        let mut all_acks = 0;
         for round in 0..4 {
             let store = open_store(dir.path(), kind, None);
             // Every round: the rounds before may have dropped them all, and
-            // then nearly every change is refused (seen once: "only N
-            // commits"). Those that exist are refused again, harmlessly.
+            // then nearly every change is refused (seen: "only N commits",
+            // also when a rename had taken a dropped object's name). Those
+            // that exist are refused again, harmlessly.
             create_objects(&store);
             let mut acks = 0;
             drive(&store, &mut rng, 3_000, &mut |_| acks += 1);
-            assert!(acks > 100, "{kind} round {round}: only {acks} commits");
+            // A round may still lose its objects early (dropped, and the
+            // names its creates draw taken): SEED=1796155167060807900 had 74
+            // commits in one round. The run as a whole must do real work.
+            assert!(acks > 0, "{kind} round {round}: no commit");
+            all_acks += acks;
             let state = assert_tables_match_journal(&store, dir.path());
             if round % 2 == 0 {
                 store.checkpoint().unwrap();
@@ -179,6 +192,10 @@ fn tables_equal_the_journal_through_refusals_rollbacks_and_reopening() {
             let store = open_store(dir.path(), kind, None);
             assert_eq!(store_state(store.store()), state, "{kind} round {round}");
         }
+        assert!(
+            all_acks > 400,
+            "{kind}: only {all_acks} commits in four rounds"
+        );
     }
 }
 
