@@ -49,13 +49,17 @@ impl Stage {
 }
 
 /// Prints the events of `clocks` taken since the last call, one line each,
-/// and a `D <stage> <count>` line when a clock dropped some.
+/// and a `D <stage> <count>` line when a clock dropped some: all in one
+/// write (stdout writes a line at a time, and a system call per event, a
+/// few thousand a second, each waking replbench's reader, cost the
+/// measured processes CPU of their own).
 pub fn print_events(out: &mut impl Write, clocks: &[(Stage, &StageClock)]) -> std::io::Result<()> {
+    let mut lines = Vec::new();
     for (stage, clock) in clocks {
         let (events, dropped) = clock.take();
         for e in events {
             writeln!(
-                out,
+                lines,
                 "E {} {} {} {}",
                 stage.name(),
                 e.lane,
@@ -64,9 +68,10 @@ pub fn print_events(out: &mut impl Write, clocks: &[(Stage, &StageClock)]) -> st
             )?;
         }
         if dropped > 0 {
-            writeln!(out, "D {} {dropped}", stage.name())?;
+            writeln!(lines, "D {} {dropped}", stage.name())?;
         }
     }
+    out.write_all(&lines)?;
     out.flush()
 }
 
