@@ -556,7 +556,9 @@ impl Index {
 
     /// Makes room for `records` in all, so that inserting that many grows
     /// the table at most once, here (opening a checkpoint, which lists each
-    /// shard's record count).
+    /// shard's record count, or `[apply] expected_records`), with its pages
+    /// faulted in here too: opening pays for them, not apply's first
+    /// changes.
     pub fn reserve(&mut self, records: usize) {
         let mut n = self.slots.len().max(MIN_SLOTS);
         while (records + 1) * 4 > n * 3 {
@@ -564,6 +566,7 @@ impl Index {
         }
         if n > self.slots.len() {
             self.resize(n);
+            fault_in(&mut self.slots);
         }
     }
 

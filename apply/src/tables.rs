@@ -625,6 +625,19 @@ impl ReplicaTables {
         self.shards.iter().map(|s| s.read().dead).sum()
     }
 
+    /// Sizes the index for `records` in all (`[apply] expected_records`),
+    /// so that apply does not grow it on the way there (decisions.md 45).
+    /// Each shard gets its share and room for the spread of a hash's
+    /// placement (four standard deviations); a shard that already holds
+    /// more keeps its size.
+    pub fn reserve(&self, records: usize) {
+        let share = records.div_ceil(SHARDS);
+        let spread = 4 * share.isqrt() + 64;
+        for shard in self.shards.iter() {
+            shard.write().records.reserve(share + spread);
+        }
+    }
+
     /// Records held, over all objects.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().records.len()).sum()
@@ -1625,6 +1638,54 @@ mod tests {
             batch.push(meta, ops);
         }
         batch
+    }
+
+    #[test]
+    fn an_index_sized_ahead_takes_its_records_without_growing() {
+        let records = 40_000u32;
+        for sized in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let tables = ReplicaTables::open(dir.path()).unwrap();
+            if sized {
+                tables.reserve(records as usize);
+            }
+            let before = tables.index_bytes();
+            let mut batch = TxnBatch::new();
+            let meta = |commit_sequence| TxnMeta {
+                journal: 0,
+                commit_sequence,
+                resume_from: commit_sequence + 1,
+                commit_time_ns: 0,
+            };
+            let op = |kind, key, value| Op {
+                kind,
+                object_id: 1,
+                sequence: 1,
+                key,
+                value,
+            };
+            batch.push(
+                meta(1),
+                [op(OpKind::Create, b"A".as_slice(), b"".as_slice())],
+            );
+            let keys: Vec<[u8; 4]> = (0..records).map(u32::to_be_bytes).collect();
+            for (n, chunk) in keys.chunks(100).enumerate() {
+                let ops: Vec<Op<'_>> = chunk
+                    .iter()
+                    .map(|k| op(OpKind::Put, k.as_slice(), b"image".as_slice()))
+                    .collect();
+                batch.push(meta(2 + n as u64), ops);
+            }
+            for i in 0..batch.len() {
+                tables.apply(&batch.get(i)).unwrap();
+            }
+            assert_eq!(tables.len(), records as usize);
+            if sized {
+                assert_eq!(tables.index_bytes(), before, "the sized index grew");
+            } else {
+                assert!(tables.index_bytes() > before, "an empty index did not grow");
+            }
+        }
     }
 
     #[test]

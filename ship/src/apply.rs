@@ -27,7 +27,11 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
     let (store, records): (Arc<dyn apply::Store>, String) = match a.store {
         StoreKind::Tables => {
             let tables = apply::ReplicaTables::open(&a.replica).with_context(context)?;
-            let records = format!("replica tables, {} records", tables.len());
+            let mut records = format!("replica tables, {} records", tables.len());
+            if a.expected_records > 0 {
+                tables.reserve(a.expected_records);
+                records += &format!(", index sized for {}", a.expected_records);
+            }
             (Arc::new(tables), records)
         }
         StoreKind::Sqlite => {

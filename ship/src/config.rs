@@ -32,6 +32,9 @@
 //! workers = 2
 //! stripes = 1024
 //! checkpoint_ms = 1000                # bounds replay after a crash
+//! expected_records = 0                # size the index for this many records at
+//!                                     # open (~128 bytes each), so apply does not
+//!                                     # grow it on the way there; 0: grow as needed
 //! journals = ["J1"]                   # the group's journals, in a fixed order
 //!                                     # (default: [primary.journal_name])
 //! merge_wait_ms = 20                  # most an idle journal holds the others
@@ -123,6 +126,7 @@ struct RawApply {
     workers: Option<Spanned<u64>>,
     stripes: Option<Spanned<u64>>,
     checkpoint_ms: Option<Spanned<u64>>,
+    expected_records: Option<Spanned<u64>>,
     journals: Option<Spanned<Vec<String>>>,
     merge_wait_ms: Option<Spanned<u64>>,
     spill: Option<Spanned<String>>,
@@ -182,6 +186,9 @@ pub struct Apply {
     pub workers: usize,
     pub stripes: usize,
     pub checkpoint: Duration,
+    /// Records the replica tables' index is sized for at open (0: as many
+    /// as it holds; it grows as apply adds more).
+    pub expected_records: usize,
     /// The group's journals in their fixed order (the applied position is
     /// kept per index): each stages in `staging/<group>/<name>`.
     pub journals: Vec<String>,
@@ -457,6 +464,7 @@ impl Config {
             workers: count(&a.workers, "apply.workers", 2, 1, 64)?,
             stripes: count(&a.stripes, "apply.stripes", 1024, 1, 1 << 20)?,
             checkpoint: millis(&a.checkpoint_ms, "apply.checkpoint_ms", 1000, 10, 3_600_000)?,
+            expected_records: count(&a.expected_records, "apply.expected_records", 0, 0, 1 << 32)?,
             journals,
             merge_wait: millis(&a.merge_wait_ms, "apply.merge_wait_ms", 20, 0, 600_000)?,
             spill_bytes: bytes(&a.spill, "apply.spill", 64 << 20, 4096, 1 << 40)?,
@@ -612,6 +620,7 @@ window = "32MiB"
         .unwrap();
         assert_eq!(c.apply.spill_bytes, 1 << 20);
         assert_eq!(c.apply.check_listen, None);
+        assert_eq!(c.apply.expected_records, 0);
         assert_eq!(c.apply.replica, Path::new("/etc/repl/rep"));
         assert_eq!(c.apply.journals, ["J1", "J2"]);
         assert_eq!(
@@ -647,6 +656,13 @@ window = "32MiB"
         );
         let e = err(&with("colour = 1"));
         assert!(e.contains("key `apply.colour`"), "{e}");
+        let c = Config::parse(Path::new("t.toml"), &with("expected_records = 2000000")).unwrap();
+        assert_eq!(c.apply.expected_records, 2_000_000);
+        let e = err(&with("expected_records = 9000000000"));
+        assert!(
+            e.contains("key `apply.expected_records`") && e.contains("out of range"),
+            "{e}"
+        );
     }
 
     #[test]

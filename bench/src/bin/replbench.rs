@@ -101,6 +101,11 @@ struct Args {
     /// Skip the raw-TCP baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Start the replica's index empty and let apply grow it, as in a first
+    /// load (default: sized at open for the workload's keys, as a replica in
+    /// service opens it from its checkpoint: `[apply] expected_records`).
+    #[arg(long)]
+    grow_index: bool,
     /// Run the same workload through PostgreSQL's logical replication too
     /// (two instances made with initdb on loopback ports) and compare.
     #[arg(long, value_enum)]
@@ -191,6 +196,7 @@ fn main() -> ExitCode {
         check: !args.no_check,
         baseline: !args.no_baseline,
         catch_up: args.catch_up || args.peer.is_some(),
+        grow_index: args.grow_index,
         postgres: args
             .peer
             .map(|PeerArg::Postgres| args.peer_changes.min(args.changes)),

@@ -62,6 +62,9 @@ pub struct Options {
     /// Write the whole workload first, then start the pipeline and time it
     /// from its start (PostgreSQL's figure is taken so).
     pub catch_up: bool,
+    /// Leave `[apply] expected_records` unset: apply grows the index from
+    /// empty.
+    pub grow_index: bool,
     /// Run the workload through PostgreSQL logical replication too, with
     /// this many changes (per journal).
     pub postgres: Option<u64>,
@@ -140,6 +143,7 @@ impl Outcome {
             "workers": options.workers,
             "checkpoint_ms": options.checkpoint_ms,
             "catch_up": options.catch_up,
+            "grow_index": options.grow_index,
             "peer_changes": options.postgres,
             "compression": options.compression,
             "io": options.io,
@@ -411,6 +415,16 @@ fn journal_dir(dir: &Path, j: u64) -> PathBuf {
     dir.join("journals").join(format!("J{j}"))
 }
 
+/// What `[apply] expected_records` says: every journal's key space (the
+/// scratch objects' few records aside), or 0 with `--grow-index`.
+fn expected_records(options: &Options) -> u64 {
+    if options.grow_index {
+        0
+    } else {
+        options.workload.key_space * options.journals.max(1)
+    }
+}
+
 /// The configuration of journal `j`'s pair, written into `dir`: its own
 /// journal, receiver port and staging; one [apply] section for the group
 /// (apply runs from journal 0's file).
@@ -429,11 +443,12 @@ fn write_config(dir: &Path, options: &Options, j: u64) -> anyhow::Result<PathBuf
          [primary]\nnode = \"primary\"\njournal = \"journals/J{j}\"\njournal_name = \"J{j}\"\n\n\
          [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\n\n\
          [transport]\nio = \"{}\"\ncompression = \"{}\"\nframe_entries = 16384\nframe_bytes = \"4MiB\"\nwindow = \"64MiB\"\n\n\
-         [apply]\nreplica = \"replica\"\nworkers = {}\ncheckpoint_ms = {}\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
+         [apply]\nreplica = \"replica\"\nworkers = {}\ncheckpoint_ms = {}\nexpected_records = {}\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
         options.io,
         options.compression,
         options.workers,
         options.checkpoint_ms,
+        expected_records(options),
         journals.join(", ")
     );
     let path = dir.join(format!("pair-J{j}.toml"));
