@@ -38,6 +38,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -326,9 +327,10 @@ enum FrameAt {
 
 /// Reads the frame at `offset` of the segment begun at `segment_start`, of
 /// `file_bytes` bytes, into `buf` (header and body). Shared by recovery and
-/// `StagingReader`.
+/// `StagingReader`. Positioned reads, two a frame; `buf` is zeroed only
+/// where it grows past its length (apply reads every frame through here).
 fn read_frame(
-    file: &mut File,
+    file: &File,
     path: &Path,
     offset: u64,
     file_bytes: u64,
@@ -341,11 +343,21 @@ fn read_frame(
     if file_bytes - offset < FRAME_HEADER_BYTES as u64 {
         return Ok(FrameAt::Broken("partial frame header".into()));
     }
-    buf.resize(FRAME_HEADER_BYTES, 0);
-    file.seek(SeekFrom::Start(offset))
-        .and_then(|_| file.read_exact(&mut buf[..]))
-        .map_err(io("read staging segment", path))?;
-    let header = match FrameHeader::decode(buf) {
+    // A file shorter than `file_bytes` says (a reader's length from before
+    // the receiver cut a finished segment's zero-filled end off) ends
+    // where it ends.
+    let read = |buf: &mut [u8], at: u64, partial: &str| match file.read_exact_at(buf, at) {
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Ok(Some(FrameAt::Broken(partial.into())))
+        }
+        Err(e) => Err(io("read staging segment", path)(e)),
+    };
+    let mut raw = [0u8; FRAME_HEADER_BYTES];
+    if let Some(partial) = read(&mut raw, offset, "partial frame header")? {
+        return Ok(partial);
+    }
+    let header = match FrameHeader::decode(&raw) {
         Ok(h) => h,
         Err(e) => return Ok(FrameAt::Broken(e.to_string())),
     };
@@ -356,9 +368,20 @@ fn read_frame(
     if file_bytes - offset < total {
         return Ok(FrameAt::Broken("partial frame body".into()));
     }
-    buf.resize(total as usize, 0);
-    file.read_exact(&mut buf[FRAME_HEADER_BYTES..])
-        .map_err(io("read staging segment", path))?;
+    if buf.len() < total as usize {
+        buf.resize(total as usize, 0);
+    } else {
+        buf.truncate(total as usize);
+    }
+    buf[..FRAME_HEADER_BYTES].copy_from_slice(&raw);
+    let body_at = offset + FRAME_HEADER_BYTES as u64;
+    if let Some(partial) = read(
+        &mut buf[FRAME_HEADER_BYTES..],
+        body_at,
+        "partial frame body",
+    )? {
+        return Ok(partial);
+    }
     if crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]) != header.body_crc32c {
         return Ok(FrameAt::Broken("frame body checksum mismatch".into()));
     }
@@ -442,7 +465,7 @@ impl Staging {
         let mut buf = Vec::new();
         loop {
             let detail = match read_frame(
-                &mut file,
+                &file,
                 &last.path,
                 offset,
                 last.bytes,
@@ -876,13 +899,13 @@ impl Staging {
     pub fn read_all(&self) -> Result<Vec<Vec<u8>>, StagingError> {
         let mut frames = Vec::new();
         for segment in &self.segments {
-            let mut file =
+            let file =
                 File::open(&segment.path).map_err(io("open staging segment", &segment.path))?;
             let mut offset = FILE_HEADER_BYTES;
             let mut buf = Vec::new();
             loop {
                 match read_frame(
-                    &mut file,
+                    &file,
                     &segment.path,
                     offset,
                     segment.bytes,

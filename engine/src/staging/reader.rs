@@ -59,6 +59,10 @@ struct OpenSegment {
     file: File,
     path: PathBuf,
     offset: u64,
+    /// The file's length when last looked at: it is looked at again only
+    /// when no whole frame lies below it (an `fstat` a frame was a tenth of
+    /// the reads' system calls).
+    len: u64,
 }
 
 /// What the reader found at its position.
@@ -201,24 +205,30 @@ impl StagingReader {
 
     fn read_at_offset(&mut self, buf: &mut Vec<u8>) -> Result<Found, StagingError> {
         let segment = self.segment.as_mut().expect("open");
-        let len = segment
-            .file
-            .metadata()
-            .map_err(super::io("stat staging segment", &segment.path))?
-            .len();
-        let header = match read_frame(
-            &mut segment.file,
-            &segment.path,
-            segment.offset,
-            len,
-            segment.start,
-            buf,
-        )? {
-            FrameAt::Frame(header) => header,
-            FrameAt::End | FrameAt::Earlier | FrameAt::Broken(_) => {
-                return Ok(Found::NotYet {
-                    trailing: len.saturating_sub(segment.offset),
-                })
+        let mut looked = false;
+        let header = loop {
+            match read_frame(
+                &segment.file,
+                &segment.path,
+                segment.offset,
+                segment.len,
+                segment.start,
+                buf,
+            )? {
+                FrameAt::Frame(header) => break header,
+                FrameAt::End | FrameAt::Earlier | FrameAt::Broken(_) if !looked => {
+                    segment.len = segment
+                        .file
+                        .metadata()
+                        .map_err(super::io("stat staging segment", &segment.path))?
+                        .len();
+                    looked = true;
+                }
+                FrameAt::End | FrameAt::Earlier | FrameAt::Broken(_) => {
+                    return Ok(Found::NotYet {
+                        trailing: segment.len.saturating_sub(segment.offset),
+                    })
+                }
             }
         };
         if header.start_position != self.position {
@@ -268,5 +278,6 @@ fn open_segment(start: u64, path: &Path) -> Result<OpenSegment, StagingError> {
         file,
         path: path.to_owned(),
         offset: FILE_HEADER_BYTES,
+        len: 0,
     })
 }
