@@ -1591,6 +1591,17 @@ mod tests {
         }
     }
 
+    /// A transaction committed at `commit_sequence` of `journal` with no
+    /// other open: replay resumes right after it.
+    fn alone(journal: u32, commit_sequence: u64) -> TxnMeta {
+        TxnMeta {
+            journal,
+            commit_sequence,
+            resume_from: commit_sequence + 1,
+            commit_time_ns: 0,
+        }
+    }
+
     /// Record changes over three objects and two journals, with object
     /// operations (some refused) between them.
     fn stream(rng: &mut Rng, txns: usize) -> TxnBatch {
@@ -1604,12 +1615,7 @@ mod tests {
             let journal = rng.below(2) as u32;
             commits[journal as usize] += 1 + rng.below(3);
             let commit_sequence = commits[journal as usize];
-            let meta = TxnMeta {
-                journal,
-                commit_sequence,
-                resume_from: commit_sequence + 1,
-                commit_time_ns: 0,
-            };
+            let meta = alone(journal, commit_sequence);
             let op = |kind, object_id, key, value| Op {
                 kind,
                 object_id,
@@ -1651,12 +1657,7 @@ mod tests {
             }
             let before = tables.index_bytes();
             let mut batch = TxnBatch::new();
-            let meta = |commit_sequence| TxnMeta {
-                journal: 0,
-                commit_sequence,
-                resume_from: commit_sequence + 1,
-                commit_time_ns: 0,
-            };
+            let meta = |commit_sequence| alone(0, commit_sequence);
             let op = |kind, key, value| Op {
                 kind,
                 object_id: 1,
