@@ -167,21 +167,19 @@ fn tables_equal_the_journal_through_refusals_rollbacks_and_reopening() {
         let seed = seed(&format!("source_random_{kind}"));
         let mut rng = Rng(seed);
         let dir = tempfile::tempdir().unwrap();
-        let mut all_acks = 0;
         for round in 0..4 {
             let store = open_store(dir.path(), kind, None);
-            // Every round: the rounds before may have dropped them all, and
-            // then nearly every change is refused (seen: "only N commits",
-            // also when a rename had taken a dropped object's name). Those
-            // that exist are refused again, harmlessly.
-            create_objects(&store);
             let mut acks = 0;
-            drive(&store, &mut rng, 3_000, &mut |_| acks += 1);
-            // A round may still lose its objects early (dropped, and the
-            // names its creates draw taken): SEED=1796155167060807900 had 74
-            // commits in one round. The run as a whole must do real work.
-            assert!(acks > 0, "{kind} round {round}: no commit");
-            all_acks += acks;
+            // Objects 1-3 made to exist every 500 steps: the driver drops
+            // them, and once all are gone nearly every change is refused
+            // (seen: "only N commits", SEED=1796155167060807900 had 74 in a
+            // round that lost them early). Those that exist are refused
+            // again, harmlessly.
+            for _ in 0..6 {
+                create_objects(&store);
+                drive(&store, &mut rng, 500, &mut |_| acks += 1);
+            }
+            assert!(acks > 100, "{kind} round {round}: only {acks} commits");
             let state = assert_tables_match_journal(&store, dir.path());
             if round % 2 == 0 {
                 store.checkpoint().unwrap();
@@ -192,10 +190,6 @@ fn tables_equal_the_journal_through_refusals_rollbacks_and_reopening() {
             let store = open_store(dir.path(), kind, None);
             assert_eq!(store_state(store.store()), state, "{kind} round {round}");
         }
-        assert!(
-            all_acks > 400,
-            "{kind}: only {all_acks} commits in four rounds"
-        );
     }
 }
 
