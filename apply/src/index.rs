@@ -508,9 +508,9 @@ impl Index {
         self.len -= 1;
     }
 
-    /// Keeps the records `keep` says to; returns the bytes of those removed.
-    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) -> u64 {
-        let mut bytes = 0;
+    /// Keeps the records `keep` says to (by object); hands the location of
+    /// each one removed to `gone`.
+    pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool, mut gone: impl FnMut(Loc)) {
         let mut i = 0;
         // Backward shifts move records only towards lower indices within a
         // run, except across the wrap: scan until a pass removes nothing.
@@ -519,7 +519,7 @@ impl Index {
             while i < self.slots.len() {
                 let slot = self.slots[i];
                 if !slot.is_empty() && !keep(slot.object) {
-                    bytes += slot.loc.len as u64;
+                    gone(slot.loc);
                     self.vacate(i);
                     removed = true;
                     // Slot i now holds a shifted record: look again.
@@ -528,7 +528,7 @@ impl Index {
                 i += 1;
             }
             if !removed {
-                return bytes;
+                return;
             }
             i = 0;
         }
@@ -646,6 +646,15 @@ impl Index {
             }
             out[j] = x;
         }
+    }
+
+    /// Every record's location, to be changed in place (compaction moves
+    /// records to other files; their slots stay where they are).
+    pub fn locs_mut(&mut self) -> impl Iterator<Item = &mut Loc> + '_ {
+        self.slots
+            .iter_mut()
+            .filter(|s| !s.is_empty())
+            .map(|s| &mut s.loc)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
@@ -833,7 +842,8 @@ mod tests {
             assert_eq!(got, want, "seed {seed}: object {object}");
         }
 
-        let removed = index.retain(|object| object != 1);
+        let mut removed = 0;
+        index.retain(|object| object != 1, |loc| removed += loc.len as u64);
         let want_bytes: u64 = model
             .iter()
             .filter(|((o, _), _)| *o == 1)
