@@ -44,7 +44,9 @@
 //!   write-locked in turn, and takes those files out of the tables' files.
 //!   Once a checkpoint that no longer lists them is durable, they are free:
 //!   lanes write over them (same id, pages already cached) instead of
-//!   making new files. Readers that keep locations past their shard's lock
+//!   making new files; past what such a file's lane wrote lie its earlier
+//!   use's records, which nothing reads (reads stop at the written length,
+//!   the checkpoint's after a crash). Readers that keep locations past their shard's lock
 //!   pin the files (`DataFiles::pins`) so none is emptied under them.
 
 use std::collections::BTreeMap;
