@@ -39,7 +39,7 @@ pub use source::{JournaledStore, OpenReport, SourceError, SourceOptions, SourceT
 pub use sqlite::SqliteStore;
 pub use store::{
     check_objects, contents, record_hash, stripe_of, Contents, ObjectCheck, ObjectInfo,
-    PendingCheckpoint, Store, StoreError,
+    PendingCheckpoint, Store, StoreError, StoreSpace,
 };
 pub use tables::{ReplicaTables, DATA_FILE_BYTES};
 pub use txn::{LargeRef, LargeTxn, Op, OpKind, Txn, TxnBatch, TxnMeta};

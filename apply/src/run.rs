@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 use crate::assemble::{AssembleError, Assembler};
 use crate::parallel::{ApplyOptions, ParallelApply};
 use crate::position::AppliedPosition;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreSpace};
 use crate::txn::{LargeRef, LargeTxn, Op, TxnBatch, TxnMeta};
 
 /// The file in a journal's staging directory that apply keeps its
@@ -235,6 +235,18 @@ impl Feed {
 /// Applies the group's staged journals to `store` until `stop` is set, then
 /// checkpoints. `journals` are in the group's fixed order: journal `i` of
 /// the applied position is `journals[i]`.
+/// The replica's data files, for HAD0221I.
+fn describe_space(space: &StoreSpace) -> String {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    format!(
+        "; {} data files, {:.0} MB written, {:.0} MB held, {:.0} MB reclaimed since open",
+        space.data_files,
+        mb(space.written_bytes),
+        mb(space.held_bytes),
+        mb(space.reclaimed_bytes)
+    )
+}
+
 pub fn run(
     store: Arc<dyn Store>,
     journals: &[StagedJournal],
@@ -288,7 +300,7 @@ pub fn run(
     let mut assembler = Assembler::new(&position);
     assembler.set_spill_bytes(options.spill_bytes);
     let dirs: Vec<PathBuf> = journals.iter().map(|j| j.dir.clone()).collect();
-    let mut apply = ParallelApply::new(store, &options.apply);
+    let mut apply = ParallelApply::new(store.clone(), &options.apply);
     let mut next_checkpoint = Instant::now() + options.checkpoint_every;
     let mut next_progress = Instant::now() + options.progress_every;
     let mut last = (Instant::now(), 0u64);
@@ -350,12 +362,13 @@ pub fn run(
                     let ops = apply.applied_ops();
                     let rate = (ops - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
                     tracing::info!(
-                        "HAD0221I apply: {} transactions, {ops} changes applied ({rate:.0}/s), {} open ({} bytes), {} refused; checkpointed at {}",
+                        "HAD0221I apply: {} transactions, {ops} changes applied ({rate:.0}/s), {} open ({} bytes), {} refused; checkpointed at {}{}",
                         status.assembled_txns.load(Ordering::Relaxed),
                         assembly.open_txns.load(Ordering::Relaxed),
                         assembly.open_bytes.load(Ordering::Relaxed),
                         apply.refused(),
-                        describe(&checkpointed, journals)
+                        describe(&checkpointed, journals),
+                        store.space().map_or(String::new(), |s| describe_space(&s))
                     );
                     last = (now, ops);
                     next_progress = now + options.progress_every;

@@ -39,6 +39,19 @@ pub struct ObjectInfo {
     pub name: String,
 }
 
+/// What a store's data files hold, for progress reports (`Store::space`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreSpace {
+    /// Data files in use.
+    pub data_files: usize,
+    /// Bytes written to them (records live and dead).
+    pub written_bytes: u64,
+    /// Bytes of the records the store's index points at.
+    pub held_bytes: u64,
+    /// Bytes of dead records compaction reclaimed since open.
+    pub reclaimed_bytes: u64,
+}
+
 /// Why a store refused or failed a call.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -239,6 +252,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// be the source's at the probe. Empty (the default): never so.
     fn mixed_until(&self) -> Vec<u64> {
         Vec::new()
+    }
+
+    /// What the data files hold, for progress reports; `None` (the
+    /// default): the store does not say.
+    fn space(&self) -> Option<StoreSpace> {
+        None
     }
 
     /// Objects, by ascending id.

@@ -66,7 +66,7 @@ use crate::index::{Index, Loc, PrefetchHint, INLINE_KEY, SHARD_BITS};
 use crate::position::AppliedPosition;
 use crate::store::{
     check_objects, record_hash, visit_buckets_in_memory, BucketVisit, ObjectCheck, ObjectInfo,
-    PartedApply, PendingCheckpoint, Store, StoreError,
+    PartedApply, PendingCheckpoint, Store, StoreError, StoreSpace,
 };
 use crate::txn::{LargeTxn, Op, OpKind, Txn, TxnBatch, TxnMeta};
 
@@ -534,6 +534,8 @@ struct DataFiles {
     /// `files`: a location such a reader took stays readable until it is
     /// done.
     pins: RwLock<()>,
+    /// Dead bytes in the files compaction emptied since open.
+    reclaimed_bytes: AtomicU64,
 }
 
 impl DataFiles {
@@ -546,6 +548,7 @@ impl DataFiles {
             dirty: Mutex::default(),
             free: Mutex::default(),
             pins: RwLock::new(()),
+            reclaimed_bytes: AtomicU64::new(0),
         }
     }
 
@@ -816,7 +819,7 @@ impl ReplicaTables {
     /// Bytes of replaced and deleted records in the data files compaction
     /// emptied since open.
     pub fn reclaimed_bytes(&self) -> u64 {
-        self.durable.compaction.lock().reclaimed_bytes
+        self.data.reclaimed_bytes.load(Ordering::Relaxed)
     }
 
     /// Data files in use (free ones, kept for reuse, not counted).
@@ -1100,10 +1103,6 @@ struct Compaction {
     lane: Lane,
     /// Files emptied that the durable checkpoint may still list.
     emptied: Vec<Arc<DataFile>>,
-    /// Dead bytes in the files emptied since open.
-    reclaimed_bytes: u64,
-    /// Bytes of records moved since open.
-    moved_bytes: u64,
 }
 
 impl Compaction {
@@ -1125,7 +1124,6 @@ impl Compaction {
         for shard in shards.iter().rev() {
             let mut shard = shard.write();
             let Shard { records, held, .. } = &mut *shard;
-            let mut moved = 0;
             let lane = &mut self.lane;
             let moving = records.locs_mut().try_for_each(|loc| {
                 let Some(Some(from)) = by_id.get(loc.file as usize) else {
@@ -1137,13 +1135,11 @@ impl Compaction {
                 let_go(held, *loc);
                 hold(held, to);
                 *loc = to;
-                moved += to.len as u64;
                 lane.gathered()
             });
             // Whatever moved is written before the shard is let go.
             let flushed = lane.flush();
             moving.and(flushed)?;
-            self.moved_bytes += moved;
         }
         {
             let _pinned = data.pins.write();
@@ -1162,7 +1158,7 @@ impl Compaction {
             .iter()
             .all(|f| shards.iter().all(|s| s.read().held_in(f.id) == 0)));
         self.emptied.extend(victims);
-        self.reclaimed_bytes += dead;
+        data.reclaimed_bytes.fetch_add(dead, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1631,6 +1627,26 @@ impl Store for ReplicaTables {
 
     fn mixed_until(&self) -> Vec<u64> {
         self.mixed_until.clone()
+    }
+
+    fn space(&self) -> Option<StoreSpace> {
+        let (data_files, written_bytes) = {
+            let files = self.data.files.read();
+            let listed = files.by_id.iter().flatten();
+            listed.fold((0, 0), |(n, bytes), f| {
+                (n + 1, bytes + f.used.load(Ordering::Relaxed) as u64)
+            })
+        };
+        Some(StoreSpace {
+            data_files,
+            written_bytes,
+            held_bytes: self
+                .shards
+                .iter()
+                .map(|s| s.read().held.iter().sum::<u64>())
+                .sum(),
+            reclaimed_bytes: self.reclaimed_bytes(),
+        })
     }
 
     fn objects(&self) -> Result<Vec<ObjectInfo>, StoreError> {
@@ -2138,6 +2154,12 @@ mod tests {
         );
         let free = tables.data.free.lock().len();
         assert_eq!(files_on_disk(dir.path()), tables.data_files() + free);
+        let space = tables.space().unwrap();
+        assert_eq!(space.data_files, tables.data_files());
+        // 200 records of a 20-byte header, a 2-byte key and a 30-byte value.
+        assert_eq!(space.held_bytes, 200 * 52);
+        assert!(space.written_bytes >= space.held_bytes);
+        assert_eq!(space.reclaimed_bytes, tables.reclaimed_bytes());
         let expected = crate::store::contents(&tables).unwrap();
         let (_, records) = &expected[&1];
         assert_eq!(records.len(), 200);
