@@ -417,9 +417,12 @@ fn assert_rest_reads_back(dir: &std::path::Path, appended: &[Owned]) {
 }
 
 /// The inode of `path`, unless purge removed it meanwhile.
-fn inode(path: &std::path::Path) -> Option<u64> {
+/// A file by inode and birth time: the file system gives a deleted file's
+/// inode to the next file made, and a rename keeps both.
+fn file_id(path: &std::path::Path) -> Option<(u64, std::time::SystemTime)> {
     let metadata = std::fs::metadata(path).ok()?;
-    Some(std::os::unix::fs::MetadataExt::ino(&metadata))
+    let created = metadata.created().ok()?;
+    Some((std::os::unix::fs::MetadataExt::ino(&metadata), created))
 }
 
 #[test]
@@ -433,7 +436,7 @@ fn acknowledged_segments_are_purged_at_rotation_and_their_files_become_new_segme
         appended.extend(append_tagged(&journal, appended.len() as u64, 500));
     }
     let mut ack = AckRecord::open(dir.path(), "backup").unwrap();
-    // Which name first had each inode: a segment whose inode an earlier
+    // Which name first had each file: a segment whose file an earlier
     // segment had is a purged segment's file made into a new one.
     let mut first_name = std::collections::HashMap::new();
     let mut reused = std::collections::BTreeSet::new();
@@ -444,10 +447,10 @@ fn acknowledged_segments_are_purged_at_rotation_and_their_files_become_new_segme
         // The backup has everything up to here.
         ack.store(journal.next_sequence()).unwrap();
         for (_, path) in list_segments(dir.path()).unwrap() {
-            let Some(inode) = inode(&path) else {
+            let Some(file) = file_id(&path) else {
                 continue;
             };
-            let first = first_name.entry(inode).or_insert_with(|| path.clone());
+            let first = first_name.entry(file).or_insert_with(|| path.clone());
             if *first != path {
                 reused.insert(path);
             }
@@ -489,6 +492,48 @@ fn acknowledged_segments_are_purged_at_rotation_and_their_files_become_new_segme
     let report = journal.recovery_report();
     assert_eq!((report.next_sequence, report.truncated_bytes), (last, 0));
     assert_rest_reads_back(dir.path(), &appended);
+}
+
+/// A backup that acknowledges late lets several segments go at one purge:
+/// their files make the next spares, not only the first of them.
+#[test]
+fn segments_purged_together_make_the_spares_of_the_rotations_that_follow() {
+    use engine::journal::{list_segments, AckRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), purging_options()).unwrap();
+    let mut appended = 0;
+    while list_segments(dir.path()).unwrap().len() < 7 {
+        appended += append_tagged(&journal, appended, 200).len() as u64;
+    }
+    let purged: std::collections::HashSet<_> = list_segments(dir.path())
+        .unwrap()
+        .iter()
+        .filter_map(|(_, path)| file_id(path))
+        .collect();
+    // Everything so far acknowledged at once; no acknowledgement after.
+    AckRecord::open(dir.path(), "backup")
+        .unwrap()
+        .store(journal.next_sequence())
+        .unwrap();
+    let before = list_segments(dir.path()).unwrap().last().unwrap().0;
+    let mut later = Vec::new();
+    // Six rotations: the first may take a spare made before the purge.
+    while later.len() < 6 {
+        appended += append_tagged(&journal, appended, 200).len() as u64;
+        later = list_segments(dir.path())
+            .unwrap()
+            .into_iter()
+            .filter(|(first, _)| *first > before)
+            .collect();
+    }
+    let reused = later
+        .iter()
+        .filter(|(_, path)| file_id(path).is_some_and(|f| purged.contains(&f)))
+        .count();
+    assert!(
+        reused >= 4,
+        "{reused} of the 6 segments after the purge reused a purged file"
+    );
 }
 
 #[test]
@@ -559,12 +604,12 @@ fn a_flush_after_purged_segments_were_reused_syncs_what_is_published() {
             }
             ack.store(journal.next_sequence()).unwrap();
             for (_, path) in list_segments(dir.path()).unwrap() {
-                let Some(inode) = inode(&path) else {
+                let Some(file) = file_id(&path) else {
                     continue;
                 };
-                if *first_name.entry(inode).or_insert_with(|| path.clone()) != path {
+                if *first_name.entry(file).or_insert_with(|| path.clone()) != path {
                     reused += 1;
-                    first_name.insert(inode, path);
+                    first_name.insert(file, path);
                 }
             }
         }

@@ -845,10 +845,16 @@ struct SpareSlot {
     creating: bool,
     made: u64,
     shutdown: bool,
-    /// A purged segment's file, renamed as a spare, for the next spare the
-    /// background thread makes.
-    reusable: Option<PathBuf>,
+    /// Purged segments' files, renamed as spares, for the next spares the
+    /// background thread makes (at most `KEPT_SPARES`; the last kept is
+    /// used first).
+    reusable: Vec<PathBuf>,
 }
+
+/// Purged segments' files kept for the spares that follow: a backup whose
+/// acknowledgement lags a rotation or two lets several segments go at once
+/// (decisions.md 47).
+const KEPT_SPARES: usize = 4;
 
 pub(crate) const SPARE_SUFFIX: &str = ".spare";
 
@@ -892,11 +898,7 @@ impl SpareMaker {
     fn create(&self, zero_fill: bool) -> Result<MappedSegment, SegmentError> {
         let (path, reuse) = {
             let mut slot = self.slot.lock();
-            let reusable = if zero_fill {
-                slot.reusable.take()
-            } else {
-                None
-            };
+            let reusable = if zero_fill { slot.reusable.pop() } else { None };
             match reusable {
                 Some(path) => (path, true),
                 None => (self.spare_path(&mut slot), false),
@@ -912,18 +914,18 @@ impl SpareMaker {
         }
     }
 
-    /// Keeps a purged segment's file (renamed as a spare) for the next
-    /// spare, when spares are zero-filled and none is kept yet. Whether it
-    /// was kept; if not, the caller removes it.
+    /// Keeps a purged segment's file (renamed as a spare) for a later
+    /// spare, when spares are zero-filled and fewer than `KEPT_SPARES` are
+    /// kept. Whether it was kept; if not, the caller removes it.
     fn keep_for_reuse(&self, path: &Path) -> Result<bool, SegmentError> {
         let mut slot = self.slot.lock();
-        if !self.zero_fill || slot.shutdown || slot.reusable.is_some() {
+        if !self.zero_fill || slot.shutdown || slot.reusable.len() >= KEPT_SPARES {
             return Ok(false);
         }
         let spare = self.spare_path(&mut slot);
         match std::fs::rename(path, &spare) {
             Ok(()) => {
-                slot.reusable = Some(spare);
+                slot.reusable.push(spare);
                 Ok(true)
             }
             // Purged by a caller of `purge_before` at the same time.
@@ -1073,7 +1075,7 @@ impl SpareMaker {
         if let Some(spare) = slot.spare.take() {
             let _ = std::fs::remove_file(spare.path());
         }
-        if let Some(path) = slot.reusable.take() {
+        for path in slot.reusable.drain(..) {
             let _ = std::fs::remove_file(path);
         }
     }
