@@ -648,10 +648,21 @@ impl Index {
         }
     }
 
-    /// Every record's location, to be changed in place (compaction moves
-    /// records to other files; their slots stay where they are).
-    pub fn locs_mut(&mut self) -> impl Iterator<Item = &mut Loc> + '_ {
-        self.slots
+    /// Slots in the table, empty or not.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The locations of the records in slots `range` (clamped to the
+    /// table), to be changed in place (compaction moves records to other
+    /// files; their slots stay where they are).
+    pub fn locs_mut(
+        &mut self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = &mut Loc> + '_ {
+        let end = range.end.min(self.slots.len());
+        let start = range.start.min(end);
+        self.slots[start..end]
             .iter_mut()
             .filter(|s| !s.is_empty())
             .map(|s| &mut s.loc)

@@ -336,6 +336,7 @@ pub fn run(
                     Ok(batch) => {
                         let mut batch = batch?;
                         submit(&mut apply, &batch, &dirs, status)?;
+                        store.maintain()?;
                         applied_clock.submitted(&apply, &status.applied_at);
                         batch.clear();
                         let _ = spare.send(batch);

@@ -254,6 +254,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
+    /// Upkeep done on apply's thread between batches (a store whose
+    /// transactions apply on workers takes its locks: some may still run),
+    /// short and bounded. The replica tables move a slice of the
+    /// records compaction is taking out of mostly dead files (decisions.md
+    /// 46). The default does nothing.
+    fn maintain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// What the data files hold, for progress reports; `None` (the
     /// default): the store does not say.
     fn space(&self) -> Option<StoreSpace> {
