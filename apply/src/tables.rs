@@ -2255,6 +2255,11 @@ mod tests {
         write.finish(&tables.dir, &tables.durable).unwrap();
     }
 
+    /// Moves `position` past the transactions `range` of `batch`.
+    fn advance(position: &mut AppliedPosition, batch: &TxnBatch, range: Range<usize>) {
+        range.for_each(|i| position.advance(&batch.get(i).meta()));
+    }
+
     fn copy_dir(from: &Path, to: &Path) {
         for entry in std::fs::read_dir(from).unwrap() {
             let entry = entry.unwrap();
@@ -2271,41 +2276,55 @@ mod tests {
             .count()
     }
 
+    /// Creates object 1, then in each of `rounds` rounds puts every one of
+    /// `keys` keys (ten a transaction) with `value(round, key)`, applies
+    /// them (`apply_stream_with`, a compaction step every `maintain_every`
+    /// runs) and checkpoints.
+    fn put_rounds(
+        tables: &ReplicaTables,
+        keys: u16,
+        rounds: usize,
+        maintain_every: usize,
+        value: impl Fn(usize, [u8; 2]) -> Vec<u8>,
+    ) {
+        fn op<'a>(kind: OpKind, key: &'a [u8], value: &'a [u8]) -> Op<'a> {
+            Op {
+                kind,
+                object_id: 1,
+                sequence: 1,
+                key,
+                value,
+            }
+        }
+        let mut batch = TxnBatch::new();
+        batch.push(alone(0, 1), [op(OpKind::Create, b"A", b"")]);
+        tables.apply(&batch.get(0)).unwrap();
+        let keys: Vec<[u8; 2]> = (0..keys).map(u16::to_be_bytes).collect();
+        let mut position = AppliedPosition::new(1);
+        let mut commit = 1;
+        for round in 0..rounds {
+            let values: Vec<Vec<u8>> = keys.iter().map(|&k| value(round, k)).collect();
+            batch.clear();
+            for (k, v) in keys.chunks(10).zip(values.chunks(10)) {
+                commit += 1;
+                let ops: Vec<Op<'_>> = k
+                    .iter()
+                    .zip(v)
+                    .map(|(k, v)| op(OpKind::Put, k.as_slice(), v.as_slice()))
+                    .collect();
+                batch.push(alone(0, commit), ops);
+            }
+            apply_stream_with(tables, &batch, 0..batch.len(), maintain_every);
+            batch.iter().for_each(|t| position.advance(&t.meta()));
+            checkpoint(tables, &position);
+        }
+    }
+
     #[test]
     fn compaction_empties_mostly_replaced_files_and_lanes_reuse_them() {
         let dir = tempfile::tempdir().unwrap();
         let tables = ReplicaTables::open_with(dir.path(), SMALL).unwrap();
-        let values: Vec<[u8; 30]> = (0..60u8).map(|round| [round; 30]).collect();
-        let keys: Vec<[u8; 2]> = (0..200u16).map(u16::to_be_bytes).collect();
-        let op = |kind, key, value| Op {
-            kind,
-            object_id: 1,
-            sequence: 1,
-            key,
-            value,
-        };
-        let mut batch = TxnBatch::new();
-        batch.push(
-            alone(0, 1),
-            [op(OpKind::Create, b"A".as_slice(), b"".as_slice())],
-        );
-        tables.apply(&batch.get(0)).unwrap();
-        let mut position = AppliedPosition::new(1);
-        let mut commit = 1;
-        for value in &values {
-            batch.clear();
-            for chunk in keys.chunks(10) {
-                commit += 1;
-                let ops: Vec<Op<'_>> = chunk
-                    .iter()
-                    .map(|k| op(OpKind::Put, k.as_slice(), value.as_slice()))
-                    .collect();
-                batch.push(alone(0, commit), ops);
-            }
-            apply_stream(&tables, &batch, 0..batch.len());
-            batch.iter().for_each(|t| position.advance(&t.meta()));
-            checkpoint(&tables, &position);
-        }
+        put_rounds(&tables, 200, 60, 2, |round, _| vec![round as u8; 30]);
         // 60 rounds of 200 records of 52 bytes: 624 KB, about 640 files
         // without compaction; the live records take about 11.
         eprintln!(
@@ -2374,11 +2393,7 @@ mod tests {
             while at < txns {
                 let end = (at + 1 + rng.below(300) as usize).min(txns);
                 apply_stream_with(&tables, &batch, at..end, maintain_every);
-                batch
-                    .iter()
-                    .skip(at)
-                    .take(end - at)
-                    .for_each(|t| position.advance(&t.meta()));
+                advance(&mut position, &batch, at..end);
                 at = end;
                 if rng.below(4) == 0 {
                     let copy = tempfile::tempdir().unwrap();
@@ -2413,11 +2428,7 @@ mod tests {
                     })
                     .unwrap();
                 durable = (at, position.clone());
-                batch
-                    .iter()
-                    .skip(at)
-                    .take(next - at)
-                    .for_each(|t| position.advance(&t.meta()));
+                advance(&mut position, &batch, at..next);
                 at = next;
                 // Every record the index points at reads back whole: none
                 // was left in a file compaction took out.
@@ -2460,24 +2471,6 @@ mod tests {
     fn readers_that_keep_locations_read_whole_records_while_compaction_empties_files() {
         let dir = tempfile::tempdir().unwrap();
         let tables = ReplicaTables::open_with(dir.path(), SMALL).unwrap();
-        let keys: Vec<[u8; 2]> = (0..300u16).map(u16::to_be_bytes).collect();
-        // A key's value: the key, then the round.
-        let values: Vec<Vec<[u8; 3]>> = (0..=255u8)
-            .map(|round| keys.iter().map(|k| [k[0], k[1], round]).collect())
-            .collect();
-        let op = |kind, key, value| Op {
-            kind,
-            object_id: 1,
-            sequence: 1,
-            key,
-            value,
-        };
-        let mut batch = TxnBatch::new();
-        batch.push(
-            alone(0, 1),
-            [op(OpKind::Create, b"A".as_slice(), b"".as_slice())],
-        );
-        tables.apply(&batch.get(0)).unwrap();
         let done = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
@@ -2496,25 +2489,12 @@ mod tests {
                 }
                 passes
             });
-            let mut position = AppliedPosition::new(1);
-            let mut commit = 1;
-            for round in values.iter().cycle().take(3 * values.len()) {
-                batch.clear();
-                for (k, v) in keys.chunks(10).zip(round.chunks(10)) {
-                    commit += 1;
-                    let ops: Vec<Op<'_>> = k
-                        .iter()
-                        .zip(v)
-                        .map(|(k, v)| op(OpKind::Put, k.as_slice(), v.as_slice()))
-                        .collect();
-                    batch.push(alone(0, commit), ops);
-                }
-                // No steps: each checkpoint moves the records and takes the files
-                // out at once, as close together as they come.
-                apply_stream_with(&tables, &batch, 0..batch.len(), 0);
-                batch.iter().for_each(|t| position.advance(&t.meta()));
-                checkpoint(&tables, &position);
-            }
+            // A key's value: the key, then the round. No compaction steps:
+            // each checkpoint moves the records and takes the files out at
+            // once, as close together as they come.
+            put_rounds(&tables, 300, 3 * 256, 0, |round, key| {
+                vec![key[0], key[1], round as u8]
+            });
             done.store(true, Ordering::Relaxed);
             let passes = reader.join().unwrap();
             assert!(passes > 0);
