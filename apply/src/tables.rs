@@ -2036,7 +2036,7 @@ mod tests {
     use super::*;
     use std::ops::Range;
     use std::sync::atomic::AtomicBool;
-    use testkit::{seed, Rng};
+    use testkit::{copy_dir, seed, Rng};
 
     /// Applies `range` of `batch` as parallel apply does: transactions with
     /// object-level changes alone, runs of up to 8 others in two parts.
@@ -2258,13 +2258,6 @@ mod tests {
     /// Moves `position` past the transactions `range` of `batch`.
     fn advance(position: &mut AppliedPosition, batch: &TxnBatch, range: Range<usize>) {
         range.for_each(|i| position.advance(&batch.get(i).meta()));
-    }
-
-    fn copy_dir(from: &Path, to: &Path) {
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
     }
 
     fn files_on_disk(dir: &Path) -> usize {

@@ -9,6 +9,7 @@ mod common;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use testkit::copy_dir;
 
 use common::{assert_same, read_all, small_options, Owned};
 use engine::journal::{
@@ -72,13 +73,6 @@ fn write_entries(dir: &Path, entries: &[(u8, Vec<u8>, Vec<u8>, bool)]) {
             _ => NewEntry::commit(3),
         };
         w.append(&e).unwrap();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for item in std::fs::read_dir(from).unwrap() {
-        let item = item.unwrap();
-        std::fs::copy(item.path(), to.join(item.file_name())).unwrap();
     }
 }
 

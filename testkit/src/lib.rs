@@ -1,6 +1,7 @@
 //! Shared by the test suites of every crate: randomized tests take their
 //! seed from `seed` (printed, so a failure can be replayed with `SEED=<n>`)
-//! and draw from `Rng`.
+//! and draw from `Rng`; crash tests copy a directory as it stands with
+//! `copy_dir`.
 
 /// A seed from `SEED` or the clock, printed so a failure can be replayed.
 pub fn seed(test: &str) -> u64 {
@@ -34,5 +35,14 @@ impl Rng {
     /// Uniform-ish in `0..n` (0 for `n` of 0).
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+}
+
+/// Copies the files of directory `from` (not its subdirectories) into `to`:
+/// the directory as a crash would leave it, when nothing is being written.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for item in std::fs::read_dir(from).unwrap() {
+        let item = item.unwrap();
+        std::fs::copy(item.path(), to.join(item.file_name())).unwrap();
     }
 }
