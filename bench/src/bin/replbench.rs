@@ -101,6 +101,13 @@ struct Args {
     /// Skip the raw-TCP baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// After the run, write this many GiB sequentially where the run was
+    /// (fdatasync every 8 MiB, timed per 256 MiB piece) and print what the
+    /// disk sustains, and the changes/s that allows at the run's bytes
+    /// written per change. A few GiB: a virtual disk may take a first
+    /// burst far faster than it sustains.
+    #[arg(long, value_name = "GIB")]
+    disk_baseline: Option<f64>,
     /// Start the replica's index empty and let apply grow it, as in a first
     /// load (default: sized at open for the workload's keys, as a replica in
     /// service opens it from its checkpoint: `[apply] expected_records`).
@@ -200,6 +207,9 @@ fn main() -> ExitCode {
         postgres: args
             .peer
             .map(|PeerArg::Postgres| args.peer_changes.min(args.changes)),
+        disk_baseline: args
+            .disk_baseline
+            .map(|gib| (gib * (1u64 << 30) as f64) as u64),
     };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -260,6 +270,12 @@ fn validate(args: &Args) -> Result<(), String> {
     }
     if args.workers == 0 {
         return Err("--workers must be at least 1".into());
+    }
+    if args
+        .disk_baseline
+        .is_some_and(|g| !(g > 0.0 && g <= 1024.0))
+    {
+        return Err("--disk-baseline must be more than 0 and at most 1024 GiB".into());
     }
     Ok(())
 }
@@ -334,6 +350,41 @@ fn summary(o: &Outcome) -> String {
         let _ = writeln!(
             s,
             "raw-TCP baseline (same bytes, one loopback connection): {raw:.0} MB/s; end to end is {percent:.1}% of it"
+        );
+    }
+    if let Some(d) = &o.disk {
+        let _ = writeln!(
+            s,
+            "disk ({}, every process's writes over the run): {:.0} MB written, {:.0} bytes per change, {:.0} MB/s",
+            d.device,
+            d.bytes_written as f64 / 1e6,
+            d.bytes_per_change,
+            d.mb_per_s
+        );
+    }
+    if let Some(raw) = &o.raw_disk {
+        let pieces: Vec<String> = raw
+            .pieces_mb_per_s
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "raw-disk baseline ({:.1} GiB sequential, fdatasync every 8 MiB): {:.0} MB/s overall; per 256 MiB piece: {}",
+            raw.bytes as f64 / (1u64 << 30) as f64,
+            raw.mb_per_s,
+            pieces.join(" ")
+        );
+        let ceiling = raw.ceiling_changes_per_s.map_or(String::new(), |c| {
+            format!(
+                "; at this run's bytes per change that allows at most {:.2} M changes/s sustained",
+                c / 1e6
+            )
+        });
+        let _ = writeln!(
+            s,
+            "the disk sustains {:.0} MB/s (median of the later half of the pieces){ceiling}",
+            raw.sustained_mb_per_s
         );
     }
     if let Some(build) = o.source_build_seconds {

@@ -6,8 +6,11 @@
 //! journals purge what the backups acknowledged, as in production; at the
 //! end each journal's workload is written again into a journal that keeps
 //! everything, the source's tables are built from it and sync-checked
-//! against the replica, and a raw-TCP baseline moves the same bytes.
+//! against the replica, and a raw-TCP baseline moves the same bytes. The
+//! writes the disk holding the run took are counted (`disk`); a raw-disk
+//! baseline, on request, shows what it sustains.
 
+pub mod disk;
 pub mod postgres;
 pub mod roles;
 pub mod stages;
@@ -68,6 +71,9 @@ pub struct Options {
     /// Run the workload through PostgreSQL logical replication too, with
     /// this many changes (per journal).
     pub postgres: Option<u64>,
+    /// Measure the raw-disk baseline with this many bytes (whole pieces of
+    /// `disk::PIECE_BYTES`).
+    pub disk_baseline: Option<u64>,
 }
 
 /// One stage's figures: when it had passed everything, from the first
@@ -120,6 +126,11 @@ pub struct Outcome {
     /// as a percentage of it.
     pub raw_tcp_mb_per_s: Option<f64>,
     pub percent_of_raw_tcp: Option<f64>,
+    /// What the device holding the run's directory was written over the
+    /// timed window (none when it is not a block device).
+    pub disk: Option<disk::DiskFigure>,
+    /// The raw-disk baseline, when asked for.
+    pub raw_disk: Option<disk::RawDisk>,
     /// The same workload through PostgreSQL logical replication, and our
     /// changes/s as a multiple of its.
     pub postgres: Option<postgres::PgFigure>,
@@ -243,6 +254,9 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     // journals' spare-segment threads (zero-filling: decisions.md 30) and
     // this thread's polling.
     let cpu_before = workload::process_cpu();
+    // Live, the timed window starts with the writers; in catch-up mode with
+    // the pipeline (started again below).
+    let mut disk_window = disk::DiskWindow::start(&dir);
     let started = Instant::now();
     let written = std::thread::scope(|scope| -> anyhow::Result<Vec<Written>> {
         let writers: Vec<_> = opened
@@ -288,6 +302,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         monotonic_ns()
     });
     if options.catch_up {
+        disk_window = disk::DiskWindow::start(&dir);
         processes = start_pipeline()?;
     }
 
@@ -318,6 +333,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         }
     }
     let writer_cpu = workload::process_cpu().saturating_sub(cpu_before);
+    let disk_written = disk_window.map(|w| w.finish(written.iter().map(|w| w.changes).sum()));
     let mut cpu = vec![CpuFigure {
         process: "writer".into(),
         seconds: writer_cpu.as_secs_f64(),
@@ -340,6 +356,9 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     let journal_bytes = written.iter().map(|w| w.bytes).sum();
     let mut outcome = figures(&written, &board, journal_bytes, cpu, pipeline_started_ns)?;
     outcome.directory = dir.display().to_string();
+    outcome.disk = disk_written
+        .transpose()
+        .context("reading the disk's statistics")?;
     say.note(&format!(
         "RBN0002I {} changes ({} entries) applied in {:.2} s: {:.2} M changes/s",
         outcome.changes,
@@ -388,6 +407,20 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         outcome.raw_tcp_mb_per_s = Some(raw);
         let ours = outcome.journal_bytes as f64 / outcome.seconds / 1e6;
         outcome.percent_of_raw_tcp = Some(100.0 * ours / raw);
+    }
+    if let Some(bytes) = options.disk_baseline {
+        say.progress(&format!(
+            "raw-disk baseline: {} MiB written sequentially in {}",
+            bytes.div_ceil(disk::PIECE_BYTES) * (disk::PIECE_BYTES >> 20),
+            dir.display()
+        ));
+        let mut raw = disk::raw_write(&dir, bytes).context("raw-disk baseline")?;
+        raw.ceiling_changes_per_s = outcome
+            .disk
+            .as_ref()
+            .filter(|d| d.bytes_per_change > 0.0)
+            .map(|d| raw.sustained_mb_per_s * 1e6 / d.bytes_per_change);
+        outcome.raw_disk = Some(raw);
     }
     if let Some(changes) = options.postgres {
         let workload = Workload {
@@ -596,6 +629,8 @@ fn figures(
         checks: Vec::new(),
         raw_tcp_mb_per_s: None,
         percent_of_raw_tcp: None,
+        disk: None,
+        raw_disk: None,
         postgres: None,
         times_postgres: None,
     })
