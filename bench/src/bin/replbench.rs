@@ -101,11 +101,11 @@ struct Args {
     /// Skip the raw-TCP baseline.
     #[arg(long)]
     no_baseline: bool,
-    /// After the run, write this many GiB sequentially where the run was
-    /// (fdatasync every 8 MiB, timed per 256 MiB piece) and print what the
-    /// disk sustains, and the changes/s that allows at the run's bytes
-    /// written per change. A few GiB: a virtual disk may take a first
-    /// burst far faster than it sustains.
+    /// After the run, write this many GiB sequentially where the run was as
+    /// one stream synced every 8 MiB (staging's pattern; timed per 256 MiB
+    /// piece), then as four such streams at once, and print both against
+    /// the run's staging and disk figures. A few GiB: a virtual disk may
+    /// take a first burst far faster than what follows.
     #[arg(long, value_name = "GIB")]
     disk_baseline: Option<f64>,
     /// Start the replica's index empty and let apply grow it, as in a first
@@ -363,28 +363,45 @@ fn summary(o: &Outcome) -> String {
         );
     }
     if let Some(raw) = &o.raw_disk {
+        let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
         let pieces: Vec<String> = raw
+            .one
             .pieces_mb_per_s
             .iter()
             .map(|r| format!("{r:.0}"))
             .collect();
+        let later = raw.one.later_half_mb_per_s.unwrap_or(raw.one.mb_per_s);
+        let staged = o
+            .stages
+            .iter()
+            .find(|f| f.stage == "staged")
+            .map_or(String::new(), |f| {
+                format!(
+                    "; staging took {:.0} MB/s ({:.0}% of its later half)",
+                    f.mb_per_s,
+                    100.0 * f.mb_per_s / later.max(1e-9)
+                )
+            });
         let _ = writeln!(
             s,
-            "raw-disk baseline ({:.1} GiB sequential, fdatasync every 8 MiB): {:.0} MB/s overall; per 256 MiB piece: {}",
-            raw.bytes as f64 / (1u64 << 30) as f64,
-            raw.mb_per_s,
+            "raw-disk baseline, one stream synced every 8 MiB ({:.1} GiB): {:.0} MB/s, later half {later:.0} MB/s; per 256 MiB piece: {}{staged}",
+            gib(raw.one.bytes),
+            raw.one.mb_per_s,
             pieces.join(" ")
         );
-        let ceiling = raw.ceiling_changes_per_s.map_or(String::new(), |c| {
+        let ours = o.disk.as_ref().map_or(String::new(), |d| {
             format!(
-                "; at this run's bytes per change that allows at most {:.2} M changes/s sustained",
-                c / 1e6
+                "; this run's disk writes {:.0} MB/s ({:.0}% of it)",
+                d.mb_per_s,
+                100.0 * d.mb_per_s / raw.parallel.mb_per_s.max(1e-9)
             )
         });
         let _ = writeln!(
             s,
-            "the disk sustains {:.0} MB/s (median of the later half of the pieces){ceiling}",
-            raw.sustained_mb_per_s
+            "raw-disk baseline, {} such streams at once ({:.1} GiB): {:.0} MB/s{ours}",
+            raw.parallel.streams,
+            gib(raw.parallel.bytes),
+            raw.parallel.mb_per_s
         );
     }
     if let Some(build) = o.source_build_seconds {
