@@ -51,6 +51,30 @@ pub fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Asks the kernel to drop `file`'s cached pages in `offset..offset + len`
+/// (`len` 0: to the end): only a hint (`POSIX_FADV_DONTNEED`). Clean pages
+/// go; dirty ones are only queued for write-back and stay, so nothing
+/// unwritten is lost. The pages freed are what the next page-cache pages
+/// are made of.
+pub fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: posix_fadvise on a valid, owned file descriptor; no memory is
+    // passed.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    // posix_fadvise returns the error number rather than setting errno.
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
 /// Zeros written per `pwrite` by `zero_fill`.
 pub const ZERO_FILL_BYTES: usize = 1 << 20;
 

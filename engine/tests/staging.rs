@@ -728,3 +728,115 @@ fn new_segments_are_zero_filled_only_while_apply_keeps_up() {
     assert_eq!(filled[..2], [true, true], "{filled:?}");
     assert!(filled[2..].iter().all(|f| !f), "{filled:?}");
 }
+
+/// For each MiB of `path`, whether any of its pages is in the page cache.
+fn resident_mib(path: &std::path::Path) -> Vec<bool> {
+    let file = File::open(path).unwrap();
+    // SAFETY: a read-only map only looked at by mincore, never read through.
+    let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
+    let pages = map.len().div_ceil(4096);
+    let mut resident = vec![0u8; pages];
+    // SAFETY: the map is `pages` pages long and page-aligned; `resident`
+    // has a byte per page.
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), resident.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+    resident
+        .chunks(256)
+        .map(|mib| mib.iter().any(|p| p & 1 == 1))
+        .collect()
+}
+
+/// Whether the filesystem under `dir` drops clean cached pages when asked
+/// (tmpfs, say, cannot: its pages are the file).
+fn drops_cached_pages(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("probe");
+    let file = File::create(&path).unwrap();
+    file.write_all_at(&vec![1u8; 1 << 20], 0).unwrap();
+    file.sync_all().unwrap();
+    engine::sys::drop_cached(&file, 0, 0).unwrap();
+    let dropped = !resident_mib(&path)[0];
+    std::fs::remove_file(&path).unwrap();
+    dropped
+}
+
+/// Frames of 500 entries (about 80 KB), covering sequences 1...
+fn large_frames(n: u64) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| frame(1 + 500 * i, 500, 501 + 500 * i))
+        .collect()
+}
+
+#[test]
+fn a_reader_gives_back_the_pages_it_has_left_behind() {
+    let root = tempfile::tempdir().unwrap();
+    if !drops_cached_pages(root.path()) {
+        eprintln!(
+            "skipped: {} keeps dropped pages cached",
+            root.path().display()
+        );
+        return;
+    }
+    // One segment of about 48 MB, synced, all of it cached.
+    let all = large_frames(600);
+    let (dir, staging) = one_segment_store(root.path(), &all, all.len());
+    let (segment, _) = segment_files(&dir).pop().unwrap();
+    let before = resident_mib(&segment);
+    assert!(before.iter().all(|r| *r), "just written: {before:?}");
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader).len(), all.len());
+    let after = resident_mib(&segment);
+    // What lies 32 MiB or more behind the reader is given back; its last
+    // 32 MiB stay (their frames may not be durable yet when read).
+    let behind = after.len() - 33;
+    assert!(
+        after[..behind - 8].iter().all(|r| !*r),
+        "pages far behind the reader are still cached: {after:?}"
+    );
+    assert!(
+        after[after.len() - 30..].iter().all(|r| *r),
+        "pages near the reader were dropped: {after:?}"
+    );
+    drop(staging);
+}
+
+#[test]
+fn a_reader_gives_back_each_segment_it_has_finished() {
+    let root = tempfile::tempdir().unwrap();
+    if !drops_cached_pages(root.path()) {
+        eprintln!(
+            "skipped: {} keeps dropped pages cached",
+            root.path().display()
+        );
+        return;
+    }
+    let dir = root.path().join("staging");
+    let (mut staging, _) = Staging::open(
+        &dir,
+        StagingOptions {
+            segment_bytes: 4 << 20,
+            ..StagingOptions::default()
+        },
+    )
+    .unwrap();
+    let all = large_frames(200);
+    for f in &all {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    let segments = segment_files(&dir);
+    assert!(segments.len() >= 3, "expected rotation: {segments:?}");
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader).len(), all.len());
+    let (last, finished) = segments.split_last().unwrap();
+    for (path, _) in finished {
+        let resident = resident_mib(path);
+        assert!(
+            resident.iter().all(|r| !*r),
+            "{} was read through and is still cached: {resident:?}",
+            path.display()
+        );
+    }
+    // The one being read (and written) stays.
+    assert!(resident_mib(&last.0)[0]);
+}
