@@ -291,9 +291,10 @@ impl OpenSegment {
         }
     }
 
-    /// Gives back the rest of a segment the reader has finished.
+    /// Gives back a segment the reader has finished: all of it, as pages
+    /// asked for while still dirty were kept then.
     fn release_rest(&self) {
-        let _ = crate::sys::drop_cached(&self.file, self.released, 0);
+        let _ = crate::sys::drop_cached(&self.file, 0, 0);
     }
 }
 
