@@ -709,18 +709,12 @@ impl PartedApply for Parted<'_> {
         assert!(part < self.parts, "part {part} of {}", self.parts);
         let _busy = self.busy[part].lock();
         let parts = self.parts as u64;
-        let mine = txns
-            .iter()
-            .flat_map(|&i| {
-                let txn = batch.get(i as usize);
-                let meta = txn.meta();
-                txn.ops()
-                    .map(move |op| (op, meta.journal, meta.commit_sequence))
-            })
-            .filter_map(|(op, journal, commit)| {
-                let hash = record_hash(op.object_id, op.key);
-                (hash % parts == part as u64).then_some((op, hash, journal, commit))
-            });
+        let mine = txns.iter().flat_map(|&i| {
+            let txn = batch.get(i as usize);
+            let meta = txn.meta();
+            txn.ops_by_hash(move |hash| hash % parts == part as u64)
+                .map(move |(op, hash)| (op, hash, meta.journal, meta.commit_sequence))
+        });
         // Each change's slot is fetched LOOKAHEAD_OPS changes before it is
         // made, its hash kept from then.
         let mut ahead = std::collections::VecDeque::with_capacity(LOOKAHEAD_OPS + 1);

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use engine::journal::{Entry, EntryType};
 
-use crate::store::StoreError;
+use crate::store::{record_hash, StoreError};
 
 /// What one change does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,6 +74,9 @@ struct OpSlot {
     sequence: u64,
     key: (u32, u32),
     value: (u32, u32),
+    /// `record_hash(object_id, key)`, taken once when the change is added
+    /// (on the staging reader's thread), not by every part that looks.
+    hash: u64,
 }
 
 /// A change as a store applies it.
@@ -157,6 +160,7 @@ impl Changes {
             sequence: op.sequence,
             key,
             value,
+            hash: record_hash(op.object_id, op.key),
         });
     }
 
@@ -332,6 +336,20 @@ impl<'a> Txn<'a> {
         self.ops.clone().map(move |i| changes.op(i))
     }
 
+    /// The changes whose `record_hash` `keep` accepts, each with its hash
+    /// (taken when the change was added: a part of a parted apply skips
+    /// the others' changes without reading their keys).
+    pub fn ops_by_hash(
+        &self,
+        keep: impl Fn(u64) -> bool + 'a,
+    ) -> impl Iterator<Item = (Op<'a>, u64)> + 'a {
+        let changes = self.changes;
+        self.ops.clone().filter_map(move |i| {
+            let hash = changes.ops[i].hash;
+            keep(hash).then(|| (changes.op(i), hash))
+        })
+    }
+
     /// Set for a large transaction, whose changes are not in memory
     /// (`ops()` is empty): apply reads them back with a `LargeTxn`.
     pub fn large(&self) -> Option<LargeRef> {
@@ -379,5 +397,46 @@ mod tests {
         assert!(!txns[2].has_object_ops());
         batch.clear();
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn changes_chosen_by_hash_are_those_whose_record_hash_is_accepted() {
+        let mut batch = TxnBatch::new();
+        let keys: Vec<[u8; 8]> = (0..200u64).map(|i| i.to_le_bytes()).collect();
+        let ops: Vec<Op<'_>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Op {
+                kind: if i % 3 == 0 {
+                    OpKind::Delete
+                } else {
+                    OpKind::Put
+                },
+                object_id: 1 + i as u64 % 4,
+                sequence: i as u64,
+                key: k,
+                value: b"v",
+            })
+            .collect();
+        let meta = TxnMeta {
+            journal: 0,
+            commit_sequence: 500,
+            resume_from: 501,
+            commit_time_ns: 0,
+        };
+        batch.push(meta, ops.iter().copied());
+        let txn = batch.get(0);
+        let mut seen = 0;
+        for part in 0..3u64 {
+            let chosen: Vec<_> = txn.ops_by_hash(move |h| h % 3 == part).collect();
+            let expected: Vec<_> = ops
+                .iter()
+                .filter(|op| record_hash(op.object_id, op.key) % 3 == part)
+                .map(|op| (*op, record_hash(op.object_id, op.key)))
+                .collect();
+            assert_eq!(chosen, expected, "part {part}");
+            seen += chosen.len();
+        }
+        assert_eq!(seen, ops.len());
     }
 }
