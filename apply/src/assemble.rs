@@ -181,7 +181,7 @@ impl Assembler {
                             ops: txn.ops,
                         },
                     ),
-                    (Some(meta), Some(txn)) => out.push(meta, txn.changes.iter()),
+                    (Some(meta), Some(txn)) => out.push_changes(meta, &txn.changes),
                     (Some(meta), None) => out.push(meta, []),
                 }
                 if let Some(txn) = txn {

@@ -164,6 +164,18 @@ impl Changes {
         });
     }
 
+    /// Appends every change of `from`, hashes and all, in one copy of its
+    /// bytes.
+    pub(crate) fn append(&mut self, from: &Changes) {
+        let base = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(&from.bytes);
+        self.ops.extend(from.ops.iter().map(|slot| OpSlot {
+            key: (slot.key.0 + base, slot.key.1 + base),
+            value: (slot.value.0 + base, slot.value.1 + base),
+            ..*slot
+        }));
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.ops.len()
     }
@@ -246,6 +258,18 @@ impl TxnBatch {
         for op in ops {
             self.changes.push(op);
         }
+        self.txns.push(TxnSlot {
+            meta,
+            ops: start..self.changes.len(),
+            large: None,
+        });
+    }
+
+    /// Appends a transaction made of the changes an open transaction
+    /// gathered (their hashes kept, their bytes copied at once).
+    pub(crate) fn push_changes(&mut self, meta: TxnMeta, changes: &Changes) {
+        let start = self.changes.len();
+        self.changes.append(changes);
         self.txns.push(TxnSlot {
             meta,
             ops: start..self.changes.len(),
@@ -438,5 +462,43 @@ mod tests {
             seen += chosen.len();
         }
         assert_eq!(seen, ops.len());
+    }
+
+    #[test]
+    fn gathered_changes_keep_their_bytes_and_hashes_in_a_batch_behind_others() {
+        let op = |i: u8, key: &'static [u8], value: &'static [u8]| Op {
+            kind: OpKind::Put,
+            object_id: u64::from(i),
+            sequence: u64::from(i),
+            key,
+            value,
+        };
+        let meta = |s| TxnMeta {
+            journal: 0,
+            commit_sequence: s,
+            resume_from: s + 1,
+            commit_time_ns: 0,
+        };
+        let gathered = [
+            op(1, b"k1", b"first"),
+            op(2, b"key2", b""),
+            op(3, b"", b"v3"),
+        ];
+        let mut open = Changes::default();
+        for o in gathered {
+            open.push(o);
+        }
+        let mut batch = TxnBatch::new();
+        batch.push(meta(1), [op(9, b"before", b"bytes ahead")]);
+        batch.push_changes(meta(4), &open);
+        let txn = batch.get(1);
+        assert_eq!(txn.ops().collect::<Vec<_>>(), gathered);
+        let hashed: Vec<u64> = txn.ops_by_hash(|_| true).map(|(_, h)| h).collect();
+        let expected: Vec<u64> = gathered
+            .iter()
+            .map(|o| record_hash(o.object_id, o.key))
+            .collect();
+        assert_eq!(hashed, expected);
+        assert_eq!(batch.get(0).ops().next().unwrap().value, b"bytes ahead");
     }
 }
