@@ -213,6 +213,9 @@ impl<E> rkyv::ser::Writer<E> for BodyWriter<'_> {
     }
 }
 
+/// The alignment rkyv needs of an archived frame body (`AlignedVec<16>`).
+const BODY_ALIGN: usize = 16;
+
 /// Checks received frames; reuses its decompression buffer and context.
 pub struct FrameDecoder {
     decompressor: zstd::bulk::Decompressor<'static>,
@@ -267,8 +270,10 @@ impl FrameDecoder {
         })
     }
 
-    /// Checks `frame` (header and body, exactly) and returns a view of it.
-    pub fn decode<'d>(&'d mut self, frame: &[u8]) -> Result<DecodedFrame<'d>, FrameError> {
+    /// Checks `frame` (header and body, exactly) and returns a view of it:
+    /// of `frame` itself when its body is uncompressed and 16-byte aligned
+    /// (rkyv reads it in place), else of the decoder's copy.
+    pub fn decode<'d>(&'d mut self, frame: &'d [u8]) -> Result<DecodedFrame<'d>, FrameError> {
         let header = FrameHeader::decode(frame)?;
         let body = &frame[FRAME_HEADER_BYTES..];
         if body.len() != header.body_bytes as usize {
@@ -283,7 +288,7 @@ impl FrameDecoder {
         }
         let raw_bytes = header.raw_bytes as usize;
         self.body.clear();
-        if header.compressed {
+        let archive: &'d [u8] = if header.compressed {
             // Bounded by the declared size (capped in the header check): a
             // body that would inflate past it is refused, not grown into.
             self.body.resize(raw_bytes, 0);
@@ -300,11 +305,16 @@ impl FrameDecoder {
                     detail: format!("got {written} bytes"),
                 });
             }
+            &self.body[..]
+        } else if body.as_ptr() as usize % BODY_ALIGN == 0 {
+            body
         } else {
-            // The received body is not necessarily 16-aligned: rkyv needs it to be.
+            // rkyv needs the body 16-aligned; a frame inside a received
+            // stream is wherever the one before it ended.
             self.body.extend_from_slice(body);
-        }
-        let archived = rkyv::access::<ArchivedFrameBody<'static>, rancor::Error>(&self.body[..])
+            &self.body[..]
+        };
+        let archived = rkyv::access::<ArchivedFrameBody<'static>, rancor::Error>(archive)
             .map_err(|e| FrameError::Archive(e.to_string()))?;
         check_body(&header, archived)?;
         Ok(DecodedFrame {
@@ -390,6 +400,39 @@ mod tests {
                 out
             })
             .collect()
+    }
+
+    #[test]
+    fn an_aligned_body_is_read_in_place_and_an_unaligned_one_through_a_copy() {
+        let encoded = entries(10, 50);
+        let bytes = frame(Codec::None, &encoded, 60);
+        // The same frame with its body on a 16-byte boundary, and off it.
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&bytes);
+        let mut shifted = AlignedVec::<16>::new();
+        shifted.extend_from_slice(&[0]);
+        shifted.extend_from_slice(&bytes);
+        let mut decoder = FrameDecoder::new().unwrap();
+        let in_place: Vec<Vec<u8>> = decoder
+            .decode(&aligned[..])
+            .unwrap()
+            .entries()
+            .map(|e| e.as_bytes().to_vec())
+            .collect();
+        assert!(decoder.body.is_empty(), "an aligned body was copied");
+        let copied: Vec<Vec<u8>> = decoder
+            .decode(&shifted[1..])
+            .unwrap()
+            .entries()
+            .map(|e| e.as_bytes().to_vec())
+            .collect();
+        assert_eq!(decoder.body.len(), bytes.len() - FRAME_HEADER_BYTES);
+        let expected: Vec<Vec<u8>> = encoded
+            .iter()
+            .map(|e| decode(e).unwrap().as_bytes().to_vec())
+            .collect();
+        assert!(in_place == expected, "entries read in place differ");
+        assert!(copied == expected, "entries read from the copy differ");
     }
 
     fn frame(codec: Codec, encoded: &[Vec<u8>], next: u64) -> Vec<u8> {
