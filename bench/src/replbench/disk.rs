@@ -156,15 +156,20 @@ pub struct RawDisk {
 /// Writes `bytes` (whole pieces, at least one) as one stream, then again
 /// as `PARALLEL_STREAMS`, into new files in `dir`, and removes them.
 pub fn raw_write(dir: &Path, bytes: u64) -> io::Result<RawDisk> {
-    let pieces = bytes.div_ceil(PIECE_BYTES).max(1);
-    let one = raw_streams(dir, 1, pieces)?;
+    raw_write_in(dir, bytes, PIECE_BYTES)
+}
+
+/// `raw_write` in pieces of `piece` bytes (small in tests).
+fn raw_write_in(dir: &Path, bytes: u64, piece: u64) -> io::Result<RawDisk> {
+    let pieces = bytes.div_ceil(piece).max(1);
+    let one = raw_streams(dir, 1, pieces, piece)?;
     let per_stream = pieces.div_ceil(PARALLEL_STREAMS);
-    let parallel = raw_streams(dir, PARALLEL_STREAMS, per_stream)?;
+    let parallel = raw_streams(dir, PARALLEL_STREAMS, per_stream, piece)?;
     Ok(RawDisk { one, parallel })
 }
 
 /// `streams` files of `pieces` pieces each, written at once.
-fn raw_streams(dir: &Path, streams: u64, pieces: u64) -> io::Result<RawStreams> {
+fn raw_streams(dir: &Path, streams: u64, pieces: u64, piece: u64) -> io::Result<RawStreams> {
     let paths: Vec<PathBuf> = (0..streams)
         .map(|i| dir.join(format!("raw-disk-baseline-{i}")))
         .collect();
@@ -176,7 +181,7 @@ fn raw_streams(dir: &Path, streams: u64, pieces: u64) -> io::Result<RawStreams> 
                 .write(true)
                 .create_new(true)
                 .open(path)?;
-            engine::sys::preallocate(&file, pieces * PIECE_BYTES)?;
+            engine::sys::preallocate(&file, pieces * piece)?;
             file.sync_all()?;
             Ok(file)
         })
@@ -186,7 +191,7 @@ fn raw_streams(dir: &Path, streams: u64, pieces: u64) -> io::Result<RawStreams> 
         std::thread::scope(|scope| {
             let writers: Vec<_> = files
                 .iter()
-                .map(|file| scope.spawn(move || write_pieces(file, pieces)))
+                .map(|file| scope.spawn(move || write_pieces(file, pieces, piece)))
                 .collect();
             writers
                 .into_iter()
@@ -199,7 +204,7 @@ fn raw_streams(dir: &Path, streams: u64, pieces: u64) -> io::Result<RawStreams> 
         let _ = std::fs::remove_file(path);
     }
     let mut rates = written?;
-    let bytes = streams * pieces * PIECE_BYTES;
+    let bytes = streams * pieces * piece;
     let pieces_mb_per_s = if streams == 1 {
         rates.remove(0)
     } else {
@@ -214,8 +219,9 @@ fn raw_streams(dir: &Path, streams: u64, pieces: u64) -> io::Result<RawStreams> 
     })
 }
 
-/// Writes `pieces` pieces from the start of `file`; each piece's MB/s.
-fn write_pieces(file: &File, pieces: u64) -> io::Result<Vec<f64>> {
+/// Writes `pieces` pieces of `piece` bytes from the start of `file`, all
+/// of it durable at the end; each piece's MB/s.
+fn write_pieces(file: &File, pieces: u64, piece: u64) -> io::Result<Vec<f64>> {
     // Not zeros: a device or host that compresses or dedups would flatter
     // them. Each write differs in its first bytes.
     let mut block = vec![0u8; WRITE_BYTES];
@@ -230,17 +236,18 @@ fn write_pieces(file: &File, pieces: u64) -> io::Result<Vec<f64>> {
     let mut at = 0u64;
     for _ in 0..pieces {
         let piece_started = Instant::now();
-        let end = at + PIECE_BYTES;
+        let end = at + piece;
         while at < end {
+            let n = (end - at).min(WRITE_BYTES as u64) as usize;
             block[..8].copy_from_slice(&at.to_le_bytes());
-            file.write_all_at(&block, at)?;
-            at += WRITE_BYTES as u64;
-            if at % SYNC_BYTES == 0 {
+            file.write_all_at(&block[..n], at)?;
+            at += n as u64;
+            if at % SYNC_BYTES == 0 || at == pieces * piece {
                 file.sync_data()?;
             }
         }
         let secs = piece_started.elapsed().as_secs_f64();
-        rates.push(PIECE_BYTES as f64 / secs.max(1e-9) / 1e6);
+        rates.push(piece as f64 / secs.max(1e-9) / 1e6);
     }
     Ok(rates)
 }
@@ -278,12 +285,13 @@ mod tests {
     #[test]
     fn the_baseline_writes_whole_pieces_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let raw = raw_write(dir.path(), 1).unwrap();
-        assert_eq!(raw.one.bytes, PIECE_BYTES);
-        assert_eq!(raw.one.pieces_mb_per_s.len(), 1);
+        let piece = 1 << 20;
+        let raw = raw_write_in(dir.path(), 3 * piece, piece).unwrap();
+        assert_eq!(raw.one.bytes, 3 * piece);
+        assert_eq!(raw.one.pieces_mb_per_s.len(), 3);
         assert!(raw.one.mb_per_s > 0.0 && raw.one.later_half_mb_per_s.unwrap() > 0.0);
         assert_eq!(raw.parallel.streams, PARALLEL_STREAMS);
-        assert_eq!(raw.parallel.bytes, PARALLEL_STREAMS * PIECE_BYTES);
+        assert_eq!(raw.parallel.bytes, PARALLEL_STREAMS * piece);
         assert!(raw.parallel.pieces_mb_per_s.is_empty() && raw.parallel.mb_per_s > 0.0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
