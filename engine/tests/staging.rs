@@ -746,18 +746,26 @@ fn resident_mib(path: &std::path::Path) -> Vec<bool> {
         .collect()
 }
 
-/// Whether the filesystem under `dir` drops clean cached pages when asked
-/// (tmpfs, say, cannot: its pages are the file).
-fn drops_cached_pages(dir: &std::path::Path) -> bool {
+/// A temporary directory on a filesystem that drops clean cached pages
+/// when asked, or `None` (with a note) where it keeps them (tmpfs, say:
+/// its pages are the file).
+fn dir_that_drops_cached_pages() -> Option<tempfile::TempDir> {
     use std::os::unix::fs::FileExt;
-    let path = dir.join("probe");
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("probe");
     let file = File::create(&path).unwrap();
     file.write_all_at(&vec![1u8; 1 << 20], 0).unwrap();
     file.sync_all().unwrap();
     engine::sys::drop_cached(&file, 0, 0).unwrap();
     let dropped = !resident_mib(&path)[0];
     std::fs::remove_file(&path).unwrap();
-    dropped
+    if !dropped {
+        eprintln!(
+            "skipped: {} keeps dropped pages cached",
+            root.path().display()
+        );
+    }
+    dropped.then_some(root)
 }
 
 /// Frames of 500 entries (about 80 KB), covering sequences 1...
@@ -769,14 +777,9 @@ fn large_frames(n: u64) -> Vec<Vec<u8>> {
 
 #[test]
 fn a_reader_gives_back_the_pages_it_has_left_behind() {
-    let root = tempfile::tempdir().unwrap();
-    if !drops_cached_pages(root.path()) {
-        eprintln!(
-            "skipped: {} keeps dropped pages cached",
-            root.path().display()
-        );
+    let Some(root) = dir_that_drops_cached_pages() else {
         return;
-    }
+    };
     // One segment of about 48 MB, synced, all of it cached.
     let all = large_frames(600);
     let (dir, staging) = one_segment_store(root.path(), &all, all.len());
@@ -802,14 +805,9 @@ fn a_reader_gives_back_the_pages_it_has_left_behind() {
 
 #[test]
 fn a_reader_gives_back_each_segment_it_has_finished() {
-    let root = tempfile::tempdir().unwrap();
-    if !drops_cached_pages(root.path()) {
-        eprintln!(
-            "skipped: {} keeps dropped pages cached",
-            root.path().display()
-        );
+    let Some(root) = dir_that_drops_cached_pages() else {
         return;
-    }
+    };
     let dir = root.path().join("staging");
     let (mut staging, _) = Staging::open(
         &dir,
