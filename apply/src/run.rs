@@ -176,6 +176,9 @@ struct Feed {
     name: String,
     reader: StagingReader,
     decoder: FrameDecoder,
+    /// The frame read last. The allocator's blocks are 16-byte aligned on
+    /// the platforms this runs on, so the body (after a 48-byte header) is
+    /// decoded in place; elsewhere `decode` copies it.
     frame: Vec<u8>,
     /// Entries below this were read before (replay starts at `resume_from`).
     next_sequence: u64,

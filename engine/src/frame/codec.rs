@@ -213,8 +213,8 @@ impl<E> rkyv::ser::Writer<E> for BodyWriter<'_> {
     }
 }
 
-/// The alignment rkyv needs of an archived frame body (`AlignedVec<16>`).
-const BODY_ALIGN: usize = 16;
+/// The alignment rkyv needs of an archived frame body.
+const BODY_ALIGN: usize = AlignedVec::<16>::ALIGNMENT;
 
 /// Checks received frames; reuses its decompression buffer and context.
 pub struct FrameDecoder {
