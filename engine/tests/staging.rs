@@ -800,6 +800,13 @@ fn a_reader_gives_back_the_pages_it_has_left_behind() {
         after[after.len() - 30..].iter().all(|r| *r),
         "pages near the reader were dropped: {after:?}"
     );
+    // Given back is not lost: a reader from the start reads them all
+    // again, from the disk.
+    let mut again = StagingReader::open(&dir, 1).unwrap();
+    assert!(
+        read_available(&mut again) == all,
+        "frames read again differ"
+    );
     drop(staging);
 }
 
