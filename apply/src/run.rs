@@ -201,7 +201,7 @@ impl Feed {
     fn fill(&mut self, assembler: &mut Assembler, batch_ops: usize) -> Result<bool, RunError> {
         let mut read = false;
         while self.batch.op_count() < batch_ops {
-            let Some(header) = self.reader.next(&mut self.frame)? else {
+            let Some(checked) = self.reader.next(&mut self.frame)? else {
                 if !read && self.idle_since.is_none() {
                     self.idle_since = Some(Instant::now());
                 }
@@ -209,13 +209,14 @@ impl Feed {
             };
             read = true;
             self.idle_since = None;
+            let position = checked.start_position;
             let decoded = self
                 .decoder
-                .decode(&self.frame)
+                .decode_checked(&self.frame, checked)
                 .map_err(|source| RunError::Frame {
                     journal: self.name.clone(),
                     dir: self.reader.dir().to_owned(),
-                    position: header.start_position,
+                    position,
                     source,
                 })?;
             for entry in decoded.entries() {
@@ -589,12 +590,14 @@ impl LargeTxn for StagedTxn<'_> {
         };
         let mut seen = 0u64;
         loop {
-            if reader.next(frame).map_err(|e| failed(&e))?.is_none() {
+            let Some(checked) = reader.next(frame).map_err(|e| failed(&e))? else {
                 return Err(failed(&format!(
                     "staging ends before the commit at {commit}"
                 )));
-            }
-            let decoded = decoder.decode(frame).map_err(|e| failed(&e))?;
+            };
+            let decoded = decoder
+                .decode_checked(frame, checked)
+                .map_err(|e| failed(&e))?;
             for entry in decoded.entries() {
                 let sequence = entry.sequence();
                 if sequence < first || entry.commit_cycle() != large.cycle {

@@ -261,6 +261,31 @@ impl<'a> DecodedFrame<'a> {
     }
 }
 
+/// A frame read by code that has already checked its body against its
+/// header's body checksum (the staging reader must, to tell a whole frame
+/// from a write in progress), handed to `FrameDecoder::decode_checked` so
+/// the body is not checksummed twice. Only this crate makes one, where the
+/// checksum was compared; it stands for the bytes the reader left in its
+/// buffer, so hand the decoder that buffer unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckedBody {
+    header: FrameHeader,
+}
+
+impl CheckedBody {
+    /// `header`'s frame, whose body was just found to match `body_crc32c`.
+    pub(crate) fn new(header: FrameHeader) -> CheckedBody {
+        CheckedBody { header }
+    }
+}
+
+impl std::ops::Deref for CheckedBody {
+    type Target = FrameHeader;
+    fn deref(&self) -> &FrameHeader {
+        &self.header
+    }
+}
+
 impl FrameDecoder {
     pub fn new() -> Result<FrameDecoder, FrameError> {
         Ok(FrameDecoder {
@@ -274,17 +299,46 @@ impl FrameDecoder {
     /// of `frame` itself when its body is uncompressed and 16-byte aligned
     /// (rkyv reads it in place), else of the decoder's copy.
     pub fn decode<'d>(&'d mut self, frame: &'d [u8]) -> Result<DecodedFrame<'d>, FrameError> {
+        self.decode_inner(frame, None)
+    }
+
+    /// `decode` of a frame whose body its reader has checksummed already
+    /// (`checked`, which must be this frame's: its header is compared).
+    /// Every other check is made.
+    pub fn decode_checked<'d>(
+        &'d mut self,
+        frame: &'d [u8],
+        checked: CheckedBody,
+    ) -> Result<DecodedFrame<'d>, FrameError> {
+        self.decode_inner(frame, Some(checked))
+    }
+
+    fn decode_inner<'d>(
+        &'d mut self,
+        frame: &'d [u8],
+        checked: Option<CheckedBody>,
+    ) -> Result<DecodedFrame<'d>, FrameError> {
         let header = FrameHeader::decode(frame)?;
         let body = &frame[FRAME_HEADER_BYTES..];
         if body.len() != header.body_bytes as usize {
             return Err(FrameError::Header("body length differs from the header's"));
         }
-        let computed = crc32c::crc32c(body);
-        if computed != header.body_crc32c {
-            return Err(FrameError::BodyChecksum {
-                stored: header.body_crc32c,
-                computed,
-            });
+        match checked {
+            Some(checked) if checked.header == header => {}
+            Some(_) => {
+                return Err(FrameError::Header(
+                    "not the frame whose body was checksummed",
+                ))
+            }
+            None => {
+                let computed = crc32c::crc32c(body);
+                if computed != header.body_crc32c {
+                    return Err(FrameError::BodyChecksum {
+                        stored: header.body_crc32c,
+                        computed,
+                    });
+                }
+            }
         }
         let raw_bytes = header.raw_bytes as usize;
         self.body.clear();
@@ -540,6 +594,44 @@ mod tests {
     }
 
     #[test]
+    fn a_checked_frame_is_decoded_alike_and_only_as_the_frame_that_was_checked() {
+        let encoded = entries(10, 50);
+        let mut decoder = FrameDecoder::new().unwrap();
+        for codec in [Codec::None, Codec::Zstd { level: 1 }] {
+            let bytes = frame(codec, &encoded, 60);
+            let checked = CheckedBody::new(FrameHeader::decode(&bytes).unwrap());
+            let read = |d: DecodedFrame<'_>| -> Vec<Vec<u8>> {
+                d.entries().map(|e| e.as_bytes().to_vec()).collect()
+            };
+            let plain = read(decoder.decode(&bytes).unwrap());
+            assert_eq!(
+                read(decoder.decode_checked(&bytes, checked).unwrap()),
+                plain
+            );
+            // Another frame's check does not stand for this one.
+            let other = frame(codec, &entries(60, 5), 65);
+            let err = decoder
+                .decode_checked(&other, checked)
+                .map(|_| ())
+                .unwrap_err();
+            assert!(err.to_string().starts_with("HAD030"), "{codec:?}: {err}");
+            // Nor for this one with any header bit flipped.
+            for bit in 0..FRAME_HEADER_BYTES * 8 {
+                let mut bad = bytes.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                let err = decoder
+                    .decode_checked(&bad, checked)
+                    .map(|_| ())
+                    .unwrap_err();
+                assert!(
+                    err.to_string().starts_with("HAD030"),
+                    "{codec:?} bit {bit}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_bit_flip_and_every_truncation_is_refused() {
         let encoded = entries(1, 4);
         for codec in [Codec::None, Codec::Zstd { level: 1 }] {
@@ -623,6 +715,16 @@ mod tests {
             let bytes = forged(&body, base(body.len(), count, first, next), Codec::None);
             let err = decoder.decode(&bytes).map(|_| ()).unwrap_err();
             assert!(err.to_string().starts_with("HAD030"), "{what}: {err}");
+            // A reader's checksum passes them too (those whose header
+            // decodes); the other checks do not.
+            if let Ok(header) = FrameHeader::decode(&bytes) {
+                let checked = CheckedBody::new(header);
+                let err = decoder
+                    .decode_checked(&bytes, checked)
+                    .map(|_| ())
+                    .unwrap_err();
+                assert!(err.to_string().starts_with("HAD030"), "{what}: {err}");
+            }
         }
         // Entries out of order inside a well-formed archive.
         let mut swapped = encoded[1].clone();

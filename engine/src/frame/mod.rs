@@ -24,7 +24,9 @@
 mod codec;
 mod header;
 
-pub use codec::{ArchivedFrameBody, DecodedFrame, FrameBody, FrameDecoder, FrameEncoder};
+pub use codec::{
+    ArchivedFrameBody, CheckedBody, DecodedFrame, FrameBody, FrameDecoder, FrameEncoder,
+};
 pub use header::{Codec, FrameHeader, FRAME_MAGIC, FRAME_VERSION};
 
 /// Why a frame was refused. Every variant is a reason to ask for a resend;

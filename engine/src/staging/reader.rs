@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use super::{
     list, read_frame, segment_name, FrameAt, StagingError, FILE_HEADER_BYTES, STAGING_MAGIC,
 };
-use crate::frame::FrameHeader;
+use crate::frame::{CheckedBody, FrameHeader};
 use crate::limits::FRAME_HEADER_BYTES;
 
 /// Follows one staging store from a position.
@@ -125,8 +125,10 @@ impl StagingReader {
     }
 
     /// The next whole frame into `buf` (header and body), or `None` when
-    /// nothing more is staged yet. Call again later for more.
-    pub fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<FrameHeader>, StagingError> {
+    /// nothing more is staged yet. Call again later for more. Its body was
+    /// checked against its checksum: hand `buf` and the `CheckedBody` to
+    /// `FrameDecoder::decode_checked`.
+    pub fn next(&mut self, buf: &mut Vec<u8>) -> Result<Option<CheckedBody>, StagingError> {
         // A later segment was seen while this one showed no whole frame.
         let mut finished = false;
         loop {
@@ -142,7 +144,8 @@ impl StagingReader {
                     finished = false;
                     continue;
                 }
-                return Ok(Some(header));
+                // `read_frame` compared the body with its checksum.
+                return Ok(Some(CheckedBody::new(header)));
             }
             let current = self.segment.as_ref().expect("open").start;
             let next = self.dir.join(segment_name(self.position));
