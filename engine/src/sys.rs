@@ -51,12 +51,72 @@ pub fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Writes `parts`, one after another, at `offset` (`pwritev`, continued
+/// after a short write or an interrupt).
+pub fn write_all_vectored_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut offset = offset;
+    while !parts.is_empty() {
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        // SAFETY: pwritev on a valid, owned file descriptor; every iovec
+        // points into a slice borrowed for the call, which the kernel only
+        // reads.
+        let rc = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if rc == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        let mut written = rc as usize;
+        offset += written as u64;
+        while written > 0 {
+            if written >= parts[0].len() {
+                written -= parts[0].len();
+                parts.remove(0);
+            } else {
+                parts[0] = &parts[0][written..];
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Asks the kernel to drop `file`'s cached pages in `offset..offset + len`
 /// (`len` 0: to the end): only a hint (`POSIX_FADV_DONTNEED`). Clean pages
 /// go; dirty ones are only queued for write-back and stay, so nothing
 /// unwritten is lost. The pages freed are what the next page-cache pages
 /// are made of.
 pub fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    fadvise(file, offset, len, libc::POSIX_FADV_DONTNEED)
+}
+
+/// Turns off the kernel's read-ahead for reads through `file` (this open
+/// file only: `POSIX_FADV_RANDOM`); a read that misses the cache then
+/// reads only the pages it asked for.
+pub fn no_read_ahead(file: &File) -> io::Result<()> {
+    fadvise(file, 0, 0, libc::POSIX_FADV_RANDOM)
+}
+
+fn fadvise(file: &File, offset: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
     // SAFETY: posix_fadvise on a valid, owned file descriptor; no memory is
     // passed.
     let rc = unsafe {
@@ -64,7 +124,7 @@ pub fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
             file.as_raw_fd(),
             offset as libc::off_t,
             len as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
+            advice,
         )
     };
     // posix_fadvise returns the error number rather than setting errno.

@@ -845,3 +845,111 @@ fn a_reader_gives_back_each_segment_it_has_finished() {
     // The one being read (and written) stays.
     assert!(resident_mib(&last.0)[0]);
 }
+
+/// Bytes the calling thread has had read from storage for it
+/// (`/proc/thread-self/io`), or `None` where the kernel does not count them.
+fn thread_read_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/thread-self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes: "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+#[test]
+fn appends_into_a_segments_made_ahead_length_read_nothing_from_the_disk() {
+    let Some(root) = dir_that_drops_cached_pages() else {
+        return;
+    };
+    if thread_read_bytes().is_none() {
+        eprintln!("skipped: this kernel does not count a thread's reads");
+        return;
+    }
+    let dir = root.path().join("staging");
+    let path = made_ahead_segment(&dir);
+    let (mut staging, _) = Staging::open(&dir, made_ahead_options()).unwrap();
+    drop_all_cached(&path);
+
+    let all = large_frames(40);
+    let before = thread_read_bytes().unwrap();
+    for f in &all {
+        staging.append(f).unwrap();
+    }
+    let read = thread_read_bytes().unwrap() - before;
+    // The first append starts inside a page that is not cached: that one
+    // page is read. Each later one starts in the page the one before
+    // wrote whole.
+    assert!(
+        read <= 4096,
+        "{} appends had {read} bytes read from the disk",
+        all.len()
+    );
+    staging.sync().unwrap();
+    drop(staging);
+    let (staging, recovery) = Staging::open(&dir, made_ahead_options()).unwrap();
+    assert_eq!(recovery.frames as usize, all.len());
+    assert_eq!(staging.read_all().unwrap(), all);
+}
+
+/// A store's first segment made ahead, as the receiver finds one: its
+/// header, then 8 MiB of zeros written to the disk (a reused file's
+/// earlier frames would do the same).
+fn made_ahead_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("{:020}.stg", 1));
+    let mut bytes = vec![0u8; 16];
+    bytes[..8].copy_from_slice(&engine::staging::STAGING_MAGIC);
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    bytes.resize(8 << 20, 0);
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+fn made_ahead_options() -> StagingOptions {
+    StagingOptions {
+        segment_bytes: 8 << 20,
+        prepare_segments: false,
+        ..StagingOptions::default()
+    }
+}
+
+/// Makes `path` durable and drops every page of it from the cache.
+fn drop_all_cached(path: &std::path::Path) {
+    let file = File::open(path).unwrap();
+    file.sync_all().unwrap();
+    engine::sys::drop_cached(&file, 0, 0).unwrap();
+    assert!(resident_mib(path).iter().all(|r| !*r), "dropped first");
+}
+
+#[test]
+fn a_reader_reads_from_the_disk_only_the_frames_it_hands_out() {
+    let Some(root) = dir_that_drops_cached_pages() else {
+        return;
+    };
+    if thread_read_bytes().is_none() {
+        eprintln!("skipped: this kernel does not count a thread's reads");
+        return;
+    }
+    let dir = root.path().join("staging");
+    let path = made_ahead_segment(&dir);
+    let all = large_frames(10);
+    {
+        let (mut staging, _) = Staging::open(&dir, made_ahead_options()).unwrap();
+        for f in &all {
+            staging.append(f).unwrap();
+        }
+        staging.sync().unwrap();
+    }
+    drop_all_cached(&path);
+    let end = 16 + all.iter().map(Vec::len).sum::<usize>() as u64;
+    let before = thread_read_bytes().unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader), all);
+    assert!(read_available(&mut reader).is_empty());
+    let read = thread_read_bytes().unwrap() - before;
+    // The frames' pages, and the one after the last where the reader looks
+    // for the next frame; nothing read ahead into the zeros beyond.
+    assert!(
+        read <= end.next_multiple_of(4096) + 4096,
+        "{read} bytes read from the disk for frames ending at {end}"
+    );
+}

@@ -64,6 +64,16 @@ const KEPT_FILES: usize = 4;
 /// behind, what an entry waits for is the backlog, and the fill's writes
 /// would only slow the catching up (decisions.md 38).
 const FILL_WITHIN_SEGMENTS: usize = 2;
+/// An append into a segment's made-ahead length also writes zeros to the
+/// end of the page its frame ends in: the kernel reads a page from the
+/// disk before writing into part of it when the page is not cached and
+/// lies inside the file, and a purged segment's reused file has no page
+/// cached, so without them every append of the receiver waited for a disk
+/// read (decisions.md 49). The next append starts in that page, cached by
+/// then. Zeros after the last frame read as the end, as a zero-filled
+/// segment's unused end does; past the file's end nothing is read.
+const WRITE_PAGE: u64 = 4096;
+static ZEROS: [u8; WRITE_PAGE as usize] = [0; WRITE_PAGE as usize];
 
 /// How a staging store is opened.
 #[derive(Clone, Debug)]
@@ -606,10 +616,14 @@ impl Staging {
             self.rotate()?;
         }
         let active = self.segments.last_mut().expect("active");
-        self.active
-            .write_all(frame)
+        let end = active.bytes + frame.len() as u64;
+        let pad = (end
+            .next_multiple_of(WRITE_PAGE)
+            .min(active.allocated.max(end))
+            - end) as usize;
+        crate::sys::write_all_vectored_at(&self.active, &[frame, &ZEROS[..pad]], active.bytes)
             .map_err(io("write staging segment", &active.path))?;
-        active.bytes += frame.len() as u64;
+        active.bytes = end;
         if !self.unsynced.contains(&active.path) {
             self.unsynced.push(active.path.clone());
         }

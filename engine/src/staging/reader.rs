@@ -303,6 +303,12 @@ impl OpenSegment {
 
 fn open_segment(start: u64, path: &Path) -> Result<OpenSegment, StagingError> {
     let file = File::open(path).map_err(super::io("open staging segment", path))?;
+    // Read-ahead from the frames being read runs on past the receiver's
+    // last write, into the zeros or earlier frames of the file's made-ahead
+    // length: disk reads of what the receiver overwrites moments later
+    // (decisions.md 49). Frames are read whole, so nothing is lost. Only a
+    // hint: a filesystem that refuses it reads ahead.
+    let _ = crate::sys::no_read_ahead(&file);
     let mut header = [0u8; FILE_HEADER_BYTES as usize];
     // A segment shorter than its header is one being created: its frames
     // start after the header once it is written.
