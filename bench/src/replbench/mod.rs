@@ -470,7 +470,7 @@ fn write_config(dir: &Path, options: &Options, j: u64) -> anyhow::Result<PathBuf
         "# Written by replbench.\ngroup = \"BENCH\"\n\n\
          [primary]\nnode = \"primary\"\njournal = \"journals/J{j}\"\njournal_name = \"J{j}\"\n\n\
          [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\n\n\
-         [transport]\nio = \"{}\"\ncompression = \"{}\"\nframe_entries = 16384\nframe_bytes = \"4MiB\"\nwindow = \"64MiB\"\n\n\
+         [transport]\nio = \"{}\"\ncompression = \"{}\"\n\n\
          [apply]\nreplica = \"replica\"\nworkers = {}\ncheckpoint_ms = {}\nexpected_records = {}\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
         options.io,
         options.compression,
