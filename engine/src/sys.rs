@@ -52,26 +52,22 @@ pub fn write_back(file: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 /// Writes `parts`, one after another, at `offset` (`pwritev`, continued
-/// after a short write or an interrupt).
-pub fn write_all_vectored_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
-    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
-    let mut offset = offset;
+/// after a short write or an interrupt). `parts` is used up on the way.
+pub fn write_all_vectored_at(
+    file: &File,
+    mut parts: &mut [io::IoSlice<'_>],
+    mut offset: u64,
+) -> io::Result<()> {
+    io::IoSlice::advance_slices(&mut parts, 0);
     while !parts.is_empty() {
-        let iov: Vec<libc::iovec> = parts
-            .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.as_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
-            })
-            .collect();
-        // SAFETY: pwritev on a valid, owned file descriptor; every iovec
-        // points into a slice borrowed for the call, which the kernel only
-        // reads.
+        // SAFETY: pwritev on a valid, owned file descriptor; `IoSlice` is
+        // ABI-compatible with `iovec` on Unix, and each points into a
+        // slice borrowed for the call, which the kernel only reads.
         let rc = unsafe {
             libc::pwritev(
                 file.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as libc::c_int,
+                parts.as_ptr().cast::<libc::iovec>(),
+                parts.len().min(libc::UIO_MAXIOV as usize) as libc::c_int,
                 offset as libc::off_t,
             )
         };
@@ -85,17 +81,8 @@ pub fn write_all_vectored_at(file: &File, parts: &[&[u8]], offset: u64) -> io::R
         if rc == 0 {
             return Err(io::Error::from(io::ErrorKind::WriteZero));
         }
-        let mut written = rc as usize;
-        offset += written as u64;
-        while written > 0 {
-            if written >= parts[0].len() {
-                written -= parts[0].len();
-                parts.remove(0);
-            } else {
-                parts[0] = &parts[0][written..];
-                written = 0;
-            }
-        }
+        offset += rc as u64;
+        io::IoSlice::advance_slices(&mut parts, rc as usize);
     }
     Ok(())
 }

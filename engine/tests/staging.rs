@@ -855,15 +855,22 @@ fn thread_read_bytes() -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-#[test]
-fn appends_into_a_segments_made_ahead_length_read_nothing_from_the_disk() {
-    let Some(root) = dir_that_drops_cached_pages() else {
-        return;
-    };
+/// `dir_that_drops_cached_pages`, where the kernel also counts the calling
+/// thread's disk reads, or `None` (with a note).
+fn dir_where_disk_reads_show() -> Option<tempfile::TempDir> {
+    let root = dir_that_drops_cached_pages()?;
     if thread_read_bytes().is_none() {
         eprintln!("skipped: this kernel does not count a thread's reads");
-        return;
+        return None;
     }
+    Some(root)
+}
+
+#[test]
+fn appends_into_a_segments_made_ahead_length_read_nothing_from_the_disk() {
+    let Some(root) = dir_where_disk_reads_show() else {
+        return;
+    };
     let dir = root.path().join("staging");
     let path = made_ahead_segment(&dir);
     let (mut staging, _) = Staging::open(&dir, made_ahead_options()).unwrap();
@@ -922,13 +929,9 @@ fn drop_all_cached(path: &std::path::Path) {
 
 #[test]
 fn a_reader_reads_from_the_disk_only_the_frames_it_hands_out() {
-    let Some(root) = dir_that_drops_cached_pages() else {
+    let Some(root) = dir_where_disk_reads_show() else {
         return;
     };
-    if thread_read_bytes().is_none() {
-        eprintln!("skipped: this kernel does not count a thread's reads");
-        return;
-    }
     let dir = root.path().join("staging");
     let path = made_ahead_segment(&dir);
     let all = large_frames(10);

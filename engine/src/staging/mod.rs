@@ -37,7 +37,7 @@
 //!   with HAX0012E and the caller holds the sender back.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -621,7 +621,8 @@ impl Staging {
             .next_multiple_of(WRITE_PAGE)
             .min(active.allocated.max(end))
             - end) as usize;
-        crate::sys::write_all_vectored_at(&self.active, &[frame, &ZEROS[..pad]], active.bytes)
+        let mut parts = [IoSlice::new(frame), IoSlice::new(&ZEROS[..pad])];
+        crate::sys::write_all_vectored_at(&self.active, &mut parts, active.bytes)
             .map_err(io("write staging segment", &active.path))?;
         active.bytes = end;
         if !self.unsynced.contains(&active.path) {
