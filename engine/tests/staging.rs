@@ -956,3 +956,44 @@ fn a_reader_reads_from_the_disk_only_the_frames_it_hands_out() {
         "{read} bytes read from the disk for frames ending at {end}"
     );
 }
+
+#[test]
+fn a_torn_append_into_a_made_ahead_length_is_truncated_and_the_store_goes_on() {
+    let template = tempfile::tempdir().unwrap();
+    let dir = template.path().join("staging");
+    let path = made_ahead_segment(&dir);
+    let all = large_frames(4);
+    {
+        let (mut staging, _) = Staging::open(&dir, made_ahead_options()).unwrap();
+        for f in &all {
+            staging.append(f).unwrap();
+        }
+        staging.sync().unwrap();
+    }
+    let original = std::fs::read(&path).unwrap();
+    assert_eq!(original.len(), 8 << 20, "still its made-ahead length");
+    let end = 16 + all.iter().map(Vec::len).sum::<usize>();
+    assert!(
+        original[end..].iter().all(|b| *b == 0),
+        "zeros after the frames"
+    );
+    let last_start = end - all[3].len();
+    // The last append cut short anywhere: its first bytes, then the zeros
+    // that were there before (the page's zeros after it never written).
+    for cut in (last_start..end).step_by(all[3].len() / 7) {
+        let copy = tempfile::tempdir().unwrap();
+        let mut bytes = original[..cut].to_vec();
+        bytes.resize(original.len(), 0);
+        std::fs::write(copy.path().join(format!("{:020}.stg", 1)), &bytes).unwrap();
+        let (mut staging, recovery) = Staging::open(copy.path(), made_ahead_options()).unwrap();
+        assert_eq!(recovery.staged_position, 1501, "cut at {cut}");
+        assert_eq!(staging.read_all().unwrap(), all[..3], "cut at {cut}");
+        // Staging again what was lost continues the store.
+        staging.append(&all[3]).unwrap();
+        staging.sync().unwrap();
+        drop(staging);
+        let (staging, recovery) = Staging::open(copy.path(), made_ahead_options()).unwrap();
+        assert_eq!(recovery.staged_position, 2001, "cut at {cut}");
+        assert_eq!(staging.read_all().unwrap(), all, "cut at {cut}");
+    }
+}
