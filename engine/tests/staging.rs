@@ -919,6 +919,15 @@ fn made_ahead_options() -> StagingOptions {
     }
 }
 
+/// Stages `frames` into the made-ahead store at `dir`, syncs and closes it.
+fn stage_and_close(dir: &std::path::Path, frames: &[Vec<u8>]) {
+    let (mut staging, _) = Staging::open(dir, made_ahead_options()).unwrap();
+    for f in frames {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+}
+
 /// Makes `path` durable and drops every page of it from the cache.
 fn drop_all_cached(path: &std::path::Path) {
     let file = File::open(path).unwrap();
@@ -935,13 +944,7 @@ fn a_reader_reads_from_the_disk_only_the_frames_it_hands_out() {
     let dir = root.path().join("staging");
     let path = made_ahead_segment(&dir);
     let all = large_frames(10);
-    {
-        let (mut staging, _) = Staging::open(&dir, made_ahead_options()).unwrap();
-        for f in &all {
-            staging.append(f).unwrap();
-        }
-        staging.sync().unwrap();
-    }
+    stage_and_close(&dir, &all);
     drop_all_cached(&path);
     let end = 16 + all.iter().map(Vec::len).sum::<usize>() as u64;
     let before = thread_read_bytes().unwrap();
@@ -963,13 +966,7 @@ fn a_torn_append_into_a_made_ahead_length_is_truncated_and_the_store_goes_on() {
     let dir = template.path().join("staging");
     let path = made_ahead_segment(&dir);
     let all = large_frames(4);
-    {
-        let (mut staging, _) = Staging::open(&dir, made_ahead_options()).unwrap();
-        for f in &all {
-            staging.append(f).unwrap();
-        }
-        staging.sync().unwrap();
-    }
+    stage_and_close(&dir, &all);
     let original = std::fs::read(&path).unwrap();
     assert_eq!(original.len(), 8 << 20, "still its made-ahead length");
     let end = 16 + all.iter().map(Vec::len).sum::<usize>();

@@ -543,8 +543,6 @@ impl Staging {
             break;
         }
         last.bytes = offset;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(io("seek staging segment", &last.path))?;
         remove_leftover_spares(&dir)?;
         let mut staging = Staging {
             dir,
@@ -658,7 +656,7 @@ impl Staging {
         self.unsynced.retain(|p| *p != old_path);
 
         let path = self.dir.join(segment_name(self.staged_position));
-        let (mut file, allocated) = match self.take_spare() {
+        let (file, allocated) = match self.take_spare() {
             Some((file, spare_path)) => {
                 std::fs::rename(&spare_path, &path)
                     .map_err(io("rename prepared staging segment to", &path))?;
@@ -666,8 +664,6 @@ impl Staging {
             }
             None => (create_segment(&path)?, FILE_HEADER_BYTES),
         };
-        file.seek(SeekFrom::Start(FILE_HEADER_BYTES))
-            .map_err(io("seek staging segment", &path))?;
         // The new name must survive a crash before anything in it is acked.
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
