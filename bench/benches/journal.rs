@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use engine::journal::Durability;
+use engine::frame::{Codec, FrameEncoder};
+use engine::journal::entry::{decode, encode_to_vec};
+use engine::journal::{Durability, Entry, NewEntry};
 
 const ENTRIES: u64 = 1_000_000;
 
@@ -54,9 +56,45 @@ fn scrape(c: &mut Criterion) {
     group.finish();
 }
 
+/// A sender's frame: 4096 entries of 100-byte images (the product's frame
+/// size) encoded uncompressed, against copying the same bytes once.
+fn frame(c: &mut Criterion) {
+    const FRAME_ENTRIES: u64 = 4096;
+    let image = [7u8; 100];
+    let mut encoded = Vec::new();
+    let mut at = Vec::new();
+    let mut one = Vec::new();
+    for sequence in 1..=FRAME_ENTRIES {
+        at.push(encoded.len());
+        let key = sequence.to_be_bytes();
+        encode_to_vec(&NewEntry::put(1, &key, &image), sequence, 0, &mut one);
+        encoded.extend_from_slice(&one);
+    }
+    let entries: Vec<Entry<'_>> = at.iter().map(|&i| decode(&encoded[i..]).unwrap()).collect();
+    let mut group = c.benchmark_group("frame");
+    group.throughput(Throughput::Bytes(encoded.len() as u64));
+    let mut encoder = FrameEncoder::new(Codec::None).unwrap();
+    let mut out = Vec::new();
+    group.bench_function("encode-4096x100B", |b| {
+        b.iter(|| {
+            encoder
+                .encode(7, 1, FRAME_ENTRIES + 1, entries.iter().copied(), &mut out)
+                .unwrap()
+        })
+    });
+    let mut copy = Vec::new();
+    group.bench_function("memcpy-same-bytes", |b| {
+        b.iter(|| {
+            copy.clear();
+            copy.extend_from_slice(std::hint::black_box(&encoded));
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    targets = append, scrape
+    targets = append, scrape, frame
 }
 criterion_main!(benches);

@@ -106,7 +106,7 @@ impl<'a> Batch<'a> {
     pub fn next_sequence(&self) -> u64 {
         self.next_sequence
     }
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = Entry<'a>> + '_ {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Entry<'a>> + Clone + '_ {
         let cursor = self.cursor;
         self.offsets.iter().map(move |offset| {
             cursor

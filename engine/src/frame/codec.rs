@@ -1,7 +1,9 @@
 //! Encoding a batch of entries into a frame, and checking a received frame
 //! before anything of it is used.
 
+use rkyv::boxed::BoxResolver;
 use rkyv::rancor;
+use rkyv::ser::WriterExt;
 use rkyv::util::AlignedVec;
 use rkyv::with::InlineAsBox;
 use rkyv::{Archive, Serialize};
@@ -12,8 +14,9 @@ use crate::journal::entry::decode_validated;
 use crate::journal::Entry;
 use crate::limits::{FRAME_ENTRIES_MAX, FRAME_HEADER_BYTES, FRAME_RAW_BYTES_MAX};
 
-/// The archived part of a frame. Borrowed on the sending side, so the entry
-/// bytes are written into the archive straight from the gathered batch.
+/// The archived part of a frame. The sending side lays the archive out
+/// itself, as rkyv's serializer would (`FrameEncoder::archive_into`), so each
+/// entry is copied once, from the journal into the frame.
 #[derive(Archive, Serialize, Debug)]
 pub struct FrameBody<'a> {
     pub journal_id: u64,
@@ -32,9 +35,9 @@ pub struct FrameBody<'a> {
 pub struct FrameEncoder {
     codec: Codec,
     compressor: Option<zstd::bulk::Compressor<'static>>,
-    gathered: Vec<u8>,
     offsets: Vec<u32>,
-    archive: AlignedVec<16>,
+    /// The archive to compress (compressed frames only).
+    archive: Vec<u8>,
     compressed: Vec<u8>,
 }
 
@@ -58,9 +61,8 @@ impl FrameEncoder {
         Ok(FrameEncoder {
             codec,
             compressor,
-            gathered: Vec::new(),
             offsets: Vec::new(),
-            archive: AlignedVec::new(),
+            archive: Vec::new(),
             compressed: Vec::new(),
         })
     }
@@ -68,29 +70,89 @@ impl FrameEncoder {
     /// Encodes `entries` (in sequence order) into `out` (cleared first):
     /// header, then body. The frame covers positions `start_position..
     /// next_sequence`: `entries` are those of them the selection kept.
-    pub fn encode<'e>(
+    pub fn encode<'e, I>(
         &mut self,
         journal_id: u64,
         start_position: u64,
         next_sequence: u64,
-        entries: impl IntoIterator<Item = Entry<'e>>,
+        entries: I,
         out: &mut Vec<u8>,
-    ) -> Result<FrameHeader, FrameError> {
+    ) -> Result<FrameHeader, FrameError>
+    where
+        I: IntoIterator<Item = Entry<'e>>,
+        I::IntoIter: Clone,
+    {
         out.clear();
         self.encode_append(journal_id, start_position, next_sequence, entries, out)
     }
 
     /// As `encode`, appending the frame to `out` after what it holds.
-    pub fn encode_append<'e>(
+    /// `entries` is walked twice: once for the offsets, which the archive
+    /// holds before the entries, once to copy them.
+    pub fn encode_append<'e, I>(
         &mut self,
         journal_id: u64,
         start_position: u64,
         next_sequence: u64,
-        entries: impl IntoIterator<Item = Entry<'e>>,
+        entries: I,
         out: &mut Vec<u8>,
-    ) -> Result<FrameHeader, FrameError> {
-        self.gathered.clear();
+    ) -> Result<FrameHeader, FrameError>
+    where
+        I: IntoIterator<Item = Entry<'e>>,
+        I::IntoIter: Clone,
+    {
+        let entries = entries.into_iter();
+        let entries_bytes = self.place(start_position, next_sequence, entries.clone())?;
+        let at = out.len();
+        let positions = Positions {
+            journal_id,
+            start_position,
+            next_sequence,
+        };
+        if self.compressor.is_none() {
+            // Archived straight into place after the header.
+            out.resize(at + FRAME_HEADER_BYTES, 0);
+            let base = at + FRAME_HEADER_BYTES;
+            if let Err(e) = self.archive_into(out, base, positions, entries, entries_bytes) {
+                out.truncate(at);
+                return Err(e);
+            }
+            let raw_bytes = out.len() - base;
+            return Ok(self.finish_header(at, raw_bytes, start_position, next_sequence, out));
+        }
+        let mut archive = std::mem::take(&mut self.archive);
+        archive.clear();
+        let archived = self.archive_into(&mut archive, 0, positions, entries, entries_bytes);
+        let raw_bytes = archive.len();
+        let compressed = archived.and_then(|()| {
+            let compressor = self
+                .compressor
+                .as_mut()
+                .expect("the uncompressed case returned");
+            self.compressed.clear();
+            self.compressed
+                .reserve(zstd::zstd_safe::compress_bound(raw_bytes));
+            compressor
+                .compress_to_buffer(&archive[..], &mut self.compressed)
+                .map_err(|e| FrameError::Encode(e.to_string()))
+        });
+        self.archive = archive;
+        compressed?;
+        out.resize(at + FRAME_HEADER_BYTES, 0);
+        out.extend_from_slice(&self.compressed);
+        Ok(self.finish_header(at, raw_bytes, start_position, next_sequence, out))
+    }
+
+    /// Checks the entries' order and count and sets `offsets`; returns the
+    /// bytes they take padded.
+    fn place<'e>(
+        &mut self,
+        start_position: u64,
+        next_sequence: u64,
+        entries: impl Iterator<Item = Entry<'e>>,
+    ) -> Result<usize, FrameError> {
         self.offsets.clear();
+        let mut bytes = 0usize;
         let mut previous = start_position.wrapping_sub(1);
         for entry in entries {
             let sequence = entry.sequence();
@@ -100,73 +162,86 @@ impl FrameEncoder {
                 )));
             }
             previous = sequence;
-            self.offsets.push(self.gathered.len() as u32);
-            self.gathered.extend_from_slice(entry.as_bytes());
-            self.gathered
-                .resize(self.gathered.len().next_multiple_of(8), 0);
+            self.offsets.push(bytes as u32);
+            bytes += entry.as_bytes().len().next_multiple_of(8);
+            if self.offsets.len() > FRAME_ENTRIES_MAX || bytes > FRAME_RAW_BYTES_MAX {
+                return Err(FrameError::Encode(format!(
+                    "more than {FRAME_ENTRIES_MAX} entries or {FRAME_RAW_BYTES_MAX} bytes"
+                )));
+            }
         }
-        if self.offsets.len() > FRAME_ENTRIES_MAX {
+        Ok(bytes)
+    }
+
+    /// Appends the archive of a frame body to `buf`, whose byte `base` is
+    /// the archive's start, laid out as rkyv's serializer lays out a
+    /// `FrameBody` (each field's data in field order, then the root): the
+    /// offsets, the entries each padded to 8, padding to the root's
+    /// alignment, the root. Only the root is rkyv's work; the entries are
+    /// copied once, from where they are into `buf`.
+    fn archive_into<'e>(
+        &self,
+        buf: &mut Vec<u8>,
+        base: usize,
+        positions: Positions,
+        entries: impl Iterator<Item = Entry<'e>>,
+        entries_bytes: usize,
+    ) -> Result<(), FrameError> {
+        const ZEROS: [u8; 8] = [0; 8];
+        let root_align = std::mem::align_of::<ArchivedFrameBody<'static>>();
+        let root_size = std::mem::size_of::<ArchivedFrameBody<'static>>();
+        debug_assert_eq!(buf.len(), base);
+        buf.reserve(4 * self.offsets.len() + entries_bytes + root_align + root_size);
+        for offset in &self.offsets {
+            buf.extend_from_slice(&offset.to_le_bytes());
+        }
+        let entries_at = buf.len();
+        for entry in entries {
+            let bytes = entry.as_bytes();
+            buf.extend_from_slice(bytes);
+            buf.extend_from_slice(&ZEROS[..bytes.len().next_multiple_of(8) - bytes.len()]);
+        }
+        if buf.len() - entries_at != entries_bytes {
             return Err(FrameError::Encode(format!(
-                "{} entries, the limit is {FRAME_ENTRIES_MAX}",
-                self.offsets.len()
+                "the entries took {} bytes on the second walk, {entries_bytes} on the first",
+                buf.len() - entries_at
+            )));
+        }
+        let padding = (buf.len() - base).next_multiple_of(root_align) - (buf.len() - base);
+        buf.extend_from_slice(&ZEROS[..padding]);
+        if buf.len() - base + root_size > FRAME_RAW_BYTES_MAX {
+            return Err(FrameError::Encode(format!(
+                "archive of {} bytes exceeds {FRAME_RAW_BYTES_MAX}",
+                buf.len() - base + root_size
             )));
         }
         let body = FrameBody {
-            journal_id,
-            start_position,
-            next_sequence,
+            journal_id: positions.journal_id,
+            start_position: positions.start_position,
+            next_sequence: positions.next_sequence,
             offsets: &self.offsets,
-            entries: &self.gathered,
+            entries: &buf[entries_at..entries_at + entries_bytes],
         };
-        let at = out.len();
-        if self.compressor.is_none() {
-            // Archived straight into place after the header: no copy of the body.
-            out.resize(at + FRAME_HEADER_BYTES, 0);
-            let base = at + FRAME_HEADER_BYTES;
-            let written =
-                rkyv::api::high::to_bytes_in::<_, rancor::Error>(&body, BodyWriter { out, base });
-            if let Err(e) = written {
-                out.truncate(at);
-                return Err(FrameError::Encode(e.to_string()));
-            }
-            let raw_bytes = out.len() - base;
-            if raw_bytes > FRAME_RAW_BYTES_MAX {
-                out.truncate(at);
-                return Err(FrameError::Encode(format!(
-                    "archive of {raw_bytes} bytes exceeds {FRAME_RAW_BYTES_MAX}"
-                )));
-            }
-            return Ok(self.finish_header(at, raw_bytes, start_position, next_sequence, out));
-        }
-        let mut archive = std::mem::take(&mut self.archive);
-        archive.clear();
-        let archive = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&body, archive)
-            .map_err(|e| FrameError::Encode(e.to_string()))?;
-        let raw_bytes = archive.len();
-        if raw_bytes > FRAME_RAW_BYTES_MAX {
-            self.archive = archive;
-            return Err(FrameError::Encode(format!(
-                "archive of {raw_bytes} bytes exceeds {FRAME_RAW_BYTES_MAX}"
-            )));
-        }
-        out.resize(at + FRAME_HEADER_BYTES, 0);
-        let compressor = self
-            .compressor
-            .as_mut()
-            .expect("the uncompressed case returned");
-        self.compressed.clear();
-        self.compressed
-            .reserve(zstd::zstd_safe::compress_bound(raw_bytes));
-        let compressed = compressor
-            .compress_to_buffer(&archive[..], &mut self.compressed)
-            .map_err(|e| FrameError::Encode(e.to_string()));
-        self.archive = archive;
-        if let Err(e) = compressed {
-            out.truncate(at);
-            return Err(e);
-        }
-        out.extend_from_slice(&self.compressed);
-        Ok(self.finish_header(at, raw_bytes, start_position, next_sequence, out))
+        let resolver = FrameBodyResolver {
+            journal_id: (),
+            start_position: (),
+            next_sequence: (),
+            offsets: BoxResolver::from_pos(0),
+            entries: BoxResolver::from_pos(entries_at - base),
+        };
+        let mut root = RootWriter {
+            pos: buf.len() - base,
+            bytes: [0; ROOT_BYTES],
+            len: 0,
+        };
+        // SAFETY: the resolver holds the positions (from the archive's
+        // start) at which the loops above wrote each slice's data, as
+        // serializing `body` would have returned them, and `root.pos` is a
+        // multiple of the root's alignment (the padding above).
+        unsafe { root.resolve_aligned(&body, resolver) }
+            .map_err(|e: rancor::Error| FrameError::Encode(e.to_string()))?;
+        buf.extend_from_slice(&root.bytes[..root.len]);
+        Ok(())
     }
 
     /// Writes the header of the frame whose body ends `out`, at `at`.
@@ -192,26 +267,46 @@ impl FrameEncoder {
     }
 }
 
-/// rkyv output straight into a frame buffer after its header. Positions are
-/// relative to the body's start, so alignment padding is computed for the
-/// body wherever it lands in the buffer.
-struct BodyWriter<'a> {
-    out: &'a mut Vec<u8>,
-    base: usize,
+/// The frame a body belongs to, as its root records it.
+#[derive(Clone, Copy)]
+struct Positions {
+    journal_id: u64,
+    start_position: u64,
+    next_sequence: u64,
 }
 
-impl rkyv::ser::Positional for BodyWriter<'_> {
+const ROOT_BYTES: usize = std::mem::size_of::<ArchivedFrameBody<'static>>();
+
+/// Where rkyv writes a body's root: a buffer of the root's size standing at
+/// position `pos` of the archive, so the root's relative pointers come out
+/// right while the archive itself is borrowed for the slices' lengths.
+struct RootWriter {
+    pos: usize,
+    bytes: [u8; ROOT_BYTES],
+    len: usize,
+}
+
+impl rkyv::ser::Positional for RootWriter {
     fn pos(&self) -> usize {
-        self.out.len() - self.base
+        self.pos + self.len
     }
 }
 
-impl<E> rkyv::ser::Writer<E> for BodyWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
-        self.out.extend_from_slice(bytes);
+impl rkyv::ser::Writer<rancor::Error> for RootWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), rancor::Error> {
+        let end = self.len + bytes.len();
+        let Some(place) = self.bytes.get_mut(self.len..end) else {
+            return Err(<rancor::Error as rancor::Source>::new(RootOverflow));
+        };
+        place.copy_from_slice(bytes);
+        self.len = end;
         Ok(())
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the frame body's root is larger than its archived type")]
+struct RootOverflow;
 
 /// The alignment rkyv needs of an archived frame body.
 const BODY_ALIGN: usize = AlignedVec::<16>::ALIGNMENT;
@@ -505,6 +600,54 @@ mod tests {
             )
             .unwrap();
         out
+    }
+
+    /// The body as rkyv's own serializer writes it, from entries gathered
+    /// into one buffer first (how the encoder built frames before it laid
+    /// the archive out itself).
+    fn rkyv_body(journal_id: u64, start: u64, next: u64, encoded: &[Vec<u8>]) -> Vec<u8> {
+        let mut offsets = Vec::new();
+        let mut gathered = Vec::new();
+        for e in encoded {
+            offsets.push(gathered.len() as u32);
+            gathered.extend_from_slice(decode(e).unwrap().as_bytes());
+            gathered.resize(gathered.len().next_multiple_of(8), 0);
+        }
+        let body = FrameBody {
+            journal_id,
+            start_position: start,
+            next_sequence: next,
+            offsets: &offsets,
+            entries: &gathered,
+        };
+        rkyv::to_bytes::<rancor::Error>(&body).unwrap().to_vec()
+    }
+
+    #[test]
+    fn the_laid_out_archive_is_the_one_rkyv_writes() {
+        // Odd and even counts (the entries start 4 bytes off an 8-byte
+        // boundary after an odd number of offsets), one, none.
+        for count in [0, 1, 2, 3, 7, 50, 301] {
+            let encoded = entries(20, count);
+            let next = 20 + count + 5;
+            for codec in [Codec::None, Codec::Zstd { level: 1 }] {
+                let bytes = frame(codec, &encoded, next);
+                let header = FrameHeader::decode(&bytes).unwrap();
+                let body = &bytes[FRAME_HEADER_BYTES..];
+                let raw = match codec {
+                    Codec::None => body.to_vec(),
+                    Codec::Zstd { .. } => {
+                        zstd::bulk::decompress(body, header.raw_bytes as usize).unwrap()
+                    }
+                };
+                assert_eq!(raw.len(), header.raw_bytes as usize);
+                let start = if count == 0 { next } else { 20 };
+                assert!(
+                    raw == rkyv_body(9, start, next, &encoded),
+                    "{count} entries, {codec:?}: the archive differs from rkyv's"
+                );
+            }
+        }
     }
 
     #[test]
