@@ -164,9 +164,14 @@ impl FrameEncoder {
             previous = sequence;
             self.offsets.push(bytes as u32);
             bytes += entry.as_bytes().len().next_multiple_of(8);
-            if self.offsets.len() > FRAME_ENTRIES_MAX || bytes > FRAME_RAW_BYTES_MAX {
+            if self.offsets.len() > FRAME_ENTRIES_MAX {
                 return Err(FrameError::Encode(format!(
-                    "more than {FRAME_ENTRIES_MAX} entries or {FRAME_RAW_BYTES_MAX} bytes"
+                    "more than {FRAME_ENTRIES_MAX} entries"
+                )));
+            }
+            if bytes > FRAME_RAW_BYTES_MAX {
+                return Err(FrameError::Encode(format!(
+                    "entries of more than {FRAME_RAW_BYTES_MAX} bytes"
                 )));
             }
         }
@@ -189,10 +194,8 @@ impl FrameEncoder {
         entries_bytes: usize,
     ) -> Result<(), FrameError> {
         const ZEROS: [u8; BODY_ALIGN] = [0; BODY_ALIGN];
-        let root_align = std::mem::align_of::<ArchivedFrameBody<'static>>();
-        let root_size = std::mem::size_of::<ArchivedFrameBody<'static>>();
         debug_assert_eq!(buf.len(), base);
-        buf.reserve(4 * self.offsets.len() + entries_bytes + root_align + root_size);
+        buf.reserve(4 * self.offsets.len() + entries_bytes + BODY_ALIGN + ROOT_BYTES);
         for offset in &self.offsets {
             buf.extend_from_slice(&offset.to_le_bytes());
         }
@@ -213,13 +216,16 @@ impl FrameEncoder {
         // after another in a receive buffer, all have their bodies aligned,
         // and the receiver checks them in place instead of copying each.
         let len = buf.len() - base;
-        let root_at = (len + root_size).next_multiple_of(BODY_ALIGN) - root_size;
-        debug_assert_eq!(root_at % root_align, 0);
+        let root_at = (len + ROOT_BYTES).next_multiple_of(BODY_ALIGN) - ROOT_BYTES;
+        debug_assert_eq!(
+            root_at % std::mem::align_of::<ArchivedFrameBody<'static>>(),
+            0
+        );
         buf.extend_from_slice(&ZEROS[..root_at - len]);
-        if buf.len() - base + root_size > FRAME_RAW_BYTES_MAX {
+        if root_at + ROOT_BYTES > FRAME_RAW_BYTES_MAX {
             return Err(FrameError::Encode(format!(
                 "archive of {} bytes exceeds {FRAME_RAW_BYTES_MAX}",
-                buf.len() - base + root_size
+                root_at + ROOT_BYTES
             )));
         }
         let body = FrameBody {
@@ -735,6 +741,33 @@ mod tests {
         let decoded = decoder.decode(&bytes).unwrap();
         assert!(decoded.is_empty());
         assert_eq!(decoded.header.next_sequence, 7);
+    }
+
+    #[test]
+    fn a_batch_over_the_entry_limit_is_refused_and_leaves_the_buffer_as_it_was() {
+        let mut one = Vec::new();
+        let mut all = Vec::new();
+        let count = FRAME_ENTRIES_MAX as u64 + 1;
+        for sequence in 1..=count {
+            encode_to_vec(&NewEntry::commit(sequence), sequence, 0, &mut one);
+            all.extend_from_slice(&one);
+        }
+        let step = one.len();
+        let entries = (0..count as usize).map(|i| decode(&all[i * step..]).unwrap());
+        for codec in [Codec::None, Codec::Zstd { level: 1 }] {
+            let mut out = vec![7u8; 3];
+            let mut encoder = FrameEncoder::new(codec).unwrap();
+            let err = encoder
+                .encode_append(9, 1, count + 1, entries.clone(), &mut out)
+                .unwrap_err();
+            assert!(err.to_string().contains("entries"), "{err}");
+            assert_eq!(out, [7, 7, 7], "{codec:?}");
+            // One fewer fits.
+            let fewer = entries.clone().take(FRAME_ENTRIES_MAX);
+            encoder
+                .encode_append(9, 1, count + 1, fewer, &mut out)
+                .unwrap();
+        }
     }
 
     #[test]
