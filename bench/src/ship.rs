@@ -107,7 +107,7 @@ impl RunningPair {
         }
         // Wait until the receiver listens, so the sender's first connect works.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(config.backup.listen).is_err() && Instant::now() < deadline {
+        while !received.listening.load(Ordering::Relaxed) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         {

@@ -57,6 +57,8 @@ pub struct ReceiverStatus {
     pub durable: AtomicU64,
     /// When each sync made frames durable (replbench).
     pub staged_at: StageClock,
+    /// Set once the listener is bound: senders can connect from then on.
+    pub listening: AtomicBool,
 }
 
 /// State shared by the acceptor, the session and the syncers.
@@ -110,6 +112,7 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &Arc<ReceiverStatus>) -> 
         .with_context(|| format!("DMK0041E cannot listen on {}", config.backup.listen))?;
     listener.set_nonblocking(true)?;
     tracing::info!("DMK0042I listening on {}", config.backup.listen);
+    status.listening.store(true, Ordering::Relaxed);
     status
         .durable
         .store(staging.durable_position(), Ordering::Relaxed);

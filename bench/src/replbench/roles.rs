@@ -88,7 +88,7 @@ pub fn run_role(role: Role, config: &Path) -> ExitCode {
         let mut out = std::io::stdout().lock();
         let serving = || match role {
             Role::Send => sender.sessions.load(Ordering::Relaxed) > 0,
-            Role::Receive => true,
+            Role::Receive => receiver.listening.load(Ordering::Relaxed),
             Role::Apply => applier.running.load(Ordering::Relaxed),
         };
         let mut told_ready = false;
