@@ -106,10 +106,51 @@ fn catch_up_mode_times_the_senders_from_their_start_without_lag_figures() {
 }
 
 #[test]
+fn several_runs_end_with_the_median_of_their_figures() {
+    let (status, o, stderr) = replbench(&[
+        "--changes",
+        "20000",
+        "--runs",
+        "3",
+        "--catch-up",
+        "--no-baseline",
+        "--no-check",
+    ]);
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stderr.matches("RBN0007I").count(), 3, "{stderr}");
+    let runs = o["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    let mut each: Vec<f64> = runs
+        .iter()
+        .map(|r| r["changes_per_s"].as_f64().unwrap())
+        .collect();
+    let median = &o["median"];
+    assert_eq!(median["runs"], 3);
+    let listed: Vec<f64> = median["each_changes_per_s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_f64().unwrap())
+        .collect();
+    assert_eq!(listed, each);
+    each.sort_by(f64::total_cmp);
+    assert_eq!(median["changes_per_s"].as_f64().unwrap(), each[1]);
+    let entries = median["entries_per_s"].as_f64().unwrap();
+    assert!(
+        entries > each[0],
+        "entries/s {entries} vs changes/s {each:?}"
+    );
+    assert_eq!(o["equal"], true);
+}
+
+#[test]
 fn bad_arguments_are_refused_with_exit_status_2() {
     let (status, _, stderr) = replbench(&["--updates", "80", "--deletes", "30"]);
     assert_eq!(status, 2);
     assert!(stderr.contains("RBN0105E"), "{stderr}");
+    let (status, _, stderr) = replbench(&["--runs", "0"]);
+    assert_eq!(status, 2);
+    assert!(stderr.contains("--runs 0"), "{stderr}");
     let (status, _, stderr) = replbench(&["--compression", "lz9", "--changes", "10"]);
     assert_eq!(status, 3);
     assert!(stderr.contains("compression"), "{stderr}");

@@ -122,6 +122,11 @@ struct Args {
     /// workload through psql, far slower than our writer).
     #[arg(long, default_value_t = 500_000)]
     peer_changes: u64,
+    /// Run the whole measurement this many times, one after another, each
+    /// in a directory of its own, and end with the median of the runs
+    /// (this host's figures drift from run to run: compare medians).
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
     /// Print the figures as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -223,24 +228,92 @@ fn main() -> ExitCode {
         tty: std::io::stderr().is_terminal(),
         open_line: false,
     };
-    match bench::replbench::run(&exe, &options, &mut terminal) {
-        Ok(outcome) => {
-            terminal.note("");
-            if args.json {
-                println!("{}", outcome.to_json(&options));
-            } else {
-                print!("{}", summary(&outcome));
+    let mut outcomes = Vec::new();
+    for run in 1..=args.runs {
+        if args.runs > 1 {
+            terminal.note(&format!("RBN0007I run {run} of {}", args.runs));
+        }
+        match bench::replbench::run(&exe, &options, &mut terminal) {
+            Ok(outcome) => {
+                terminal.note("");
+                if !args.json {
+                    print!("{}", summary(&outcome));
+                }
+                outcomes.push(outcome);
             }
-            if outcome.is_equal() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+            Err(e) => {
+                terminal.note(&format!("replbench: {e:#}"));
+                return ExitCode::from(3);
             }
         }
-        Err(e) => {
-            terminal.note(&format!("replbench: {e:#}"));
-            ExitCode::from(3)
+    }
+    let medians = (outcomes.len() > 1).then(|| Medians::of(&outcomes));
+    if args.json {
+        let value = match (&medians, outcomes.as_slice()) {
+            (None, [outcome]) => outcome.to_json(&options),
+            _ => serde_json::json!({
+                "runs": outcomes.iter().map(|o| o.to_json(&options)).collect::<Vec<_>>(),
+                "median": medians,
+                "equal": outcomes.iter().all(Outcome::is_equal),
+            }),
+        };
+        println!("{value}");
+    } else if let Some(m) = &medians {
+        print!("{}", m.summary());
+    }
+    if outcomes.iter().all(Outcome::is_equal) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// The middle of several runs' figures (`--runs`).
+#[derive(Debug, serde::Serialize)]
+struct Medians {
+    runs: usize,
+    changes_per_s: f64,
+    entries_per_s: f64,
+    /// Each run's changes/s, in run order.
+    each_changes_per_s: Vec<f64>,
+    times_postgres: Option<f64>,
+}
+
+impl Medians {
+    fn of(outcomes: &[Outcome]) -> Medians {
+        let mut changes: Vec<f64> = outcomes.iter().map(|o| o.changes_per_s).collect();
+        let each_changes_per_s = changes.clone();
+        let mut entries: Vec<f64> = outcomes
+            .iter()
+            .map(|o| o.entries as f64 / o.seconds)
+            .collect();
+        let mut times: Vec<f64> = outcomes.iter().filter_map(|o| o.times_postgres).collect();
+        Medians {
+            runs: outcomes.len(),
+            changes_per_s: bench::median(&mut changes),
+            entries_per_s: bench::median(&mut entries),
+            each_changes_per_s,
+            times_postgres: (!times.is_empty()).then(|| bench::median(&mut times)),
         }
+    }
+
+    fn summary(&self) -> String {
+        let each: Vec<String> = self
+            .each_changes_per_s
+            .iter()
+            .map(|c| format!("{:.2}", c / 1e6))
+            .collect();
+        let mut s = format!(
+            "\nmedian of {} runs: {:.2} M changes/s applied ({:.2} M entries/s); each run: {} M changes/s\n",
+            self.runs,
+            self.changes_per_s / 1e6,
+            self.entries_per_s / 1e6,
+            each.join(", ")
+        );
+        if let Some(times) = self.times_postgres {
+            s += &format!("median against PostgreSQL: {times:.1}x\n");
+        }
+        s
     }
 }
 
@@ -271,6 +344,9 @@ fn validate(args: &Args) -> Result<(), String> {
     }
     if args.workers == 0 {
         return Err("--workers must be at least 1".into());
+    }
+    if !(1..=100).contains(&args.runs) {
+        return Err(format!("--runs {} is not between 1 and 100", args.runs));
     }
     if args
         .disk_baseline
