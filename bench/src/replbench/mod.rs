@@ -527,14 +527,14 @@ fn progress_line(started: Instant, board: &Board, written: &[AtomicU64], rate: f
     line
 }
 
-/// Waits until every process of the pipeline says it serves (the
-/// senders' sessions open, apply reading staging).
+/// Each process's CPU time so far, in the order given.
 fn cpu_times(processes: &[Process]) -> anyhow::Result<Vec<Duration>> {
     processes.iter().map(Process::cpu).collect()
 }
 
-/// Waits until every process says it serves; returns how long that took,
-/// in milliseconds.
+/// Waits until every process says it serves (a sender's session open, a
+/// receiver listening, apply reading staging); returns how long that
+/// took, in milliseconds.
 fn await_serving(board: &Board, processes: &mut [Process]) -> anyhow::Result<u128> {
     let started = Instant::now();
     while board.ready() < processes.len() as u64 {
