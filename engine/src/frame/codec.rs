@@ -760,7 +760,11 @@ mod tests {
             let err = encoder
                 .encode_append(9, 1, count + 1, entries.clone(), &mut out)
                 .unwrap_err();
-            assert!(err.to_string().contains("entries"), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("more than {FRAME_ENTRIES_MAX} entries")),
+                "{err}"
+            );
             assert_eq!(out, [7, 7, 7], "{codec:?}");
             // One fewer fits.
             let fewer = entries.clone().take(FRAME_ENTRIES_MAX);
