@@ -273,10 +273,15 @@ fn unix_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Median of `values` (which must not be empty).
+/// Median of `values` (which must not be empty): the middle one, or the
+/// mean of the two middle ones for an even count.
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let n = values.len();
+    match n % 2 {
+        1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +315,8 @@ mod tests {
         assert_eq!(lat.samples, 200);
         assert!(lat.p50_us <= lat.p99_us && lat.p99_us <= lat.max_us);
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 8.0]), 3.0);
+        assert_eq!(median(&mut [5.0]), 5.0);
     }
 
     /// The apply workload gives the same replica in every store applybench
