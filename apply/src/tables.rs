@@ -276,7 +276,7 @@ impl DataFile {
 /// file.
 fn check_record_sum(bytes: &[u8], offset: u32) -> Result<(), String> {
     let crc = u32::from_le_bytes(bytes[..4].try_into().unwrap());
-    match crc32c::crc32c(&bytes[4..]) == crc {
+    match engine::checksum::crc32c(&bytes[4..]) == crc {
         true => Ok(()),
         false => Err(format!(
             "checksum mismatch in the record at offset {offset}"
@@ -928,7 +928,7 @@ impl ReplicaTables {
         pending.extend_from_slice(op.value);
         // One checksum over the record just gathered (in cache), not one
         // per part.
-        let crc = crc32c::crc32c(&pending[start + 4..]);
+        let crc = engine::checksum::crc32c(&pending[start + 4..]);
         pending[start..start + 4].copy_from_slice(&crc.to_le_bytes());
         lane.gathered()?;
         Ok(loc)
@@ -1370,7 +1370,7 @@ impl CheckpointWrite {
         let body_len: usize = parts.iter().map(|p| p.len()).sum();
         let crc = parts
             .iter()
-            .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
+            .fold(0, |crc, part| engine::checksum::crc32c_append(crc, part));
         let tmp = dir.join("checkpoint.tmp");
         let file = File::create(&tmp).map_err(StoreError::io("create checkpoint", &tmp))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -1452,7 +1452,7 @@ impl ReplicaTables {
                 body.len()
             )));
         }
-        if crc32c::crc32c(body) != crc {
+        if engine::checksum::crc32c(body) != crc {
             return Err(corrupt("checksum mismatch"));
         }
         let mut r = Reader { bytes: body, at: 0 };

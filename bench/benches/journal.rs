@@ -92,9 +92,34 @@ fn frame(c: &mut Criterion) {
     group.finish();
 }
 
+/// CRC-32C over entry-sized buffers (150 bytes) starting at each of the
+/// eight alignments in turn: `engine::checksum` against the `crc32c` crate
+/// it replaces for short buffers (decisions.md 54).
+fn checksum(c: &mut Criterion) {
+    const LEN: usize = 150;
+    let bytes: Vec<u8> = (0..LEN as u32 + 8).map(|i| (i * 31 + 7) as u8).collect();
+    let mut group = c.benchmark_group("checksum");
+    group.throughput(Throughput::Bytes(8 * LEN as u64));
+    group.bench_function("engine-8x150B", |b| {
+        b.iter(|| {
+            (0..8).fold(0, |acc, start| {
+                acc ^ engine::checksum::crc32c(std::hint::black_box(&bytes[start..start + LEN]))
+            })
+        })
+    });
+    group.bench_function("crate-8x150B", |b| {
+        b.iter(|| {
+            (0..8).fold(0, |acc, start| {
+                acc ^ crc32c::crc32c(std::hint::black_box(&bytes[start..start + LEN]))
+            })
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    targets = append, scrape, frame
+    targets = append, scrape, frame, checksum
 }
 criterion_main!(benches);

@@ -2,6 +2,7 @@
 //! its multi-appender writer and crash recovery, and the limits every part obeys.
 //! Frames, transport, staging and the protocol join it in later work.
 
+pub mod checksum;
 pub mod clock;
 pub mod frame;
 pub mod journal;

@@ -81,8 +81,8 @@ pub fn frame(out: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) {
     let payload_bytes = (out.len() - start - CONTROL_HEADER_BYTES) as u32;
     out[start..start + 4].copy_from_slice(&payload_bytes.to_le_bytes());
     out[start + 4] = kind;
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&out[start + 4..start + 8]),
+    let crc = crate::checksum::crc32c_append(
+        crate::checksum::crc32c(&out[start + 4..start + 8]),
         &out[start + CONTROL_HEADER_BYTES..],
     );
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
@@ -106,8 +106,8 @@ pub fn unframe(buf: &[u8], max_payload: usize) -> Result<Option<Framed<'_>>, Str
         return Ok(None);
     }
     let stored = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-    let computed = crc32c::crc32c_append(
-        crc32c::crc32c(&buf[4..8]),
+    let computed = crate::checksum::crc32c_append(
+        crate::checksum::crc32c(&buf[4..8]),
         &buf[CONTROL_HEADER_BYTES..total],
     );
     if stored != computed {
@@ -387,7 +387,7 @@ mod tests {
         let mut lie = Vec::new();
         lie.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         lie.extend_from_slice(&[9, 0, 0, 0]);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&lie[4..8]), &payload);
+        let crc = crate::checksum::crc32c_append(crate::checksum::crc32c(&lie[4..8]), &payload);
         lie.extend_from_slice(&crc.to_le_bytes());
         lie.extend_from_slice(&payload);
         assert!(Control::decode(&lie).unwrap_err().0.contains("limit"));

@@ -493,7 +493,7 @@ mod tests {
         Reply::Nodes { hashes: vec![] }.encode(&mut buf);
         // Claim four billion hashes in a 4-byte payload (checksum fixed up).
         buf[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[4..8]), &buf[12..]);
+        let crc = engine::checksum::crc32c_append(engine::checksum::crc32c(&buf[4..8]), &buf[12..]);
         buf[8..12].copy_from_slice(&crc.to_le_bytes());
         let err = Reply::decode(&buf).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");

@@ -273,7 +273,7 @@ impl FrameEncoder {
             start_position,
             next_sequence,
             entry_count: self.offsets.len() as u32,
-            body_crc32c: crc32c::crc32c(&out[at + FRAME_HEADER_BYTES..]),
+            body_crc32c: crate::checksum::crc32c(&out[at + FRAME_HEADER_BYTES..]),
         };
         out[at..at + FRAME_HEADER_BYTES].copy_from_slice(&header.encode(self.codec));
         header
@@ -439,7 +439,7 @@ impl FrameDecoder {
                 ))
             }
             None => {
-                let computed = crc32c::crc32c(body);
+                let computed = crate::checksum::crc32c(body);
                 if computed != header.body_crc32c {
                     return Err(FrameError::BodyChecksum {
                         stored: header.body_crc32c,
@@ -903,7 +903,7 @@ mod tests {
     /// A frame whose header and body checksums are right but whose content lies.
     fn forged(body: &[u8], header: FrameHeader, codec: Codec) -> Vec<u8> {
         let header = FrameHeader {
-            body_crc32c: crc32c::crc32c(body),
+            body_crc32c: crate::checksum::crc32c(body),
             body_bytes: body.len() as u32,
             ..header
         };

@@ -69,7 +69,7 @@ impl FrameHeader {
         h[24..32].copy_from_slice(&self.next_sequence.to_le_bytes());
         h[32..36].copy_from_slice(&self.entry_count.to_le_bytes());
         h[36..40].copy_from_slice(&self.body_crc32c.to_le_bytes());
-        let crc = crc32c::crc32c(&h[0..44]);
+        let crc = crate::checksum::crc32c(&h[0..44]);
         h[44..48].copy_from_slice(&crc.to_le_bytes());
         h
     }
@@ -88,7 +88,7 @@ impl FrameHeader {
                 "bad magic (not a frame, or out of step with the stream)",
             ));
         }
-        if u32_at(44) != crc32c::crc32c(&h[0..44]) {
+        if u32_at(44) != crate::checksum::crc32c(&h[0..44]) {
             return Err(bad("header checksum mismatch"));
         }
         if h[4] != FRAME_VERSION {

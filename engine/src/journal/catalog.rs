@@ -122,7 +122,7 @@ impl Catalog {
             out.extend_from_slice(&(name.len() as u16).to_le_bytes());
             out.extend_from_slice(name.as_bytes());
         }
-        let crc = crc32c::crc32c(&out[8..]);
+        let crc = crate::checksum::crc32c(&out[8..]);
         out[0..4].copy_from_slice(&(self.names.len() as u32).to_le_bytes());
         out[4..8].copy_from_slice(&crc.to_le_bytes());
         out.resize(align_up(out.len()), 0);
@@ -156,7 +156,7 @@ impl Catalog {
             names.insert(id, name.to_owned());
             at += 10 + len;
         }
-        if crc32c::crc32c(&block[8..at]) != stored_crc {
+        if crate::checksum::crc32c(&block[8..at]) != stored_crc {
             return Err(bad("checksum mismatch"));
         }
         if align_up(at) != block.len() || block[at..].iter().any(|b| *b != 0) {

@@ -446,7 +446,7 @@ pub(crate) unsafe fn write_unpublished(
         }
         // One checksum call over the bytes just written (hot in L1) is
         // measurably cheaper than one call per piece for small entries.
-        let crc = crc32c::crc32c(std::slice::from_raw_parts(dst.add(8), frame_bytes - 8));
+        let crc = crate::checksum::crc32c(std::slice::from_raw_parts(dst.add(8), frame_bytes - 8));
         std::ptr::copy_nonoverlapping(crc.to_le_bytes().as_ptr(), dst.add(4), 4);
     }
     entry.frame_bytes() as u32
@@ -526,7 +526,7 @@ pub fn decode(buf: &[u8]) -> Result<Entry<'_>, DecodeError> {
     }
     let bytes = &buf[..len];
     let stored = u32_at(bytes, 4);
-    let computed = crc32c::crc32c(&bytes[8..]);
+    let computed = crate::checksum::crc32c(&bytes[8..]);
     if stored != computed {
         return Err(DecodeError::ChecksumMismatch { stored, computed });
     }

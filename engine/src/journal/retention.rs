@@ -123,7 +123,7 @@ impl PositionFile {
     pub fn reset(&mut self, position: u64) -> Result<(), JournalError> {
         let mut bytes = [0u8; FILE_BYTES];
         bytes[..8].copy_from_slice(&position.to_le_bytes());
-        let crc = crc32c::crc32c(&bytes[..8]);
+        let crc = crate::checksum::crc32c(&bytes[..8]);
         bytes[8..12].copy_from_slice(&crc.to_le_bytes());
         self.file
             .write_all_at(&bytes, 0)
@@ -141,7 +141,7 @@ fn read_position(file: &std::fs::File, path: &Path) -> u64 {
         Ok(FILE_BYTES) => {
             let position = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
             let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-            if crc == crc32c::crc32c(&bytes[..8]) && position >= 1 {
+            if crc == crate::checksum::crc32c(&bytes[..8]) && position >= 1 {
                 position
             } else {
                 tracing::warn!(

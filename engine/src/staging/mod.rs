@@ -392,7 +392,7 @@ fn read_frame(
     )? {
         return Ok(partial);
     }
-    if crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]) != header.body_crc32c {
+    if crate::checksum::crc32c(&buf[FRAME_HEADER_BYTES..]) != header.body_crc32c {
         return Ok(FrameAt::Broken("frame body checksum mismatch".into()));
     }
     Ok(FrameAt::Frame(header))
