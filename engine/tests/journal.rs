@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{image, read_all, read_all_from, small_options, Owned};
+use common::{
+    dir_that_drops_cached_pages, image, read_all, read_all_from, resident_mib, small_options, Owned,
+};
 use engine::journal::{
     Durability, EntryType, Journal, JournalError, JournalOptions, NewEntry, ReadError, SyncFile,
 };
@@ -677,4 +679,41 @@ fn a_new_segment_is_synced_with_its_header_before_it_takes_its_name() {
             "segment {first} was not synced with its header before its rename: {seen:?}"
         );
     }
+}
+
+#[test]
+fn a_cursor_gives_back_each_segment_it_has_finished() {
+    let Some(root) = dir_that_drops_cached_pages() else {
+        return;
+    };
+    let dir = root.path().join("journal");
+    {
+        let journal = Journal::open(&dir, small_options()).unwrap();
+        let mut w = journal.appender();
+        w.append(&NewEntry::create_object(1, "A")).unwrap();
+        let after = vec![0xAB; 1000];
+        for i in 0..3000u64 {
+            w.append(&NewEntry::put(1, &i.to_le_bytes(), &after))
+                .unwrap();
+        }
+    }
+    let segments = engine::journal::list_segments(&dir).unwrap();
+    assert!(segments.len() >= 3, "expected rotation: {segments:?}");
+    for (_, path) in &segments {
+        // Clean pages: dirty ones are only queued for write-back when dropped.
+        File::open(path).unwrap().sync_all().unwrap();
+        assert!(resident_mib(path)[0], "{} is not cached", path.display());
+    }
+    assert_eq!(read_all(&dir).len(), 3001);
+    let (last, finished) = segments.split_last().unwrap();
+    for (_, path) in finished {
+        let resident = resident_mib(path);
+        assert!(
+            resident.iter().all(|r| !*r),
+            "{} was read through and is still cached: {resident:?}",
+            path.display()
+        );
+    }
+    // The one the cursor stopped in stays: the tail is read there.
+    assert!(resident_mib(&last.1)[0]);
 }

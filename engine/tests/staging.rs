@@ -2,11 +2,14 @@
 //! durable across reopen, torn tails truncated, damage refused, a disk budget
 //! that pushes back, purge after apply, and fsync failure poisoning.
 
+mod common;
+
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::{dir_that_drops_cached_pages, resident_mib};
 use engine::frame::{Codec, FrameEncoder};
 use engine::journal::entry::{decode, encode_to_vec};
 use engine::journal::{NewEntry, SyncFile};
@@ -727,45 +730,6 @@ fn new_segments_are_zero_filled_only_while_apply_keeps_up() {
     // rest while three or more were.
     assert_eq!(filled[..2], [true, true], "{filled:?}");
     assert!(filled[2..].iter().all(|f| !f), "{filled:?}");
-}
-
-/// For each MiB of `path`, whether any of its pages is in the page cache.
-fn resident_mib(path: &std::path::Path) -> Vec<bool> {
-    let file = File::open(path).unwrap();
-    // SAFETY: a read-only map only looked at by mincore, never read through.
-    let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
-    let pages = map.len().div_ceil(4096);
-    let mut resident = vec![0u8; pages];
-    // SAFETY: the map is `pages` pages long and page-aligned; `resident`
-    // has a byte per page.
-    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), resident.as_mut_ptr()) };
-    assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
-    resident
-        .chunks(256)
-        .map(|mib| mib.iter().any(|p| p & 1 == 1))
-        .collect()
-}
-
-/// A temporary directory on a filesystem that drops clean cached pages
-/// when asked, or `None` (with a note) where it keeps them (tmpfs, say:
-/// its pages are the file).
-fn dir_that_drops_cached_pages() -> Option<tempfile::TempDir> {
-    use std::os::unix::fs::FileExt;
-    let root = tempfile::tempdir().unwrap();
-    let path = root.path().join("probe");
-    let file = File::create(&path).unwrap();
-    file.write_all_at(&vec![1u8; 1 << 20], 0).unwrap();
-    file.sync_all().unwrap();
-    engine::sys::drop_cached(&file, 0, 0).unwrap();
-    let dropped = !resident_mib(&path)[0];
-    std::fs::remove_file(&path).unwrap();
-    if !dropped {
-        eprintln!(
-            "skipped: {} keeps dropped pages cached",
-            root.path().display()
-        );
-    }
-    dropped.then_some(root)
 }
 
 /// Frames of 500 entries (about 80 KB), covering sequences 1...

@@ -159,7 +159,9 @@ impl JournalCursor {
             ));
         }
         self.offset = segment.entries_start();
-        self.segment = segment;
+        // The cursor reads a segment once: its pages are given back for the
+        // next ones to be made of (decisions.md 53).
+        std::mem::replace(&mut self.segment, segment).release_cached();
         self.at_end_of_segment = false;
         Ok(())
     }

@@ -92,7 +92,7 @@ impl SegmentHeader {
         h[32..40].copy_from_slice(&self.segment_bytes.to_le_bytes());
         h[40..48].copy_from_slice(&self.created_unix_ns.to_le_bytes());
         h[48..52].copy_from_slice(&self.catalog_bytes.to_le_bytes());
-        let crc = crc32c::crc32c(&h[0..52]);
+        let crc = crate::checksum::crc32c(&h[0..52]);
         h[52..56].copy_from_slice(&crc.to_le_bytes());
         h
     }
@@ -107,7 +107,7 @@ impl SegmentHeader {
         if h[0..8] != SEGMENT_MAGIC {
             return Err("bad magic (not a journal segment)");
         }
-        if u32_at(52) != crc32c::crc32c(&h[0..52]) {
+        if u32_at(52) != crate::checksum::crc32c(&h[0..52]) {
             return Err("header checksum mismatch");
         }
         if u32_at(8) != SEGMENT_FORMAT_VERSION {
@@ -380,6 +380,15 @@ impl MappedSegment {
             map,
             header,
         })
+    }
+
+    /// Unmaps the segment and asks the kernel to drop its cached pages
+    /// (only a hint: pages still mapped elsewhere, or dirty, stay): for a
+    /// reader done with it (decisions.md 53).
+    pub fn release_cached(self) {
+        let MappedSegment { file, map, .. } = self;
+        drop(map);
+        let _ = crate::sys::drop_cached(&file, 0, 0);
     }
 
     pub fn path(&self) -> &Path {

@@ -1,5 +1,6 @@
-//! Helpers shared by the journal test suites: owned copies of entries read
-//! back through the one validating reader, and options for small segments.
+//! Helpers shared by the journal and staging test suites: owned copies of
+//! entries read back through the one validating reader, options for small
+//! segments, and which pages of a file are cached.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -105,4 +106,43 @@ pub fn assert_same(actual: &[Owned], expected: &[Owned], context: &str) {
         expected.len(),
         expected.last().map(|e| e.sequence)
     );
+}
+
+/// For each MiB of `path`, whether any of its pages is in the page cache.
+pub fn resident_mib(path: &std::path::Path) -> Vec<bool> {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a read-only map only looked at by mincore, never read through.
+    let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
+    let pages = map.len().div_ceil(4096);
+    let mut resident = vec![0u8; pages];
+    // SAFETY: the map is `pages` pages long and page-aligned; `resident`
+    // has a byte per page.
+    let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), resident.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    resident
+        .chunks(256)
+        .map(|mib| mib.iter().any(|p| p & 1 == 1))
+        .collect()
+}
+
+/// A temporary directory on a filesystem that drops clean cached pages
+/// when asked, or `None` (with a note) where it keeps them (tmpfs, say:
+/// its pages are the file).
+pub fn dir_that_drops_cached_pages() -> Option<tempfile::TempDir> {
+    use std::os::unix::fs::FileExt;
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("probe");
+    let file = std::fs::File::create(&path).unwrap();
+    file.write_all_at(&vec![1u8; 1 << 20], 0).unwrap();
+    file.sync_all().unwrap();
+    engine::sys::drop_cached(&file, 0, 0).unwrap();
+    let dropped = !resident_mib(&path)[0];
+    std::fs::remove_file(&path).unwrap();
+    if !dropped {
+        eprintln!(
+            "skipped: {} keeps dropped pages cached",
+            root.path().display()
+        );
+    }
+    dropped.then_some(root)
 }
