@@ -79,6 +79,14 @@ fn a_small_run_over_two_journals_applies_everything_and_proves_it_equal() {
         .map(|c| c["process"].as_str().unwrap())
         .collect();
     assert_eq!(cpu.len(), 1 + 2 + 1 + 2, "{cpu:?}");
+    // The machine's time over the window: every kind, adding up to all of it.
+    let machine = &o["machine"];
+    let shares: f64 = ["user", "system", "iowait", "idle", "steal"]
+        .iter()
+        .map(|kind| machine[format!("{kind}_percent")].as_f64().unwrap())
+        .sum();
+    assert!((shares - 100.0).abs() < 0.01, "{machine}");
+    assert!(machine["user_percent"].as_f64().unwrap() > 0.0, "{machine}");
     assert!(o["raw_tcp_mb_per_s"].as_f64().unwrap() > 0.0);
     assert!(o["percent_of_raw_tcp"].as_f64().unwrap() > 0.0);
 }
@@ -133,6 +141,14 @@ fn several_runs_end_with_the_median_of_their_figures() {
         .map(|c| c.as_f64().unwrap())
         .collect();
     assert_eq!(listed, each);
+    let steal = median["each_steal_percent"].as_array().unwrap();
+    assert_eq!(steal.len(), 3, "{median}");
+    assert!(
+        steal
+            .iter()
+            .all(|p| (0.0..=100.0).contains(&p.as_f64().unwrap())),
+        "{median}"
+    );
     each.sort_by(f64::total_cmp);
     assert_eq!(median["changes_per_s"].as_f64().unwrap(), each[1]);
     let entries = median["entries_per_s"].as_f64().unwrap();

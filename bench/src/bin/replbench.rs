@@ -276,6 +276,8 @@ struct Medians {
     entries_per_s: f64,
     /// Each run's changes/s, in run order.
     each_changes_per_s: Vec<f64>,
+    /// Each run's share of the machine the host took (steal), in run order.
+    each_steal_percent: Vec<Option<f64>>,
     times_postgres: Option<f64>,
 }
 
@@ -293,6 +295,10 @@ impl Medians {
             changes_per_s: bench::median(&mut changes),
             entries_per_s: bench::median(&mut entries),
             each_changes_per_s,
+            each_steal_percent: outcomes
+                .iter()
+                .map(|o| o.machine.as_ref().map(|m| m.steal_percent))
+                .collect(),
             times_postgres: (!times.is_empty()).then(|| bench::median(&mut times)),
         }
     }
@@ -310,6 +316,18 @@ impl Medians {
             self.entries_per_s / 1e6,
             each.join(", ")
         );
+        if self.each_steal_percent.iter().all(Option::is_some) {
+            let steal: Vec<String> = self
+                .each_steal_percent
+                .iter()
+                .flatten()
+                .map(|p| format!("{p:.0}"))
+                .collect();
+            s += &format!(
+                "each run's steal (the host's share of the machine): {} %\n",
+                steal.join(", ")
+            );
+        }
         if let Some(times) = self.times_postgres {
             s += &format!("median against PostgreSQL: {times:.1}x\n");
         }
@@ -416,6 +434,18 @@ fn summary(o: &Outcome) -> String {
         .map(|c| format!("{} {:.2} s ({:.0}%)", c.process, c.seconds, c.percent))
         .collect();
     let _ = writeln!(s, "\nCPU: {}", cpu.join(", "));
+    if let Some(m) = &o.machine {
+        let _ = writeln!(
+            s,
+            "machine over the run ({} CPUs, /proc/stat): user {:.0}%, system {:.0}%, iowait {:.0}%, idle {:.0}%, steal {:.0}% (the host's: figures from runs with different steal do not compare)",
+            m.cpus,
+            m.user_percent,
+            m.system_percent,
+            m.iowait_percent,
+            m.idle_percent,
+            m.steal_percent
+        );
+    }
     if o.dropped_events > 0 {
         let _ = writeln!(
             s,

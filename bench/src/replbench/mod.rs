@@ -11,6 +11,7 @@
 //! baseline, on request, shows what one synced stream and several get.
 
 pub mod disk;
+pub mod machine;
 pub mod postgres;
 pub mod roles;
 pub mod stages;
@@ -130,6 +131,9 @@ pub struct Outcome {
     /// What the device holding the run's directory was written over the
     /// timed window (none when it is not a block device).
     pub disk: Option<disk::DiskFigure>,
+    /// How the machine's CPUs spent the timed window (steal: the host's
+    /// share), from `/proc/stat`.
+    pub machine: Option<machine::MachineFigure>,
     /// The raw-disk baseline, when asked for.
     pub raw_disk: Option<disk::RawDisk>,
     /// The same workload through PostgreSQL logical replication, and our
@@ -269,6 +273,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     // Live, the timed window starts with the writers; in catch-up mode with
     // the pipeline (started again below).
     let mut disk_window = disk::DiskWindow::start(&dir);
+    let mut machine_window = machine::MachineWindow::start();
     let started = Instant::now();
     let written = std::thread::scope(|scope| -> anyhow::Result<Vec<Written>> {
         let writers: Vec<_> = opened
@@ -321,6 +326,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
             "RBN0005I catch-up: the workload is written and the backup serves (after {ms} ms); the senders start now"
         ));
         disk_window = disk::DiskWindow::start(&dir);
+        machine_window = machine::MachineWindow::start();
         cpu_at_start = cpu_times(&processes)?;
         pipeline_started_ns = Some(monotonic_ns());
         start_senders(&mut processes)?;
@@ -354,6 +360,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     }
     let writer_cpu = workload::process_cpu().saturating_sub(cpu_before);
     let disk_written = disk_window.map(|w| w.finish(written.iter().map(|w| w.changes).sum()));
+    let machine_time = machine_window.map(|w| w.finish());
     let mut cpu = vec![CpuFigure {
         process: "writer".into(),
         seconds: writer_cpu.as_secs_f64(),
@@ -381,6 +388,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     outcome.disk = disk_written
         .transpose()
         .context("reading the disk's statistics")?;
+    outcome.machine = machine_time.transpose().context("reading /proc/stat")?;
     say.note(&format!(
         "RBN0002I {} changes ({} entries) applied in {:.2} s: {:.2} M changes/s",
         outcome.changes,
@@ -645,6 +653,7 @@ fn figures(
         raw_tcp_mb_per_s: None,
         percent_of_raw_tcp: None,
         disk: None,
+        machine: None,
         raw_disk: None,
         postgres: None,
         times_postgres: None,
