@@ -17,6 +17,11 @@ use super::catalog::Catalog;
 use super::entry::{decode_validated, Entry, EntryType};
 use super::segment::{list_segments, segment_file_name, MappedSegment, SegmentError};
 
+/// A finished segment's pages are dropped when at least this many segments
+/// follow the one the cursor enters: it is reading a backlog, not following
+/// the writer (decisions.md 53).
+const BEHIND_SEGMENTS: usize = 2;
+
 /// One step of the cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -159,11 +164,24 @@ impl JournalCursor {
             ));
         }
         self.offset = segment.entries_start();
-        // The cursor reads a segment once: its pages are given back for the
-        // next ones to be made of (decisions.md 53).
-        std::mem::replace(&mut self.segment, segment).release_cached();
+        let entered = segment.first_sequence();
+        let finished = std::mem::replace(&mut self.segment, segment);
+        if self.segments_after(entered) >= BEHIND_SEGMENTS {
+            // Far behind the writer, the cursor reads a segment once: its
+            // pages are given back for the next ones to be made of. At the
+            // tail they stay, for its file's reuse as a spare (decisions.md 53).
+            finished.release_cached();
+        }
         self.at_end_of_segment = false;
         Ok(())
+    }
+
+    /// How many of the journal's segments start after `first` (0 when the
+    /// directory cannot be listed).
+    fn segments_after(&self, first: u64) -> usize {
+        list_segments(&self.dir).map_or(0, |segments| {
+            segments.iter().filter(|(f, _)| *f > first).count()
+        })
     }
 
     /// The entry that a `Step::Entry(offset)` of the current segment reported.
