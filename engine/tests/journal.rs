@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    dir_that_drops_cached_pages, image, read_all, read_all_from, resident_mib, small_options, Owned,
+    assert_none_cached, dir_that_drops_cached_pages, image, read_all, read_all_from, resident_mib,
+    small_options, Owned,
 };
 use engine::journal::{
     Durability, EntryType, Journal, JournalError, JournalOptions, NewEntry, ReadError, SyncFile,
@@ -708,12 +709,7 @@ fn a_cursor_gives_back_the_segments_it_finishes_far_behind_the_writer() {
     // Finished with two or more segments still to read: given back.
     let (behind, tail) = segments.split_at(segments.len() - 3);
     for (_, path) in behind {
-        let resident = resident_mib(path);
-        assert!(
-            resident.iter().all(|r| !*r),
-            "{} was read through and is still cached: {resident:?}",
-            path.display()
-        );
+        assert_none_cached(path);
     }
     // Finished with fewer, the cursor was at the writer's tail: kept (for
     // their files' reuse as spares), as is the one it stopped in.

@@ -9,7 +9,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{dir_that_drops_cached_pages, resident_mib};
+use common::{assert_none_cached, dir_that_drops_cached_pages, resident_mib};
 use engine::frame::{Codec, FrameEncoder};
 use engine::journal::entry::{decode, encode_to_vec};
 use engine::journal::{NewEntry, SyncFile};
@@ -799,12 +799,7 @@ fn a_reader_gives_back_each_segment_it_has_finished() {
     assert_eq!(read_available(&mut reader).len(), all.len());
     let (last, finished) = segments.split_last().unwrap();
     for (path, _) in finished {
-        let resident = resident_mib(path);
-        assert!(
-            resident.iter().all(|r| !*r),
-            "{} was read through and is still cached: {resident:?}",
-            path.display()
-        );
+        assert_none_cached(path);
     }
     // The one being read (and written) stays.
     assert!(resident_mib(&last.0)[0]);

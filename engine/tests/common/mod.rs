@@ -125,6 +125,17 @@ pub fn resident_mib(path: &std::path::Path) -> Vec<bool> {
         .collect()
 }
 
+/// Panics unless none of `path`'s pages is in the page cache (a file read
+/// through and given back).
+pub fn assert_none_cached(path: &std::path::Path) {
+    let resident = resident_mib(path);
+    assert!(
+        resident.iter().all(|r| !*r),
+        "{} was read through and is still cached: {resident:?}",
+        path.display()
+    );
+}
+
 /// A temporary directory on a filesystem that drops clean cached pages
 /// when asked, or `None` (with a note) where it keeps them (tmpfs, say:
 /// its pages are the file).
