@@ -463,16 +463,30 @@ fn acknowledged_segments_are_purged_at_rotation_and_their_files_become_new_segme
         list_segments(dir.path()).unwrap()[0].0 > 1,
         "acknowledged segments were purged"
     );
-    // A local consumer's hold (new: at 1) stops purging. Two rotations
-    // later no purge begun before it is still under way (the background
-    // thread purges, then makes the spare the next rotation takes), and
-    // what is left reads back whole, through the reused files too. (A
-    // reader of a segment being purged may see it reused underneath it:
-    // decisions.md 35.)
+    // A local consumer's hold (new: at 1) stops purging. Once the oldest
+    // segment has stayed put across two rotations no purge begun before it
+    // is still under way (the background thread purges, then makes the
+    // spare the next rotation takes; on a slow host it can be a rotation or
+    // more behind), and what is left reads back whole, through the reused
+    // files too. (A reader of a segment being purged may see it reused
+    // underneath it: decisions.md 35.)
     let mut hold = HoldRecord::open_hold(dir.path(), "consumer").unwrap();
-    let segments = list_segments(dir.path()).unwrap().len();
-    while list_segments(dir.path()).unwrap().len() < segments + 2 {
+    let newest = |dir: &std::path::Path| list_segments(dir).unwrap().last().unwrap().0;
+    let mut oldest = list_segments(dir.path()).unwrap()[0].0;
+    let (mut last, mut rotations) = (newest(dir.path()), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rotations < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "purging did not stop under the hold"
+        );
         appended.extend(append_tagged(&journal, appended.len() as u64, 200));
+        let now_oldest = list_segments(dir.path()).unwrap()[0].0;
+        if now_oldest != oldest {
+            (oldest, rotations) = (now_oldest, 0);
+        } else if newest(dir.path()) != last {
+            (last, rotations) = (newest(dir.path()), rotations + 1);
+        }
     }
     assert_rest_reads_back(dir.path(), &appended);
 
@@ -491,7 +505,13 @@ fn acknowledged_segments_are_purged_at_rotation_and_their_files_become_new_segme
     drop(journal);
 
     // Reopened: no torn tail in a reused file, nothing lost, no spare left.
-    let journal = Journal::open(dir.path(), purging_options()).unwrap();
+    // (Without purging: the reopened journal's background thread would
+    // purge up to the hold meanwhile, under the reader's feet.)
+    let reopened = JournalOptions {
+        purge_acknowledged: false,
+        ..purging_options()
+    };
+    let journal = Journal::open(dir.path(), reopened).unwrap();
     let report = journal.recovery_report();
     assert_eq!((report.next_sequence, report.truncated_bytes), (last, 0));
     assert_rest_reads_back(dir.path(), &appended);
@@ -523,11 +543,20 @@ fn segments_purged_together_make_the_spares_of_the_rotations_that_follow() {
     // Six rotations: the first may take a spare made before the purge.
     while later.len() < 6 {
         appended += append_tagged(&journal, appended, 200).len() as u64;
+        let seen = later.len();
         later = list_segments(dir.path())
             .unwrap()
             .into_iter()
             .filter(|(first, _)| *first > before)
             .collect();
+        if later.len() > seen {
+            // A rotation: give the background thread the time a writer
+            // that does not outrun it leaves (a rotation that finds no
+            // spare ready makes a new file: this test is about which files
+            // spares are made of, not about that race, which a slow host
+            // loses).
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let reused = later
         .iter()
