@@ -79,6 +79,14 @@ fn a_small_run_over_two_journals_applies_everything_and_proves_it_equal() {
         .map(|c| c["process"].as_str().unwrap())
         .collect();
     assert_eq!(cpu.len(), 1 + 2 + 1 + 2, "{cpu:?}");
+    for c in o["cpu"].as_array().unwrap() {
+        // The kernel's part of each process's time is in it.
+        let (all, kernel) = (
+            c["seconds"].as_f64().unwrap(),
+            c["system_seconds"].as_f64().unwrap(),
+        );
+        assert!((0.0..=all).contains(&kernel), "{c}");
+    }
     // The machine's time over the window: every kind, adding up to all of it.
     let machine = &o["machine"];
     let shares: f64 = ["user", "system", "iowait", "idle", "steal"]

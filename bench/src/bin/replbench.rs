@@ -431,7 +431,12 @@ fn summary(o: &Outcome) -> String {
     let cpu: Vec<String> = o
         .cpu
         .iter()
-        .map(|c| format!("{} {:.2} s ({:.0}%)", c.process, c.seconds, c.percent))
+        .map(|c| {
+            format!(
+                "{} {:.2} s ({:.0}%, kernel {:.2} s)",
+                c.process, c.seconds, c.percent, c.system_seconds
+            )
+        })
         .collect();
     let _ = writeln!(s, "\nCPU: {}", cpu.join(", "));
     if let Some(m) = &o.machine {

@@ -93,9 +93,24 @@ pub struct StageFigure {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CpuFigure {
     pub process: String,
+    /// User and system time together.
     pub seconds: f64,
+    /// Of that, in the kernel on the process's behalf (system calls, page
+    /// faults, copies into and out of the page cache).
+    pub system_seconds: f64,
     /// Of one core over the run's wall time.
     pub percent: f64,
+}
+
+impl CpuFigure {
+    fn new(process: String, time: workload::CpuTime) -> CpuFigure {
+        CpuFigure {
+            process,
+            seconds: time.total().as_secs_f64(),
+            system_seconds: time.system.as_secs_f64(),
+            percent: 0.0,
+        }
+    }
 }
 
 /// Everything a run measured.
@@ -358,26 +373,19 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
             shown = Instant::now();
         }
     }
-    let writer_cpu = workload::process_cpu().saturating_sub(cpu_before);
+    let writer_cpu = workload::process_cpu().since(cpu_before);
     let disk_written = disk_window.map(|w| w.finish(written.iter().map(|w| w.changes).sum()));
     let machine_time = machine_window.map(|w| w.finish());
-    let mut cpu = vec![CpuFigure {
-        process: "writer".into(),
-        seconds: writer_cpu.as_secs_f64(),
-        percent: 0.0,
-    }];
+    let mut cpu = vec![CpuFigure::new("writer".into(), writer_cpu)];
     for (i, p) in processes.iter().enumerate() {
         // Processes started in the window (catch-up's senders) count from 0.
         let before = cpu_at_start.get(i).copied().unwrap_or_default();
-        cpu.push(CpuFigure {
-            process: if journals > 1 && p.role != Role::Apply {
-                format!("{}-J{}", p.role.name(), p.journal)
-            } else {
-                p.role.name().into()
-            },
-            seconds: p.cpu()?.saturating_sub(before).as_secs_f64(),
-            percent: 0.0,
-        });
+        let process = if journals > 1 && p.role != Role::Apply {
+            format!("{}-J{}", p.role.name(), p.journal)
+        } else {
+            p.role.name().into()
+        };
+        cpu.push(CpuFigure::new(process, p.cpu()?.since(before)));
     }
     say.note(&progress_line(started, &board, &written_to, 0.0));
     drop(opened);
@@ -536,7 +544,7 @@ fn progress_line(started: Instant, board: &Board, written: &[AtomicU64], rate: f
 }
 
 /// Each process's CPU time so far, in the order given.
-fn cpu_times(processes: &[Process]) -> anyhow::Result<Vec<Duration>> {
+fn cpu_times(processes: &[Process]) -> anyhow::Result<Vec<workload::CpuTime>> {
     processes.iter().map(Process::cpu).collect()
 }
 

@@ -17,6 +17,8 @@ use anyhow::Context;
 use engine::trace::StageClock;
 use ship::config::Config;
 
+use super::workload::CpuTime;
+
 use super::stages::{print_events, Board, Stage};
 
 /// How often a role prints its events.
@@ -191,8 +193,8 @@ impl Process {
         )
     }
 
-    /// CPU time (user + system) the process has used so far.
-    pub fn cpu(&self) -> anyhow::Result<Duration> {
+    /// CPU time the process has used so far.
+    pub fn cpu(&self) -> anyhow::Result<CpuTime> {
         process_cpu(self.child.id())
     }
 
@@ -245,8 +247,8 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// CPU time of process `pid` from /proc (user + system, in clock ticks).
-fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+/// CPU time of process `pid` from /proc (user and system, in clock ticks).
+fn process_cpu(pid: u32) -> anyhow::Result<CpuTime> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces: fields count from the
@@ -256,16 +258,19 @@ fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
         .map(|(_, r)| r)
         .with_context(|| format!("{path}: no ')'"))?;
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("{path}: field {} unreadable", i + 3))
-    };
-    let total = ticks(11)? + ticks(12)?;
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_nanos(total * 1_000_000_000 / per_second))
+    let time = |i: usize| -> anyhow::Result<Duration> {
+        let ticks: u64 = fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: field {} unreadable", i + 3))?;
+        Ok(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+    };
+    Ok(CpuTime {
+        user: time(11)?,
+        system: time(12)?,
+    })
 }
 
 #[cfg(test)]
@@ -281,6 +286,7 @@ mod tests {
         }
         assert!(x > 0);
         let cpu = process_cpu(std::process::id()).unwrap();
-        assert!(cpu >= Duration::from_millis(50), "{cpu:?}");
+        assert!(cpu.user >= Duration::from_millis(50), "{cpu:?}");
+        assert!(cpu.total() >= cpu.user);
     }
 }
