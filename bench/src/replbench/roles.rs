@@ -17,9 +17,8 @@ use anyhow::Context;
 use engine::trace::StageClock;
 use ship::config::Config;
 
-use super::workload::CpuTime;
-
 use super::stages::{print_events, Board, Stage};
+use super::workload::CpuTime;
 
 /// How often a role prints its events.
 const REPORT_EVERY: Duration = Duration::from_millis(10);
@@ -286,7 +285,7 @@ mod tests {
         }
         assert!(x > 0);
         let cpu = process_cpu(std::process::id()).unwrap();
+        // The loop runs in user space: most of its time is the user's.
         assert!(cpu.user >= Duration::from_millis(50), "{cpu:?}");
-        assert!(cpu.total() >= cpu.user);
     }
 }
