@@ -112,7 +112,7 @@ fn home(hash: u64, mask: usize) -> usize {
 
 /// A hint to the CPU to load the line at `at` (nothing on targets without
 /// one). Any address will do: a prefetch never faults.
-fn prefetch_line(at: *const u8) {
+pub(crate) fn prefetch_line(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint with no effect on memory or program
     // state, whatever the address.

@@ -94,6 +94,10 @@ const LANE_BUFFER_BYTES: usize = 128 << 10;
 /// misses in flight to hide their latency, not so many that they evict each
 /// other.
 const LOOKAHEAD_OPS: usize = 8;
+/// Most cache lines of one key or value `prefetch_bytes` asks for: a
+/// record of replbench's kind is two; the hardware's own prefetcher takes
+/// over on a long value once the copy streams through it.
+const PREFETCH_LINES: usize = 4;
 /// Checkpoints as written: shards with their stamps (decisions.md 41).
 const CHECKPOINT_MAGIC: &[u8; 8] = b"HATBLCK2";
 /// Checkpoints taken with apply paused, one flat index, still read.
@@ -745,6 +749,10 @@ impl PartedApply for Parted<'_> {
             unsafe { self.shard(shard_of(change.1)) }
                 .records
                 .prefetch(change.1);
+            // Its key and value too: the staging-read thread wrote them on
+            // the other core, and the lane copies them (decisions.md 57).
+            prefetch_bytes(change.0.key);
+            prefetch_bytes(change.0.value);
             ahead.push_back(change);
             if ahead.len() > LOOKAHEAD_OPS {
                 make(ahead.pop_front().expect("not empty"))?;
@@ -788,6 +796,24 @@ pub struct ReplicaTables {
     /// Checkpoints begun.
     begun: AtomicU64,
     durable: Arc<Durable>,
+}
+
+/// Starts loading the first lines (`PREFETCH_LINES`) of `bytes`.
+fn prefetch_bytes(bytes: &[u8]) {
+    for line in lines_of(bytes) {
+        crate::index::prefetch_line(line as *const u8);
+    }
+}
+
+/// The addresses of the 64-byte lines `bytes` starts on, at most
+/// `PREFETCH_LINES` of them.
+fn lines_of(bytes: &[u8]) -> impl Iterator<Item = usize> {
+    let start = bytes.as_ptr() as usize;
+    let lines = match bytes.len() {
+        0 => 0,
+        len => ((start + len - 1) >> 6) - (start >> 6) + 1,
+    };
+    (0..lines.min(PREFETCH_LINES)).map(move |i| (start & !63) + 64 * i)
 }
 
 fn shard_of(hash: u64) -> usize {
@@ -2028,6 +2054,30 @@ impl Gather {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefetch_asks_for_the_lines_a_slice_starts_on_and_no_more() {
+        let buffer = vec![0u8; 1024];
+        let base = buffer.as_ptr() as usize;
+        let skip = (64 - base % 64) % 64; // the first whole line
+        for (offset, len, expected) in [
+            (0, 0, 0),
+            (0, 1, 1),
+            (0, 64, 1),
+            (0, 65, 2),
+            (63, 2, 2),
+            (10, 100, 2),
+            (0, 900, PREFETCH_LINES),
+        ] {
+            let bytes = &buffer[skip + offset..skip + offset + len];
+            let lines: Vec<usize> = lines_of(bytes).collect();
+            assert_eq!(lines.len(), expected, "{offset}+{len}");
+            for (i, line) in lines.iter().enumerate() {
+                assert_eq!(*line % 64, 0);
+                assert_eq!(*line, (bytes.as_ptr() as usize & !63) + 64 * i);
+            }
+        }
+    }
     use std::ops::Range;
     use std::sync::atomic::AtomicBool;
     use testkit::{copy_dir, seed, Rng};
