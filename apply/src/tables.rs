@@ -2054,30 +2054,6 @@ impl Gather {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_prefetch_asks_for_the_lines_a_slice_starts_on_and_no_more() {
-        let buffer = vec![0u8; 1024];
-        let base = buffer.as_ptr() as usize;
-        let skip = (64 - base % 64) % 64; // the first whole line
-        for (offset, len, expected) in [
-            (0, 0, 0),
-            (0, 1, 1),
-            (0, 64, 1),
-            (0, 65, 2),
-            (63, 2, 2),
-            (10, 100, 2),
-            (0, 900, PREFETCH_LINES),
-        ] {
-            let bytes = &buffer[skip + offset..skip + offset + len];
-            let lines: Vec<usize> = lines_of(bytes).collect();
-            assert_eq!(lines.len(), expected, "{offset}+{len}");
-            for (i, line) in lines.iter().enumerate() {
-                assert_eq!(*line % 64, 0);
-                assert_eq!(*line, (bytes.as_ptr() as usize & !63) + 64 * i);
-            }
-        }
-    }
     use std::ops::Range;
     use std::sync::atomic::AtomicBool;
     use testkit::{copy_dir, seed, Rng};
@@ -2537,5 +2513,29 @@ mod tests {
             assert!(passes > 0);
         });
         assert!(tables.reclaimed_bytes() > 0, "nothing compacted");
+    }
+
+    #[test]
+    fn a_prefetch_asks_for_the_lines_a_slice_starts_on_and_no_more() {
+        let buffer = vec![0u8; 1024];
+        let base = buffer.as_ptr() as usize;
+        let skip = (64 - base % 64) % 64; // the first whole line
+        for (offset, len, expected) in [
+            (0, 0, 0),
+            (0, 1, 1),
+            (0, 64, 1),
+            (0, 65, 2),
+            (63, 2, 2),
+            (10, 100, 2),
+            (0, 900, PREFETCH_LINES),
+        ] {
+            let bytes = &buffer[skip + offset..skip + offset + len];
+            let lines: Vec<usize> = lines_of(bytes).collect();
+            assert_eq!(lines.len(), expected, "{offset}+{len}");
+            for (i, line) in lines.iter().enumerate() {
+                assert_eq!(*line % 64, 0);
+                assert_eq!(*line, (bytes.as_ptr() as usize & !63) + 64 * i);
+            }
+        }
     }
 }
