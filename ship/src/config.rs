@@ -24,6 +24,10 @@
 //! io = "auto"                         # auto | uring | plain
 //! compression = "none"                # none | zstd | zstd:<level>
 //! window = "64MiB"                    # most bytes sent and not yet acknowledged
+//! linger_us = 0                       # send small frames at least this far apart,
+//!                                     # gathering what is appended meanwhile: less
+//!                                     # CPU at high rates, up to this much more
+//!                                     # latency; 0: send as soon as nothing more is there
 //!
 //! [apply]                             # replapply, on the backup node
 //! store = "tables"                    # tables (replica tables) | sqlite
@@ -116,6 +120,7 @@ struct RawTransport {
     heartbeat_ms: Option<Spanned<u64>>,
     timeout_ms: Option<Spanned<u64>>,
     reconnect_max_ms: Option<Spanned<u64>>,
+    linger_us: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -166,6 +171,9 @@ pub struct Transport {
     pub heartbeat: Duration,
     pub timeout: Duration,
     pub reconnect_max: Duration,
+    /// Frames that close because the journal has nothing more are sent at
+    /// least this far apart while they are small (`ScrapeOptions::linger`).
+    pub linger: Duration,
 }
 
 /// Which store holds the replica.
@@ -518,6 +526,13 @@ impl Config {
                     10,
                     600_000,
                 )?,
+                linger: Duration::from_micros(count(
+                    &t.linger_us,
+                    "transport.linger_us",
+                    0,
+                    0,
+                    100_000,
+                )? as u64),
             },
         })
     }
@@ -600,6 +615,18 @@ window = "32MiB"
         assert_eq!(c.apply.workers, 2);
         assert_eq!(c.apply.spill_bytes, 64 << 20);
         assert!(c.backup.prepare_segments);
+        assert_eq!(c.transport.linger, Duration::ZERO);
+        let lingers = GOOD.replace("window = \"32MiB\"", "window = \"32MiB\"\nlinger_us = 500");
+        let c = Config::parse(Path::new("/etc/repl/pair.toml"), &lingers).unwrap();
+        assert_eq!(c.transport.linger, Duration::from_micros(500));
+        let e = err(&GOOD.replace(
+            "window = \"32MiB\"",
+            "window = \"32MiB\"\nlinger_us = 200000",
+        ));
+        assert!(
+            e.contains("key `transport.linger_us`") && e.contains("out of range"),
+            "{e}"
+        );
         let off = GOOD.replace("[backup]\n", "[backup]\nprepare_segments = false\n");
         let c = Config::parse(Path::new("/etc/repl/pair.toml"), &off).unwrap();
         assert!(!c.backup.prepare_segments);

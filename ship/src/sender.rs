@@ -204,6 +204,7 @@ fn session(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
             from_sequence: resume,
             batch_entries_max: config.transport.frame_entries,
             batch_bytes_max: config.transport.frame_bytes,
+            linger: config.transport.linger,
             ..ScrapeOptions::default()
         },
     )?;

@@ -78,6 +78,11 @@ struct Args {
     /// a crash; the product's default).
     #[arg(long, default_value_t = 1000)]
     checkpoint_ms: u64,
+    /// The senders send small frames at least this many microseconds
+    /// apart, gathering what is appended meanwhile (`[transport]
+    /// linger_us`; the product's default is 0)
+    #[arg(long, default_value_t = 0)]
+    linger_us: u64,
     /// none | zstd | zstd:<level>
     #[arg(long, default_value = "none")]
     compression: String,
@@ -202,6 +207,7 @@ fn main() -> ExitCode {
         journals: args.journals,
         workers: args.workers,
         checkpoint_ms: args.checkpoint_ms,
+        linger_us: args.linger_us,
         compression: args.compression.clone(),
         io: args.io.clone(),
         dir: args.dir.clone(),

@@ -52,6 +52,8 @@ pub struct Options {
     pub workers: usize,
     /// `[apply] checkpoint_ms`.
     pub checkpoint_ms: u64,
+    /// `[transport] linger_us`.
+    pub linger_us: u64,
     /// `[transport] compression` and `io`.
     pub compression: String,
     pub io: String,
@@ -173,6 +175,7 @@ impl Outcome {
             "rate": w.rate,
             "workers": options.workers,
             "checkpoint_ms": options.checkpoint_ms,
+            "linger_us": options.linger_us,
             "catch_up": options.catch_up,
             "grow_index": options.grow_index,
             "peer_changes": options.postgres,
@@ -508,10 +511,11 @@ fn write_config(dir: &Path, options: &Options, j: u64) -> anyhow::Result<PathBuf
         "# Written by replbench.\ngroup = \"BENCH\"\n\n\
          [primary]\nnode = \"primary\"\njournal = \"journals/J{j}\"\njournal_name = \"J{j}\"\n\n\
          [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\n\n\
-         [transport]\nio = \"{}\"\ncompression = \"{}\"\n\n\
+         [transport]\nio = \"{}\"\ncompression = \"{}\"\nlinger_us = {}\n\n\
          [apply]\nreplica = \"replica\"\nworkers = {}\ncheckpoint_ms = {}\nexpected_records = {}\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
         options.io,
         options.compression,
+        options.linger_us,
         options.workers,
         options.checkpoint_ms,
         expected_records(options),
