@@ -229,9 +229,7 @@ impl Scraper {
             next_sequence: self.cursor.position(),
         })
     }
-}
 
-impl Scraper {
     /// Until when a batch of `bytes` that found the journal idle waits for
     /// more (`ScrapeOptions::linger`), or `None` to close it now.
     fn linger_until(&self, bytes: usize) -> Option<Instant> {
