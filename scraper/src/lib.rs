@@ -16,7 +16,7 @@
 mod selector;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engine::journal::{Catalog, Entry, EntryType, JournalCursor, ReadError, Step};
 use engine::limits::{SCRAPE_BATCH_BYTES_MAX, SCRAPE_BATCH_ENTRIES_MAX};
@@ -33,14 +33,13 @@ pub struct ScrapeOptions {
     pub batch_entries_max: usize,
     /// ...or once it holds at least this many bytes.
     pub batch_bytes_max: usize,
-    /// Batches closed because the journal had nothing more follow each
-    /// other at least this far apart: a batch that would close sooner after
-    /// the previous one, under half of `batch_bytes_max`, first waits out
-    /// the rest of this time and takes what was appended meanwhile. Under
-    /// a steady stream of small appends this sends fewer, larger frames
-    /// (each costs a wake-up, a send, a receive, a write and a sync along
-    /// the way); the first batch after a quiet spell goes at once. Zero:
-    /// close a batch as soon as the journal has nothing more (decisions.md 58).
+    /// Most time a batch that found the journal idle while under half of
+    /// `batch_bytes_max` is held for its caller (`next_batch_held`: the
+    /// sender holds it while earlier frames are unacknowledged), then
+    /// takes what was appended meanwhile. Under a steady stream of small
+    /// appends this makes fewer, larger frames (each costs a wake-up, a
+    /// send, a receive, a write and a sync along the way); with nothing in
+    /// flight a batch goes at once. Zero: never held (decisions.md 58).
     pub linger: Duration,
 }
 
@@ -79,8 +78,6 @@ pub struct Scraper {
     offsets: Vec<u32>,
     selection: Selection,
     switch_pending: bool,
-    /// When the last batch with entries was handed out.
-    last_batch: Option<Instant>,
 }
 
 /// Which object ids are selected, decided lazily from the catalog's names.
@@ -154,7 +151,6 @@ impl Scraper {
                 last_object: None,
             },
             switch_pending: false,
-            last_batch: None,
             options,
         })
     }
@@ -173,10 +169,24 @@ impl Scraper {
     /// limits. When nothing is published, sleeps up to `wait` for an appender;
     /// an empty batch means nothing selected arrived in that time.
     pub fn next_batch(&mut self, wait: Duration) -> Result<Batch<'_>, ScrapeError> {
+        self.next_batch_held(wait, &mut |_| false)
+    }
+
+    /// `next_batch`, with a batch that finds the journal idle while it is
+    /// small (under half of `batch_bytes_max`) offered once to `hold`
+    /// (with `ScrapeOptions::linger`, unless that is zero): `hold(linger)`
+    /// waits up to `linger` for whatever the caller waits for and returns
+    /// whether it waited; if it did, the batch goes on taking what was
+    /// appended meanwhile.
+    pub fn next_batch_held(
+        &mut self,
+        wait: Duration,
+        hold: &mut dyn FnMut(Duration) -> bool,
+    ) -> Result<Batch<'_>, ScrapeError> {
         self.offsets.clear();
         let mut bytes = 0;
         let mut waited = false;
-        let mut lingered = false;
+        let mut held = false;
         if std::mem::take(&mut self.switch_pending) {
             self.cursor.next_segment()?;
         }
@@ -203,13 +213,15 @@ impl Scraper {
                     self.switch_pending = true;
                     break;
                 }
-                Step::Idle if !self.offsets.is_empty() && !lingered => {
-                    lingered = true;
-                    match self.linger_until(bytes) {
-                        Some(until) => {
-                            std::thread::sleep(until.saturating_duration_since(Instant::now()))
-                        }
-                        None => break,
+                Step::Idle
+                    if !self.offsets.is_empty()
+                        && !held
+                        && !self.options.linger.is_zero()
+                        && bytes < self.options.batch_bytes_max / 2 =>
+                {
+                    held = true;
+                    if !hold(self.options.linger) {
+                        break;
                     }
                 }
                 Step::Idle if !self.offsets.is_empty() || waited || wait.is_zero() => break,
@@ -219,25 +231,12 @@ impl Scraper {
                 }
             }
         }
-        if !self.offsets.is_empty() {
-            self.last_batch = Some(Instant::now());
-        }
         Ok(Batch {
             cursor: &self.cursor,
             offsets: &self.offsets,
             bytes,
             next_sequence: self.cursor.position(),
         })
-    }
-
-    /// Until when a batch of `bytes` that found the journal idle waits for
-    /// more (`ScrapeOptions::linger`), or `None` to close it now.
-    fn linger_until(&self, bytes: usize) -> Option<Instant> {
-        if self.options.linger.is_zero() || bytes >= self.options.batch_bytes_max / 2 {
-            return None;
-        }
-        let until = self.last_batch? + self.options.linger;
-        (until > Instant::now()).then_some(until)
     }
 }
 

@@ -268,13 +268,15 @@ fn an_idle_scraper_sleeps_and_wakes_when_an_entry_is_published() {
     });
 }
 
-/// A scraper of everything after the create of object 1, with `linger`.
-fn lingering(dir: &std::path::Path, linger: Duration) -> Scraper {
+/// A scraper of everything after the create of object 1, with `linger` and
+/// `batch_bytes_max`.
+fn lingering(dir: &std::path::Path, linger: Duration, batch_bytes_max: usize) -> Scraper {
     Scraper::open(
         dir,
         ScrapeOptions {
             from_sequence: 2,
             linger,
+            batch_bytes_max,
             ..ScrapeOptions::default()
         },
     )
@@ -282,63 +284,71 @@ fn lingering(dir: &std::path::Path, linger: Duration) -> Scraper {
 }
 
 #[test]
-fn a_small_batch_soon_after_the_last_waits_out_the_linger_and_takes_what_came_meanwhile() {
+fn a_small_batch_held_takes_what_was_appended_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path(), options()).unwrap();
     journal.append(&NewEntry::create_object(1, "T")).unwrap();
-    let mut scraper = lingering(dir.path(), Duration::from_secs(1));
+    let linger = Duration::from_millis(7);
+    let mut scraper = lingering(dir.path(), linger, 1 << 20);
     journal.append(&NewEntry::put(1, b"a", b"v")).unwrap();
-    assert_eq!(scraper.next_batch(Duration::ZERO).unwrap().len(), 1);
-    journal.append(&NewEntry::put(1, b"b", b"v")).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(200));
-            journal.append(&NewEntry::put(1, b"c", b"v")).unwrap();
-        });
-        // Without the linger this batch would close at once with `b` alone.
-        let started = Instant::now();
-        let batch = scraper.next_batch(Duration::ZERO).unwrap();
-        let keys: Vec<&[u8]> = batch.iter().map(|e| e.key()).collect();
-        assert_eq!(keys, [b"b", b"c"]);
-        assert!(started.elapsed() >= Duration::from_millis(200));
-    });
+    let mut offered = Vec::new();
+    // The hold stands for the sender's wait for acknowledgements: here
+    // the next entry is appended during it.
+    let batch = scraper
+        .next_batch_held(Duration::ZERO, &mut |d| {
+            offered.push(d);
+            journal.append(&NewEntry::put(1, b"b", b"v")).unwrap();
+            true
+        })
+        .unwrap();
+    let keys: Vec<&[u8]> = batch.iter().map(|e| e.key()).collect();
+    assert_eq!(keys, [b"a", b"b"]);
+    // Offered once per batch, with the linger.
+    assert_eq!(offered, [linger]);
+    // A hold that did not wait (nothing in flight) closes the batch.
+    journal.append(&NewEntry::put(1, b"c", b"v")).unwrap();
+    let batch = scraper
+        .next_batch_held(Duration::ZERO, &mut |_| {
+            journal.append(&NewEntry::put(1, b"d", b"v")).unwrap();
+            false
+        })
+        .unwrap();
+    let keys: Vec<&[u8]> = batch.iter().map(|e| e.key()).collect();
+    assert_eq!(keys, [b"c"]);
 }
 
 #[test]
-fn after_a_quiet_spell_and_for_large_batches_the_linger_does_not_delay() {
+fn large_batches_and_a_zero_linger_are_never_held() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path(), options()).unwrap();
     journal.append(&NewEntry::create_object(1, "T")).unwrap();
-    let linger = Duration::from_millis(300);
-    let mut quiet = lingering(dir.path(), linger);
-    let mut large = Scraper::open(
-        dir.path(),
-        ScrapeOptions {
-            from_sequence: 2,
-            batch_bytes_max: 8192,
-            linger: Duration::from_secs(20),
-            ..ScrapeOptions::default()
-        },
-    )
-    .unwrap();
+    let mut never = lingering(dir.path(), Duration::ZERO, 1 << 20);
+    let mut large = lingering(dir.path(), Duration::from_secs(1), 8192);
     journal.append(&NewEntry::put(1, b"a", b"v")).unwrap();
-    // The first batch of all follows no other.
-    let started = Instant::now();
-    assert_eq!(quiet.next_batch(Duration::ZERO).unwrap().len(), 1);
-    assert_eq!(large.next_batch(Duration::ZERO).unwrap().len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(10));
-    // A batch taken once the linger has passed since the last goes at once.
-    std::thread::sleep(linger);
-    journal.append(&NewEntry::put(1, b"b", b"v")).unwrap();
-    let started = Instant::now();
-    assert_eq!(quiet.next_batch(Duration::ZERO).unwrap().len(), 1);
-    assert!(started.elapsed() < linger);
-    // A batch of at least half the byte limit goes at once, however soon
-    // after the last.
     journal
-        .append(&NewEntry::put(1, b"c", &[7u8; 4096]))
+        .append(&NewEntry::put(1, b"b", &[7u8; 4096]))
         .unwrap();
-    let started = Instant::now();
-    assert_eq!(large.next_batch(Duration::ZERO).unwrap().len(), 2);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut held = 0;
+    assert_eq!(
+        never
+            .next_batch_held(Duration::ZERO, &mut |_| {
+                held += 1;
+                true
+            })
+            .unwrap()
+            .len(),
+        2
+    );
+    // Half of its byte limit: goes without a hold.
+    assert_eq!(
+        large
+            .next_batch_held(Duration::ZERO, &mut |_| {
+                held += 1;
+                true
+            })
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(held, 0);
 }

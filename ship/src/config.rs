@@ -24,10 +24,10 @@
 //! io = "auto"                         # auto | uring | plain
 //! compression = "none"                # none | zstd | zstd:<level>
 //! window = "64MiB"                    # most bytes sent and not yet acknowledged
-//! linger_us = 0                       # send small frames at least this far apart,
-//!                                     # gathering what is appended meanwhile: less
-//!                                     # CPU at high rates, up to this much more
-//!                                     # latency; 0: send as soon as nothing more is there
+//! linger_us = 2000                    # most a small frame waits for earlier ones'
+//!                                     # acknowledgement, gathering what is appended
+//!                                     # meanwhile (fewer, larger frames at high rates;
+//!                                     # none waits with nothing in flight); 0: never
 //!
 //! [apply]                             # replapply, on the backup node
 //! store = "tables"                    # tables (replica tables) | sqlite
@@ -171,8 +171,8 @@ pub struct Transport {
     pub heartbeat: Duration,
     pub timeout: Duration,
     pub reconnect_max: Duration,
-    /// Frames that close because the journal has nothing more are sent at
-    /// least this far apart while they are small (`ScrapeOptions::linger`).
+    /// Most a small frame waits for earlier frames' acknowledgement
+    /// (`ScrapeOptions::linger`).
     pub linger: Duration,
 }
 
@@ -529,7 +529,7 @@ impl Config {
                 linger: Duration::from_micros(count(
                     &t.linger_us,
                     "transport.linger_us",
-                    0,
+                    2000,
                     0,
                     100_000,
                 )? as u64),
@@ -615,7 +615,7 @@ window = "32MiB"
         assert_eq!(c.apply.workers, 2);
         assert_eq!(c.apply.spill_bytes, 64 << 20);
         assert!(c.backup.prepare_segments);
-        assert_eq!(c.transport.linger, Duration::ZERO);
+        assert_eq!(c.transport.linger, Duration::from_micros(2000));
         let lingers = GOOD.replace("window = \"32MiB\"", "window = \"32MiB\"\nlinger_us = 500");
         let c = Config::parse(Path::new("/etc/repl/pair.toml"), &lingers).unwrap();
         assert_eq!(c.transport.linger, Duration::from_micros(500));

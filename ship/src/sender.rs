@@ -276,7 +276,20 @@ fn produce(
             }
         }
         let start = scraper.next_sequence();
-        let batch = scraper.next_batch(Duration::from_millis(100))?;
+        // A small frame waits while earlier ones are unacknowledged, up to
+        // `linger` (decisions.md 58).
+        let batch = scraper.next_batch_held(Duration::from_millis(100), &mut |linger| {
+            let deadline = std::time::Instant::now() + linger;
+            let mut unacked = shared.unacked.lock();
+            let in_flight = *unacked > 0;
+            while *unacked > 0
+                && !shared
+                    .acked_cv
+                    .wait_until(&mut unacked, deadline)
+                    .timed_out()
+            {}
+            in_flight
+        })?;
         let next = batch.next_sequence();
         if next == start {
             continue;

@@ -78,10 +78,10 @@ struct Args {
     /// a crash; the product's default).
     #[arg(long, default_value_t = 1000)]
     checkpoint_ms: u64,
-    /// The senders send small frames at least this many microseconds
-    /// apart, gathering what is appended meanwhile (`[transport]
-    /// linger_us`; the product's default is 0)
-    #[arg(long, default_value_t = 0)]
+    /// Most a sender's small frame waits for earlier frames'
+    /// acknowledgement, in microseconds (`[transport] linger_us`; the
+    /// product's default); 0: never
+    #[arg(long, default_value_t = 2000)]
     linger_us: u64,
     /// none | zstd | zstd:<level>
     #[arg(long, default_value = "none")]
