@@ -329,12 +329,13 @@ fn large_batches_and_a_zero_linger_are_never_held() {
         .append(&NewEntry::put(1, b"b", &[7u8; 4096]))
         .unwrap();
     let mut held = 0;
+    let mut hold = |_| {
+        held += 1;
+        true
+    };
     assert_eq!(
         never
-            .next_batch_held(Duration::ZERO, &mut |_| {
-                held += 1;
-                true
-            })
+            .next_batch_held(Duration::ZERO, &mut hold)
             .unwrap()
             .len(),
         2
@@ -342,10 +343,7 @@ fn large_batches_and_a_zero_linger_are_never_held() {
     // Half of its byte limit: goes without a hold.
     assert_eq!(
         large
-            .next_batch_held(Duration::ZERO, &mut |_| {
-                held += 1;
-                true
-            })
+            .next_batch_held(Duration::ZERO, &mut hold)
             .unwrap()
             .len(),
         2
