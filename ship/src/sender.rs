@@ -67,11 +67,53 @@ struct Outgoing {
 /// Shared between a session's producer and its I/O loop.
 struct Shared {
     stop: AtomicBool,
-    /// Bytes encoded and not yet acknowledged.
-    unacked: Mutex<u64>,
-    acked_cv: Condvar,
+    in_flight: InFlight,
     pool: Mutex<Vec<Vec<u8>>>,
     waker: Waker,
+}
+
+/// Bytes encoded and not yet acknowledged: the producer adds a frame's,
+/// the I/O loop takes off what an acknowledgement covers.
+#[derive(Default)]
+struct InFlight {
+    bytes: Mutex<u64>,
+    acked: Condvar,
+}
+
+impl InFlight {
+    fn add(&self, bytes: u64) {
+        *self.bytes.lock() += bytes;
+    }
+
+    fn acknowledge(&self, bytes: u64) {
+        let mut in_flight = self.bytes.lock();
+        *in_flight = in_flight.saturating_sub(bytes);
+        self.acked.notify_all();
+    }
+
+    /// Wakes every wait, so a stopping session's producer looks at `stop`.
+    fn wake(&self) {
+        self.acked.notify_all();
+    }
+
+    /// Waits while `window` bytes or more are in flight, until `stop` is set.
+    fn wait_below(&self, window: u64, stop: &AtomicBool) {
+        let mut in_flight = self.bytes.lock();
+        while *in_flight >= window && !stop.load(Ordering::Relaxed) {
+            self.acked
+                .wait_for(&mut in_flight, Duration::from_millis(100));
+        }
+    }
+
+    /// Nagle's hold for a small frame (decisions.md 58): waits until
+    /// nothing is in flight, at most `linger`, and says whether anything was.
+    fn hold(&self, linger: Duration) -> bool {
+        let deadline = Instant::now() + linger;
+        let mut in_flight = self.bytes.lock();
+        let held = *in_flight > 0;
+        while *in_flight > 0 && !self.acked.wait_until(&mut in_flight, deadline).timed_out() {}
+        held
+    }
 }
 
 /// Runs the sender until `stop` is set.
@@ -210,8 +252,7 @@ fn session(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
     )?;
     let shared = Shared {
         stop: AtomicBool::new(false),
-        unacked: Mutex::new(0),
-        acked_cv: Condvar::new(),
+        in_flight: InFlight::default(),
         pool: Mutex::new(Vec::new()),
         waker: Waker::new()?,
     };
@@ -242,7 +283,7 @@ fn session(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
         };
         let result = io.run(stop, &rx);
         shared.stop.store(true, Ordering::Relaxed);
-        shared.acked_cv.notify_all();
+        shared.in_flight.wake();
         drop(rx);
         let mut cancelled = Vec::new();
         driver.cancel_all(&mut cancelled);
@@ -267,28 +308,10 @@ fn produce(
     let mut encoder = FrameEncoder::new(config.transport.codec)?;
     let window = config.transport.window_bytes;
     while !shared.stop.load(Ordering::Relaxed) {
-        {
-            let mut unacked = shared.unacked.lock();
-            while *unacked >= window && !shared.stop.load(Ordering::Relaxed) {
-                shared
-                    .acked_cv
-                    .wait_for(&mut unacked, Duration::from_millis(100));
-            }
-        }
+        shared.in_flight.wait_below(window, &shared.stop);
         let start = scraper.next_sequence();
-        // A small frame waits while earlier ones are unacknowledged, up to
-        // `linger` (decisions.md 58).
         let batch = scraper.next_batch_held(Duration::from_millis(100), &mut |linger| {
-            let deadline = std::time::Instant::now() + linger;
-            let mut unacked = shared.unacked.lock();
-            let in_flight = *unacked > 0;
-            while *unacked > 0
-                && !shared
-                    .acked_cv
-                    .wait_until(&mut unacked, deadline)
-                    .timed_out()
-            {}
-            in_flight
+            shared.in_flight.hold(linger)
         })?;
         let next = batch.next_sequence();
         if next == start {
@@ -297,7 +320,7 @@ fn produce(
         status.scraped_at.reached(0, next);
         let mut buf = shared.pool.lock().pop().unwrap_or_default();
         encoder.encode(journal_id, start, next, batch.iter(), &mut buf)?;
-        *shared.unacked.lock() += buf.len() as u64;
+        shared.in_flight.add(buf.len() as u64);
         if tx.send(Outgoing { buf, next }).is_err() {
             break;
         }
@@ -524,10 +547,83 @@ impl SessionIo<'_> {
             self.unacked.pop_front();
         }
         if freed > 0 {
-            let mut unacked = self.shared.unacked.lock();
-            *unacked = unacked.saturating_sub(freed);
-            self.shared.acked_cv.notify_all();
+            self.shared.in_flight.acknowledge(freed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Acknowledges `bytes` after `after`, from another thread.
+    fn ack_later(in_flight: &std::sync::Arc<InFlight>, after: Duration, bytes: u64) {
+        let in_flight = std::sync::Arc::clone(in_flight);
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            in_flight.acknowledge(bytes);
+        });
+    }
+
+    #[test]
+    fn a_hold_with_nothing_in_flight_returns_at_once_and_says_so() {
+        let in_flight = InFlight::default();
+        let start = Instant::now();
+        assert!(!in_flight.hold(Duration::from_secs(60)));
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_hold_ends_when_everything_in_flight_is_acknowledged() {
+        let in_flight = std::sync::Arc::new(InFlight::default());
+        in_flight.add(100);
+        let start = Instant::now();
+        // A first acknowledgement leaves bytes in flight: the hold goes on.
+        ack_later(&in_flight, Duration::from_millis(20), 60);
+        ack_later(&in_flight, Duration::from_millis(80), 40);
+        assert!(in_flight.hold(Duration::from_secs(60)));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(80),
+            "ended after {waited:?}, before the last acknowledgement"
+        );
+        assert!(
+            waited < Duration::from_secs(10),
+            "waited {waited:?} for a linger of 60 s"
+        );
+    }
+
+    #[test]
+    fn a_hold_waits_no_longer_than_its_linger() {
+        let in_flight = std::sync::Arc::new(InFlight::default());
+        in_flight.add(100);
+        // Should the hold ignore its linger, this ends it, and the timing fails.
+        ack_later(&in_flight, Duration::from_secs(20), 100);
+        let start = Instant::now();
+        assert!(in_flight.hold(Duration::from_millis(50)));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(50),
+            "gave up after {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(10),
+            "waited {waited:?} for a linger of 50 ms"
+        );
+    }
+
+    #[test]
+    fn the_window_wait_ends_below_the_window_or_at_stop() {
+        let in_flight = std::sync::Arc::new(InFlight::default());
+        let stop = AtomicBool::new(false);
+        in_flight.add(100);
+        ack_later(&in_flight, Duration::from_millis(30), 50);
+        let start = Instant::now();
+        in_flight.wait_below(100, &stop);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert_eq!(*in_flight.bytes.lock(), 50);
+        stop.store(true, Ordering::Relaxed);
+        in_flight.wait_below(50, &stop);
     }
 }
