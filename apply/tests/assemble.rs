@@ -120,8 +120,9 @@ fn drain(batch: &TxnBatch, out: &mut Vec<Committed>) {
     }
 }
 
-/// Assembles `journals` (entries taken from them in turn at random) with
-/// the batches cleared, or detached and swapped, at random points.
+/// Assembles three random journals (entries taken from them in turn at
+/// random) with the batches cleared, or swapped for new ones, at random
+/// points.
 fn assemble_against_model(seed: u64, spill: usize) {
     let mut rng = Rng(seed);
     let journals: Vec<Vec<Vec<u8>>> = (0..3)
@@ -143,7 +144,7 @@ fn assemble_against_model(seed: u64, spill: usize) {
         assembler.push(j as u32, &entry, &mut batches[j]).unwrap();
         models[j].push(j as u32, &entry, spill, &mut expected);
         match rng.below(40) {
-            // Applied and emptied, as follow and replay do: a tail stays.
+            // Applied and emptied, as follow and replay do.
             0 => {
                 drain(&batches[j], &mut got);
                 batches[j].clear();
@@ -161,18 +162,18 @@ fn assemble_against_model(seed: u64, spill: usize) {
     }
     // Batches of different journals are drained at different times: compare
     // each journal's transactions in its commit order.
+    fn of(all: &[Committed], journal: u32) -> Vec<&Committed> {
+        all.iter().filter(|c| c.journal == journal).collect()
+    }
     for j in 0..journals.len() as u32 {
-        let of = |all: &[Committed]| -> Vec<usize> {
-            all.iter()
-                .enumerate()
-                .filter(|(_, c)| c.journal == j)
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let (g, e) = (of(&got), of(&expected));
-        assert_eq!(g.len(), e.len(), "journal {j}: transactions (seed {seed})");
-        for (gi, ei) in g.into_iter().zip(e) {
-            assert_eq!(got[gi], expected[ei], "journal {j} (seed {seed})");
+        let (got, expected) = (of(&got, j), of(&expected, j));
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "journal {j}: transactions (seed {seed})"
+        );
+        for (got, expected) in got.into_iter().zip(expected) {
+            assert_eq!(got, expected, "journal {j} (seed {seed})");
         }
     }
     assert!(
