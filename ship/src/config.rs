@@ -176,6 +176,9 @@ pub struct Transport {
     pub linger: Duration,
 }
 
+/// `[transport] linger_us` when the file does not set it (decisions.md 58).
+pub const DEFAULT_LINGER_US: u64 = 2000;
+
 /// Which store holds the replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -529,7 +532,7 @@ impl Config {
                 linger: Duration::from_micros(count(
                     &t.linger_us,
                     "transport.linger_us",
-                    2000,
+                    DEFAULT_LINGER_US,
                     0,
                     100_000,
                 )? as u64),
@@ -615,7 +618,7 @@ window = "32MiB"
         assert_eq!(c.apply.workers, 2);
         assert_eq!(c.apply.spill_bytes, 64 << 20);
         assert!(c.backup.prepare_segments);
-        assert_eq!(c.transport.linger, Duration::from_micros(2000));
+        assert_eq!(c.transport.linger, Duration::from_micros(DEFAULT_LINGER_US));
         let lingers = GOOD.replace("window = \"32MiB\"", "window = \"32MiB\"\nlinger_us = 500");
         let c = Config::parse(Path::new("/etc/repl/pair.toml"), &lingers).unwrap();
         assert_eq!(c.transport.linger, Duration::from_micros(500));

@@ -81,7 +81,7 @@ struct Args {
     /// Most a sender's small frame waits for earlier frames'
     /// acknowledgement, in microseconds (`[transport] linger_us`; the
     /// product's default); 0: never
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = ship::config::DEFAULT_LINGER_US)]
     linger_us: u64,
     /// none | zstd | zstd:<level>
     #[arg(long, default_value = "none")]
