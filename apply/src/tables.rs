@@ -57,7 +57,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -140,7 +140,8 @@ impl Tuning {
 /// index of 2 M slots in about 64 batches).
 const SWEEP_SLOTS_PER_STEP: usize = 32 << 10;
 /// Emptied data files kept for reuse, in bytes (8 files of
-/// `DATA_FILE_BYTES`); more are deleted.
+/// `DATA_FILE_BYTES`), unless `ReplicaTables::reserve_data` reserved
+/// more; more are deleted.
 const FREE_BYTES_MAX: usize = 512 << 20;
 const MAX_JOURNALS: usize = 4096;
 
@@ -559,6 +560,9 @@ struct DataFiles {
     /// files, written over in place, where pages are cached already (a new
     /// file's pages each cost a fresh page of memory: decisions.md 46).
     free: Mutex<Vec<Arc<DataFile>>>,
+    /// The most bytes of files `free` keeps: `FREE_BYTES_MAX`, or what
+    /// `ReplicaTables::reserve_data` reserved if that is more.
+    keep_bytes: AtomicUsize,
     /// Held (shared) by readers that keep record locations after letting
     /// go of their shards' locks (`visit_buckets`, `scan`), and
     /// (exclusive) by compaction while it takes the files it emptied out of
@@ -580,6 +584,7 @@ impl DataFiles {
             next_id: AtomicU32::new(1),
             dirty: Mutex::default(),
             free: Mutex::default(),
+            keep_bytes: AtomicUsize::new(FREE_BYTES_MAX),
             pins: RwLock::new(()),
             reclaimed_bytes: AtomicU64::new(0),
             sweep: Mutex::new(None),
@@ -616,11 +621,12 @@ impl DataFiles {
     }
 
     /// Files emptied by compaction that the durable checkpoint no longer
-    /// lists: kept for reuse, up to `FREE_BYTES_MAX`; the rest deleted.
+    /// lists: kept for reuse, up to `keep_bytes`; the rest deleted.
     fn release(&self, emptied: Vec<Arc<DataFile>>) -> Result<(), StoreError> {
+        let keep = self.keep_bytes.load(Ordering::Relaxed);
         let mut free = self.free.lock();
         for file in emptied {
-            if (free.len() + 1) * self.tuning.file_bytes <= FREE_BYTES_MAX {
+            if (free.len() + 1) * self.tuning.file_bytes <= keep {
                 free.push(file);
                 continue;
             }
@@ -888,6 +894,36 @@ impl ReplicaTables {
         for shard in self.shards.iter() {
             shard.write().records.reserve(share + spread);
         }
+    }
+
+    /// Makes data files of `bytes` in all (whole files, rounded up) for
+    /// lanes to take before they make any new one, and keeps up to as many
+    /// bytes of emptied files for reuse from then on (`[apply]
+    /// reserve_data`, decisions.md 61). Each file's blocks are allocated
+    /// and its pages brought into the cache as zeros, so the writes that
+    /// fill it allocate neither blocks nor memory: on a virtual machine
+    /// whose host reclaims the guest's free memory, a page cache that grows
+    /// pays a host fault per new page, and a replica's data files grow to
+    /// several times its records' bytes between compaction and reuse. A
+    /// replica in service has its files; this gives a new or reopened one
+    /// the same (files no checkpoint lists are removed at open, so each
+    /// open makes them again). Returns the files made.
+    pub fn reserve_data(&self, bytes: u64) -> Result<usize, StoreError> {
+        let file_bytes = self.data.tuning.file_bytes;
+        let wanted = (bytes as usize).div_ceil(file_bytes);
+        self.data
+            .keep_bytes
+            .fetch_max(wanted * file_bytes, Ordering::Relaxed);
+        let mut made = 0;
+        while self.data.free.lock().len() < wanted {
+            let file = self.data.create()?;
+            engine::sys::preallocate(&file.file, file_bytes as u64)
+                .map_err(StoreError::io("allocate data file", &file.path))?;
+            engine::sys::cache_in(&file.file, file_bytes as u64);
+            self.data.free.lock().push(Arc::new(file));
+            made += 1;
+        }
+        Ok(made)
     }
 
     /// Records held, over all objects.
@@ -2340,12 +2376,6 @@ mod tests {
         put_rounds(&tables, 200, 60, 2, |round, _| vec![round as u8; 30]);
         // 60 rounds of 200 records of 52 bytes: 624 KB, about 640 files
         // without compaction; the live records take about 11.
-        eprintln!(
-            "XX reclaimed {} files {} made {}",
-            tables.reclaimed_bytes(),
-            tables.data_files(),
-            tables.data.next_id.load(Ordering::Relaxed)
-        );
         assert!(
             tables.reclaimed_bytes() > 500_000,
             "{}",
@@ -2379,6 +2409,52 @@ mod tests {
             files,
             "free files are deleted at open"
         );
+    }
+
+    /// Files reserved at open are what lanes write before any new file is
+    /// made; no checkpoint lists one until it is written, and those still
+    /// unwritten are removed at the next open.
+    #[test]
+    fn reserved_data_files_are_written_before_any_new_one() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tables = ReplicaTables::open_with(dir.path(), SMALL).unwrap();
+        assert_eq!(tables.reserve_data(200 * 1024 - 1).unwrap(), 200);
+        assert_eq!(tables.reserve_data(100 * 1024).unwrap(), 0, "made twice");
+        assert_eq!(files_on_disk(dir.path()), 200);
+        assert_eq!(
+            tables.data_files(),
+            0,
+            "a reserved file is the tables' before it is written"
+        );
+        for f in tables.data.free.lock().iter() {
+            assert!(
+                f.file.metadata().unwrap().blocks() * 512 >= 1024,
+                "a reserved file's blocks are not allocated"
+            );
+        }
+        // 60 keys over 3 rounds of 52-byte records, compacted as they go:
+        // a few dozen files.
+        put_rounds(&tables, 60, 3, 2, |round, _| vec![round as u8; 30]);
+        let used = tables.data_files();
+        assert!(used > 3, "{used} files written");
+        assert_eq!(
+            tables.data.next_id.load(Ordering::Relaxed) - 1,
+            200,
+            "a new file was made while reserved ones were free"
+        );
+        let expected = crate::store::contents(&tables).unwrap();
+        drop(tables);
+        let tables = ReplicaTables::open_with(dir.path(), SMALL).unwrap();
+        assert!(crate::store::contents(&tables).unwrap() == expected);
+        assert_eq!(
+            files_on_disk(dir.path()),
+            tables.data_files(),
+            "reserved files left unwritten are removed at open"
+        );
+        // Reserving again tops the free files up to the reserve.
+        let free = tables.data.free.lock().len();
+        assert_eq!(tables.reserve_data(10 * 1024).unwrap(), 10 - free.min(10));
     }
 
     /// A crash anywhere (the directory copied as it stands) while

@@ -32,6 +32,15 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> any
                 tables.reserve(a.expected_records);
                 records += &format!(", index sized for {}", a.expected_records);
             }
+            if a.reserve_data_bytes > 0 {
+                let made = tables
+                    .reserve_data(a.reserve_data_bytes)
+                    .with_context(|| format!("{}: reserving data files", context()))?;
+                records += &format!(
+                    ", {made} data files of {} MiB made ahead",
+                    apply::DATA_FILE_BYTES >> 20
+                );
+            }
             (Arc::new(tables), records)
         }
         StoreKind::Sqlite => {

@@ -39,6 +39,11 @@
 //! expected_records = 0                # size the index for this many records at
 //!                                     # open (~128 bytes each), so apply does not
 //!                                     # grow it on the way there; 0: grow as needed
+//! reserve_data = "0"                  # replica tables' data files made at open
+//!                                     # (allocated, cached) for apply to write
+//!                                     # before it makes new ones, and the most
+//!                                     # emptied space kept for reuse (at least
+//!                                     # 512MiB); 0: files made as apply needs them
 //! journals = ["J1"]                   # the group's journals, in a fixed order
 //!                                     # (default: [primary.journal_name])
 //! merge_wait_ms = 20                  # most an idle journal holds the others
@@ -132,6 +137,7 @@ struct RawApply {
     stripes: Option<Spanned<u64>>,
     checkpoint_ms: Option<Spanned<u64>>,
     expected_records: Option<Spanned<u64>>,
+    reserve_data: Option<Spanned<String>>,
     journals: Option<Spanned<Vec<String>>>,
     merge_wait_ms: Option<Spanned<u64>>,
     spill: Option<Spanned<String>>,
@@ -200,6 +206,8 @@ pub struct Apply {
     /// Records the replica tables' index is sized for at open (0: as many
     /// as it holds; it grows as apply adds more).
     pub expected_records: usize,
+    /// Bytes of replica tables' data files made at open (0: none).
+    pub reserve_data_bytes: u64,
     /// The group's journals in their fixed order (the applied position is
     /// kept per index): each stages in `staging/<group>/<name>`.
     pub journals: Vec<String>,
@@ -476,6 +484,7 @@ impl Config {
             stripes: count(&a.stripes, "apply.stripes", 1024, 1, 1 << 20)?,
             checkpoint: millis(&a.checkpoint_ms, "apply.checkpoint_ms", 1000, 10, 3_600_000)?,
             expected_records: count(&a.expected_records, "apply.expected_records", 0, 0, 1 << 32)?,
+            reserve_data_bytes: bytes(&a.reserve_data, "apply.reserve_data", 0, 0, 1 << 40)?,
             journals,
             merge_wait: millis(&a.merge_wait_ms, "apply.merge_wait_ms", 20, 0, 600_000)?,
             spill_bytes: bytes(&a.spill, "apply.spill", 64 << 20, 4096, 1 << 40)?,
@@ -691,6 +700,14 @@ window = "32MiB"
         let e = err(&with("expected_records = 9000000000"));
         assert!(
             e.contains("key `apply.expected_records`") && e.contains("out of range"),
+            "{e}"
+        );
+        assert_eq!(c.apply.reserve_data_bytes, 0);
+        let c = Config::parse(Path::new("t.toml"), &with("reserve_data = \"1GiB\"")).unwrap();
+        assert_eq!(c.apply.reserve_data_bytes, 1 << 30);
+        let e = err(&with("reserve_data = \"a lot\""));
+        assert!(
+            e.contains("key `apply.reserve_data`") && e.contains("not a size"),
             "{e}"
         );
     }

@@ -119,6 +119,11 @@ struct Args {
     /// service opens it from its checkpoint: `[apply] expected_records`).
     #[arg(long)]
     grow_index: bool,
+    /// Let apply make the replica's data files as it needs them, as in a
+    /// first load (default: 1 GiB of them made at open, as a replica in
+    /// service has them: `[apply] reserve_data`).
+    #[arg(long)]
+    grow_data: bool,
     /// Run the same workload through PostgreSQL's logical replication too
     /// (two instances made with initdb on loopback ports) and compare.
     #[arg(long, value_enum)]
@@ -216,6 +221,7 @@ fn main() -> ExitCode {
         baseline: !args.no_baseline,
         catch_up: args.catch_up || args.peer.is_some(),
         grow_index: args.grow_index,
+        grow_data: args.grow_data,
         postgres: args
             .peer
             .map(|PeerArg::Postgres| args.peer_changes.min(args.changes)),
