@@ -1800,12 +1800,9 @@ impl Store for ReplicaTables {
         }))
     }
 
-    /// Takes the dirty-file list and the index (a copy of the index, so the
-    /// pause is one pass over it); syncing the files and writing the
-    /// checkpoint file is left to `finish`.
     /// Takes the position and the objects (apply paused); the shards are
-    /// taken by the returned checkpoint's `finish`, beside apply
-    /// (decisions.md 41).
+    /// taken, the data files synced and the checkpoint file written by the
+    /// returned checkpoint's `finish`, beside apply (decisions.md 41).
     fn begin_checkpoint(
         &self,
         position: &AppliedPosition,
