@@ -236,21 +236,22 @@ impl Feed {
     }
 }
 
-/// Applies the group's staged journals to `store` until `stop` is set, then
-/// checkpoints. `journals` are in the group's fixed order: journal `i` of
-/// the applied position is `journals[i]`.
 /// The replica's data files, for HAD0221I.
 fn describe_space(space: &StoreSpace) -> String {
     let mb = |bytes: u64| bytes as f64 / 1e6;
     format!(
-        "; {} data files, {:.0} MB written, {:.0} MB held, {:.0} MB reclaimed since open",
+        "; {} data files ({} more free), {:.0} MB written, {:.0} MB held, {:.0} MB reclaimed since open",
         space.data_files,
+        space.free_files,
         mb(space.written_bytes),
         mb(space.held_bytes),
         mb(space.reclaimed_bytes)
     )
 }
 
+/// Applies the group's staged journals to `store` until `stop` is set, then
+/// checkpoints. `journals` are in the group's fixed order: journal `i` of
+/// the applied position is `journals[i]`.
 pub fn run(
     store: Arc<dyn Store>,
     journals: &[StagedJournal],

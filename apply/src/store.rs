@@ -44,6 +44,9 @@ pub struct ObjectInfo {
 pub struct StoreSpace {
     /// Data files in use.
     pub data_files: usize,
+    /// Data files kept for reuse: emptied by compaction, or made at open
+    /// (`[apply] reserve_data`). Their space is taken on the disk.
+    pub free_files: usize,
     /// Bytes written to them (records live and dead).
     pub written_bytes: u64,
     /// Bytes of the records the store's index points at.

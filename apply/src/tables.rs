@@ -1835,6 +1835,7 @@ impl Store for ReplicaTables {
         };
         Some(StoreSpace {
             data_files,
+            free_files: self.data.free.lock().len(),
             written_bytes,
             held_bytes: self
                 .shards
@@ -2388,6 +2389,7 @@ mod tests {
         assert_eq!(files_on_disk(dir.path()), tables.data_files() + free);
         let space = tables.space().unwrap();
         assert_eq!(space.data_files, tables.data_files());
+        assert_eq!(space.free_files, free);
         // 200 records of a 20-byte header, a 2-byte key and a 30-byte value.
         assert_eq!(space.held_bytes, 200 * 52);
         assert!(space.written_bytes >= space.held_bytes);
@@ -2419,6 +2421,7 @@ mod tests {
         assert_eq!(tables.reserve_data(200 * 1024 - 1).unwrap(), 200);
         assert_eq!(tables.reserve_data(100 * 1024).unwrap(), 0, "made twice");
         assert_eq!(files_on_disk(dir.path()), 200);
+        assert_eq!(tables.space().unwrap().free_files, 200);
         assert_eq!(
             tables.data_files(),
             0,
