@@ -108,8 +108,8 @@ pub fn assert_same(actual: &[Owned], expected: &[Owned], context: &str) {
     );
 }
 
-/// For each MiB of `path`, whether any of its pages is in the page cache.
-pub fn resident_mib(path: &std::path::Path) -> Vec<bool> {
+/// For each 4 KiB page of `path`, whether it is in the page cache.
+pub fn resident_pages(path: &std::path::Path) -> Vec<bool> {
     let file = std::fs::File::open(path).unwrap();
     // SAFETY: a read-only map only looked at by mincore, never read through.
     let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
@@ -119,9 +119,14 @@ pub fn resident_mib(path: &std::path::Path) -> Vec<bool> {
     // has a byte per page.
     let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), resident.as_mut_ptr()) };
     assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
-    resident
+    resident.iter().map(|p| p & 1 == 1).collect()
+}
+
+/// For each MiB of `path`, whether any of its pages is in the page cache.
+pub fn resident_mib(path: &std::path::Path) -> Vec<bool> {
+    resident_pages(path)
         .chunks(256)
-        .map(|mib| mib.iter().any(|p| p & 1 == 1))
+        .map(|mib| mib.iter().any(|p| *p))
         .collect()
 }
 
