@@ -46,8 +46,8 @@ pub fn follow_journal(
     let mut batch = TxnBatch::new();
     while !stop.load(Ordering::Relaxed) {
         match cursor.step()? {
-            Step::Entry(offset) => {
-                let entry = cursor.entry(offset).expect("the cursor validated it");
+            Step::Entry(at) => {
+                let entry = cursor.entry(at).expect("the cursor validated it");
                 assembler.push(0, &entry, &mut batch)?;
                 if batch.op_count() < FOLLOW_BATCH_OPS {
                     continue;

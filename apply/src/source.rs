@@ -166,8 +166,8 @@ impl JournaledStore {
         let mut batch = TxnBatch::new();
         loop {
             match cursor.step()? {
-                Step::Entry(offset) => {
-                    let entry = cursor.entry(offset).expect("the cursor validated it");
+                Step::Entry(at) => {
+                    let entry = cursor.entry(at).expect("the cursor validated it");
                     assembler.push(0, &entry, &mut batch)?;
                     if batch.op_count() >= REPLAY_BATCH_OPS {
                         report.replayed += replay(store.as_ref(), &batch, &mut position)?;

@@ -7,6 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use engine::frame::{Codec, FrameEncoder};
 use engine::journal::entry::{decode, encode_to_vec};
 use engine::journal::{Durability, Entry, NewEntry};
+use scraper::{ScrapeOptions, Scraper};
 
 const ENTRIES: u64 = 1_000_000;
 
@@ -50,6 +51,33 @@ fn scrape(c: &mut Criterion) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| bench::scrape(dir.path(), &|_| {}).unwrap().memcpy_elapsed)
+                .sum()
+        })
+    });
+    // What a sender's producer does with them: each batch (the product's
+    // frame limits) encoded as an uncompressed frame.
+    group.bench_function("1M-entries-framed", |b| {
+        let mut encoder = FrameEncoder::new(Codec::None).unwrap();
+        let mut out = Vec::new();
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    let mut scraper = Scraper::open(dir.path(), ScrapeOptions::default()).unwrap();
+                    let mut start = 1;
+                    loop {
+                        let batch = scraper.next_batch(Duration::ZERO).unwrap();
+                        if batch.is_empty() {
+                            break started.elapsed();
+                        }
+                        let next = batch.next_sequence();
+                        out.clear();
+                        encoder
+                            .encode(1, start, next, batch.iter(), &mut out)
+                            .unwrap();
+                        start = next;
+                    }
+                })
                 .sum()
         })
     });

@@ -91,6 +91,51 @@ fn rotation_keeps_sequences_gap_free_and_carries_the_catalog() {
 }
 
 #[test]
+fn a_steps_place_gives_its_entry_back_only_while_the_cursor_is_in_its_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), small_options()).unwrap();
+    let mut w = journal.appender();
+    let after = vec![0x5A; 1000];
+    for i in 0..3000u64 {
+        w.append(&NewEntry::put(1, &i.to_be_bytes(), &after))
+            .unwrap();
+    }
+    let mut cursor = engine::journal::JournalCursor::open(dir.path(), 1).unwrap();
+    let mut places = Vec::new();
+    let mut segments = 0;
+    let mut bytes = std::fs::read(cursor.segment().path()).unwrap();
+    loop {
+        match cursor.step().unwrap() {
+            engine::journal::Step::Entry(at) => {
+                let entry = cursor.entry(at).unwrap();
+                // The same bytes a full decode at that offset yields.
+                let decoded = engine::journal::decode(&bytes[at.offset()..]).unwrap();
+                assert_eq!(entry.as_bytes(), decoded.as_bytes());
+                assert_eq!(entry.sequence(), decoded.sequence());
+                places.push(at);
+            }
+            engine::journal::Step::EndOfSegment => {
+                // Every place in the segment left behind is refused from now on.
+                let before = places.len();
+                cursor.next_segment().unwrap();
+                bytes = std::fs::read(cursor.segment().path()).unwrap();
+                segments += 1;
+                assert!(places[..before]
+                    .iter()
+                    .all(|&at| cursor.entry(at).is_none()));
+                places.clear();
+            }
+            engine::journal::Step::Idle => break,
+        }
+    }
+    assert!(
+        segments >= 2,
+        "only {segments} segments: the test needs rotations"
+    );
+    assert!(places.iter().all(|&at| cursor.entry(at).is_some()));
+}
+
+#[test]
 fn concurrent_appenders_get_unique_gap_free_sequences_in_their_own_order() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(

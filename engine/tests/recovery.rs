@@ -35,8 +35,8 @@ fn placements(dir: &Path) -> Vec<Placed> {
         let step = cursor.step().unwrap();
         let path = cursor.segment().path().to_owned();
         match step {
-            Step::Entry(offset) => {
-                let e = cursor.entry(offset).unwrap();
+            Step::Entry(at) => {
+                let (e, offset) = (cursor.entry(at).unwrap(), at.offset());
                 last_offset = Some(offset + e.padded_bytes());
                 out.push(Placed {
                     entry: Owned::from_new(e.sequence(), &e.to_new_entry()),

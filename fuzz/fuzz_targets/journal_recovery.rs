@@ -50,8 +50,8 @@ fuzz_target!(|data: &[u8]| {
     let mut expected = 1;
     loop {
         match cursor.step().expect("a recovered journal reads back clean") {
-            Step::Entry(offset) => {
-                assert_eq!(cursor.entry(offset).unwrap().sequence(), expected);
+            Step::Entry(at) => {
+                assert_eq!(cursor.entry(at).unwrap().sequence(), expected);
                 expected += 1;
             }
             Step::EndOfSegment => {

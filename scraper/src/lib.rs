@@ -2,8 +2,9 @@
 //! in bounded batches (iCluster's HADDJS role).
 //!
 //! Design constraints:
-//! - Zero copy: a `Batch` holds offsets into the current segment map and
-//!   yields `Entry` views borrowed from it; the offsets vector is reused, so
+//! - Zero copy: a `Batch` holds the places (`EntryAt`) of entries in the
+//!   current segment map and yields `Entry` views borrowed from it, without
+//!   decoding them again; the places' vector is reused, so
 //!   the steady state allocates nothing per entry (a test counts allocations).
 //! - A batch never spans two segments, so every entry it yields is borrowed
 //!   from one map; the switch to the next segment happens at the next call.
@@ -18,7 +19,7 @@ mod selector;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use engine::journal::{Catalog, Entry, EntryType, JournalCursor, ReadError, Step};
+use engine::journal::{Catalog, Entry, EntryAt, EntryType, JournalCursor, ReadError, Step};
 use engine::limits::{SCRAPE_BATCH_BYTES_MAX, SCRAPE_BATCH_ENTRIES_MAX};
 
 pub use selector::{ObjectSelector, Pattern, SelectorError};
@@ -75,7 +76,7 @@ pub enum ScrapeError {
 pub struct Scraper {
     cursor: JournalCursor,
     options: ScrapeOptions,
-    offsets: Vec<u32>,
+    entries: Vec<EntryAt>,
     selection: Selection,
     switch_pending: bool,
 }
@@ -94,17 +95,17 @@ struct Selection {
 #[derive(Debug)]
 pub struct Batch<'a> {
     cursor: &'a JournalCursor,
-    offsets: &'a [u32],
+    entries: &'a [EntryAt],
     bytes: usize,
     next_sequence: u64,
 }
 
 impl<'a> Batch<'a> {
     pub fn len(&self) -> usize {
-        self.offsets.len()
+        self.entries.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
+        self.entries.is_empty()
     }
     /// Bytes of the selected entries (unpadded).
     pub fn bytes(&self) -> usize {
@@ -117,10 +118,10 @@ impl<'a> Batch<'a> {
     }
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Entry<'a>> + Clone + '_ {
         let cursor = self.cursor;
-        self.offsets.iter().map(move |offset| {
+        self.entries.iter().map(move |&at| {
             cursor
-                .entry(*offset as usize)
-                .expect("batch offsets point at validated entries")
+                .entry(at)
+                .expect("a batch ends before its cursor leaves the segment")
         })
     }
 }
@@ -143,7 +144,7 @@ impl Scraper {
         }
         Ok(Scraper {
             cursor: JournalCursor::open(dir, options.from_sequence)?,
-            offsets: Vec::with_capacity(entries),
+            entries: Vec::with_capacity(entries),
             selection: Selection {
                 everything: options.selector.selects_everything(),
                 selector: options.selector.clone(),
@@ -183,7 +184,7 @@ impl Scraper {
         wait: Duration,
         hold: &mut dyn FnMut(Duration) -> bool,
     ) -> Result<Batch<'_>, ScrapeError> {
-        self.offsets.clear();
+        self.entries.clear();
         let mut bytes = 0;
         let mut waited = false;
         let mut held = false;
@@ -192,29 +193,29 @@ impl Scraper {
         }
         loop {
             match self.cursor.step()? {
-                Step::Entry(offset) => {
+                Step::Entry(at) => {
                     let entry = self
                         .cursor
-                        .entry(offset)
-                        .expect("cursor returned a validated entry");
+                        .entry(at)
+                        .expect("the cursor is still in the entry's segment");
                     let frame_bytes = entry.as_bytes().len();
                     if self.selection.selects(self.cursor.catalog(), &entry) {
-                        self.offsets.push(offset as u32);
+                        self.entries.push(at);
                         bytes += frame_bytes;
-                        if self.offsets.len() >= self.options.batch_entries_max
+                        if self.entries.len() >= self.options.batch_entries_max
                             || bytes >= self.options.batch_bytes_max
                         {
                             break;
                         }
                     }
                 }
-                Step::EndOfSegment if self.offsets.is_empty() => self.cursor.next_segment()?,
+                Step::EndOfSegment if self.entries.is_empty() => self.cursor.next_segment()?,
                 Step::EndOfSegment => {
                     self.switch_pending = true;
                     break;
                 }
                 Step::Idle
-                    if !self.offsets.is_empty()
+                    if !self.entries.is_empty()
                         && !held
                         && !self.options.linger.is_zero()
                         && bytes < self.options.batch_bytes_max / 2 =>
@@ -224,7 +225,7 @@ impl Scraper {
                         break;
                     }
                 }
-                Step::Idle if !self.offsets.is_empty() || waited || wait.is_zero() => break,
+                Step::Idle if !self.entries.is_empty() || waited || wait.is_zero() => break,
                 Step::Idle => {
                     self.cursor.wait(wait);
                     waited = true;
@@ -233,7 +234,7 @@ impl Scraper {
         }
         Ok(Batch {
             cursor: &self.cursor,
-            offsets: &self.offsets,
+            entries: &self.entries,
             bytes,
             next_sequence: self.cursor.position(),
         })

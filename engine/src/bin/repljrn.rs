@@ -131,8 +131,8 @@ fn walk(
     let mut count = 0;
     loop {
         match cursor.step().context("read journal")? {
-            Step::Entry(offset) => {
-                each(&cursor.entry(offset).expect("entry just validated"));
+            Step::Entry(at) => {
+                each(&cursor.entry(at).expect("entry just validated"));
                 count += 1;
             }
             Step::EndOfSegment => cursor.next_segment().context("open next segment")?,

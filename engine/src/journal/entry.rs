@@ -587,6 +587,13 @@ pub struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
+    /// An entry this crate's cursor decoded (`decode`) at exactly these
+    /// bytes before: nothing is checked again.
+    #[inline]
+    pub(crate) fn validated(bytes: &'a [u8]) -> Entry<'a> {
+        debug_assert!(decode_validated(bytes).is_ok_and(|e| e.bytes.len() == bytes.len()));
+        Entry { bytes }
+    }
     pub fn sequence(&self) -> u64 {
         u64_at(self.bytes, 8)
     }

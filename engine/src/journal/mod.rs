@@ -33,7 +33,7 @@ use std::time::Duration;
 
 pub use catalog::{Catalog, CatalogError};
 pub use entry::{decode, DecodeError, Entry, EntryError, EntryType, NewEntry};
-pub use reader::{read_entries, JournalCursor, ReadError, Step};
+pub use reader::{read_entries, EntryAt, JournalCursor, ReadError, Step};
 pub use recover::RecoveryReport;
 pub use retention::{
     acked_positions, held_positions, read_position_file, AckRecord, HoldRecord, PositionFile,

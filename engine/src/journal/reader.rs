@@ -25,12 +25,33 @@ const BEHIND_SEGMENTS: usize = 2;
 /// One step of the cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// A valid entry at this offset of the current segment.
-    Entry(usize),
+    /// A valid entry of the current segment (`JournalCursor::entry` gives
+    /// it).
+    Entry(EntryAt),
     /// Nothing is published at the tail yet.
     Idle,
     /// The current segment ended with J-NR; call `next_segment`.
     EndOfSegment,
+}
+
+/// Where a step found a valid entry: its segment, offset and length. Only
+/// the cursor makes one, after the entry's every check passed, so
+/// `JournalCursor::entry` gives the entry back without decoding it again
+/// (a sender reads each entry's place three times after the step:
+/// selection, the frame's offsets, the copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryAt {
+    /// The first sequence of the segment it is in.
+    segment: u64,
+    offset: u32,
+    len: u32,
+}
+
+impl EntryAt {
+    /// Its byte offset in its segment.
+    pub fn offset(&self) -> usize {
+        self.offset as usize
+    }
 }
 
 /// Why reading stopped.
@@ -141,7 +162,11 @@ impl JournalCursor {
                 self.pending_catalog = Some((entry_type, offset as u64));
             }
             if entry.sequence() >= self.skip_below {
-                return Ok(Step::Entry(offset));
+                return Ok(Step::Entry(EntryAt {
+                    segment: self.segment.first_sequence(),
+                    offset: offset as u32,
+                    len: entry.as_bytes().len() as u32,
+                }));
             }
         }
     }
@@ -184,9 +209,23 @@ impl JournalCursor {
         })
     }
 
-    /// The entry that a `Step::Entry(offset)` of the current segment reported.
-    pub fn entry(&self, offset: usize) -> Option<Entry<'_>> {
-        published_entry(&self.segment, offset)
+    /// The entry a `Step::Entry` reported, while the cursor is still in its
+    /// segment (`None` after `next_segment`).
+    #[inline]
+    pub fn entry(&self, at: EntryAt) -> Option<Entry<'_>> {
+        if at.segment != self.segment.first_sequence() {
+            return None;
+        }
+        let (offset, len) = (at.offset as usize, at.len as usize);
+        assert!(
+            offset + len <= self.segment.len(),
+            "{at:?} is outside its segment"
+        );
+        // SAFETY: inside the map (just checked); the step that made `at`
+        // saw the entry published, so its bytes are complete and never
+        // written again.
+        let bytes = unsafe { std::slice::from_raw_parts(self.segment.ptr().add(offset), len) };
+        Some(Entry::validated(bytes))
     }
 
     /// Sleeps until something may be published at the tail, or `timeout`.
@@ -234,9 +273,7 @@ pub fn read_entries(dir: impl AsRef<Path>, from_sequence: u64) -> Result<Vec<Vec
     let mut out = Vec::new();
     loop {
         match cursor.step()? {
-            Step::Entry(offset) => {
-                out.push(cursor.entry(offset).expect("validated").as_bytes().to_vec())
-            }
+            Step::Entry(at) => out.push(cursor.entry(at).expect("validated").as_bytes().to_vec()),
             Step::EndOfSegment => cursor.next_segment()?,
             Step::Idle => return Ok(out),
         }

@@ -42,8 +42,8 @@ pub fn read_all_from(dir: &Path, from: u64) -> Result<Vec<Owned>, ReadError> {
     let mut out = Vec::new();
     loop {
         match cursor.step()? {
-            Step::Entry(offset) => {
-                let e = cursor.entry(offset).unwrap();
+            Step::Entry(at) => {
+                let e = cursor.entry(at).unwrap();
                 out.push(Owned::from_new(e.sequence(), &e.to_new_entry()));
             }
             Step::EndOfSegment => cursor.next_segment()?,
