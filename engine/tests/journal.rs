@@ -14,7 +14,8 @@ use common::{
     small_options, Owned,
 };
 use engine::journal::{
-    Durability, EntryType, Journal, JournalError, JournalOptions, NewEntry, ReadError, SyncFile,
+    decode, Durability, EntryType, Journal, JournalCursor, JournalError, JournalOptions, NewEntry,
+    ReadError, Step, SyncFile,
 };
 
 #[test]
@@ -100,21 +101,21 @@ fn a_steps_place_gives_its_entry_back_only_while_the_cursor_is_in_its_segment() 
         w.append(&NewEntry::put(1, &i.to_be_bytes(), &after))
             .unwrap();
     }
-    let mut cursor = engine::journal::JournalCursor::open(dir.path(), 1).unwrap();
+    let mut cursor = JournalCursor::open(dir.path(), 1).unwrap();
     let mut places = Vec::new();
     let mut segments = 0;
     let mut bytes = std::fs::read(cursor.segment().path()).unwrap();
     loop {
         match cursor.step().unwrap() {
-            engine::journal::Step::Entry(at) => {
+            Step::Entry(at) => {
                 let entry = cursor.entry(at).unwrap();
                 // The same bytes a full decode at that offset yields.
-                let decoded = engine::journal::decode(&bytes[at.offset()..]).unwrap();
+                let decoded = decode(&bytes[at.offset()..]).unwrap();
                 assert_eq!(entry.as_bytes(), decoded.as_bytes());
                 assert_eq!(entry.sequence(), decoded.sequence());
                 places.push(at);
             }
-            engine::journal::Step::EndOfSegment => {
+            Step::EndOfSegment => {
                 // Every place in the segment left behind is refused from now on.
                 let before = places.len();
                 cursor.next_segment().unwrap();
@@ -125,7 +126,7 @@ fn a_steps_place_gives_its_entry_back_only_while_the_cursor_is_in_its_segment() 
                     .all(|&at| cursor.entry(at).is_none()));
                 places.clear();
             }
-            engine::journal::Step::Idle => break,
+            Step::Idle => break,
         }
     }
     assert!(
