@@ -120,28 +120,41 @@ fn frame(c: &mut Criterion) {
     group.finish();
 }
 
-/// CRC-32C over entry-sized buffers (150 bytes) starting at each of the
-/// eight alignments in turn: `engine::checksum` against the `crc32c` crate
-/// it replaces for short buffers (decisions.md 54).
+/// CRC-32C over header- and entry-sized buffers (52, 150, 300 bytes)
+/// starting at each of the eight alignments in turn: `engine::checksum`
+/// against the `crc32c` crate it replaces for short buffers (decisions.md
+/// 54), sums independent of each other and (chained) each continuing the
+/// last, which measures one sum's latency (decisions.md 65).
 fn checksum(c: &mut Criterion) {
-    const LEN: usize = 150;
-    let bytes: Vec<u8> = (0..LEN as u32 + 8).map(|i| (i * 31 + 7) as u8).collect();
+    let bytes: Vec<u8> = (0..320u32).map(|i| (i * 31 + 7) as u8).collect();
     let mut group = c.benchmark_group("checksum");
-    group.throughput(Throughput::Bytes(8 * LEN as u64));
-    group.bench_function("engine-8x150B", |b| {
-        b.iter(|| {
-            (0..8).fold(0, |acc, start| {
-                acc ^ engine::checksum::crc32c(std::hint::black_box(&bytes[start..start + LEN]))
+    for len in [52, 150, 300] {
+        group.throughput(Throughput::Bytes(8 * len as u64));
+        group.bench_function(format!("engine-8x{len}B"), |b| {
+            b.iter(|| {
+                (0..8).fold(0, |acc, start| {
+                    acc ^ engine::checksum::crc32c(std::hint::black_box(&bytes[start..start + len]))
+                })
             })
-        })
-    });
-    group.bench_function("crate-8x150B", |b| {
-        b.iter(|| {
-            (0..8).fold(0, |acc, start| {
-                acc ^ crc32c::crc32c(std::hint::black_box(&bytes[start..start + LEN]))
+        });
+        group.bench_function(format!("engine-chained-8x{len}B"), |b| {
+            b.iter(|| {
+                (0..8).fold(0, |acc, start| {
+                    engine::checksum::crc32c_append(
+                        acc,
+                        std::hint::black_box(&bytes[start..start + len]),
+                    )
+                })
             })
-        })
-    });
+        });
+        group.bench_function(format!("crate-8x{len}B"), |b| {
+            b.iter(|| {
+                (0..8).fold(0, |acc, start| {
+                    acc ^ crc32c::crc32c(std::hint::black_box(&bytes[start..start + len]))
+                })
+            })
+        });
+    }
     group.finish();
 }
 

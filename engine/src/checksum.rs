@@ -6,7 +6,8 @@
 //! more on getting to 8-byte alignment (a byte at a time on each side, three
 //! cycles a byte) and on its call than on the words themselves, so short
 //! buffers are summed here a word at a time from unaligned loads, with the
-//! last 0-7 bytes in at most three steps (decisions.md 54). Longer buffers
+//! last 0-7 bytes in at most three steps (decisions.md 54), and from 72
+//! bytes as three streams side by side (decisions.md 65). Longer buffers
 //! (frame bodies, checkpoint blocks) go to the crate, whose three
 //! interleaved streams win from about 1 KiB.
 
@@ -14,6 +15,11 @@
 /// the crate's interleaved streams (crossover measured between 512 bytes and
 /// 1 KiB: decisions.md 54).
 const SHORT_MAX: usize = 768;
+
+/// Short buffers from this length are summed as three interleaved streams
+/// joined by carry-less multiplication; shorter ones in one chain
+/// (decisions.md 65).
+const THREE_STREAMS_MIN: usize = 72;
 
 /// The CRC-32C of `bytes`.
 #[inline]
@@ -26,6 +32,10 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
 pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if bytes.len() < SHORT_MAX && std::is_x86_feature_detected!("sse4.2") {
+        if bytes.len() >= THREE_STREAMS_MIN && std::is_x86_feature_detected!("pclmulqdq") {
+            // SAFETY: the CPU has SSE 4.2 and PCLMULQDQ, checked just above.
+            return unsafe { x86::append_three(crc, bytes) };
+        }
         // SAFETY: the CPU has SSE 4.2, checked just above.
         return unsafe { x86::append_short(crc, bytes) };
     }
@@ -34,14 +44,96 @@ pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
+    use std::arch::x86_64::{
+        _mm_clmulepi64_si128, _mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8,
+        _mm_cvtsi128_si64, _mm_cvtsi64_si128,
+    };
+
+    /// The CRC-32C polynomial, bit-reflected (its x^0..x^31 terms).
+    const POLY: u32 = 0x82F6_3B78;
+
+    /// x^m mod P, bit-reflected (bit 31 - j holds x^j's coefficient).
+    const fn x_pow_mod(m: u32) -> u32 {
+        let mut value = 1u32 << 31;
+        let mut i = 0;
+        while i < m {
+            value = (value >> 1) ^ if value & 1 == 1 { POLY } else { 0 };
+            i += 1;
+        }
+        value
+    }
+
+    /// Words per stream a short buffer can have (`SHORT_MAX` / 24).
+    const MAX_STREAM_WORDS: usize = super::SHORT_MAX / 24;
+
+    /// `SHIFT[n]`: the multiplier that moves a sum past `8 * n` zero bytes
+    /// (see `shift`), for every stream length and twice it.
+    const SHIFT: [u32; 2 * MAX_STREAM_WORDS + 1] = {
+        let mut table = [0u32; 2 * MAX_STREAM_WORDS + 1];
+        let mut n = 1;
+        while n < table.len() {
+            table[n] = x_pow_mod(64 * n as u32 - 33);
+            n += 1;
+        }
+        table
+    };
+
+    /// The sum `sum` becomes after `8 * words` zero bytes: s(x) x^(64 words)
+    /// mod P. The carry-less product of two reflected 32-bit values is
+    /// s(x) k(x) x in the reflected 64-bit order, and the CRC instruction
+    /// on it from zero multiplies by x^32 and reduces, so k = x^(64 words
+    /// - 33) mod P.
+    #[target_feature(enable = "sse4.2,pclmulqdq")]
+    fn shift(sum: u64, words: usize) -> u64 {
+        let product = _mm_clmulepi64_si128(
+            _mm_cvtsi64_si128(sum as i64),
+            _mm_cvtsi64_si128(i64::from(SHIFT[words])),
+            0,
+        );
+        _mm_crc32_u64(0, _mm_cvtsi128_si64(product) as u64)
+    }
+
+    /// Three equal runs of whole words summed side by side (the CRC
+    /// instruction takes three cycles but can start one a cycle), the
+    /// first from `crc` and the others from zero; CRC being linear, the
+    /// sum of the whole is the first's moved past the other two, xor the
+    /// second's moved past the third, xor the third's. The rest as in
+    /// `append_short`.
+    #[target_feature(enable = "sse4.2,pclmulqdq")]
+    pub(super) unsafe fn append_three(crc: u32, bytes: &[u8]) -> u32 {
+        let words = bytes.len() / 24;
+        debug_assert!((1..=MAX_STREAM_WORDS).contains(&words));
+        let (streams, rest) = bytes.split_at(24 * words);
+        let (first, others) = streams.split_at(8 * words);
+        let (second, third) = others.split_at(8 * words);
+        let word = |run: &[u8], i: usize| {
+            u64::from_le_bytes(run[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+        };
+        let (mut a, mut b, mut c) = (u64::from(!crc), 0u64, 0u64);
+        for i in 0..words {
+            a = _mm_crc32_u64(a, word(first, i));
+            b = _mm_crc32_u64(b, word(second, i));
+            c = _mm_crc32_u64(c, word(third, i));
+        }
+        let sum = shift(a, 2 * words) ^ shift(b, words) ^ c;
+        // SAFETY: the caller's CPU has SSE 4.2 (this function's own
+        // requirement).
+        unsafe { append_words(sum, rest) }
+    }
 
     /// Word by word from wherever `bytes` starts (x86 loads need no
     /// alignment), then the tail as 4, 2 and 1 bytes.
     #[target_feature(enable = "sse4.2")]
     pub(super) unsafe fn append_short(crc: u32, bytes: &[u8]) -> u32 {
+        // SAFETY: the caller's CPU has SSE 4.2.
+        unsafe { append_words(u64::from(!crc), bytes) }
+    }
+
+    /// Continues the running (uninverted) `sum` over `bytes` and returns
+    /// the finished checksum.
+    #[target_feature(enable = "sse4.2")]
+    unsafe fn append_words(mut sum: u64, bytes: &[u8]) -> u32 {
         let mut words = bytes.chunks_exact(8);
-        let mut sum = u64::from(!crc);
         for word in &mut words {
             sum = _mm_crc32_u64(sum, u64::from_le_bytes(word.try_into().expect("8 bytes")));
         }
@@ -93,7 +185,7 @@ mod tests {
     fn appending_continues_a_sum() {
         let bytes: Vec<u8> = (0..1500u32).map(|i| (i * 31 + 7) as u8).collect();
         let whole = crc32c(&bytes);
-        for cut in [0, 1, 7, 8, 100, 767, 768, 1499, 1500] {
+        for cut in [0, 1, 7, 8, 100, 767, 768, 1300, 1400, 1499, 1500] {
             let (head, tail) = bytes.split_at(cut);
             assert_eq!(crc32c_append(crc32c(head), tail), whole, "cut at {cut}");
         }
