@@ -354,20 +354,27 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         start_senders(&mut processes)?;
     }
 
-    // Everything written must reach the replica.
-    let applied_all = || {
-        (0..journals).all(|j| board.reached(Stage::Applied, j as u32) >= written[j as usize].end)
+    // Everything written must reach the replica, and every stage must say
+    // it passed the end: apply may read a frame from staging before the
+    // receiver's sync makes it durable and reports it staged.
+    let passed_all = || {
+        (0..journals).all(|j| {
+            Stage::ALL[1..]
+                .iter()
+                .all(|&stage| board.reached(stage, j as u32) >= written[j as usize].end)
+        })
     };
-    let mut last = (Instant::now(), board.reached_all(Stage::Applied));
+    let moved = || -> u64 { Stage::ALL[1..].iter().map(|&s| board.reached_all(s)).sum() };
+    let mut last = (Instant::now(), moved());
     let mut shown = Instant::now();
-    while !applied_all() {
+    while !passed_all() {
         std::thread::sleep(Duration::from_millis(20));
         let applied = board.reached_all(Stage::Applied);
-        if applied > last.1 {
-            last = (Instant::now(), applied);
+        if moved() > last.1 {
+            last = (Instant::now(), moved());
         } else if last.0.elapsed() > STALL_LIMIT {
             anyhow::bail!(
-                "RBN0104E nothing applied for {STALL_LIMIT:?} (applied {applied} of {} entries); logs in {}",
+                "RBN0104E no stage moved for {STALL_LIMIT:?} (applied {applied} of {} entries); logs in {}",
                 written.iter().map(|w| w.end - 1).sum::<u64>(),
                 logs.display()
             );
