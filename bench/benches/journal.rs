@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use apply::{AppliedPosition, Assembler, TxnBatch};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use engine::frame::{Codec, FrameEncoder};
 use engine::journal::entry::{decode, encode_to_vec};
@@ -120,6 +121,62 @@ fn frame(c: &mut Criterion) {
     group.finish();
 }
 
+/// Apply's staging reader after the decode: 10 000 transactions of ten
+/// changes (16-byte keys, 100-byte images, a fifth updates and a tenth
+/// deletes, as replbench's default) and their commits through the
+/// assembler, into batches of 16 Ki changes handed on and cleared as
+/// `apply::run`'s read loop does.
+fn assemble(c: &mut Criterion) {
+    const TXNS: u64 = 10_000;
+    let image = [7u8; 100];
+    let mut encoded = Vec::new();
+    let mut at = Vec::new();
+    let mut one = Vec::new();
+    let mut sequence = 0;
+    for cycle in 1..=TXNS {
+        for i in 0..10u64 {
+            sequence += 1;
+            let key = [(cycle * 10 + i).to_be_bytes(), [0; 8]].concat();
+            let entry = match i {
+                0 => NewEntry::delete(1 + i % 4, &key, None),
+                1 | 2 => NewEntry::update(1 + i % 4, &key, &image, None),
+                _ => NewEntry::put(1 + i % 4, &key, &image),
+            };
+            at.push(encoded.len());
+            encode_to_vec(&entry.in_cycle(cycle), sequence, sequence, &mut one);
+            encoded.extend_from_slice(&one);
+        }
+        sequence += 1;
+        at.push(encoded.len());
+        encode_to_vec(&NewEntry::commit(cycle), sequence, sequence, &mut one);
+        encoded.extend_from_slice(&one);
+    }
+    let entries: Vec<Entry<'_>> = at.iter().map(|&i| decode(&encoded[i..]).unwrap()).collect();
+    let mut group = c.benchmark_group("assemble");
+    group
+        .throughput(Throughput::Elements(entries.len() as u64))
+        .sample_size(20);
+    let (mut batch, mut handed) = (TxnBatch::new(), TxnBatch::new());
+    group.bench_function("100k-changes-10-per-txn", |b| {
+        b.iter(|| {
+            let mut assembler = Assembler::new(&AppliedPosition::default());
+            let mut txns = 0;
+            for entry in &entries {
+                assembler.push(0, entry, &mut batch).unwrap();
+                if batch.op_count() >= 16 * 1024 {
+                    std::mem::swap(&mut batch, &mut handed);
+                    txns += handed.len();
+                    handed.clear();
+                }
+            }
+            txns += batch.len();
+            batch.clear();
+            assert_eq!(txns as u64, TXNS);
+        })
+    });
+    group.finish();
+}
+
 /// CRC-32C over header- and entry-sized buffers (52, 150, 300 bytes)
 /// starting at each of the eight alignments in turn: `engine::checksum`
 /// against the `crc32c` crate it replaces for short buffers (decisions.md
@@ -161,6 +218,6 @@ fn checksum(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    targets = append, scrape, frame, checksum
+    targets = append, scrape, frame, assemble, checksum
 }
 criterion_main!(benches);

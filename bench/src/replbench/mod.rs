@@ -355,23 +355,16 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     }
 
     // Everything written must reach the replica, and every stage must say
-    // it passed the end: apply may read a frame from staging before the
-    // receiver's sync makes it durable and reports it staged.
-    let passed_all = || {
-        (0..journals).all(|j| {
-            Stage::ALL[1..]
-                .iter()
-                .all(|&stage| board.reached(stage, j as u32) >= written[j as usize].end)
-        })
-    };
-    let moved = || -> u64 { Stage::ALL[1..].iter().map(|&s| board.reached_all(s)).sum() };
-    let mut last = (Instant::now(), moved());
+    // it passed the end (`Board::passed`).
+    let ends: Vec<u64> = written.iter().map(|w| w.end).collect();
+    let mut last = (Instant::now(), board.moved());
     let mut shown = Instant::now();
-    while !passed_all() {
+    while !board.passed(&ends) {
         std::thread::sleep(Duration::from_millis(20));
         let applied = board.reached_all(Stage::Applied);
-        if moved() > last.1 {
-            last = (Instant::now(), moved());
+        let now_moved = board.moved();
+        if now_moved > last.1 {
+            last = (Instant::now(), now_moved);
         } else if last.0.elapsed() > STALL_LIMIT {
             anyhow::bail!(
                 "RBN0104E no stage moved for {STALL_LIMIT:?} (applied {applied} of {} entries); logs in {}",

@@ -129,6 +129,24 @@ impl Board {
             .sum()
     }
 
+    /// Whether every stage after the journal has passed `ends[j]` in each
+    /// journal `j`. Apply can read a frame from staging before the
+    /// receiver's sync makes it durable and reports it staged, so a run
+    /// that stopped at apply's end could miss the staged stage's last event.
+    pub fn passed(&self, ends: &[u64]) -> bool {
+        ends.iter().enumerate().all(|(j, &end)| {
+            Stage::ALL[1..]
+                .iter()
+                .all(|&stage| self.reached(stage, j as u32) >= end)
+        })
+    }
+
+    /// Positions reached by the stages after the journal, summed: grows
+    /// while anything moves.
+    pub fn moved(&self) -> u64 {
+        Stage::ALL[1..].iter().map(|&s| self.reached_all(s)).sum()
+    }
+
     /// Events some process could not report (its clock overflowed).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -366,6 +384,24 @@ mod tests {
         let l = lag(Stage::Staged, 1, &appended, &passed).unwrap();
         assert_eq!(l.entries, 4);
         assert_eq!(l.max_us, 20);
+    }
+
+    #[test]
+    fn a_run_has_passed_its_end_only_when_every_stage_of_every_journal_has() {
+        let board = Board::new(2);
+        let ends = [10, 20];
+        for stage in [Stage::Scraped, Stage::Sent, Stage::Applied] {
+            board.note(stage, 0, 10, 1);
+            board.note(stage, 1, 20, 1);
+        }
+        board.note(Stage::Staged, 0, 10, 1);
+        let moved = board.moved();
+        assert!(!board.passed(&ends), "journal 1 applied but not staged");
+        board.note(Stage::Staged, 1, 19, 2);
+        assert!(!board.passed(&ends));
+        assert!(board.moved() > moved);
+        board.note(Stage::Staged, 1, 20, 3);
+        assert!(board.passed(&ends));
     }
 
     #[test]
