@@ -85,23 +85,43 @@ fn scrape(c: &mut Criterion) {
     group.finish();
 }
 
+/// Entries encoded one after another, as a journal segment or a frame
+/// holds them.
+#[derive(Default)]
+struct Encoded {
+    bytes: Vec<u8>,
+    at: Vec<usize>,
+    one: Vec<u8>,
+}
+
+impl Encoded {
+    fn push(&mut self, entry: &NewEntry<'_>, sequence: u64, timestamp_ns: u64) {
+        self.at.push(self.bytes.len());
+        encode_to_vec(entry, sequence, timestamp_ns, &mut self.one);
+        self.bytes.extend_from_slice(&self.one);
+    }
+
+    fn entries(&self) -> Vec<Entry<'_>> {
+        self.at
+            .iter()
+            .map(|&i| decode(&self.bytes[i..]).unwrap())
+            .collect()
+    }
+}
+
 /// A sender's frame: 4096 entries of 100-byte images (the product's frame
 /// size) encoded uncompressed, against copying the same bytes once.
 fn frame(c: &mut Criterion) {
     const FRAME_ENTRIES: u64 = 4096;
     let image = [7u8; 100];
-    let mut encoded = Vec::new();
-    let mut at = Vec::new();
-    let mut one = Vec::new();
+    let mut encoded = Encoded::default();
     for sequence in 1..=FRAME_ENTRIES {
-        at.push(encoded.len());
         let key = sequence.to_be_bytes();
-        encode_to_vec(&NewEntry::put(1, &key, &image), sequence, 0, &mut one);
-        encoded.extend_from_slice(&one);
+        encoded.push(&NewEntry::put(1, &key, &image), sequence, 0);
     }
-    let entries: Vec<Entry<'_>> = at.iter().map(|&i| decode(&encoded[i..]).unwrap()).collect();
+    let entries = encoded.entries();
     let mut group = c.benchmark_group("frame");
-    group.throughput(Throughput::Bytes(encoded.len() as u64));
+    group.throughput(Throughput::Bytes(encoded.bytes.len() as u64));
     let mut encoder = FrameEncoder::new(Codec::None).unwrap();
     let mut out = Vec::new();
     group.bench_function("encode-4096x100B", |b| {
@@ -115,7 +135,7 @@ fn frame(c: &mut Criterion) {
     group.bench_function("memcpy-same-bytes", |b| {
         b.iter(|| {
             copy.clear();
-            copy.extend_from_slice(std::hint::black_box(&encoded));
+            copy.extend_from_slice(std::hint::black_box(&encoded.bytes));
         })
     });
     group.finish();
@@ -129,9 +149,7 @@ fn frame(c: &mut Criterion) {
 fn assemble(c: &mut Criterion) {
     const TXNS: u64 = 10_000;
     let image = [7u8; 100];
-    let mut encoded = Vec::new();
-    let mut at = Vec::new();
-    let mut one = Vec::new();
+    let mut encoded = Encoded::default();
     let mut sequence = 0;
     for cycle in 1..=TXNS {
         for i in 0..10u64 {
@@ -142,16 +160,12 @@ fn assemble(c: &mut Criterion) {
                 1 | 2 => NewEntry::update(1 + i % 4, &key, &image, None),
                 _ => NewEntry::put(1 + i % 4, &key, &image),
             };
-            at.push(encoded.len());
-            encode_to_vec(&entry.in_cycle(cycle), sequence, sequence, &mut one);
-            encoded.extend_from_slice(&one);
+            encoded.push(&entry.in_cycle(cycle), sequence, sequence);
         }
         sequence += 1;
-        at.push(encoded.len());
-        encode_to_vec(&NewEntry::commit(cycle), sequence, sequence, &mut one);
-        encoded.extend_from_slice(&one);
+        encoded.push(&NewEntry::commit(cycle), sequence, sequence);
     }
-    let entries: Vec<Entry<'_>> = at.iter().map(|&i| decode(&encoded[i..]).unwrap()).collect();
+    let entries = encoded.entries();
     let mut group = c.benchmark_group("assemble");
     group
         .throughput(Throughput::Elements(entries.len() as u64))
