@@ -953,3 +953,31 @@ fn a_torn_append_into_a_made_ahead_length_is_truncated_and_the_store_goes_on() {
         assert_eq!(staging.read_all().unwrap(), all, "cut at {cut}");
     }
 }
+
+#[test]
+fn a_segment_being_made_ahead_is_reported_not_ready_until_it_is_made() {
+    let root = tempfile::tempdir().unwrap();
+    // A quarter GiB to zero-fill and sync: not made in the moment after
+    // opening (dropping the store gives the fill up).
+    let (staging, _) = Staging::open(root.path().join("large"), StagingOptions::default()).unwrap();
+    assert!(
+        !staging.prepared_segment_ready(),
+        "the first segment made ahead is still being zero-filled"
+    );
+    drop(staging);
+    let (staging, _) = Staging::open(root.path().join("small"), small()).unwrap();
+    assert!(staging.await_prepared_segment(), "a segment is made ahead");
+    assert!(staging.prepared_segment_ready());
+    let (staging, _) = Staging::open(
+        root.path().join("none"),
+        StagingOptions {
+            prepare_segments: false,
+            ..small()
+        },
+    )
+    .unwrap();
+    assert!(
+        !staging.await_prepared_segment() && staging.prepared_segment_ready(),
+        "nothing made ahead: ready at once"
+    );
+}

@@ -59,6 +59,11 @@ pub struct ReceiverStatus {
     pub staged_at: StageClock,
     /// Set once the listener is bound: senders can connect from then on.
     pub listening: AtomicBool,
+    /// Set once the staging segment made ahead at start is ready (at once
+    /// when none is made): a receiver in service, whose first session
+    /// does not share the disk with that zero-fill. replbench's timed
+    /// window starts after it.
+    pub settled: AtomicBool,
 }
 
 /// State shared by the acceptor, the session and the syncers.
@@ -275,6 +280,12 @@ fn accept_loop(
             break Err(anyhow::anyhow!(
                 "staging failed; restart the receiver to recover: {failure}"
             ));
+        }
+        if !shared.status.settled.load(Ordering::Relaxed)
+            && shared.staging.lock().prepared_segment_ready()
+        {
+            tracing::debug!("staging's first segment made ahead is ready");
+            shared.status.settled.store(true, Ordering::Relaxed);
         }
         if Instant::now() >= next_purge {
             purge(dir, shared);

@@ -341,11 +341,15 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         // The backup is in service before the backlog is shipped, as a
         // replica is (its index sized, its staging open), and as
         // PostgreSQL's subscriber is before its subscription is enabled:
-        // the window starts with the senders (decisions.md 25).
+        // the window starts with the senders (decisions.md 25), the
+        // backlog on disk first (decisions.md 67).
+        let synced = disk::sync_filesystem(&dir)
+            .with_context(|| format!("RBN0125E cannot sync the filesystem of {}", dir.display()))?;
         processes = start_backup()?;
         let ms = await_serving(&board, &mut processes)?;
         say.note(&format!(
-            "RBN0005I catch-up: the workload is written and the backup serves (after {ms} ms); the senders start now"
+            "RBN0005I catch-up: the workload is written and on disk (synced in {} ms) and the backup serves (after {ms} ms); the senders start now",
+            synced.as_millis()
         ));
         disk_window = disk::DiskWindow::start(&dir);
         machine_window = machine::MachineWindow::start();
@@ -570,7 +574,8 @@ fn cpu_times(processes: &[Process]) -> anyhow::Result<Vec<workload::CpuTime>> {
 }
 
 /// Waits until every process says it serves (a sender's session open, a
-/// receiver listening, apply reading staging); returns how long that
+/// receiver listening with its first segment made ahead, apply reading
+/// staging); returns how long that
 /// took, in milliseconds.
 fn await_serving(board: &Board, processes: &mut [Process]) -> anyhow::Result<u128> {
     let started = Instant::now();

@@ -367,6 +367,12 @@ pub fn run(
     })?;
     let load_seconds = started.elapsed().as_secs_f64();
     publisher.query("INSERT INTO bench_marker VALUES (1, 'written')")?;
+    // The backlog on disk before the window, as ours is (decisions.md 67):
+    // the publisher's dirty buffers written by a checkpoint, then the
+    // filesystem synced.
+    publisher.query("CHECKPOINT")?;
+    super::disk::sync_filesystem(root)
+        .with_context(|| format!("RBN0125E cannot sync the filesystem of {}", root.display()))?;
 
     say.progress(
         "PostgreSQL: subscription enabled, waiting for the subscriber to apply everything",

@@ -24,8 +24,9 @@ use super::workload::CpuTime;
 const REPORT_EVERY: Duration = Duration::from_millis(10);
 
 /// What a role prints once it serves: the sender once its session is open
-/// (so the receiver took it), apply once it reads staging, the receiver at
-/// once (a sender's session needs it).
+/// (so the receiver took it), apply once it reads staging, the receiver
+/// once it listens and its first staging segment made ahead is ready (as a
+/// receiver in service: decisions.md 67).
 pub const READY_LINE: &str = "R";
 
 /// A process of the pipeline.
@@ -89,7 +90,10 @@ pub fn run_role(role: Role, config: &Path) -> ExitCode {
         let mut out = std::io::stdout().lock();
         let serving = || match role {
             Role::Send => sender.sessions.load(Ordering::Relaxed) > 0,
-            Role::Receive => receiver.listening.load(Ordering::Relaxed),
+            Role::Receive => {
+                receiver.listening.load(Ordering::Relaxed)
+                    && receiver.settled.load(Ordering::Relaxed)
+            }
             Role::Apply => applier.running.load(Ordering::Relaxed),
         };
         let mut told_ready = false;

@@ -793,6 +793,15 @@ impl Staging {
         true
     }
 
+    /// Whether no segment is being made ahead now: the one begun last is
+    /// ready, or none was begun. Does not wait (`await_prepared_segment`
+    /// does).
+    pub fn prepared_segment_ready(&self) -> bool {
+        self.spare
+            .as_ref()
+            .is_none_or(|spare| spare.thread.is_finished())
+    }
+
     /// Makes everything staged durable; returns the new durable position (the
     /// one to acknowledge). A failure poisons the store.
     pub fn sync(&mut self) -> Result<u64, StagingError> {
