@@ -98,9 +98,10 @@ struct Args {
     /// Skip the sync-check at the end.
     #[arg(long)]
     no_check: bool,
-    /// Write the whole workload first, start the backup (receiver and
-    /// apply) and wait until it serves, then start the sender and time from
-    /// its start to everything applied (implied by --peer, whose figure is
+    /// Write the whole workload first and sync it to disk, start the
+    /// backup (receiver and apply) and wait until it serves (its first
+    /// staging segment made ahead), then start the sender and time from its
+    /// start to everything applied (implied by --peer, whose figure is
     /// taken the same way).
     #[arg(long)]
     catch_up: bool,
