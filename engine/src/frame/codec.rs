@@ -364,10 +364,8 @@ impl<'a> DecodedFrame<'a> {
     pub fn entries(&self) -> impl ExactSizeIterator<Item = Entry<'a>> + 'a {
         let body: &'a ArchivedFrameBody<'static> = self.body;
         body.offsets.iter().map(move |offset| {
-            let at = &body.entries[offset.to_native() as usize..];
-            let len = u32::from_le_bytes([at[0], at[1], at[2], at[3]]) as usize;
-            // `check_body` decoded an entry of this length at this offset.
-            Entry::validated(&at[..len])
+            // `check_body` decoded an entry at this offset.
+            Entry::validated_at(&body.entries[offset.to_native() as usize..])
         })
     }
 }

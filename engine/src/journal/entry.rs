@@ -594,6 +594,13 @@ impl<'a> Entry<'a> {
         debug_assert!(decode_validated(bytes).is_ok_and(|e| e.bytes.len() == bytes.len()));
         Entry { bytes }
     }
+    /// The entry at the start of `buf` (which may hold more after it),
+    /// where this crate decoded one before: cut at the length its first
+    /// word gives, nothing checked again.
+    #[inline]
+    pub(crate) fn validated_at(buf: &'a [u8]) -> Entry<'a> {
+        Entry::validated(&buf[..u32_at(buf, 0) as usize])
+    }
     pub fn sequence(&self) -> u64 {
         u64_at(self.bytes, 8)
     }
