@@ -38,8 +38,8 @@ pub use serial::{ApplyError, ObjectState, SerialReplica};
 pub use source::{JournaledStore, OpenReport, SourceError, SourceOptions, SourceTxn, SOURCE_HOLD};
 pub use sqlite::SqliteStore;
 pub use store::{
-    check_objects, contents, record_hash, stripe_of, Contents, ObjectCheck, ObjectInfo,
-    PendingCheckpoint, Store, StoreError, StoreSpace,
+    check_objects, contents, record_hash, stripe_of, CheckpointTimes, Contents, ObjectCheck,
+    ObjectInfo, PendingCheckpoint, Store, StoreError, StoreSpace,
 };
 pub use tables::{ReplicaTables, DATA_FILE_BYTES};
 pub use txn::{LargeRef, LargeTxn, Op, OpKind, Txn, TxnBatch, TxnMeta};

@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 use crate::assemble::{AssembleError, Assembler};
 use crate::parallel::{ApplyOptions, ParallelApply};
 use crate::position::AppliedPosition;
-use crate::store::{Store, StoreError, StoreSpace};
+use crate::store::{CheckpointTimes, Store, StoreError, StoreSpace};
 use crate::txn::{LargeRef, LargeTxn, Op, TxnBatch, TxnMeta};
 
 /// The file in a journal's staging directory that apply keeps its
@@ -128,6 +128,8 @@ pub struct RunStatus {
     pub large_txns: AtomicU64,
     /// The position of the last checkpoint (at start: the store's).
     pub checkpointed: Mutex<AppliedPosition>,
+    /// What the last checkpoint took beside apply (none yet: `None`).
+    pub last_checkpoint: Mutex<Option<CheckpointTimes>>,
     /// When submitted transactions were wholly applied, per journal
     /// (replbench); seen once per turn of the loop.
     pub applied_at: StageClock,
@@ -368,12 +370,16 @@ pub fn run(
                     let ops = apply.applied_ops();
                     let rate = (ops - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
                     tracing::info!(
-                        "HAD0221I apply: {} transactions, {ops} changes applied ({rate:.0}/s), {} open ({} bytes), {} refused; checkpointed at {}{}",
+                        "HAD0221I apply: {} transactions, {ops} changes applied ({rate:.0}/s), {} open ({} bytes), {} refused; checkpointed at {}{}{}",
                         status.assembled_txns.load(Ordering::Relaxed),
                         assembly.open_txns.load(Ordering::Relaxed),
                         assembly.open_bytes.load(Ordering::Relaxed),
                         apply.refused(),
                         describe(&checkpointed, journals),
+                        status
+                            .last_checkpoint
+                            .lock()
+                            .map_or(String::new(), |t| format!("; the last checkpoint took {t}")),
                         store.space().map_or(String::new(), |s| describe_space(&s))
                     );
                     last = (now, ops);
@@ -626,7 +632,7 @@ impl LargeTxn for StagedTxn<'_> {
 /// A checkpoint being made durable on a thread of its own.
 struct InFlight {
     position: AppliedPosition,
-    thread: std::thread::JoinHandle<Result<(), StoreError>>,
+    thread: std::thread::JoinHandle<Result<CheckpointTimes, StoreError>>,
 }
 
 impl InFlight {
@@ -648,11 +654,12 @@ impl InFlight {
         files: &mut [AppliedFile],
         status: &RunStatus,
     ) -> Result<AppliedPosition, RunError> {
-        self.thread.join().unwrap_or_else(|_| {
+        let times = self.thread.join().unwrap_or_else(|_| {
             Err(StoreError::Database(
                 "the checkpoint thread panicked".into(),
             ))
         })?;
+        *status.last_checkpoint.lock() = Some(times);
         advance_applied(self.position, files, status)
     }
 }

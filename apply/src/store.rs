@@ -2,27 +2,70 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::check::{bucket_of, record_order};
 use crate::position::AppliedPosition;
 use crate::txn::{Changes, LargeTxn, OpKind, Txn, TxnBatch};
 
 /// A checkpoint whose state is taken (`Store::begin_checkpoint`): `finish`
-/// makes it durable, on whatever thread calls it.
-pub struct PendingCheckpoint(Box<dyn FnOnce() -> Result<(), StoreError> + Send>);
+/// makes it durable, on whatever thread calls it, and says what that took.
+pub struct PendingCheckpoint(Box<dyn FnOnce() -> Result<CheckpointTimes, StoreError> + Send>);
 
 impl PendingCheckpoint {
-    pub fn new(finish: impl FnOnce() -> Result<(), StoreError> + Send + 'static) -> Self {
+    pub fn new(
+        finish: impl FnOnce() -> Result<CheckpointTimes, StoreError> + Send + 'static,
+    ) -> Self {
         PendingCheckpoint(Box::new(finish))
     }
 
     /// One already durable.
     pub fn done() -> Self {
-        PendingCheckpoint::new(|| Ok(()))
+        PendingCheckpoint::new(|| Ok(CheckpointTimes::default()))
     }
 
-    pub fn finish(self) -> Result<(), StoreError> {
+    pub fn finish(self) -> Result<CheckpointTimes, StoreError> {
         (self.0)()
+    }
+}
+
+/// What the part of a checkpoint beside apply took, phase by phase
+/// (`PendingCheckpoint::finish`), for progress messages (HAD0221I), as
+/// PostgreSQL's `log_checkpoints` says what its checkpoints wrote and
+/// synced. Zero where a store has no such phase (or finished nothing:
+/// a later checkpoint was already durable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointTimes {
+    /// The whole of `finish`.
+    pub total: Duration,
+    /// Moving what compaction left in the files it takes out.
+    pub compaction: Duration,
+    /// Taking the index (replica tables: the shards, one at a time).
+    pub index: Duration,
+    /// Syncing the data files written since the last checkpoint.
+    pub data_sync: Duration,
+    pub data_files_synced: u32,
+    /// Writing the checkpoint file, then syncing it (and its directory).
+    pub file_write: Duration,
+    pub file_sync: Duration,
+    pub file_bytes: u64,
+}
+
+impl std::fmt::Display for CheckpointTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "{:.0} ms (compaction {:.0}, index {:.0}, {} data files synced in {:.0}, {:.1} MB checkpoint file written in {:.0} and synced in {:.0})",
+            ms(self.total),
+            ms(self.compaction),
+            ms(self.index),
+            self.data_files_synced,
+            ms(self.data_sync),
+            self.file_bytes as f64 / 1e6,
+            ms(self.file_write),
+            ms(self.file_sync)
+        )
     }
 }
 

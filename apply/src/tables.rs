@@ -59,6 +59,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::lock_api::RawRwLock as _;
@@ -68,8 +69,8 @@ use crate::check::bucket_of;
 use crate::index::{Index, Loc, PrefetchHint, INLINE_KEY, SHARD_BITS};
 use crate::position::AppliedPosition;
 use crate::store::{
-    check_objects, record_hash, visit_buckets_in_memory, BucketVisit, ObjectCheck, ObjectInfo,
-    PartedApply, PendingCheckpoint, Store, StoreError, StoreSpace,
+    check_objects, record_hash, visit_buckets_in_memory, BucketVisit, CheckpointTimes, ObjectCheck,
+    ObjectInfo, PartedApply, PendingCheckpoint, Store, StoreError, StoreSpace,
 };
 use crate::txn::{LargeTxn, Op, OpKind, Txn, TxnBatch, TxnMeta};
 
@@ -1399,7 +1400,7 @@ impl Compaction {
 }
 
 impl CheckpointWrite {
-    fn finish(self, dir: &Path, durable: &Durable) -> Result<(), StoreError> {
+    fn finish(self, dir: &Path, durable: &Durable) -> Result<CheckpointTimes, StoreError> {
         self.finish_with(dir, durable, &mut || {})
     }
 
@@ -1409,16 +1410,25 @@ impl CheckpointWrite {
         dir: &Path,
         durable: &Durable,
         between: &mut dyn FnMut(),
-    ) -> Result<(), StoreError> {
+    ) -> Result<CheckpointTimes, StoreError> {
         let mut written = durable.written.lock();
         if *written >= self.generation {
-            return Ok(());
+            return Ok(CheckpointTimes::default());
         }
+        let mut times = CheckpointTimes::default();
+        let began = Instant::now();
+        let mut phase = began;
+        let mut lap = || {
+            let now = Instant::now();
+            std::mem::replace(&mut phase, now).elapsed()
+        };
         let mut compaction = durable.compaction.lock();
         compaction.run(&self.shards, &self.data)?;
+        times.compaction = lap();
         let mut index = std::mem::take(&mut *durable.spare_index.lock());
         index.clear();
         capture_shards(&self.shards, &mut index, between);
+        times.index = lap();
         let listed = list_files(&self.data.files);
         for file in take_dirty(&self.shards, &self.data.dirty) {
             let used = file.used.load(Ordering::Acquire) as u64;
@@ -1426,7 +1436,9 @@ impl CheckpointWrite {
             file.file
                 .sync_data()
                 .map_err(StoreError::io("sync data file", &file.path))?;
+            times.data_files_synced += 1;
         }
+        times.data_sync = lap();
         // The body: head (position, objects), data files, shards.
         let parts = [&self.head[..], &listed, &index];
         let body_len: usize = parts.iter().map(|p| p.len()).sum();
@@ -1450,6 +1462,8 @@ impl CheckpointWrite {
             .into_inner()
             .map_err(|e| StoreError::io("write checkpoint", &tmp)(e.into_error()))?;
         let file_bytes = CHECKPOINT_MAGIC.len() + 8 + 4 + body_len;
+        times.file_bytes = file_bytes as u64;
+        times.file_write = lap();
         engine::sys::paced_write_back(&file, 0, file_bytes as u64);
         file.sync_all()
             .map_err(StoreError::io("sync checkpoint", &tmp))?;
@@ -1458,12 +1472,15 @@ impl CheckpointWrite {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(StoreError::io("sync tables directory", dir))?;
+        times.file_sync = lap();
         *written = self.generation;
         *durable.position.lock() = self.position;
         *durable.spare_index.lock() = index;
         // No checkpoint lists the files compaction emptied before this one
         // took its shards (and none of those shards points into them).
-        self.data.release(std::mem::take(&mut compaction.emptied))
+        self.data.release(std::mem::take(&mut compaction.emptied))?;
+        times.total = began.elapsed();
+        Ok(times)
     }
 }
 
@@ -1770,7 +1787,7 @@ impl Store for ReplicaTables {
     }
 
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
-        self.begin_checkpoint(position)?.finish()
+        self.begin_checkpoint(position)?.finish().map(drop)
     }
 
     /// The index slots of the transaction's first `LOOKAHEAD_OPS` records

@@ -1,8 +1,8 @@
 //! Replica tables: apply semantics, checkpoints, reopening, damage.
 
 use apply::{
-    AppliedPosition, LargeTxn, Op, OpKind, ReplicaTables, SqliteStore, Store, StoreError, Txn,
-    TxnBatch, TxnMeta, DATA_FILE_BYTES,
+    AppliedPosition, CheckpointTimes, LargeTxn, Op, OpKind, ReplicaTables, SqliteStore, Store,
+    StoreError, Txn, TxnBatch, TxnMeta, DATA_FILE_BYTES,
 };
 
 fn op<'a>(kind: OpKind, object_id: u64, key: &'a [u8], value: &'a [u8]) -> Op<'a> {
@@ -238,6 +238,46 @@ fn reopening_returns_the_last_checkpoint_exactly_and_drops_later_writes() {
         })
         .unwrap();
     assert_eq!(n, tables.len());
+}
+
+#[test]
+fn a_checkpoint_says_what_it_synced_and_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = ReplicaTables::open(dir.path()).unwrap();
+    let mut batch = TxnBatch::new();
+    batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
+    let value = vec![7u8; 100];
+    for i in 0..1000u64 {
+        batch.push(meta(2 + i), [op(OpKind::Put, 1, &i.to_be_bytes(), &value)]);
+    }
+    let mut at = AppliedPosition::new(1);
+    for t in batch.iter() {
+        tables.apply(&t).unwrap();
+        at.advance(&t.meta());
+    }
+    let older = tables.begin_checkpoint(&at).unwrap();
+    let newer = tables.begin_checkpoint(&at).unwrap();
+    let times = newer.finish().unwrap();
+    let file = std::fs::metadata(dir.path().join("checkpoint"))
+        .unwrap()
+        .len();
+    assert_eq!(times.file_bytes, file, "{times:?}");
+    // Each shard writes a file of its own (its lane); 1000 keys touch all.
+    assert!(times.data_files_synced >= 1, "{times:?}");
+    let phases =
+        times.compaction + times.index + times.data_sync + times.file_write + times.file_sync;
+    assert!(phases <= times.total && !times.total.is_zero(), "{times:?}");
+    let said = times.to_string();
+    let synced = format!("{} data files synced", times.data_files_synced);
+    assert!(
+        said.contains(&synced) && said.contains("MB checkpoint file"),
+        "{said}"
+    );
+    // Begun first, finished after a later one: it writes nothing, and says so.
+    assert_eq!(older.finish().unwrap(), CheckpointTimes::default());
+    // Nothing written since: the same checkpoint file again.
+    let times = tables.begin_checkpoint(&at).unwrap().finish().unwrap();
+    assert_eq!(times.file_bytes, file, "{times:?}");
 }
 
 #[test]
