@@ -376,9 +376,11 @@ pub fn run(
                         assembly.open_bytes.load(Ordering::Relaxed),
                         apply.refused(),
                         describe(&checkpointed, journals),
+                        // A store that finishes nothing beside apply says nothing.
                         status
                             .last_checkpoint
                             .lock()
+                            .filter(|t| !t.total.is_zero())
                             .map_or(String::new(), |t| format!("; the last checkpoint took {t}")),
                         store.space().map_or(String::new(), |s| describe_space(&s))
                     );
