@@ -67,7 +67,8 @@ pub struct RunOptions {
     /// store's checkpoint is made durable beside it): bounds replay after a
     /// crash.
     pub checkpoint_every: Duration,
-    /// Sleep when nothing new is staged.
+    /// Sleep when nothing new is staged and no doorbell wakes the reader
+    /// (several journals, or a receiver that has not made it yet).
     pub idle_wait: Duration,
     /// Most time an idle journal holds back the others' transactions.
     pub merge_wait: Duration,
@@ -485,11 +486,39 @@ impl ReadLoop<'_> {
                     return;
                 }
             } else if !progressed {
-                std::thread::sleep(self.options.idle_wait);
+                if let Err(e) = self.wait_for_frames() {
+                    let _ = batches.send(Err(e));
+                    return;
+                }
             }
         }
     }
+
+    /// Nothing came in the last look. With one journal: says so to its
+    /// receiver, looks once more, and sleeps until the receiver rings
+    /// (`StagingReader::prepare_wait`, decisions.md 70). With several (no
+    /// sleep waits for any of them) or before the receiver has made its
+    /// doorbell: sleeps `idle_wait`.
+    fn wait_for_frames(&mut self) -> Result<(), RunError> {
+        let [feed] = self.feeds.as_mut_slice() else {
+            std::thread::sleep(self.options.idle_wait);
+            return Ok(());
+        };
+        let Some(seen) = feed.reader.prepare_wait() else {
+            std::thread::sleep(self.options.idle_wait);
+            return Ok(());
+        };
+        if !feed.fill(&mut self.assembler, self.options.batch_ops)? {
+            feed.reader.wait(seen, RUNG_WAIT);
+        }
+        Ok(())
+    }
 }
+
+/// Longest a reader sleeps on its receiver's doorbell: every append rings
+/// it, so this bounds only a stop's wait (and a ring that never comes, from
+/// a doorbell made over by hand).
+const RUNG_WAIT: Duration = Duration::from_millis(50);
 
 /// Moves transactions from the feeds to `merged` in (commit time, journal,
 /// commit sequence) order, as far as the merge rule allows.

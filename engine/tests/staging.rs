@@ -981,3 +981,45 @@ fn a_segment_being_made_ahead_is_reported_not_ready_until_it_is_made() {
         "nothing made ahead: ready at once"
     );
 }
+
+#[test]
+fn a_reader_asleep_on_the_doorbell_wakes_when_a_frame_is_staged() {
+    use std::time::{Duration, Instant};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("s");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(reader.prepare_wait(), None, "no receiver, no doorbell yet");
+    let all = frames(3);
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    staging.append(&all[0]).unwrap();
+    assert_eq!(read_available(&mut reader), all[..1]);
+    // Staged between saying it sleeps and sleeping: the sleep ends at once.
+    let seen = reader
+        .prepare_wait()
+        .expect("the receiver made its doorbell");
+    staging.append(&all[1]).unwrap();
+    let began = Instant::now();
+    reader.wait(seen, Duration::from_secs(60));
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "a frame staged after prepare_wait did not end the wait"
+    );
+    assert_eq!(read_available(&mut reader), all[1..2]);
+    // Staged by another thread while the reader sleeps.
+    let seen = reader.prepare_wait().unwrap();
+    let last = all[2].clone();
+    let receiver = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        staging.append(&last).unwrap();
+        staging
+    });
+    let began = Instant::now();
+    reader.wait(seen, Duration::from_secs(60));
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "a frame staged while the reader slept did not wake it"
+    );
+    drop(receiver.join().unwrap());
+    assert_eq!(read_available(&mut reader), all[2..]);
+}

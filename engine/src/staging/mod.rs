@@ -48,7 +48,10 @@ use crate::journal::{OsSync, SyncFile};
 use crate::limits::FRAME_HEADER_BYTES;
 use crate::sys::{FillReach, ZeroFillControl};
 
+mod doorbell;
 mod reader;
+use doorbell::Doorbell;
+pub use doorbell::DOORBELL_FILE;
 pub use reader::StagingReader;
 
 pub const STAGING_MAGIC: [u8; 8] = *b"REPLSTG1";
@@ -295,6 +298,9 @@ pub struct Staging {
     /// bytes), at most `KEPT_FILES`: renamed like spares.
     free: Vec<(PathBuf, u64)>,
     spares_started: u64,
+    /// Rung after each append (decisions.md 70); `None` when it could not
+    /// be made (the reader then looks every `idle_wait`).
+    doorbell: Option<Doorbell>,
 }
 
 fn segment_name(start_position: u64) -> String {
@@ -556,7 +562,10 @@ impl Staging {
             spare: None,
             free: Vec::new(),
             spares_started: 0,
+            doorbell: None,
         };
+        // Only a hint: without it the reader polls.
+        staging.doorbell = Doorbell::create(&staging.dir).ok();
         staging.prepare_next();
         Ok((staging, recovery))
     }
@@ -627,6 +636,9 @@ impl Staging {
             self.unsynced.push(active.path.clone());
         }
         self.staged_position = header.next_sequence;
+        if let Some(doorbell) = &self.doorbell {
+            doorbell.ring();
+        }
         Ok(Appended::Staged {
             staged_position: self.staged_position,
         })

@@ -2,8 +2,9 @@
 //! source. A `StagingReader` follows the segments in position order from a
 //! given position and hands out whole frames, checksums checked.
 //!
-//! The reader never writes. It may run in another process than the
-//! receiver, so it learns what is there from the files alone:
+//! The reader writes nothing but its doorbell's waiting flag
+//! (`prepare_wait`, decisions.md 70). It may run in another process than
+//! the receiver, so it learns what is there from the files alone:
 //! - A frame is taken only when all its bytes are present and its body
 //!   checksum matches. A partial or damaged frame at the end of the newest
 //!   segment is a write in progress (or a torn tail the receiver will cut
@@ -32,9 +33,11 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{
-    list, read_frame, segment_name, FrameAt, StagingError, FILE_HEADER_BYTES, STAGING_MAGIC,
+    list, read_frame, segment_name, Doorbell, FrameAt, StagingError, FILE_HEADER_BYTES,
+    STAGING_MAGIC,
 };
 use crate::frame::{CheckedBody, FrameHeader};
 use crate::limits::FRAME_HEADER_BYTES;
@@ -51,6 +54,10 @@ pub struct StagingReader {
     /// The starting position: frames holding nothing at or above it (their
     /// `next_sequence` is at or below it) are skipped, not handed out.
     from: u64,
+    /// The receiver's doorbell, once it has made one.
+    doorbell: Option<Doorbell>,
+    /// When the directory was last listed for a later segment.
+    listed_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -89,9 +96,46 @@ impl StagingReader {
             segment: None,
             position: 0,
             from,
+            doorbell: None,
+            listed_at: None,
         };
         reader.find_start(from)?;
         Ok(reader)
+    }
+
+    /// Whether a segment later than the one begun at `start` exists. Every
+    /// look that finds nothing new in a segment made ahead (its zeros are
+    /// trailing bytes) asks; the directory is listed at most every
+    /// `LIST_EVERY` unless `now` (the second look before damage is
+    /// reported). The next segment in the normal course begins at the
+    /// reader's position and is found by name first (`next`); one anywhere
+    /// else means damage, whose report can wait that long.
+    fn later_segment(&mut self, start: u64, now: bool) -> Result<bool, StagingError> {
+        if !now && self.listed_at.is_some_and(|at| at.elapsed() < LIST_EVERY) {
+            return Ok(false);
+        }
+        self.listed_at = Some(Instant::now());
+        Ok(list(&self.dir)?.iter().any(|(s, _)| *s > start))
+    }
+
+    /// Before a last look for a frame (`next`) when nothing came: says to
+    /// the receiver that the reader is about to sleep, and returns what
+    /// `wait` then sleeps on. `None` while the receiver has made no
+    /// doorbell: the caller then sleeps a while and looks again.
+    pub fn prepare_wait(&mut self) -> Option<u32> {
+        if self.doorbell.is_none() {
+            self.doorbell = Doorbell::open(&self.dir).ok();
+        }
+        self.doorbell.as_ref().map(Doorbell::prepare)
+    }
+
+    /// Sleeps until the receiver appends a frame after `prepare_wait`
+    /// returned `seen` (at once if one was appended since), or `timeout`.
+    pub fn wait(&self, seen: u32, timeout: Duration) {
+        match &self.doorbell {
+            Some(doorbell) => doorbell.wait(seen, timeout),
+            None => std::thread::sleep(timeout),
+        }
     }
 
     /// The position after the last frame handed out or skipped.
@@ -173,11 +217,8 @@ impl StagingReader {
                 Found::NotYet { trailing } => {
                     // A write in progress, unless the receiver has moved on
                     // to a later segment: then these bytes are damage.
-                    let current = self.segment.as_ref().expect("open");
-                    if !list(&self.dir)?
-                        .iter()
-                        .any(|(start, _)| *start > current.start)
-                    {
+                    let current = self.segment.as_ref().expect("open").start;
+                    if !self.later_segment(current, finished)? {
                         if !self.followed_by_a_frame()? {
                             return Ok(None);
                         }
@@ -198,6 +239,7 @@ impl StagingReader {
                         finished = true;
                         continue;
                     }
+                    let current = self.segment.as_ref().expect("open");
                     return Err(StagingError::Corrupt {
                         path: current.path.clone(),
                         offset: current.offset,
@@ -268,6 +310,10 @@ impl StagingReader {
         Ok(header_at(next)?.is_some_and(|after| after.start_position == this.next_sequence))
     }
 }
+
+/// Most time between listings of the directory while nothing new comes
+/// (`StagingReader::later_segment`).
+const LIST_EVERY: Duration = Duration::from_millis(20);
 
 /// How far behind the reader a segment's cached pages are given back, and
 /// in steps of how much. A frame behind the reader is read again only after
