@@ -290,6 +290,32 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     };
 }
 
+/// The wake-up both the journal's segments and staging's doorbell use
+/// (decisions.md 4, 70): a waiter raises `waiting` and reads `epoch`
+/// before its last look (`raise_waiting`), then sleeps on `epoch` while it
+/// still holds what it read (`futex_wait`); a writer, after it publishes,
+/// lowers a raised flag, moves `epoch` and wakes every sleeper, once, so
+/// the writes after it make no system call until a waiter raises the flag
+/// again. No wake-up is lost: a write after the waiter's last look finds
+/// the flag raised, unless another writer lowered it since, and that one
+/// moved `epoch` past what the waiter read before waking.
+#[inline]
+pub fn ring(epoch: &AtomicU32, waiting: &AtomicU32) {
+    if waiting.load(Ordering::SeqCst) != 0 && waiting.swap(0, Ordering::SeqCst) != 0 {
+        epoch.fetch_add(1, Ordering::SeqCst);
+        futex_wake_all(epoch);
+    }
+}
+
+/// Before a waiter's last look: raises its flag and returns the epoch its
+/// `futex_wait` then sleeps on (see `ring`).
+#[inline]
+pub fn raise_waiting(epoch: &AtomicU32, waiting: &AtomicU32) -> u32 {
+    let seen = epoch.load(Ordering::SeqCst);
+    waiting.store(1, Ordering::SeqCst);
+    seen
+}
+
 /// Wakes every waiter sleeping on `word`.
 pub fn futex_wake_all(word: &AtomicU32) {
     // SAFETY: `word` is a valid aligned u32; FUTEX_WAKE does not touch memory.

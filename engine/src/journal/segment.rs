@@ -473,12 +473,7 @@ impl MappedSegment {
     /// that while woke it again, ~35 futex calls per sleep at 0.75 M
     /// changes/s).
     fn wake_if_waiting(&self) {
-        let waiters = self.word(WAITERS_AT);
-        if waiters.load(Ordering::SeqCst) != 0 && waiters.swap(0, Ordering::SeqCst) != 0 {
-            let epoch = self.word(WAKE_EPOCH_AT);
-            epoch.fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake_all(epoch);
-        }
+        sys::ring(self.word(WAKE_EPOCH_AT), self.word(WAITERS_AT));
     }
 
     /// Sleeps until the slot at `offset` is published or `timeout` passes.
@@ -491,8 +486,7 @@ impl MappedSegment {
     /// way the futex call returns at once or is woken.
     pub fn wait_published(&self, offset: usize, timeout: Duration) {
         let epoch = self.word(WAKE_EPOCH_AT);
-        let seen = epoch.load(Ordering::SeqCst);
-        self.word(WAITERS_AT).store(1, Ordering::SeqCst);
+        let seen = sys::raise_waiting(epoch, self.word(WAITERS_AT));
         if self.word(offset).load(Ordering::SeqCst) == 0 {
             sys::futex_wait(epoch, seen, timeout);
         }

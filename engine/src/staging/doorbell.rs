@@ -9,16 +9,14 @@
 //!
 //! No wake-up is lost: the reader reads the epoch and raises the flag
 //! (`prepare`) before it looks for a frame once more, and sleeps only if
-//! the epoch is still what it read. A frame appended after that look rings
-//! with the flag raised, so the epoch moves and the sleep ends or never
-//! begins.
+//! the epoch is still what it read (`sys::ring` says why that suffices).
 //!
 //! Only a hint: a doorbell that cannot be made or mapped leaves the reader
 //! looking every `idle_wait`, as before.
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use memmap2::MmapRaw;
@@ -74,19 +72,12 @@ impl Doorbell {
 
     /// After an append: wakes a reader that said it sleeps, once.
     pub(crate) fn ring(&self) {
-        let waiting = self.word(WAITING_AT);
-        if waiting.load(Ordering::SeqCst) != 0 && waiting.swap(0, Ordering::SeqCst) != 0 {
-            let epoch = self.word(EPOCH_AT);
-            epoch.fetch_add(1, Ordering::SeqCst);
-            crate::sys::futex_wake_all(epoch);
-        }
+        crate::sys::ring(self.word(EPOCH_AT), self.word(WAITING_AT));
     }
 
     /// Before the reader's last look: the epoch to `wait` on.
     pub(crate) fn prepare(&self) -> u32 {
-        let seen = self.word(EPOCH_AT).load(Ordering::SeqCst);
-        self.word(WAITING_AT).store(1, Ordering::SeqCst);
-        seen
+        crate::sys::raise_waiting(self.word(EPOCH_AT), self.word(WAITING_AT))
     }
 
     /// Sleeps until a ring after `prepare` returned `seen`, or `timeout`.
