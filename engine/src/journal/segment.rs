@@ -479,11 +479,8 @@ impl MappedSegment {
     /// Sleeps until the slot at `offset` is published or `timeout` passes.
     /// Uses a process-shared futex, so a writer in another process wakes us too.
     ///
-    /// No wake-up is lost: the flag is raised after `seen` is read and
-    /// before the slot is checked, so an appender that publishes the slot
-    /// after that check finds it raised, unless another appender lowered it
-    /// since, and that one bumps `epoch` past `seen` before waking: either
-    /// way the futex call returns at once or is woken.
+    /// No wake-up is lost: the flag is raised before the slot is checked
+    /// (`sys::ring` says why that suffices).
     pub fn wait_published(&self, offset: usize, timeout: Duration) {
         let epoch = self.word(WAKE_EPOCH_AT);
         let seen = sys::raise_waiting(epoch, self.word(WAITERS_AT));

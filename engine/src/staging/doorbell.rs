@@ -22,7 +22,7 @@ use std::time::Duration;
 use memmap2::MmapRaw;
 
 /// The doorbell's file name in a staging directory.
-pub const DOORBELL_FILE: &str = "doorbell";
+const DOORBELL_FILE: &str = "doorbell";
 const FILE_BYTES: u64 = 4096;
 const EPOCH_AT: usize = 0;
 const WAITING_AT: usize = 4;

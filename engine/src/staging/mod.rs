@@ -51,7 +51,6 @@ use crate::sys::{FillReach, ZeroFillControl};
 mod doorbell;
 mod reader;
 use doorbell::Doorbell;
-pub use doorbell::DOORBELL_FILE;
 pub use reader::StagingReader;
 
 pub const STAGING_MAGIC: [u8; 8] = *b"REPLSTG1";
@@ -550,6 +549,8 @@ impl Staging {
         }
         last.bytes = offset;
         remove_leftover_spares(&dir)?;
+        // Only a hint: without it the reader polls.
+        let doorbell = Doorbell::create(&dir).ok();
         let mut staging = Staging {
             dir,
             options,
@@ -562,10 +563,8 @@ impl Staging {
             spare: None,
             free: Vec::new(),
             spares_started: 0,
-            doorbell: None,
+            doorbell,
         };
-        // Only a hint: without it the reader polls.
-        staging.doorbell = Doorbell::create(&staging.dir).ok();
         staging.prepare_next();
         Ok((staging, recovery))
     }
