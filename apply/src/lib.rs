@@ -33,7 +33,9 @@ pub use assemble::{AssembleError, Assembler};
 pub use follow::{follow_journal, FollowError};
 pub use parallel::{ApplyOptions, ParallelApply};
 pub use position::{AppliedPosition, JournalPosition};
-pub use run::{run, RunError, RunOptions, RunStatus, StagedJournal, APPLIED_FILE};
+pub use run::{
+    run, RunError, RunOptions, RunStatus, StagedJournal, APPLIED_FILE, CHECKPOINT_SPACING,
+};
 pub use serial::{ApplyError, ObjectState, SerialReplica};
 pub use source::{JournaledStore, OpenReport, SourceError, SourceOptions, SourceTxn, SOURCE_HOLD};
 pub use sqlite::SqliteStore;

@@ -315,6 +315,7 @@ pub fn run(
     *status.checkpointed.lock() = position.clone();
     let mut checkpointed = position;
     let mut in_flight: Option<InFlight> = None;
+    let mut spacing = Spacing::default();
     let mut applied_clock = AppliedClock::default();
     let assembly = Assembly::default();
     let quit = AtomicBool::new(false);
@@ -359,6 +360,12 @@ pub fn run(
                 if in_flight.as_ref().is_some_and(|c| c.thread.is_finished()) {
                     let done = in_flight.take().expect("checked above");
                     checkpointed = done.wait(&mut applied_files, status)?;
+                    let times = status.last_checkpoint.lock().unwrap_or_default();
+                    let spaced = spacing.after(&times, options.checkpoint_every);
+                    next_checkpoint = next_checkpoint.max(Instant::now() + spaced.wait);
+                    if let Some(message) = spaced.change {
+                        tracing::info!("{message}");
+                    }
                 }
                 let now = Instant::now();
                 if now >= next_checkpoint && in_flight.is_none() {
@@ -660,6 +667,60 @@ impl LargeTxn for StagedTxn<'_> {
     }
 }
 
+/// How many times a checkpoint's index work (all it did beside apply but
+/// sync the data files) passes before the next one begins: at most a fifth
+/// of the time goes to it, however large the index (decisions.md 71).
+pub const CHECKPOINT_SPACING: u32 = 4;
+
+/// Whether checkpoints are spaced past `checkpoint_every`, for messages
+/// when that changes.
+#[derive(Debug, Default)]
+struct Spacing {
+    stretched: bool,
+}
+
+/// The wait after a checkpoint finished, and a message when checkpoints
+/// begin or stop being spaced past `checkpoint_every`.
+#[derive(Debug)]
+struct Spaced {
+    wait: Duration,
+    change: Option<String>,
+}
+
+impl Spacing {
+    /// The time from a checkpoint that took `times` finishing to the next
+    /// one beginning: the index work times `CHECKPOINT_SPACING`. The data
+    /// files' sync is left out: it syncs what apply wrote since the last
+    /// one, which spacing them apart would not make less.
+    fn after(&mut self, times: &CheckpointTimes, every: Duration) -> Spaced {
+        let index_work = times.total.saturating_sub(times.data_sync);
+        let wait = index_work * CHECKPOINT_SPACING;
+        // Hysteresis, so a checkpoint near the bound does not say so each
+        // time it crosses it.
+        let apart = times.total + wait;
+        let stretched = match self.stretched {
+            false => apart > every * 3 / 2,
+            true => apart > every,
+        };
+        let change = match (self.stretched, stretched) {
+            (false, true) => Some(format!(
+                "HAD0228I checkpoints are spaced past checkpoint_ms ({} ms): the last one took {} ms of index work, and the next waits {} ms after it, so at most a fifth of the time goes to it; replay after a crash may be that much longer",
+                every.as_millis(),
+                index_work.as_millis(),
+                wait.as_millis()
+            )),
+            (true, false) => Some(format!(
+                "HAD0228I checkpoints are {} ms apart again (checkpoint_ms): the last one took {} ms of index work",
+                every.as_millis(),
+                index_work.as_millis()
+            )),
+            _ => None,
+        };
+        self.stretched = stretched;
+        Spaced { wait, change }
+    }
+}
+
 /// A checkpoint being made durable on a thread of its own.
 struct InFlight {
     position: AppliedPosition,
@@ -730,4 +791,44 @@ fn describe(position: &AppliedPosition, journals: &[StagedJournal]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn took(total_ms: u64, data_sync_ms: u64) -> CheckpointTimes {
+        CheckpointTimes {
+            total: Duration::from_millis(total_ms),
+            data_sync: Duration::from_millis(data_sync_ms),
+            ..CheckpointTimes::default()
+        }
+    }
+
+    /// The wait is the index work (all but the data files' sync) four
+    /// times; a message says when checkpoints begin to be spaced past the
+    /// interval (by half of it) and when they are back within it, not at
+    /// every crossing.
+    #[test]
+    fn spacing_follows_the_index_work_and_says_when_it_changes() {
+        let every = Duration::from_secs(1);
+        let mut spacing = Spacing::default();
+        let spaced = spacing.after(&took(500, 400), every);
+        assert_eq!(spaced.wait, Duration::from_millis(400));
+        assert!(spaced.change.is_none());
+        // 300 + 1200 ms apart: past 1.5 s? No, 1.5 s is not past it.
+        assert!(spacing.after(&took(300, 0), every).change.is_none());
+        let spaced = spacing.after(&took(2000, 0), every);
+        assert_eq!(spaced.wait, Duration::from_secs(8));
+        let change = spaced.change.expect("spaced past the interval");
+        assert!(
+            change.starts_with("HAD0228I checkpoints are spaced"),
+            "{change}"
+        );
+        // Still past the interval, though by less than half: no message.
+        assert!(spacing.after(&took(300, 0), every).change.is_none());
+        let change = spacing.after(&took(150, 0), every).change;
+        assert!(change.expect("back").contains("apart again"));
+        assert!(spacing.after(&took(0, 0), every).change.is_none());
+    }
 }

@@ -305,6 +305,128 @@ impl Store for UnsyncableTables {
     }
 }
 
+/// Replica tables whose checkpoints take `index_work` longer beside apply,
+/// counted as index work (a large index), noting when each began and
+/// ended.
+#[derive(Debug)]
+struct SlowIndexTables {
+    tables: ReplicaTables,
+    index_work: Duration,
+    /// Per checkpoint: began, finished, and the index work it reported.
+    taken: Arc<parking_lot::Mutex<Vec<(Instant, Instant, Duration)>>>,
+}
+
+impl Store for SlowIndexTables {
+    fn apply(&self, txn: &apply::Txn<'_>) -> Result<(), StoreError> {
+        self.tables.apply(txn)
+    }
+
+    fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
+        self.tables.checkpoint(position)
+    }
+
+    fn begin_checkpoint(
+        &self,
+        position: &AppliedPosition,
+    ) -> Result<PendingCheckpoint, StoreError> {
+        let began = Instant::now();
+        let pending = self.tables.begin_checkpoint(position)?;
+        let (taken, index_work) = (self.taken.clone(), self.index_work);
+        Ok(PendingCheckpoint::new(move || {
+            std::thread::sleep(index_work);
+            let mut times = pending.finish()?;
+            times.index += index_work;
+            times.total += index_work;
+            let work = times.total - times.data_sync;
+            taken.lock().push((began, Instant::now(), work));
+            Ok(times)
+        }))
+    }
+
+    fn applied_position(&self) -> AppliedPosition {
+        self.tables.applied_position()
+    }
+
+    fn objects(&self) -> Result<Vec<apply::ObjectInfo>, StoreError> {
+        self.tables.objects()
+    }
+
+    fn scan(&self, object_id: u64, visit: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        self.tables.scan(object_id, visit)
+    }
+
+    fn get(&self, object_id: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.tables.get(object_id, key)
+    }
+}
+
+/// A checkpoint whose index work is long (a large index) holds the next
+/// one back by `CHECKPOINT_SPACING` times that work, though
+/// `checkpoint_every` (5 ms here) has long passed: the index work takes at
+/// most a fifth of the time, however large the index (decisions.md 71).
+/// Frames keep arriving, so each turn has something new to checkpoint.
+#[test]
+fn a_checkpoint_with_long_index_work_spaces_the_next_one() {
+    let seed = seed("a_checkpoint_with_long_index_work_spaces_the_next_one");
+    let entries = journal_workload(seed, 4000, 0, |s| 1_000 + s);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let journals = [StagedJournal {
+        name: "main".into(),
+        dir: dir.clone(),
+    }];
+    let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
+    let taken = Arc::default();
+    let store = Arc::new(SlowIndexTables {
+        tables: ReplicaTables::open(root.path().join("replica")).unwrap(),
+        index_work: Duration::from_millis(20),
+        taken: Arc::clone(&taken),
+    });
+    let stop = AtomicBool::new(false);
+    let status = RunStatus::default();
+    std::thread::scope(|s| {
+        let runner = s.spawn(|| apply::run(store.clone(), &journals, &options(), &stop, &status));
+        // About 1.2 s of frames, one every 3 ms.
+        for from in (0..entries.len()).step_by(10) {
+            stage(
+                &mut staging,
+                &entries,
+                from,
+                (from + 10).min(entries.len()),
+                10,
+            );
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let target = [final_position(&entries)];
+        let started = Instant::now();
+        while status.checkpointed.lock().journals() != target
+            && started.elapsed() < Duration::from_secs(30)
+            && !runner.is_finished()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::Relaxed);
+        runner.join().unwrap().unwrap();
+    });
+    let taken = taken.lock();
+    // The last one is the stop's, which waits for nothing.
+    let spaced = &taken[..taken.len() - 1];
+    assert!(
+        spaced.len() >= 3,
+        "only {} checkpoints in the run",
+        spaced.len()
+    );
+    for pair in spaced.windows(2) {
+        let ((_, finished, work), (next, _, _)) = (pair[0], pair[1]);
+        assert!(
+            next.duration_since(finished) >= work * apply::CHECKPOINT_SPACING,
+            "a checkpoint began {:?} after one with {work:?} of index work",
+            next.duration_since(finished)
+        );
+    }
+    assert_eq!(store_state(&store.tables), serial_state(&entries));
+}
+
 /// Checkpoints are made durable beside apply: `applied.pos` (which lets
 /// the receiver purge staging) must move only once one is, so a checkpoint
 /// that fails leaves it where it was, and apply stops with the error.
