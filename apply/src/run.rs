@@ -359,10 +359,11 @@ pub fn run(
                     .store(apply.applied_ops(), Ordering::Relaxed);
                 if in_flight.as_ref().is_some_and(|c| c.thread.is_finished()) {
                     let done = in_flight.take().expect("checked above");
+                    let done_began = done.began;
                     checkpointed = done.wait(&mut applied_files, status)?;
                     let times = status.last_checkpoint.lock().unwrap_or_default();
                     let spaced = spacing.after(&times, options.checkpoint_every);
-                    next_checkpoint = next_checkpoint.max(Instant::now() + spaced.wait);
+                    next_checkpoint = next_checkpoint.max(done_began + spaced.apart);
                     if let Some(message) = spaced.change {
                         tracing::info!("{message}");
                     }
@@ -667,10 +668,11 @@ impl LargeTxn for StagedTxn<'_> {
     }
 }
 
-/// How many times a checkpoint's index work (all it did beside apply but
-/// sync the data files) passes before the next one begins: at most a fifth
-/// of the time goes to it, however large the index (decisions.md 71).
-pub const CHECKPOINT_SPACING: u32 = 4;
+/// Checkpoints begin at least this many times the last one's index work
+/// (all it did beside apply but sync the data files) apart: taking the
+/// index has at most a third of the time, however large it is
+/// (decisions.md 71).
+pub const CHECKPOINT_SPACING: u32 = 3;
 
 /// Whether checkpoints are spaced past `checkpoint_every`, for messages
 /// when that changes.
@@ -679,35 +681,36 @@ struct Spacing {
     stretched: bool,
 }
 
-/// The wait after a checkpoint finished, and a message when checkpoints
-/// begin or stop being spaced past `checkpoint_every`.
+/// The least time between a checkpoint's beginning and the next one's,
+/// and a message when checkpoints begin or stop being spaced past
+/// `checkpoint_every`.
 #[derive(Debug)]
 struct Spaced {
-    wait: Duration,
+    apart: Duration,
     change: Option<String>,
 }
 
 impl Spacing {
-    /// The time from a checkpoint that took `times` finishing to the next
-    /// one beginning: the index work times `CHECKPOINT_SPACING`. The data
-    /// files' sync is left out: it syncs what apply wrote since the last
-    /// one, which spacing them apart would not make less.
+    /// The least time from the beginning of a checkpoint that took `times`
+    /// to the next one's: `every`, or its index work times
+    /// `CHECKPOINT_SPACING` if longer. The data files' sync is left out: it
+    /// syncs what apply wrote since the last one, which spacing them
+    /// apart does not make less (each syncs more, in a longer stall).
     fn after(&mut self, times: &CheckpointTimes, every: Duration) -> Spaced {
         let index_work = times.total.saturating_sub(times.data_sync);
-        let wait = index_work * CHECKPOINT_SPACING;
-        // Hysteresis, so a checkpoint near the bound does not say so each
-        // time it crosses it.
-        let apart = times.total + wait;
+        let spaced = index_work * CHECKPOINT_SPACING;
+        // Hysteresis, so an index near the bound does not say so each time
+        // it crosses it.
         let stretched = match self.stretched {
-            false => apart > every * 3 / 2,
-            true => apart > every,
+            false => spaced > every * 3 / 2,
+            true => spaced > every,
         };
         let change = match (self.stretched, stretched) {
             (false, true) => Some(format!(
-                "HAD0228I checkpoints are spaced past checkpoint_ms ({} ms): the last one took {} ms of index work, and the next waits {} ms after it, so at most a fifth of the time goes to it; replay after a crash may be that much longer",
+                "HAD0228I checkpoints are spaced past checkpoint_ms ({} ms): the last one took {} ms of index work, so the next begins {} ms after it began (the index work takes at most a third of the time); replay after a crash may be that much longer",
                 every.as_millis(),
                 index_work.as_millis(),
-                wait.as_millis()
+                spaced.as_millis()
             )),
             (true, false) => Some(format!(
                 "HAD0228I checkpoints are {} ms apart again (checkpoint_ms): the last one took {} ms of index work",
@@ -717,13 +720,17 @@ impl Spacing {
             _ => None,
         };
         self.stretched = stretched;
-        Spaced { wait, change }
+        Spaced {
+            apart: spaced.max(every),
+            change,
+        }
     }
 }
 
 /// A checkpoint being made durable on a thread of its own.
 struct InFlight {
     position: AppliedPosition,
+    began: Instant,
     thread: std::thread::JoinHandle<Result<CheckpointTimes, StoreError>>,
 }
 
@@ -731,12 +738,17 @@ impl InFlight {
     /// Drains apply and takes the store's checkpoint state; the rest runs
     /// beside apply.
     fn begin(apply: &mut ParallelApply) -> Result<InFlight, RunError> {
+        let began = Instant::now();
         let (position, pending) = apply.begin_checkpoint()?;
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || pending.finish())
             .map_err(|e| StoreError::Database(format!("cannot start a checkpoint thread: {e}")))?;
-        Ok(InFlight { position, thread })
+        Ok(InFlight {
+            position,
+            began,
+            thread,
+        })
     }
 
     /// Waits until the checkpoint is durable, then lets the receivers purge
@@ -805,29 +817,31 @@ mod tests {
         }
     }
 
-    /// The wait is the index work (all but the data files' sync) four
-    /// times; a message says when checkpoints begin to be spaced past the
-    /// interval (by half of it) and when they are back within it, not at
-    /// every crossing.
+    /// Checkpoints are the index work (all but the data files' sync) three
+    /// times apart when that is longer than the interval; a message says
+    /// when they begin to be spaced past the interval (by half of it) and
+    /// when they are back within it, not at every crossing.
     #[test]
     fn spacing_follows_the_index_work_and_says_when_it_changes() {
         let every = Duration::from_secs(1);
         let mut spacing = Spacing::default();
         let spaced = spacing.after(&took(500, 400), every);
-        assert_eq!(spaced.wait, Duration::from_millis(400));
+        assert_eq!(spaced.apart, every);
         assert!(spaced.change.is_none());
-        // 300 + 1200 ms apart: past 1.5 s? No, 1.5 s is not past it.
-        assert!(spacing.after(&took(300, 0), every).change.is_none());
-        let spaced = spacing.after(&took(2000, 0), every);
-        assert_eq!(spaced.wait, Duration::from_secs(8));
+        // 1.2 s apart: not past half again the interval.
+        let spaced = spacing.after(&took(400, 0), every);
+        assert_eq!(spaced.apart, Duration::from_millis(1200));
+        assert!(spaced.change.is_none());
+        let spaced = spacing.after(&took(2500, 500), every);
+        assert_eq!(spaced.apart, Duration::from_secs(6));
         let change = spaced.change.expect("spaced past the interval");
         assert!(
             change.starts_with("HAD0228I checkpoints are spaced"),
             "{change}"
         );
         // Still past the interval, though by less than half: no message.
-        assert!(spacing.after(&took(300, 0), every).change.is_none());
-        let change = spacing.after(&took(150, 0), every).change;
+        assert!(spacing.after(&took(400, 0), every).change.is_none());
+        let change = spacing.after(&took(300, 0), every).change;
         assert!(change.expect("back").contains("apart again"));
         assert!(spacing.after(&took(0, 0), every).change.is_none());
     }

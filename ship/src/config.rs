@@ -37,7 +37,7 @@
 //! stripes = 1024
 //! checkpoint_ms = 1000                # bounds replay after a crash; a large
 //!                                     # index spaces them further (at most a
-//!                                     # fifth of the time taking it: HAD0228I)
+//!                                     # third of the time taking it: HAD0228I)
 //! expected_records = 0                # size the index for this many records at
 //!                                     # open (~128 bytes each), so apply does not
 //!                                     # grow it on the way there; 0: grow as needed
