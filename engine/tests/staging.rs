@@ -568,6 +568,63 @@ fn a_reader_refuses_a_damaged_frame_that_a_whole_frame_follows_in_the_newest_seg
     drop(staging);
 }
 
+/// Damage at the end of a segment the reader took for a write in progress
+/// (nothing after it, no later segment when it looked) is reported once a
+/// later segment appears, though the reader lists the directory at most
+/// every 20 ms while nothing comes: the report waits that long, no longer.
+#[test]
+fn damage_taken_for_a_write_in_progress_is_reported_once_a_later_segment_appears() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(40);
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    for f in &all {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    drop(staging);
+    let segments = segment_files(&dir);
+    assert!(segments.len() >= 3, "{segments:?}");
+    // The first segment's last frame damaged; the later segments set aside.
+    let (first, first_len) = &segments[0];
+    let frames_in_first = first_frame_of(&segments[1].0);
+    let last = *first_len as usize - all[frames_in_first - 1].len();
+    let mut bytes = std::fs::read(first).unwrap();
+    bytes[last + 100] ^= 0x01;
+    std::fs::write(first, &bytes).unwrap();
+    let aside = root.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for (path, _) in &segments[1..] {
+        std::fs::rename(path, aside.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader), all[..frames_in_first - 1]);
+
+    for (path, _) in &segments[1..] {
+        std::fs::rename(aside.join(path.file_name().unwrap()), path).unwrap();
+    }
+    let asked = std::time::Instant::now();
+    let err = loop {
+        match reader.next(&mut Vec::new()) {
+            Ok(None) => {
+                assert!(
+                    asked.elapsed() < std::time::Duration::from_secs(10),
+                    "no damage reported 10 s after a later segment appeared"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(Some(_)) => panic!("a damaged frame handed out"),
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        matches!(&err, StagingError::Corrupt { path, offset, .. }
+            if path == first && *offset as usize == last),
+        "{err}"
+    );
+    assert!(err.to_string().starts_with("HAX0002E"), "{err}");
+}
+
 /// The index of the frame that begins a segment named `start` in `frames(n)`.
 fn first_frame_of(segment: &std::path::Path) -> usize {
     let start: u64 = segment
