@@ -341,7 +341,19 @@ pub fn run(
         // `quit` (an error here).
         let looped = (|| -> Result<(), RunError> {
             loop {
-                match ready.recv_timeout(options.idle_wait.max(Duration::from_millis(1))) {
+                // Short while work or a checkpoint is in flight, so that
+                // each is seen done soon after it is; long while idle,
+                // so that an idle replica does not wake a thousand times a
+                // second (a batch wakes it at once either way).
+                let busy = in_flight.is_some() || apply.applied_ops() != apply.submitted_ops();
+                let wait = match busy {
+                    true => options.idle_wait.max(Duration::from_millis(1)),
+                    false => next_checkpoint
+                        .min(next_progress)
+                        .saturating_duration_since(Instant::now())
+                        .clamp(Duration::from_millis(1), IDLE_LOOP_WAIT),
+                };
+                match ready.recv_timeout(wait) {
                     Ok(batch) => {
                         let mut batch = batch?;
                         submit(&mut apply, &batch, &dirs, status)?;
@@ -415,6 +427,9 @@ pub fn run(
         Ok(position)
     })
 }
+
+/// Longest the loop waits for a batch when nothing is in flight.
+const IDLE_LOOP_WAIT: Duration = Duration::from_millis(50);
 
 /// Batches read ahead of apply: enough that apply need not wait for the
 /// reader, few enough to bound memory (each holds up to `batch_ops`
