@@ -127,6 +127,8 @@ pub enum StoreError {
         commit_sequence: u64,
         detail: String,
     },
+    #[error("HAD0214E replica tables {}: an earlier write or sync failed ({cause}); nothing more is applied or checkpointed until they are reopened, which replays staging from the last checkpoint", dir.display())]
+    Failed { dir: PathBuf, cause: String },
 }
 
 impl StoreError {

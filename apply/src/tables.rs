@@ -58,7 +58,7 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -574,6 +574,10 @@ struct DataFiles {
     reclaimed_bytes: AtomicU64,
     /// The files compaction is emptying, if any.
     sweep: Mutex<Option<Sweep>>,
+    /// The first failure that may have left the index pointing at records
+    /// never written or synced (decisions.md 73): from then on the tables
+    /// refuse to apply or checkpoint until reopened.
+    failed: OnceLock<String>,
 }
 
 impl DataFiles {
@@ -589,6 +593,31 @@ impl DataFiles {
             pins: RwLock::new(()),
             reclaimed_bytes: AtomicU64::new(0),
             sweep: Mutex::new(None),
+            failed: OnceLock::new(),
+        }
+    }
+
+    /// Passes `result` on, noting its error as the tables' failure unless
+    /// it is a refusal (made before anything changed). Called with the
+    /// shards the failed work changed still locked, so a checkpoint that
+    /// takes them after finds the failure noted and refuses.
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            if !e.is_refusal() {
+                let _ = self.failed.set(e.to_string());
+            }
+        }
+        result
+    }
+
+    /// HAD0214E once a failure was noted.
+    fn refuse_if_failed(&self) -> Result<(), StoreError> {
+        match self.failed.get() {
+            Some(cause) => Err(StoreError::Failed {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -718,6 +747,20 @@ impl PartedApply for Parted<'_> {
 
     fn apply_part(&self, part: usize, batch: &TxnBatch, txns: &[u32]) -> Result<(), StoreError> {
         assert!(part < self.parts, "part {part} of {}", self.parts);
+        let data = &self.tables.data;
+        data.refuse_if_failed()?;
+        // Every shard stays locked (`self.locked`) past the failure's note.
+        data.note(self.apply_part_inner(part, batch, txns))
+    }
+}
+
+impl Parted<'_> {
+    fn apply_part_inner(
+        &self,
+        part: usize,
+        batch: &TxnBatch,
+        txns: &[u32],
+    ) -> Result<(), StoreError> {
         let _busy = self.busy[part].lock();
         let parts = self.parts as u64;
         let mine = txns.iter().flat_map(|&i| {
@@ -1025,7 +1068,8 @@ impl ReplicaTables {
             .ops()
             .try_for_each(|op| self.apply_op_exclusive(&mut objects, &mut shards, meta, &op));
         publish_objects(&objects, &mut shards);
-        applied.and_then(|()| shards[0].lane.flush())
+        self.data
+            .note(applied.and_then(|()| shards[0].lane.flush()))
     }
 
     /// One change of the transaction `meta`, with the objects and every
@@ -1250,6 +1294,7 @@ impl ReplicaTables {
     /// `SWEEP_SLOTS_PER_STEP` slots, every shard locked, through shard 0's
     /// lane. Skipped while a checkpoint looks at the sweep.
     fn sweep_step(&self) -> Result<(), StoreError> {
+        self.data.refuse_if_failed()?;
         let Some(mut sweep) = self.data.sweep.try_lock() else {
             return Ok(());
         };
@@ -1283,7 +1328,7 @@ impl ReplicaTables {
         // Whatever moved is written before the shards are let go.
         let flushed = lane.flush();
         set.shard(0).lane = lane;
-        moved.and(flushed)
+        self.data.note(moved.and(flushed))
     }
 }
 
@@ -1336,7 +1381,7 @@ impl Compaction {
             let moved = move_out(records, held, lane, data, &state.victims, 0..usize::MAX);
             // Whatever moved is written before the shard is let go.
             let flushed = lane.flush();
-            moved.and(flushed)?;
+            data.note(moved.and(flushed))?;
         }
         {
             let _pinned = data.pins.write();
@@ -1404,8 +1449,20 @@ impl CheckpointWrite {
         self.finish_with(dir, durable, &mut || {})
     }
 
-    /// `finish`, running `between` after each shard it takes.
+    /// `finish`, running `between` after each shard it takes. Any failure
+    /// is the tables' (`DataFiles::note`): a data file's failed sync leaves
+    /// its pages in doubt, and compaction may have moved records.
     fn finish_with(
+        self,
+        dir: &Path,
+        durable: &Durable,
+        between: &mut dyn FnMut(),
+    ) -> Result<CheckpointTimes, StoreError> {
+        let data = self.data.clone();
+        data.note(self.finish_noted(dir, durable, between))
+    }
+
+    fn finish_noted(
         self,
         dir: &Path,
         durable: &Durable,
@@ -1415,6 +1472,7 @@ impl CheckpointWrite {
         if *written >= self.generation {
             return Ok(CheckpointTimes::default());
         }
+        self.data.refuse_if_failed()?;
         let mut times = CheckpointTimes::default();
         let began = Instant::now();
         let mut phase = began;
@@ -1439,6 +1497,9 @@ impl CheckpointWrite {
             times.data_files_synced += 1;
         }
         times.data_sync = lap();
+        // A failure noted while the shards were taken may have left some of
+        // them pointing at records never written.
+        self.data.refuse_if_failed()?;
         // The body: head (position, objects), data files, shards.
         let parts = [&self.head[..], &listed, &index];
         let body_len: usize = parts.iter().map(|p| p.len()).sum();
@@ -1710,6 +1771,7 @@ impl Store for ReplicaTables {
         if txn.is_empty() {
             return Ok(());
         }
+        self.data.refuse_if_failed()?;
         if txn.has_object_ops() {
             return self.apply_exclusive(txn);
         }
@@ -1742,26 +1804,30 @@ impl Store for ReplicaTables {
         // (`prefetch` fetched the first ones).
         let meta = txn.meta();
         let mut ahead = txn.ops().skip(LOOKAHEAD_OPS);
-        for op in txn.ops() {
-            if let Some(next) = ahead.next() {
-                let hash = record_hash(next.object_id, next.key);
-                locked.shard(shard_of(hash)).records.prefetch(hash);
+        let mut changes = || -> Result<(), StoreError> {
+            for op in txn.ops() {
+                if let Some(next) = ahead.next() {
+                    let hash = record_hash(next.object_id, next.key);
+                    locked.shard(shard_of(hash)).records.prefetch(hash);
+                }
+                let hash = record_hash(op.object_id, op.key);
+                if op.kind == OpKind::Probe
+                    || !locked
+                        .shard(shard_of(hash))
+                        .admit(meta.journal, meta.commit_sequence)
+                {
+                    continue;
+                }
+                let loc = match op.kind {
+                    OpKind::Put => Some(self.append(&mut locked.shard(lane).lane, &op)?),
+                    _ => None,
+                };
+                Self::index_change(locked.shard(shard_of(hash)), hash, &op, loc);
             }
-            let hash = record_hash(op.object_id, op.key);
-            if op.kind == OpKind::Probe
-                || !locked
-                    .shard(shard_of(hash))
-                    .admit(meta.journal, meta.commit_sequence)
-            {
-                continue;
-            }
-            let loc = match op.kind {
-                OpKind::Put => Some(self.append(&mut locked.shard(lane).lane, &op)?),
-                _ => None,
-            };
-            Self::index_change(locked.shard(shard_of(hash)), hash, &op, loc);
-        }
-        locked.shard(lane).lane.flush()
+            locked.shard(lane).lane.flush()
+        };
+        // Noted before `locked` lets the shards go.
+        self.data.note(changes())
     }
 
     /// Streams the transaction twice with everything locked: a check pass
@@ -1769,6 +1835,7 @@ impl Store for ReplicaTables {
     /// until both are done. Values go straight to the data files, so memory
     /// grows only by the index entries of new keys.
     fn apply_large(&self, txn: &mut dyn LargeTxn) -> Result<(), StoreError> {
+        self.data.refuse_if_failed()?;
         let mut objects = self.objects.write();
         let mut shards: Vec<RwLockWriteGuard<'_, Shard>> =
             self.shards.iter().map(|s| s.write()).collect();
@@ -1777,13 +1844,14 @@ impl Store for ReplicaTables {
             txn.for_each(&mut |op| check.see(op.kind, op.object_id, op.sequence, op.kind.label()))?;
         }
         // An error in this pass (I/O, or staging unreadable) leaves part of
-        // the transaction in memory; apply stops on it, and the store is
-        // reopened from its checkpoint, which has none of it.
+        // the transaction in memory: noted, so nothing is checkpointed until
+        // the store is reopened from its checkpoint, which has none of it.
         let meta = txn.meta();
         let applied =
             txn.for_each(&mut |op| self.apply_op_exclusive(&mut objects, &mut shards, meta, &op));
         publish_objects(&objects, &mut shards);
-        applied.and_then(|()| shards[0].lane.flush())
+        self.data
+            .note(applied.and_then(|()| shards[0].lane.flush()))
     }
 
     fn checkpoint(&self, position: &AppliedPosition) -> Result<(), StoreError> {
@@ -1824,6 +1892,7 @@ impl Store for ReplicaTables {
         &self,
         position: &AppliedPosition,
     ) -> Result<PendingCheckpoint, StoreError> {
+        self.data.refuse_if_failed()?;
         let write = self.checkpoint_write(position);
         let dir = self.dir.clone();
         let durable = self.durable.clone();

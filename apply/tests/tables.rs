@@ -559,3 +559,99 @@ fn keys_of_every_length_survive_checkpoints_that_reuse_their_buffer() {
         assert_eq!(tables.get(1, k).unwrap(), Some(value(k, 2)));
     }
 }
+
+/// A full disk fails the write of a transaction's records after its index
+/// changes are made in memory. The tables then refuse to apply or
+/// checkpoint (HAD0214E), even once there is room again: a checkpoint
+/// would list the failed transaction's half, pointing at records never
+/// written. Reopened, they are the last checkpoint exactly, and take the
+/// rest from there. A checkpoint that finds the disk full fails the same
+/// way and leaves the one before it.
+#[test]
+fn a_full_disk_stops_the_tables_until_reopened_and_loses_nothing_checkpointed() {
+    let Some(fs) = testkit::SmallFs::mount(80 << 20) else {
+        return;
+    };
+    let dir = fs.path().join("replica");
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 40 << 20]).unwrap();
+    let value = vec![9u8; 4096];
+    let put = |tables: &ReplicaTables, i: u64, position: &mut AppliedPosition| {
+        let mut batch = TxnBatch::new();
+        let key = i.to_be_bytes();
+        batch.push(meta(2 + i), [op(OpKind::Put, 1, &key, &value)]);
+        let txn = batch.iter().next().unwrap();
+        tables.apply(&txn)?;
+        position.advance(&txn.meta());
+        Ok::<(), StoreError>(())
+    };
+    let full = |err: &StoreError, context: &str| {
+        assert!(
+            matches!(err, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+                && err.to_string().contains(context),
+            "{err}"
+        );
+    };
+    let refused = |err: StoreError| {
+        let text = err.to_string();
+        assert!(
+            text.starts_with("HAD0214E") && text.contains("No space left"),
+            "{text}"
+        );
+    };
+
+    let tables = ReplicaTables::open(&dir).unwrap();
+    let mut position = AppliedPosition::new(1);
+    let mut batch = TxnBatch::new();
+    batch.push(meta(1), [op(OpKind::Create, 1, b"T", b"")]);
+    tables.apply(&batch.iter().next().unwrap()).unwrap();
+    position.advance(&meta(1));
+    for i in 0..100 {
+        put(&tables, i, &mut position).unwrap();
+    }
+    tables.checkpoint(&position).unwrap();
+    let checkpointed = position.clone();
+    // Nothing else writes: the disk fills in a transaction's records.
+    let err = (100..100_000u64)
+        .find_map(|i| put(&tables, i, &mut position).err())
+        .expect("the disk filled up");
+    full(&err, "write data file");
+
+    // Room again; still nothing applied or checkpointed.
+    std::fs::remove_file(&ballast).unwrap();
+    refused(put(&tables, 1 << 40, &mut position).unwrap_err());
+    refused(tables.checkpoint(&position).unwrap_err());
+    drop(tables);
+
+    let tables = ReplicaTables::open(&dir).unwrap();
+    let mut position = checkpointed;
+    assert_eq!(tables.applied_position(), position);
+    assert_eq!(tables.len(), 100);
+    for i in 100..1100 {
+        put(&tables, i, &mut position).unwrap();
+    }
+    tables.checkpoint(&position).unwrap();
+    let checkpointed = position.clone();
+    for i in 1100..1200 {
+        put(&tables, i, &mut position).unwrap();
+    }
+    // The disk filled to the last page: the next checkpoint cannot be
+    // written, and the tables refuse from then on.
+    let mut ballast = std::fs::File::create(&ballast).unwrap();
+    while std::io::Write::write_all(&mut ballast, &[1u8; 64 << 10]).is_ok() {}
+    full(&tables.checkpoint(&position).unwrap_err(), "checkpoint");
+    refused(put(&tables, 1200, &mut position).unwrap_err());
+    drop(tables);
+    drop(ballast);
+    std::fs::remove_file(fs.path().join("ballast")).unwrap();
+
+    let tables = ReplicaTables::open(&dir).unwrap();
+    assert_eq!(tables.applied_position(), checkpointed);
+    assert_eq!(tables.len(), 1100);
+    for i in [0u64, 100, 1099] {
+        assert_eq!(
+            tables.get(1, &i.to_be_bytes()).unwrap(),
+            Some(value.clone())
+        );
+    }
+}

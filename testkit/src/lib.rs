@@ -1,7 +1,7 @@
 //! Shared by the test suites of every crate: randomized tests take their
 //! seed from `seed` (printed, so a failure can be replayed with `SEED=<n>`)
 //! and draw from `Rng`; crash tests copy a directory as it stands with
-//! `copy_dir`.
+//! `copy_dir`; full-disk tests write into a `SmallFs`.
 
 /// A seed from `SEED` or the clock, printed so a failure can be replayed.
 pub fn seed(test: &str) -> u64 {
@@ -44,5 +44,52 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for item in std::fs::read_dir(from).unwrap() {
         let item = item.unwrap();
         std::fs::copy(item.path(), to.join(item.file_name())).unwrap();
+    }
+}
+
+/// A temporary directory on a tmpfs of a given size, for tests of a full
+/// disk: mounted when made, unmounted when dropped (a panicking test
+/// unmounts it too).
+#[derive(Debug)]
+pub struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// A tmpfs of `bytes`, or `None` (with a note) where this process may
+    /// not mount one (not root): CI runs as root.
+    pub fn mount(bytes: u64) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!(
+                "skipped: cannot mount a tmpfs on {} (needs root)",
+                dir.path().display()
+            );
+            return None;
+        }
+        Some(SmallFs { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            eprintln!("could not unmount {}", self.dir.path().display());
+        }
     }
 }
