@@ -1080,3 +1080,76 @@ fn a_reader_asleep_on_the_doorbell_wakes_when_a_frame_is_staged() {
     drop(receiver.join().unwrap());
     assert_eq!(read_available(&mut reader), all[2..]);
 }
+
+/// A full disk fails an append with HAX0001E naming what it was writing;
+/// nothing staged before is lost, and once there is room the same frame
+/// is taken (as when the primary resends it), whether the disk filled
+/// within a segment or just as the next one was made.
+#[test]
+fn a_full_disk_fails_appends_until_there_is_room_and_loses_nothing_staged() {
+    let all = frames(6000);
+    for at_a_new_segment in [false, true] {
+        let Some(fs) = testkit::SmallFs::mount(8 << 20) else {
+            return;
+        };
+        let dir = fs.path().join("staging");
+        let ballast = fs.path().join("ballast");
+        let options = || StagingOptions {
+            segment_bytes: 256 << 10,
+            // Segments made on the append path, so the disk can be filled
+            // just before one.
+            prepare_segments: !at_a_new_segment,
+            ..StagingOptions::default()
+        };
+        let (mut staging, _) = Staging::open(&dir, options()).unwrap();
+        let mut staged = 0;
+        if at_a_new_segment {
+            // Up to the frame that begins the second segment, then the disk
+            // filled to its last page.
+            let mut held = 16;
+            while held + all[staged].len() <= 256 << 10 {
+                staging.append(&all[staged]).unwrap();
+                held += all[staged].len();
+                staged += 1;
+            }
+            let mut fill = File::create(&ballast).unwrap();
+            while io::Write::write_all(&mut fill, &[1u8; 4096]).is_ok() {}
+        } else {
+            std::fs::write(&ballast, vec![1u8; 2 << 20]).unwrap();
+        }
+        let err = loop {
+            match staging.append(&all[staged]) {
+                Ok(_) => staged += 1,
+                Err(err) => break err,
+            }
+        };
+        let text = err.to_string();
+        let writing = match at_a_new_segment {
+            true => "write staging segment header",
+            false => "write staging segment",
+        };
+        assert!(
+            text.starts_with("HAX0001E")
+                && text.contains(writing)
+                && text.contains("No space left"),
+            "{text}"
+        );
+        staging.sync().unwrap();
+        let mut reader = StagingReader::open(&dir, 1).unwrap();
+        assert_eq!(read_available(&mut reader), all[..staged]);
+
+        std::fs::remove_file(&ballast).unwrap();
+        for f in &all[staged..staged + 200] {
+            staging
+                .append(f)
+                .unwrap_or_else(|e| panic!("after room: {e}"));
+        }
+        staging.sync().unwrap();
+        assert_eq!(read_available(&mut reader), all[staged..staged + 200]);
+        drop(staging);
+        let (staging, _) = Staging::open(&dir, options()).unwrap();
+        assert_eq!(staging.staged_position(), 11 + 10 * (staged as u64 + 199));
+        let mut reader = StagingReader::open(&dir, 1).unwrap();
+        assert_eq!(read_available(&mut reader), all[..staged + 200]);
+    }
+}

@@ -1021,7 +1021,12 @@ fn create_segment(path: &Path) -> Result<File, StagingError> {
     let mut header = [0u8; FILE_HEADER_BYTES as usize];
     header[..8].copy_from_slice(&STAGING_MAGIC);
     header[8..12].copy_from_slice(&1u32.to_le_bytes());
-    file.write_all(&header)
-        .map_err(io("write staging segment header", path))?;
+    if let Err(source) = file.write_all(&header) {
+        // Not left behind: the next try (a full disk with room again)
+        // makes it anew rather than finding it there. Should the removal
+        // fail too, opening the store resets a segment torn at creation.
+        let _ = std::fs::remove_file(path);
+        return Err(io("write staging segment header", path)(source));
+    }
     Ok(file)
 }
