@@ -792,3 +792,64 @@ fn a_cursor_gives_back_the_segments_it_finishes_far_behind_the_writer() {
         assert!(resident_mib(path)[0], "{} was dropped", path.display());
     }
 }
+
+/// A full disk fails the append that needs a new segment, with an error
+/// naming the file, and the journal refuses writes from then on (HAD0104E,
+/// as after a failed fsync) even once there is room; every entry
+/// acknowledged before is read back, and reopened it takes the next ones,
+/// with or without background preallocation.
+#[test]
+fn a_full_disk_fails_the_append_that_needs_a_segment_and_loses_nothing() {
+    for background_preallocation in [false, true] {
+        let Some(fs) = testkit::SmallFs::mount(8 << 20) else {
+            return;
+        };
+        let dir = fs.path().join("journal");
+        let ballast = fs.path().join("ballast");
+        std::fs::write(&ballast, vec![1u8; 2 << 20]).unwrap();
+        let options = || JournalOptions {
+            durability: Durability::Fsync,
+            background_preallocation,
+            ..small_options()
+        };
+        let mut expected = Vec::new();
+        let after = image(3, 0, 1000);
+        let put = |w: &mut engine::journal::Appender, i: u64, expected: &mut Vec<Owned>| {
+            let key = i.to_le_bytes();
+            let e = NewEntry::put(1, &key, &after);
+            let seq = w.append(&e)?;
+            expected.push(Owned::from_new(seq, &e));
+            Ok::<(), JournalError>(())
+        };
+        let journal = Journal::open(&dir, options()).unwrap();
+        let mut w = journal.appender();
+        let err = (0..100_000u64)
+            .find_map(|i| put(&mut w, i, &mut expected).err())
+            .expect("the disk filled up");
+        let text = err.to_string();
+        assert!(
+            text.contains("No space left") && text.contains(&*dir.to_string_lossy()),
+            "{text}"
+        );
+        assert_eq!(read_all(&dir), expected);
+
+        std::fs::remove_file(&ballast).unwrap();
+        let err = put(&mut w, 1_000_000, &mut expected).unwrap_err();
+        assert!(err.to_string().starts_with("HAD0104E"), "{err}");
+        drop(w);
+        drop(journal);
+        let journal = Journal::open(&dir, options()).unwrap();
+        // Nothing of the failed append is there.
+        assert_eq!(
+            journal.next_sequence(),
+            expected.last().unwrap().sequence + 1
+        );
+        let mut w = journal.appender();
+        for i in 0..100u64 {
+            put(&mut w, 1_000_000 + i, &mut expected).unwrap();
+        }
+        drop(w);
+        drop(journal);
+        assert_eq!(read_all(&dir), expected);
+    }
+}
