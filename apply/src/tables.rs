@@ -1445,24 +1445,17 @@ impl Compaction {
 }
 
 impl CheckpointWrite {
+    /// Any failure is the tables' (`DataFiles::note`): a data file's
+    /// failed sync leaves its pages in doubt, and compaction may have moved
+    /// records.
     fn finish(self, dir: &Path, durable: &Durable) -> Result<CheckpointTimes, StoreError> {
-        self.finish_with(dir, durable, &mut || {})
-    }
-
-    /// `finish`, running `between` after each shard it takes. Any failure
-    /// is the tables' (`DataFiles::note`): a data file's failed sync leaves
-    /// its pages in doubt, and compaction may have moved records.
-    fn finish_with(
-        self,
-        dir: &Path,
-        durable: &Durable,
-        between: &mut dyn FnMut(),
-    ) -> Result<CheckpointTimes, StoreError> {
         let data = self.data.clone();
-        data.note(self.finish_noted(dir, durable, between))
+        data.note(self.finish_with(dir, durable, &mut || {}))
     }
 
-    fn finish_noted(
+    /// `finish`, running `between` after each shard it takes (and not
+    /// noting a failure: tests).
+    fn finish_with(
         self,
         dir: &Path,
         durable: &Durable,

@@ -43,6 +43,20 @@ fn stage(staging: &mut Staging, entries: &[Vec<u8>], from: usize, to: usize, per
     staging.sync().unwrap();
 }
 
+/// One journal, "main", staged under `root`: the group apply reads, and
+/// the staging store that writes it.
+fn main_journal(root: &std::path::Path) -> ([StagedJournal; 1], Staging) {
+    let dir = root.join("staging");
+    let (staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
+    (
+        [StagedJournal {
+            name: "main".into(),
+            dir,
+        }],
+        staging,
+    )
+}
+
 /// This journal's position once everything in it is applied.
 fn final_position(entries: &[Vec<u8>]) -> JournalPosition {
     let mut assembler = Assembler::new(&AppliedPosition::default());
@@ -370,12 +384,7 @@ fn a_checkpoint_with_long_index_work_spaces_the_next_one() {
     let seed = seed("a_checkpoint_with_long_index_work_spaces_the_next_one");
     let entries = journal_workload(seed, 4000, 0, |s| 1_000 + s);
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("staging");
-    let journals = [StagedJournal {
-        name: "main".into(),
-        dir: dir.clone(),
-    }];
-    let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
+    let (journals, mut staging) = main_journal(root.path());
     let taken = Arc::default();
     let store = Arc::new(SlowIndexTables {
         tables: ReplicaTables::open(root.path().join("replica")).unwrap(),
@@ -437,12 +446,8 @@ fn applied_pos_waits_for_a_durable_checkpoint() {
     let seed = seed("applied_pos_waits_for_a_durable_checkpoint");
     let entries = journal_workload(seed, 2000, 0, |s| 1_000 + s);
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("staging");
-    let journals = [StagedJournal {
-        name: "main".into(),
-        dir: dir.clone(),
-    }];
-    let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
+    let (journals, mut staging) = main_journal(root.path());
+    let dir = &journals[0].dir;
     stage(&mut staging, &entries, 0, entries.len(), 100);
     let store = Arc::new(UnsyncableTables(
         ReplicaTables::open(root.path().join("replica")).unwrap(),

@@ -315,12 +315,18 @@ fn one_segment_store(
     staged: usize,
 ) -> (std::path::PathBuf, Staging) {
     let dir = root.join("staging");
-    let (mut staging, _) = Staging::open(&dir, StagingOptions::default()).unwrap();
-    for f in &all[..staged] {
+    let staging = staged_store(&dir, &all[..staged], StagingOptions::default());
+    (dir, staging)
+}
+
+/// A store in `dir` with `frames` appended and synced.
+fn staged_store(dir: &std::path::Path, frames: &[Vec<u8>], options: StagingOptions) -> Staging {
+    let (mut staging, _) = Staging::open(dir, options).unwrap();
+    for f in frames {
         staging.append(f).unwrap();
     }
     staging.sync().unwrap();
-    (dir, staging)
+    staging
 }
 
 #[test]
@@ -352,11 +358,7 @@ fn a_reader_refuses_purged_positions_and_damage_in_a_finished_segment() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("staging");
     let all = frames(40);
-    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
-    for f in &all {
-        staging.append(f).unwrap();
-    }
-    staging.sync().unwrap();
+    let mut staging = staged_store(&dir, &all, small());
     assert!(staging.purge_through(200).unwrap() > 0);
     let err = StagingReader::open(&dir, 1).unwrap_err();
     assert!(err.to_string().starts_with("HAX0009E"), "{err}");
@@ -577,12 +579,7 @@ fn damage_taken_for_a_write_in_progress_is_reported_once_a_later_segment_appears
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("staging");
     let all = frames(40);
-    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
-    for f in &all {
-        staging.append(f).unwrap();
-    }
-    staging.sync().unwrap();
-    drop(staging);
+    drop(staged_store(&dir, &all, small()));
     let segments = segment_files(&dir);
     assert!(segments.len() >= 3, "{segments:?}");
     // The first segment's last frame damaged; the later segments set aside.
