@@ -133,6 +133,71 @@ fn a_full_staging_store_holds_the_primary_back_until_apply_frees_space() {
     assert_eq!(staged[..], all[all.len() - staged.len()..]);
 }
 
+/// A backup whose staging disk fills up (its budget larger than the disk)
+/// holds the primary back as a full budget does: the receiver ends each
+/// session on the append that failed (HAX0001E, no space), nothing past
+/// what is staged is acknowledged, and once apply's position lets staging
+/// purge, the rest arrives, in order.
+#[test]
+fn a_full_staging_disk_holds_the_primary_back_until_space_is_freed() {
+    let Some(fs) = testkit::SmallFs::mount(48 << 20) else {
+        return;
+    };
+    let pair = Pair::new("auto", None, "", "");
+    std::fs::create_dir_all(pair.staging().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(fs.path(), pair.staging()).unwrap();
+    // Made before the disk fills, as replapply makes it when it starts:
+    // written in place from then on, it needs no new space.
+    let mut applied =
+        engine::journal::PositionFile::open_path(pair.staging().join("applied.pos")).unwrap();
+    let journal = open_journal(&pair);
+    // About 100 MiB of entries: twice the disk.
+    write(&journal, 600_000, 600_000, Duration::ZERO, 4);
+    let recv = Proc::start(RECV, "replrecv", &pair.config);
+    let send = Proc::start(SEND, "replsend", &pair.config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !recv.log().contains("No space left") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the disk never filled: {}",
+            recv.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut held_at = pair.acked();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = pair.acked();
+        if now == held_at {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acks never settled while the disk was full"
+        );
+        held_at = now;
+    }
+    assert!(held_at > 1 && held_at < journal.next_sequence());
+    // Everything acknowledged is staged.
+    let mut reader = engine::staging::StagingReader::open(pair.staging(), 1).unwrap();
+    while reader.next(&mut Vec::new()).unwrap().is_some() {}
+    assert!(
+        reader.position() >= held_at,
+        "acknowledged up to {held_at}, staged up to {}",
+        reader.position()
+    );
+
+    applied.store(held_at).unwrap();
+    wait_acked(&pair, &journal, Duration::from_secs(60));
+    assert!(recv.log().contains("HAX0020I"), "segments were purged");
+    drop(send);
+    drop(recv);
+    let staged = staged_entries_from(&pair);
+    let all = journal_entries(&pair.journal());
+    assert!(!staged.is_empty());
+    assert_eq!(staged[..], all[all.len() - staged.len()..]);
+}
+
 /// Staged entries when the store no longer starts at position 1.
 fn staged_entries_from(pair: &Pair) -> Vec<Vec<u8>> {
     use engine::staging::{Staging, StagingOptions};
