@@ -1150,3 +1150,49 @@ fn a_full_disk_fails_appends_until_there_is_room_and_loses_nothing_staged() {
         assert_eq!(read_available(&mut reader), all[..staged + 200]);
     }
 }
+
+/// An append cut short (a full disk) leaves what it wrote past the
+/// segment's frames; the store moves on without it (the retry writes over
+/// it, or a rotation cuts it off), so a finished segment holds its frames
+/// only and reads back whole, and reopening finds nothing torn.
+#[test]
+fn a_segment_finished_after_an_append_cut_short_holds_only_its_frames() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(40);
+    let options = || StagingOptions {
+        segment_bytes: 16 << 10,
+        prepare_segments: false,
+        ..StagingOptions::default()
+    };
+    let (mut staging, _) = Staging::open(&dir, options()).unwrap();
+    // The first segment (grown by appends) up to the frame that does not
+    // fit it, then the bytes of a cut-short append past its frames.
+    let mut held = 16;
+    let mut staged = 0;
+    while held + all[staged].len() <= 16 << 10 {
+        staging.append(&all[staged]).unwrap();
+        held += all[staged].len();
+        staged += 1;
+    }
+    let (first, len) = segment_files(&dir)[0].clone();
+    assert_eq!(len, held as u64);
+    std::os::unix::fs::FileExt::write_all_at(
+        &File::options().write(true).open(&first).unwrap(),
+        &all[staged][..1000],
+        len,
+    )
+    .unwrap();
+    // The next frame begins the second segment.
+    for f in &all[staged..] {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    assert_eq!(std::fs::metadata(&first).unwrap().len(), held as u64);
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader), all);
+    drop(staging);
+    let (staging, recovery) = Staging::open(&dir, options()).unwrap();
+    assert_eq!(recovery.truncated_bytes, 0);
+    assert_eq!(staging.staged_position(), 401);
+}

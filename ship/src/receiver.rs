@@ -529,8 +529,9 @@ struct Session {
 enum Flow {
     /// Keep reading.
     More,
-    /// Staging is full: stop reading until space is freed.
-    Held,
+    /// Staging is full (its budget, or the disk: why): stop reading until
+    /// space is freed.
+    Held(String),
     /// A frame was refused: Resend was queued; end the session.
     Refused(String),
 }
@@ -670,11 +671,9 @@ impl Session {
                 self.driver
                     .submit(T_DATA_READ, Op::Read { fd, buf: unstaged });
             }
-            Flow::Held => {
+            Flow::Held(reason) => {
                 if self.held_since.is_none() {
                     let position = self.shared.durable.load(Ordering::Relaxed);
-                    let reason =
-                        "HAX0012E staging is full: waiting for apply to free space".to_owned();
                     tracing::warn!(
                         "DMK0054W holding the primary back at position {position}: {reason}"
                     );
@@ -726,7 +725,19 @@ impl Session {
                     self.shared.staged_cv.notify_one();
                 }
                 Ok(Appended::AlreadyStaged) => {}
-                Err(StagingError::Full { .. }) => break Flow::Held,
+                Err(StagingError::Full { .. }) => {
+                    break Flow::Held(
+                        "HAX0012E staging is full: waiting for apply to free space".into(),
+                    )
+                }
+                // The disk, not the budget: nothing of the frame counts as
+                // staged (its bytes are written over at the retry), so it is
+                // held as a full budget is, not the session ended.
+                Err(e @ StagingError::Io { .. }) if is_disk_full(&e) => {
+                    break Flow::Held(format!(
+                        "{e}: waiting for space on the disk (apply's purges, or the operator's)"
+                    ))
+                }
                 Err(e @ (StagingError::Gap { .. } | StagingError::Overlap { .. })) => {
                     break Flow::Refused(e.to_string())
                 }
@@ -772,6 +783,12 @@ impl Session {
         self.driver.cancel_all(&mut cancelled);
         *self.shared.session_waker.lock() = None;
     }
+}
+
+/// Whether `e` is the disk, or the receiver's disk quota, out of space.
+fn is_disk_full(e: &StagingError) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    matches!(e, StagingError::Io { source, .. } if matches!(source.kind(), StorageFull | QuotaExceeded))
 }
 
 #[cfg(test)]

@@ -134,8 +134,8 @@ fn a_full_staging_store_holds_the_primary_back_until_apply_frees_space() {
 }
 
 /// A backup whose staging disk fills up (its budget larger than the disk)
-/// holds the primary back as a full budget does: the receiver ends each
-/// session on the append that failed (HAX0001E, no space), nothing past
+/// holds the primary back as a full budget does (DMK0054W naming the
+/// failed append, HAX0001E, no space; the session goes on), nothing past
 /// what is staged is acknowledged, and once apply's position lets staging
 /// purge, the rest arrives, in order.
 #[test]
@@ -156,14 +156,20 @@ fn a_full_staging_disk_holds_the_primary_back_until_space_is_freed() {
     let recv = Proc::start(RECV, "replrecv", &pair.config);
     let send = Proc::start(SEND, "replsend", &pair.config);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !recv.log().contains("No space left") {
+    while !(send.log().contains("DMK0031W") && recv.log().contains("DMK0054W")) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the disk never filled: {}",
+            "never held back: {}",
             recv.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let log = recv.log();
+    let held = log.lines().find(|l| l.contains("DMK0054W")).unwrap();
+    assert!(
+        held.contains("HAX0001E") && held.contains("No space left"),
+        "{held}"
+    );
     let mut held_at = pair.acked();
     loop {
         std::thread::sleep(Duration::from_millis(500));
@@ -189,7 +195,13 @@ fn a_full_staging_disk_holds_the_primary_back_until_space_is_freed() {
 
     applied.store(held_at).unwrap();
     wait_acked(&pair, &journal, Duration::from_secs(60));
-    assert!(recv.log().contains("HAX0020I"), "segments were purged");
+    let log = recv.log();
+    assert!(log.contains("HAX0020I"), "segments were purged");
+    assert!(
+        log.contains("DMK0053I"),
+        "the receiver says it receives again"
+    );
+    assert!(!log.contains("DMK0051W"), "a session ended: {log}");
     drop(send);
     drop(recv);
     let staged = staged_entries_from(&pair);

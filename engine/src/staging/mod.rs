@@ -649,8 +649,16 @@ impl Staging {
         // Finished before a successor exists (readers and recovery take a
         // segment with a successor as complete): its unused end cut off,
         // its frames and length durable.
+        // The file may be longer than its frames though nothing was made
+        // ahead: an append cut short (a full disk) leaves the part it wrote
+        // past them, which in a finished segment would read as damage.
         let old = self.segments.last_mut().expect("active");
-        if old.allocated > old.bytes {
+        let len = self
+            .active
+            .metadata()
+            .map_err(io("stat staging segment", &old.path))?
+            .len();
+        if len > old.bytes {
             self.active
                 .set_len(old.bytes)
                 .map_err(io("cut the unused end of staging segment", &old.path))?;
