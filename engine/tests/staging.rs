@@ -1196,3 +1196,68 @@ fn a_segment_finished_after_an_append_cut_short_holds_only_its_frames() {
     assert_eq!(recovery.truncated_bytes, 0);
     assert_eq!(staging.staged_position(), 401);
 }
+
+/// A segment that could not be made ahead (the disk has less room than a
+/// segment) is given up at the next append and its file removed; the
+/// segment being written goes on growing by appends rather than giving way
+/// at each frame to a new one (each with a new try that fails).
+#[test]
+fn a_segment_that_could_not_be_made_ahead_does_not_start_a_segment_per_frame() {
+    let Some(fs) = testkit::SmallFs::mount(4 << 20) else {
+        return;
+    };
+    let dir = fs.path().join("staging");
+    // Room for a few hundred KiB: less than a segment.
+    let mut fill = File::create(fs.path().join("ballast")).unwrap();
+    io::Write::write_all(&mut fill, &vec![1u8; (4 << 20) - (384 << 10)]).unwrap();
+    let (mut staging, _) = Staging::open(
+        &dir,
+        StagingOptions {
+            segment_bytes: 1 << 20,
+            ..StagingOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        staging.await_prepared_segment(),
+        "a segment was begun ahead"
+    );
+    let all = frames(100);
+    for f in &all {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    assert_eq!(segment_files(&dir).len(), 1, "{:?}", segment_files(&dir));
+    assert_eq!(spare_files(&dir), 0);
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader), all);
+}
+
+/// The doorbell's page is allocated when the store makes it: an append
+/// that fits the segment's last page rings it on a disk full since, where
+/// a store to a mapped page with nothing behind it would be a SIGBUS
+/// (the whole test binary dies without the allocation).
+#[test]
+fn ringing_the_doorbell_on_a_full_disk_is_not_a_fault() {
+    let Some(fs) = testkit::SmallFs::mount(1 << 20) else {
+        return;
+    };
+    let dir = fs.path().join("staging");
+    let (mut staging, _) = Staging::open(
+        &dir,
+        StagingOptions {
+            prepare_segments: false,
+            ..StagingOptions::default()
+        },
+    )
+    .unwrap();
+    let mut fill = File::create(fs.path().join("ballast")).unwrap();
+    while io::Write::write_all(&mut fill, &[1u8; 4096]).is_ok() {}
+    // Into the segment's first page, allocated with its header.
+    let small = frame(1, 1, 2);
+    assert!(16 + small.len() <= 4096);
+    staging.append(&small).unwrap();
+    staging.sync().unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader), [small]);
+}

@@ -50,12 +50,15 @@ impl Doorbell {
             .create(create)
             .truncate(false)
             .open(dir.join(DOORBELL_FILE))?;
-        if file.metadata()?.len() < FILE_BYTES {
-            if !create {
-                // Being made by the receiver right now: looked at next time.
-                return Err(std::io::ErrorKind::NotFound.into());
-            }
-            file.set_len(FILE_BYTES)?;
+        if !create && file.metadata()?.len() < FILE_BYTES {
+            // Being made by the receiver right now: looked at next time.
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        if create {
+            // Its block allocated, not only its length set: a store to a
+            // mapped page with no block behind it on a full disk is a
+            // SIGBUS, not an error. A no-op for a file made before.
+            crate::sys::preallocate(&file, FILE_BYTES)?;
         }
         Ok(Doorbell {
             map: MmapRaw::map_raw(&file)?,

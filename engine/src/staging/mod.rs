@@ -40,6 +40,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -182,6 +183,8 @@ struct Spare {
     path: PathBuf,
     fill: Arc<ZeroFillControl>,
     thread: JoinHandle<Result<File, StagingError>>,
+    /// Set by the thread once the segment is made.
+    made: Arc<AtomicBool>,
 }
 
 impl Spare {
@@ -192,8 +195,9 @@ impl Spare {
     /// blocks). Synced either way.
     fn start(path: PathBuf, bytes: u64, reuse: bool, fill_new: bool) -> std::io::Result<Spare> {
         let fill = Arc::new(ZeroFillControl::default());
+        let made = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (path, fill) = (path.clone(), Arc::clone(&fill));
+            let (path, fill, made) = (path.clone(), Arc::clone(&fill), Arc::clone(&made));
             std::thread::Builder::new()
                 .name("stg-prealloc".into())
                 .spawn(move || {
@@ -224,10 +228,21 @@ impl Spare {
                         file.sync_data()
                             .map_err(io("sync staging segment", &path))?;
                     }
+                    made.store(true, Ordering::Release);
                     Ok(file)
                 })?
         };
-        Ok(Spare { path, fill, thread })
+        Ok(Spare {
+            path,
+            fill,
+            thread,
+            made,
+        })
+    }
+
+    /// Whether it was tried and failed.
+    fn failed(&self) -> bool {
+        self.thread.is_finished() && !self.made.load(Ordering::Acquire)
     }
 
     /// Stops it (a zero-fill under way gives up) and removes its file.
@@ -612,6 +627,13 @@ impl Staging {
                     held_bytes,
                 });
             }
+        }
+        if self.spare.as_ref().is_some_and(Spare::failed) {
+            // Said (HAX0021W) and its file removed now, not at a rotation
+            // taken for it: on a full disk that would begin a segment per
+            // frame, each with a new try. The next try is at the next
+            // rotation.
+            let _ = self.take_spare();
         }
         let active = self.segments.last().expect("active");
         let full = active.bytes + frame.len() as u64 > self.options.segment_bytes;
