@@ -367,7 +367,9 @@ impl MappedSegment {
         if file_bytes < header.segment_bytes {
             // A truncated file (torn by a crash or an operator): map it at full
             // size again; the missing part reads as zeros, i.e. unwritten.
-            file.set_len(header.segment_bytes)
+            // Allocated, not only lengthened: appends store to the map, and a
+            // mapped page with no block behind it on a full disk is a SIGBUS.
+            sys::preallocate(&file, header.segment_bytes)
                 .map_err(SegmentError::io("restore segment length", path))?;
         }
         let map = MmapOptions::new()
