@@ -153,3 +153,40 @@ fn sigkill_apply(store: &str, apply_config: &str) {
         .count();
     assert!(resumed > 0, "no restart resumed from a checkpoint:\n{logs}");
 }
+
+/// A replica whose disk fills stops apply with an error naming the disk
+/// (HAD0210E, no space; no checkpoint is taken past it: HAD0214E). Started
+/// again once there is room, apply reopens the replica at its last
+/// checkpoint, replays staging from there, and ends equal to the source.
+#[test]
+fn a_full_replica_disk_stops_apply_and_a_restart_with_room_loses_nothing() {
+    let Some(fs) = testkit::SmallFs::mount(160 << 20) else {
+        return;
+    };
+    let pair = Pair::new("auto", None, "", "");
+    pair.add_config(APPLY_CONFIG);
+    let on_small = fs.path().join("replica");
+    std::fs::create_dir_all(&on_small).unwrap();
+    std::fs::create_dir_all(pair.replica().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&on_small, pair.replica()).unwrap();
+    // Room for about 40 MiB of replica; the workload needs about 60.
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 120 << 20]).unwrap();
+    let journal = open_journal(&pair);
+    write(&journal, 600_000, 600_000, Duration::ZERO, 1);
+    let _recv = Proc::start(RECV, "replrecv", &pair.config);
+    let _send = Proc::start(SEND, "replsend", &pair.config);
+    let mut apply = Proc::start(APPLY, "replapply", &pair.config);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !apply.log().contains("No space left") {
+        assert!(Instant::now() < deadline, "the replica's disk never filled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    apply.kill();
+    assert!(apply.log().contains("HAD0210E"), "{}", apply.log());
+
+    std::fs::remove_file(&ballast).unwrap();
+    let apply = Proc::start(APPLY, "replapply", &pair.config);
+    wait_applied(&pair, journal.next_sequence(), Duration::from_secs(120));
+    assert_replica_equals_source(&pair, apply);
+}
