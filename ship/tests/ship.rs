@@ -86,22 +86,7 @@ fn a_full_staging_store_holds_the_primary_back_until_apply_frees_space() {
         assert!(std::time::Instant::now() < deadline, "never held back");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // A group commit begun before the hold may still finish and be acked:
-    // wait until the acknowledged position settles (it never does if the
-    // receiver goes on accepting frames).
-    let mut held_at = pair.acked();
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = pair.acked();
-        if now == held_at {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "acks never settled while held"
-        );
-        held_at = now;
-    }
+    let held_at = settled_acks(&pair, deadline);
     assert!(held_at < journal.next_sequence());
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(pair.acked(), held_at, "nothing acknowledged while held");
@@ -124,10 +109,34 @@ fn a_full_staging_store_holds_the_primary_back_until_apply_frees_space() {
         "the sender says when the backup accepts again"
     );
     assert!(recv.log().contains("HAX0020I"), "segments were purged");
-    // What is left staged is exactly the journal's tail, in order.
     drop(send);
     drop(recv);
-    let staged = staged_entries_from(&pair);
+    assert_staged_is_the_journals_tail(&pair);
+}
+
+/// The acknowledged position once it stops moving while the primary is
+/// held back: a group commit begun before the hold may still finish and be
+/// acked (it never settles if the receiver goes on accepting frames).
+fn settled_acks(pair: &Pair, deadline: std::time::Instant) -> u64 {
+    let mut held_at = pair.acked();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = pair.acked();
+        if now == held_at {
+            return held_at;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acks never settled while held"
+        );
+        held_at = now;
+    }
+}
+
+/// What is left staged (purged below apply's position) is exactly the
+/// journal's tail, in order.
+fn assert_staged_is_the_journals_tail(pair: &Pair) {
+    let staged = staged_entries_from(pair);
     let all = journal_entries(&pair.journal());
     assert!(!staged.is_empty());
     assert_eq!(staged[..], all[all.len() - staged.len()..]);
@@ -170,19 +179,7 @@ fn a_full_staging_disk_holds_the_primary_back_until_space_is_freed() {
         held.contains("HAX0001E") && held.contains("No space left"),
         "{held}"
     );
-    let mut held_at = pair.acked();
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = pair.acked();
-        if now == held_at {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "acks never settled while the disk was full"
-        );
-        held_at = now;
-    }
+    let held_at = settled_acks(&pair, deadline);
     assert!(held_at > 1 && held_at < journal.next_sequence());
     // Everything acknowledged is staged.
     let mut reader = engine::staging::StagingReader::open(pair.staging(), 1).unwrap();
@@ -204,10 +201,7 @@ fn a_full_staging_disk_holds_the_primary_back_until_space_is_freed() {
     assert!(!log.contains("DMK0051W"), "a session ended: {log}");
     drop(send);
     drop(recv);
-    let staged = staged_entries_from(&pair);
-    let all = journal_entries(&pair.journal());
-    assert!(!staged.is_empty());
-    assert_eq!(staged[..], all[all.len() - staged.len()..]);
+    assert_staged_is_the_journals_tail(&pair);
 }
 
 /// Staged entries when the store no longer starts at position 1.
