@@ -1120,6 +1120,7 @@ fn a_full_disk_fails_appends_until_there_is_room_and_loses_nothing_staged() {
                 Err(err) => break err,
             }
         };
+        assert!(err.is_disk_full(), "{err}");
         let text = err.to_string();
         let writing = match at_a_new_segment {
             true => "write staging segment header",

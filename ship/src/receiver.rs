@@ -733,7 +733,7 @@ impl Session {
                 // The disk, not the budget: nothing of the frame counts as
                 // staged (its bytes are written over at the retry), so it is
                 // held as a full budget is, not the session ended.
-                Err(e @ StagingError::Io { .. }) if is_disk_full(&e) => {
+                Err(e) if e.is_disk_full() => {
                     break Flow::Held(format!(
                         "{e}: waiting for space on the disk (apply's purges, or the operator's)"
                     ))
@@ -783,12 +783,6 @@ impl Session {
         self.driver.cancel_all(&mut cancelled);
         *self.shared.session_waker.lock() = None;
     }
-}
-
-/// Whether `e` is the disk, or the receiver's disk quota, out of space.
-fn is_disk_full(e: &StagingError) -> bool {
-    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
-    matches!(e, StagingError::Io { source, .. } if matches!(source.kind(), StorageFull | QuotaExceeded))
 }
 
 #[cfg(test)]

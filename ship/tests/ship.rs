@@ -82,10 +82,7 @@ fn a_full_staging_store_holds_the_primary_back_until_apply_frees_space() {
     let recv = Proc::start(RECV, "replrecv", &pair.config);
     let send = Proc::start(SEND, "replsend", &pair.config);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !(send.log().contains("DMK0031W") && recv.log().contains("DMK0054W")) {
-        assert!(std::time::Instant::now() < deadline, "never held back");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_held(&send, &recv, deadline);
     let held_at = settled_acks(&pair, deadline);
     assert!(held_at < journal.next_sequence());
     std::thread::sleep(Duration::from_millis(500));
@@ -112,6 +109,19 @@ fn a_full_staging_store_holds_the_primary_back_until_apply_frees_space() {
     drop(send);
     drop(recv);
     assert_staged_is_the_journals_tail(&pair);
+}
+
+/// Waits until the sender says it is held back (DMK0031W) and the
+/// receiver that it holds it (DMK0054W).
+fn wait_held(send: &Proc, recv: &Proc, deadline: std::time::Instant) {
+    while !(send.log().contains("DMK0031W") && recv.log().contains("DMK0054W")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never held back: {}",
+            recv.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The acknowledged position once it stops moving while the primary is
@@ -165,14 +175,7 @@ fn a_full_staging_disk_holds_the_primary_back_until_space_is_freed() {
     let recv = Proc::start(RECV, "replrecv", &pair.config);
     let send = Proc::start(SEND, "replsend", &pair.config);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !(send.log().contains("DMK0031W") && recv.log().contains("DMK0054W")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never held back: {}",
-            recv.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_held(&send, &recv, deadline);
     let log = recv.log();
     let held = log.lines().find(|l| l.contains("DMK0054W")).unwrap();
     assert!(

@@ -294,6 +294,16 @@ pub struct StagingRecovery {
     pub staged_position: u64,
 }
 
+impl StagingError {
+    /// Whether this is the disk, or the writer's disk quota, out of space
+    /// (HAX0001E): the frame is not staged, and the same append can be
+    /// tried again once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        matches!(self, StagingError::Io { source, .. } if matches!(source.kind(), StorageFull | QuotaExceeded))
+    }
+}
+
 /// An open staging store (one writer).
 #[derive(Debug)]
 pub struct Staging {
@@ -669,11 +679,10 @@ impl Staging {
     /// position: the one made ahead when it is ready, else a new empty one.
     fn rotate(&mut self) -> Result<(), StagingError> {
         // Finished before a successor exists (readers and recovery take a
-        // segment with a successor as complete): its unused end cut off,
-        // its frames and length durable.
-        // The file may be longer than its frames though nothing was made
-        // ahead: an append cut short (a full disk) leaves the part it wrote
-        // past them, which in a finished segment would read as damage.
+        // segment with a successor as complete): its frames and length
+        // durable, and whatever lies past its frames cut off: the unused
+        // end of a segment made ahead, or what an append cut short (a full
+        // disk) wrote, which in a finished segment would read as damage.
         let old = self.segments.last_mut().expect("active");
         let len = self
             .active
