@@ -8,6 +8,7 @@ pub mod frame;
 pub mod journal;
 pub mod limits;
 pub mod protocol;
+pub mod report;
 pub mod staging;
 pub mod sys;
 pub mod trace;

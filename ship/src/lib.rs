@@ -52,7 +52,7 @@ pub fn main_with(
     match run(&config, stop_on_signals()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", engine::report::describe(&e));
             std::process::ExitCode::FAILURE
         }
     }

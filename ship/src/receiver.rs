@@ -384,7 +384,10 @@ fn accept_loop(
                 running = Some(start_session(config, shared, p, stream, leftover)?);
             }
             Ok(other) => tracing::warn!("DMK0105E unexpected first message {other:?}"),
-            Err(e) => tracing::warn!("DMK0048W handshake failed: {e:#}"),
+            Err(e) => tracing::warn!(
+                "DMK0048W handshake failed: {}",
+                engine::report::describe(&e)
+            ),
         }
         if running.as_ref().is_some_and(|r| r.thread.is_finished()) {
             running.take().expect("checked").end();
@@ -500,7 +503,10 @@ fn start_session(
         .spawn(move || {
             match session.run() {
                 Ok(reason) => tracing::info!("DMK0050I session {id:#x} ended: {reason}"),
-                Err(e) => tracing::warn!("DMK0051W session {id:#x} ended: {e:#}"),
+                Err(e) => tracing::warn!(
+                    "DMK0051W session {id:#x} ended: {}",
+                    engine::report::describe(&e)
+                ),
             }
             session.finish();
         })?;

@@ -140,9 +140,10 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
                 }
                 let delay = backoff.next_delay();
                 tracing::warn!(
-                    "DMK0021W session with backup {} at {} ended: {e:#}; reconnecting in {} ms",
+                    "DMK0021W session with backup {} at {} ended: {}; reconnecting in {} ms",
                     config.backup.node,
                     config.primary.connect,
+                    engine::report::describe(&e),
                     delay.as_millis()
                 );
                 sleep_unless(stop, delay);

@@ -255,7 +255,7 @@ fn main() -> ExitCode {
                 outcomes.push(outcome);
             }
             Err(e) => {
-                terminal.note(&format!("replbench: {e:#}"));
+                terminal.note(&format!("replbench: {}", engine::report::describe(&e)));
                 return ExitCode::from(3);
             }
         }

@@ -445,7 +445,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     let mut failures = Vec::new();
     for p in &mut processes {
         if let Err(e) = p.stop(Duration::from_secs(30)) {
-            failures.push(format!("{e:#}"));
+            failures.push(engine::report::describe(&e));
         }
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));

@@ -114,7 +114,7 @@ pub fn run_role(role: Role, config: &Path) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", engine::report::describe(&e));
             ExitCode::FAILURE
         }
     }

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("repljrn: {err:#}");
+            eprintln!("repljrn: {}", engine::report::describe(&err));
             ExitCode::FAILURE
         }
     }

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("replcheck: {e:#}");
+            eprintln!("replcheck: {}", engine::report::describe(&e));
             ExitCode::from(3)
         }
     }
