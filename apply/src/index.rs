@@ -183,6 +183,10 @@ pub(crate) struct Index {
     next: Arc<Mutex<Option<MadeAhead>>>,
     /// Whether `next` was asked for at this size.
     asked: bool,
+    /// One bit per region (`region_of`): set when a record of the region
+    /// was put, removed or moved since the last `take_dirty`. A checkpoint
+    /// writes only those regions' records again (decisions.md 75).
+    dirty: Box<[u64]>,
 }
 
 impl Default for Index {
@@ -195,8 +199,23 @@ impl Default for Index {
             hint: Arc::default(),
             next: Arc::default(),
             asked: false,
+            dirty: vec![0; REGIONS / 64].into_boxed_slice(),
         }
     }
+}
+
+/// Regions a shard's records are divided into by hash, for checkpoints
+/// that write only what changed (decisions.md 75): the next bits of
+/// `record_order(hash)` after the shard's, so a region's records sit in one
+/// stretch of slots whatever the table's size. 2^14 a shard: about 30
+/// records a region at 30 M records, a dirty bit a region costing 2 KiB a
+/// shard.
+pub(crate) const REGION_BITS: u32 = 14;
+pub(crate) const REGIONS: usize = 1 << REGION_BITS;
+
+/// The region of a record's hash within its shard.
+pub(crate) fn region_of(hash: u64) -> usize {
+    ((record_order(hash) << SHARD_BITS) >> (64 - REGION_BITS)) as usize
 }
 
 /// Tables smaller than this are made when they are needed: their pages
@@ -435,6 +454,7 @@ impl Index {
         } else if !self.asked && (self.len + 1) * 8 > self.slots.len() * 5 {
             self.prepare();
         }
+        self.mark(hash);
         match self.find(hash, object, key) {
             Ok(i) => Some(std::mem::replace(&mut self.slots[i].loc, loc)),
             Err(i) => {
@@ -474,6 +494,7 @@ impl Index {
         }
         let i = self.find(hash, object, key).ok()?;
         let loc = self.slots[i].loc;
+        self.mark(hash);
         self.vacate(i);
         Some(loc)
     }
@@ -520,6 +541,7 @@ impl Index {
                 let slot = self.slots[i];
                 if !slot.is_empty() && !keep(slot.object) {
                     gone(slot.loc);
+                    self.mark(slot.hash);
                     self.vacate(i);
                     removed = true;
                     // Slot i now holds a shifted record: look again.
@@ -653,19 +675,98 @@ impl Index {
         self.slots.len()
     }
 
-    /// The locations of the records in slots `range` (clamped to the
-    /// table), to be changed in place (compaction moves records to other
-    /// files; their slots stay where they are).
-    pub fn locs_mut(
+    /// Hands `change` the location of each record in slots `range`
+    /// (clamped to the table), to change in place (compaction moves records
+    /// to other files; their slots stay where they are); `change` says
+    /// whether it did, which marks the record's region dirty.
+    pub fn change_locs<E>(
         &mut self,
         range: std::ops::Range<usize>,
-    ) -> impl Iterator<Item = &mut Loc> + '_ {
+        mut change: impl FnMut(&mut Loc) -> Result<bool, E>,
+    ) -> Result<(), E> {
         let end = range.end.min(self.slots.len());
         let start = range.start.min(end);
-        self.slots[start..end]
-            .iter_mut()
-            .filter(|s| !s.is_empty())
-            .map(|s| &mut s.loc)
+        for i in start..end {
+            let slot = &mut self.slots[i];
+            if !slot.is_empty() && change(&mut slot.loc)? {
+                let hash = slot.hash;
+                self.mark(hash);
+            }
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, hash: u64) {
+        let region = region_of(hash);
+        self.dirty[region / 64] |= 1 << (region % 64);
+    }
+
+    /// Regions marked dirty since the last take.
+    pub fn dirty_count(&self) -> usize {
+        self.dirty.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The regions marked dirty since the last take, in ascending order;
+    /// clears the marks.
+    pub fn take_dirty(&mut self) -> Vec<usize> {
+        let mut regions = Vec::new();
+        for (w, word) in self.dirty.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                regions.push(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+        regions
+    }
+
+    /// Clears every dirty mark (the table was just written whole, or
+    /// loaded from what is on disk).
+    pub fn clear_dirty(&mut self) {
+        self.dirty.fill(0);
+    }
+
+    /// Hands `visit` every record of `region`. They sit in the slots from
+    /// the region's first home to its last, and after those in the run of
+    /// full slots that continues past it (around the table's end to its
+    /// start for the last region); records of the neighbouring regions
+    /// spilled in among them are skipped by their hash.
+    pub fn region_entries(&self, region: usize, mut visit: impl FnMut(Entry<'_>)) {
+        if self.len == 0 {
+            return;
+        }
+        let mask = self.mask();
+        // The homes of the region's first and last possible hashes, by
+        // their order (`home` reads the bits after the shard's; the order
+        // is the reversed hash, so reversing an order gives its hash).
+        let first = ((region as u64) << (64 - REGION_BITS)) >> SHARD_BITS;
+        let last = first | (u64::MAX >> (REGION_BITS + SHARD_BITS));
+        let (lo, hi) = (
+            self.home(record_order(first)),
+            self.home(record_order(last)),
+        );
+        let homes = hi - lo + 1;
+        let mut i = lo;
+        let mut seen = 0;
+        loop {
+            let slot = &self.slots[i];
+            if slot.is_empty() {
+                if seen >= homes {
+                    return;
+                }
+            } else if region_of(slot.hash) == region {
+                visit(Entry {
+                    object: slot.object,
+                    key: self.key_of(slot),
+                    loc: slot.loc,
+                });
+            }
+            seen += 1;
+            if seen > self.slots.len() {
+                return;
+            }
+            i = (i + 1) & mask;
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> + '_ {
@@ -867,6 +968,121 @@ mod tests {
             let hash = hashes[&(*o, k.clone())];
             assert_eq!(index.get(hash, *o, k), Some(*l), "seed {seed}");
         }
+    }
+
+    /// Every put, remove and moved location marks its record's region, and
+    /// nothing else does; a region lists exactly the records of its hashes,
+    /// in a table smaller than the region count and in a larger one, with
+    /// runs that cross regions' bounds and wrap around the table's end.
+    #[test]
+    fn changes_mark_their_regions_and_a_region_lists_exactly_its_records() {
+        let seed = testkit::seed("index changes_mark_their_regions");
+        let mut rng = testkit::Rng(seed);
+        let mut index = Index::default();
+        let mut model: HashMap<(u64, Vec<u8>), (u64, Loc)> = HashMap::new();
+        let mut step = 0u32;
+        for keys in [200u64, 6_000, 70_000] {
+            let mut touched = std::collections::BTreeSet::new();
+            for _ in 0..keys * 3 {
+                step += 1;
+                let k = rng.below(keys);
+                let object = k % 3;
+                let mut key = k.to_le_bytes().to_vec();
+                if k % 11 == 0 {
+                    key.resize(40 + (k % 5) as usize, 7);
+                }
+                // Some keys crowd a few orders at the regions' bounds (the
+                // last region's among them): runs over the bounds and
+                // around the table's end.
+                let hash = match k % 3 {
+                    0 if k < 600 => {
+                        let region = [0, 1, 77, REGIONS as u64 - 1][(k / 3 % 4) as usize];
+                        let order = ((region << (64 - REGION_BITS)) >> SHARD_BITS)
+                            | (u64::MAX >> (REGION_BITS + SHARD_BITS + 4 - (k % 8) as u32));
+                        record_order(order) | (k % 64)
+                    }
+                    _ => (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed) | 1,
+                };
+                if rng.below(4) == 0 {
+                    let gone = index.remove(hash, object, &key).is_some();
+                    assert_eq!(gone, model.remove(&(object, key)).is_some(), "seed {seed}");
+                    if gone {
+                        touched.insert(region_of(hash));
+                    }
+                } else {
+                    model.insert((object, key.clone()), (hash, loc(step)));
+                    index.put(hash, object, &key, loc(step));
+                    touched.insert(region_of(hash));
+                }
+            }
+            assert_eq!(
+                index.take_dirty(),
+                std::mem::take(&mut touched).into_iter().collect::<Vec<_>>(),
+                "seed {seed}: {keys} keys"
+            );
+            // Compaction's pass: every other location in a stretch moves.
+            let mut moved = 0;
+            index
+                .change_locs(0..index.slot_count() / 3, |l| {
+                    moved += 1;
+                    if moved % 2 == 0 {
+                        return Ok::<_, ()>(false);
+                    }
+                    l.offset = l.offset.wrapping_add(1);
+                    Ok(true)
+                })
+                .unwrap();
+            for ((object, key), (hash, l)) in model.iter_mut() {
+                let now = index
+                    .get(*hash, *object, key)
+                    .expect("a record put is there");
+                if now != *l {
+                    touched.insert(region_of(*hash));
+                    *l = now;
+                }
+            }
+            let dirty = index.take_dirty();
+            assert_eq!(
+                dirty,
+                touched.into_iter().collect::<Vec<_>>(),
+                "seed {seed}: {keys} keys"
+            );
+            assert_eq!(index.dirty_count(), 0, "seed {seed}");
+            type Listed = (u64, Vec<u8>, u32, u32, u32);
+            let mut by_region: HashMap<usize, Vec<Listed>> = HashMap::new();
+            for ((object, key), (hash, l)) in &model {
+                by_region.entry(region_of(*hash)).or_default().push((
+                    *object,
+                    key.clone(),
+                    l.file,
+                    l.offset,
+                    l.len,
+                ));
+            }
+            let mut listed = 0;
+            for region in 0..REGIONS {
+                let mut got = Vec::new();
+                index.region_entries(region, |e| {
+                    got.push((
+                        e.object,
+                        e.key.to_vec(),
+                        e.loc.file,
+                        e.loc.offset,
+                        e.loc.len,
+                    ))
+                });
+                listed += got.len();
+                got.sort();
+                let mut want = by_region.remove(&region).unwrap_or_default();
+                want.sort();
+                assert_eq!(got, want, "seed {seed}: {keys} keys, region {region}");
+            }
+            assert_eq!(listed, model.len(), "seed {seed}");
+        }
+        assert!(
+            index.slot_count() > REGIONS,
+            "the last round outgrew the regions"
+        );
     }
 
     /// A table outgrows the heap into maps of its own (huge pages when the

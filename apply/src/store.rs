@@ -49,14 +49,21 @@ pub struct CheckpointTimes {
     pub file_write: Duration,
     pub file_sync: Duration,
     pub file_bytes: u64,
+    /// Replica tables: the index regions a delta listed, or `None` when the
+    /// checkpoint wrote the whole index (decisions.md 75).
+    pub delta_regions: Option<u64>,
 }
 
 impl std::fmt::Display for CheckpointTimes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let index = match self.delta_regions {
+            Some(regions) => format!("index delta of {regions} regions"),
+            None => "whole index".to_owned(),
+        };
         write!(
             f,
-            "{:.0} ms (compaction {:.0}, index {:.0}, {} data files synced in {:.0}, {:.1} MB checkpoint file written in {:.0} and synced in {:.0})",
+            "{:.0} ms (compaction {:.0}, index {:.0}, {} data files synced in {:.0}, {:.1} MB checkpoint ({index}) written in {:.0} and synced in {:.0})",
             ms(self.total),
             ms(self.compaction),
             ms(self.index),

@@ -258,10 +258,11 @@ fn a_checkpoint_says_what_it_synced_and_wrote() {
     let older = tables.begin_checkpoint(&at).unwrap();
     let newer = tables.begin_checkpoint(&at).unwrap();
     let times = newer.finish().unwrap();
-    let file = std::fs::metadata(dir.path().join("checkpoint"))
-        .unwrap()
-        .len();
-    assert_eq!(times.file_bytes, file, "{times:?}");
+    // The checkpoint and its index file (the first: the whole index).
+    let files = ["checkpoint", "index-0000000000000001"]
+        .map(|f| std::fs::metadata(dir.path().join(f)).unwrap().len());
+    assert_eq!(times.file_bytes, files[0] + files[1], "{times:?}");
+    assert_eq!(times.delta_regions, None, "{times:?}");
     // Each shard writes a file of its own (its lane); 1000 keys touch all.
     assert!(times.data_files_synced >= 1, "{times:?}");
     let phases =
@@ -270,14 +271,21 @@ fn a_checkpoint_says_what_it_synced_and_wrote() {
     let said = times.to_string();
     let synced = format!("{} data files synced", times.data_files_synced);
     assert!(
-        said.contains(&synced) && said.contains("MB checkpoint file"),
+        said.contains(&synced) && said.contains("MB checkpoint (whole index) written"),
         "{said}"
     );
     // Begun first, finished after a later one: it writes nothing, and says so.
     assert_eq!(older.finish().unwrap(), CheckpointTimes::default());
-    // Nothing written since: the same checkpoint file again.
-    let times = tables.begin_checkpoint(&at).unwrap().finish().unwrap();
-    assert_eq!(times.file_bytes, file, "{times:?}");
+    // Nothing written since: a delta of no regions, the whole index kept.
+    let again = tables.begin_checkpoint(&at).unwrap().finish().unwrap();
+    assert_eq!(again.delta_regions, Some(0), "{again:?}");
+    assert!(again.file_bytes < files[1] / 4, "{again:?} after {times:?}");
+    assert!(dir.path().join("index-0000000000000001").exists());
+    let said = again.to_string();
+    assert!(
+        said.contains("(index delta of 0 regions) written"),
+        "{said}"
+    );
 }
 
 #[test]
@@ -444,9 +452,39 @@ fn a_damaged_checkpoint_or_record_is_reported_not_guessed() {
     std::fs::write(&cp, &bytes).unwrap();
     let err = ReplicaTables::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
-    // A record's entry of length 0 under a matching checksum (found by the
-    // fuzzer: it reached an assertion): open refuses, naming it.
-    let mut bytes = clean_checkpoint;
+    std::fs::write(&cp, &clean_checkpoint).unwrap();
+    // The index file it lists, damaged: open refuses, naming it.
+    let index = dir.path().join("index-0000000000000001");
+    let clean_index = std::fs::read(&index).unwrap();
+    let mut bytes = clean_index.clone();
+    bytes[30] ^= 0x10;
+    std::fs::write(&index, &bytes).unwrap();
+    let err = ReplicaTables::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("index-0000000000000001")
+            && err.to_string().contains("checksum mismatch"),
+        "{err}"
+    );
+    // Gone: open refuses, naming it.
+    std::fs::remove_file(&index).unwrap();
+    let err = ReplicaTables::open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot read index file")
+            && err.to_string().contains("index-0000000000000001"),
+        "{err}"
+    );
+    // Whole under its own checksum, but not the one the checkpoint lists.
+    let mut bytes = clean_index.clone();
+    bytes[30] ^= 0x10;
+    let crc = crc32c::crc32c(&bytes[20..]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&index, &bytes).unwrap();
+    let err = ReplicaTables::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("not the one it lists"), "{err}");
+    // A record's entry of length 0 under matching checksums (found by the
+    // fuzzer: it reached an assertion): open refuses, naming it. (The
+    // checkpoint's last bytes are its one index file's checksum.)
+    let mut bytes = clean_index;
     let entry = [&1u64.to_le_bytes()[..], &1u32.to_le_bytes(), b"k"].concat();
     let at = bytes
         .windows(entry.len())
@@ -457,7 +495,13 @@ fn a_damaged_checkpoint_or_record_is_reported_not_guessed() {
     bytes[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[20..]);
     bytes[16..20].copy_from_slice(&crc.to_le_bytes());
-    std::fs::write(&cp, &bytes).unwrap();
+    std::fs::write(&index, &bytes).unwrap();
+    let mut root = clean_checkpoint;
+    let last = root.len() - 4;
+    root[last..].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&root[20..]);
+    root[16..20].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&cp, &root).unwrap();
     let err = ReplicaTables::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("shorter than its header"), "{err}");
 }

@@ -23,7 +23,13 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|e| engine::journal::entry::decode_validated(e).unwrap());
     encoder
-        .encode(journal_id, frame.header.start_position, next, parsed, &mut again)
+        .encode(
+            journal_id,
+            frame.header.start_position,
+            next,
+            parsed,
+            &mut again,
+        )
         .unwrap();
     let mut decoder2 = FrameDecoder::new().unwrap();
     let round = decoder2
