@@ -1173,6 +1173,7 @@ fn capture_shards(
 ) -> u64 {
     index.extend_from_slice(&(shards.len() as u32).to_le_bytes());
     let mut regions_listed = 0;
+    let mut entry: EntryScratch = [0; RECORD_ENTRY_BYTES + INLINE_KEY];
     for (s, shard) in shards.iter().enumerate().rev() {
         let mut shard = shard.write();
         let records = shard.records.len();
@@ -1185,8 +1186,8 @@ fn capture_shards(
             shard.records.clear_dirty();
             index.reserve(8 + records * (RECORD_ENTRY_BYTES + INLINE_KEY));
             index.extend_from_slice(&(records as u64).to_le_bytes());
-            for entry in shard.records.iter() {
-                put_index_entry(index, entry);
+            for record in shard.records.iter() {
+                put_index_entry(index, &mut entry, record);
             }
         } else {
             let regions = shard.records.take_dirty();
@@ -1197,8 +1198,8 @@ fn capture_shards(
                 let count_at = index.len();
                 index.extend_from_slice(&0u32.to_le_bytes());
                 let mut count = 0u32;
-                shard.records.region_entries(region, |entry| {
-                    put_index_entry(index, entry);
+                shard.records.region_entries(region, |record| {
+                    put_index_entry(index, &mut entry, record);
                     count += 1;
                 });
                 index[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
@@ -1210,10 +1211,14 @@ fn capture_shards(
     regions_listed
 }
 
+/// A record of an index file laid out before it is copied in (a key that
+/// fits a slot fits it).
+type EntryScratch = [u8; RECORD_ENTRY_BYTES + INLINE_KEY];
+
 /// One record of an index file: object, key length, key, file, offset,
-/// length; one copy from a staging buffer (a key that fits a slot fits
-/// it), not six small ones.
-fn put_index_entry(index: &mut Vec<u8>, record: IndexEntry<'_>) {
+/// length; one copy from `entry` (the caller's, made once), not six small
+/// ones.
+fn put_index_entry(index: &mut Vec<u8>, entry: &mut EntryScratch, record: IndexEntry<'_>) {
     let key = record.key;
     let loc = record.loc;
     if key.len() > INLINE_KEY {
@@ -1225,7 +1230,6 @@ fn put_index_entry(index: &mut Vec<u8>, record: IndexEntry<'_>) {
         index.extend_from_slice(&loc.len.to_le_bytes());
         return;
     }
-    let mut entry = [0u8; RECORD_ENTRY_BYTES + INLINE_KEY];
     let k = key.len();
     entry[..8].copy_from_slice(&record.object.to_le_bytes());
     entry[8..12].copy_from_slice(&(k as u32).to_le_bytes());
