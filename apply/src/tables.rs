@@ -1762,7 +1762,7 @@ impl ReplicaTables {
     /// Loads the checkpoint `bytes` (read from `path`) and the index files
     /// it lists; returns `Store::mixed_until`.
     fn load_checkpoint(&self, path: &Path, bytes: &[u8]) -> Result<Vec<u64>, StoreError> {
-        let corrupt = |detail: &str| corrupt(path, detail);
+        let corrupt = |detail: &str| corrupt_at(path, detail);
         let short = || corrupt("ends early");
         let magic = bytes.get(..8);
         let format = [CHECKPOINT_MAGIC, CHECKPOINT_MAGIC_V2, CHECKPOINT_MAGIC_V1]
@@ -1808,6 +1808,9 @@ impl ReplicaTables {
             0 => {
                 let chain = read_chain(&mut r).ok_or_else(short)?;
                 end(path, &r)?;
+                if chain.files.is_empty() {
+                    return Err(corrupt("lists no index file"));
+                }
                 // Newest first: the newest listing of a region is its
                 // records; an older file's records there are passed over.
                 for (i, file) in chain.files.iter().enumerate().rev() {
@@ -1832,17 +1835,19 @@ impl ReplicaTables {
                     })?;
                     let magic = if file.delta { DELTA_MAGIC } else { INDEX_MAGIC };
                     if bytes.len() as u64 != file.bytes || !bytes.starts_with(magic) {
-                        return Err(StoreError::Corrupt {
-                            path: index_path,
-                            detail: format!(
+                        return Err(corrupt_at(
+                            &index_path,
+                            &format!(
                                 "not the index file the checkpoint lists ({} bytes, {} bytes listed, or the wrong magic)",
                                 bytes.len(),
                                 file.bytes
                             ),
-                        });
+                        ));
                     }
                     let body = checked_body(&index_path, &bytes)?;
-                    if engine::checksum::crc32c(body) != file.crc {
+                    // The body matches its header's checksum: that one must
+                    // be the one listed.
+                    if bytes[16..20] != file.crc.to_le_bytes() {
                         return Err(corrupt(&format!(
                             "index file {} is not the one it lists (another checksum)",
                             index_path.display()
@@ -1854,9 +1859,6 @@ impl ReplicaTables {
                         false => load.whole(&index_path, &mut r, true)?,
                     }
                     end(&index_path, &r)?;
-                }
-                if chain.files.is_empty() {
-                    return Err(corrupt("lists no index file"));
                 }
                 *self.durable.chain.lock() = chain;
             }
@@ -1903,7 +1905,7 @@ impl ReplicaTables {
     }
 }
 
-fn corrupt(path: &Path, detail: &str) -> StoreError {
+fn corrupt_at(path: &Path, detail: &str) -> StoreError {
     StoreError::Corrupt {
         path: path.to_owned(),
         detail: detail.to_owned(),
@@ -1914,19 +1916,19 @@ fn corrupt(path: &Path, detail: &str) -> StoreError {
 /// checked (its magic is the caller's).
 fn checked_body<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], StoreError> {
     if bytes.len() < 20 {
-        return Err(corrupt(path, "shorter than its header"));
+        return Err(corrupt_at(path, "shorter than its header"));
     }
     let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
     let crc = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
     let body = &bytes[20..];
     if body.len() as u64 != len {
-        return Err(corrupt(
+        return Err(corrupt_at(
             path,
             &format!("body is {} bytes, header says {len}", body.len()),
         ));
     }
     if engine::checksum::crc32c(body) != crc {
-        return Err(corrupt(path, "checksum mismatch"));
+        return Err(corrupt_at(path, "checksum mismatch"));
     }
     Ok(body)
 }
@@ -1935,7 +1937,7 @@ fn checked_body<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a [u8], StoreError
 fn end(path: &Path, r: &Reader<'_>) -> Result<(), StoreError> {
     match r.at == r.bytes.len() {
         true => Ok(()),
-        false => Err(corrupt(path, "trailing bytes after the index")),
+        false => Err(corrupt_at(path, "trailing bytes after the index")),
     }
 }
 
@@ -1973,7 +1975,7 @@ impl Loader<'_, '_> {
     /// A whole index: every shard's records but in the regions claimed, in
     /// groups per shard (`sharded`) or as one flat group.
     fn whole(&mut self, path: &Path, r: &mut Reader<'_>, sharded: bool) -> Result<(), StoreError> {
-        let short = || corrupt(path, "ends early");
+        let short = || corrupt_at(path, "ends early");
         let groups = match sharded {
             true => self.shard_count(path, r)?,
             false => 1,
@@ -1998,7 +2000,10 @@ impl Loader<'_, '_> {
                 let hash = record_hash(object, key);
                 let s = shard_of(hash);
                 if group.is_some_and(|g| g != s) {
-                    return Err(corrupt(path, "a record is listed in a shard not its own"));
+                    return Err(corrupt_at(
+                        path,
+                        "a record is listed in a shard not its own",
+                    ));
                 }
                 if !self.is_claimed(s, region_of(hash)) {
                     self.insert(path, s, hash, object, key, loc)?;
@@ -2010,7 +2015,7 @@ impl Loader<'_, '_> {
 
     /// A delta: per shard, the regions it lists, each with its records.
     fn delta(&mut self, path: &Path, r: &mut Reader<'_>) -> Result<(), StoreError> {
-        let short = || corrupt(path, "ends early");
+        let short = || corrupt_at(path, "ends early");
         let mut seen = 0u64;
         for _ in 0..self.shard_count(path, r)? {
             let s = self.shard_head(path, r, &mut seen)?;
@@ -2019,7 +2024,7 @@ impl Loader<'_, '_> {
             for _ in 0..regions {
                 let region = r.u32().ok_or_else(short)? as usize;
                 if region >= REGIONS || last.is_some_and(|l| region <= l) {
-                    return Err(corrupt(
+                    return Err(corrupt_at(
                         path,
                         &format!("shard {s} lists region {region} out of order or past the last"),
                     ));
@@ -2035,7 +2040,10 @@ impl Loader<'_, '_> {
                     let (object, key, loc) = read_entry(path, r)?;
                     let hash = record_hash(object, key);
                     if shard_of(hash) != s || region_of(hash) != region {
-                        return Err(corrupt(path, "a record is listed in a region not its own"));
+                        return Err(corrupt_at(
+                            path,
+                            "a record is listed in a region not its own",
+                        ));
                     }
                     if newest {
                         self.insert(path, s, hash, object, key, loc)?;
@@ -2047,9 +2055,9 @@ impl Loader<'_, '_> {
     }
 
     fn shard_count(&self, path: &Path, r: &mut Reader<'_>) -> Result<usize, StoreError> {
-        let groups = r.u32().ok_or_else(|| corrupt(path, "ends early"))? as usize;
+        let groups = r.u32().ok_or_else(|| corrupt_at(path, "ends early"))? as usize;
         if groups != SHARDS {
-            return Err(corrupt(
+            return Err(corrupt_at(
                 path,
                 &format!("{groups} shards, the tables have {SHARDS}"),
             ));
@@ -2065,15 +2073,21 @@ impl Loader<'_, '_> {
         r: &mut Reader<'_>,
         seen: &mut u64,
     ) -> Result<usize, StoreError> {
-        let short = || corrupt(path, "ends early");
+        let short = || corrupt_at(path, "ends early");
         let s = r.u32().ok_or_else(short)? as usize;
         if s >= SHARDS || *seen & (1 << s) != 0 {
-            return Err(corrupt(path, &format!("shard {s} unknown or listed twice")));
+            return Err(corrupt_at(
+                path,
+                &format!("shard {s} unknown or listed twice"),
+            ));
         }
         *seen |= 1 << s;
         let n = r.u32().ok_or_else(short)? as usize;
         if n > MAX_JOURNALS {
-            return Err(corrupt(path, &format!("shard {s} has {n} journal stamps")));
+            return Err(corrupt_at(
+                path,
+                &format!("shard {s} has {n} journal stamps"),
+            ));
         }
         let stamps = (0..n)
             .map(|_| r.u64().ok_or_else(short))
@@ -2121,13 +2135,13 @@ impl Loader<'_, '_> {
             loc.offset as u64 + loc.len as u64 <= f.used.load(Ordering::Relaxed) as u64
         });
         if !known {
-            return Err(corrupt(
+            return Err(corrupt_at(
                 path,
                 "an index entry points outside the listed data files",
             ));
         }
         if self.shards[s].put(hash, object, key, loc).is_some() {
-            return Err(corrupt(path, "a record is listed twice"));
+            return Err(corrupt_at(path, "a record is listed twice"));
         }
         Ok(())
     }
@@ -2135,11 +2149,11 @@ impl Loader<'_, '_> {
 
 /// One record of an index: object, key, location.
 fn read_entry<'a>(path: &Path, r: &mut Reader<'a>) -> Result<(u64, &'a [u8], Loc), StoreError> {
-    let short = || corrupt(path, "ends early");
+    let short = || corrupt_at(path, "ends early");
     let object = r.u64().ok_or_else(short)?;
     let n = r.u32().ok_or_else(short)? as usize;
     if n > engine::limits::KEY_BYTES_MAX {
-        return Err(corrupt(
+        return Err(corrupt_at(
             path,
             &format!("an index entry's key of {n} bytes is longer than any key"),
         ));
@@ -2151,7 +2165,7 @@ fn read_entry<'a>(path: &Path, r: &mut Reader<'a>) -> Result<(u64, &'a [u8], Loc
         len: r.u32().ok_or_else(short)?,
     };
     if (loc.len as usize) < RECORD_HEADER_BYTES + n {
-        return Err(corrupt(
+        return Err(corrupt_at(
             path,
             &format!(
                 "an index entry's record ({} bytes) is shorter than its header and key",
