@@ -529,6 +529,32 @@ impl Index {
         self.len -= 1;
     }
 
+    /// Removes every record of `object` whose hash is `hash`; hands the
+    /// location of each to `gone`. Looks only at the run of slots from the
+    /// hash's home to the first empty one, where all of them are: an object
+    /// with a few records here leaves without a scan of the whole table.
+    pub fn remove_hashed(&mut self, hash: u64, object: u64, mut gone: impl FnMut(Loc)) {
+        if self.len == 0 {
+            return;
+        }
+        let mask = self.mask();
+        let mut i = self.home(hash);
+        loop {
+            let slot = self.slots[i];
+            if slot.is_empty() {
+                return;
+            }
+            if slot.hash == hash && slot.object == object {
+                gone(slot.loc);
+                self.mark(hash);
+                // Only slots after `i` move back into it: look at it again.
+                self.vacate(i);
+                continue;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
     /// Keeps the records `keep` says to (by object); hands the location of
     /// each one removed to `gone`.
     pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool, mut gone: impl FnMut(Loc)) {
