@@ -114,20 +114,31 @@ const CHECKPOINT_MAGIC: &[u8; 8] = b"HATBLCK3";
 const CHECKPOINT_MAGIC_V2: &[u8; 8] = b"HATBLCK2";
 /// Checkpoints taken with apply paused, one flat index, still read.
 const CHECKPOINT_MAGIC_V1: &[u8; 8] = b"HATBLCK1";
-/// An index file holding every shard's records.
-const INDEX_MAGIC: &[u8; 8] = b"HATBIDX1";
+/// An index file holding every shard's records, its entries compact
+/// (`EntryFormat::Compact`, decisions.md 78).
+const INDEX_MAGIC: &[u8; 8] = b"HATBIDX2";
 /// An index file holding, per shard, the records of the regions changed
-/// since the index file before it.
-const DELTA_MAGIC: &[u8; 8] = b"HATBIDD1";
+/// since the index file before it, its entries compact.
+const DELTA_MAGIC: &[u8; 8] = b"HATBIDD2";
+/// The same two with fixed-size entries (`EntryFormat::Fixed`), still read:
+/// a chain may hold both kinds after an upgrade.
+const INDEX_MAGIC_FIXED: &[u8; 8] = b"HATBIDX1";
+const DELTA_MAGIC_FIXED: &[u8; 8] = b"HATBIDD1";
 /// Deltas after a whole index, at most: opening reads them all.
 const CHAIN_DELTAS_MAX: usize = 16;
 /// A delta is written only when it is expected to be at most this part
 /// of the whole index (1/4): above, a whole index costs about as much
 /// (decisions.md 75).
 const DELTA_SHARE_MAX: u64 = 4;
-/// A checkpoint's index entry without its key: object u64, key length u32,
+/// A fixed-size index entry without its key: object u64, key length u32,
 /// then (after the key) file, offset and length, u32 each.
 const RECORD_ENTRY_BYTES: usize = 24;
+/// A compact index entry's numbers at most: object (10 bytes as a varint),
+/// then key length, file, offset and value length (5 each).
+const COMPACT_NUMBERS_MAX: usize = 30;
+/// The fewest bytes a compact index entry takes: five one-byte numbers and
+/// an empty key.
+const COMPACT_ENTRY_MIN: usize = 5;
 const CHECKPOINT_FILE: &str = "checkpoint";
 /// A data file is compacted once the index holds at most this share of
 /// what was written to it (1/4: three quarters dead), so each byte moved
@@ -149,6 +160,9 @@ struct Tuning {
     /// A pass runs when the files it empties hold dead bytes of at least
     /// the index's bytes divided by this.
     dead_per_index_divisor: u64,
+    /// How index files' entries are written: compact, but in the test that
+    /// files of the fixed format older versions wrote still load.
+    entries: EntryFormat,
 }
 
 impl Tuning {
@@ -156,7 +170,22 @@ impl Tuning {
         file_bytes: DATA_FILE_BYTES,
         sweep_step_slots: SWEEP_SLOTS_PER_STEP,
         dead_per_index_divisor: COMPACT_DEAD_PER_INDEX_BYTE_DIVISOR,
+        entries: EntryFormat::Compact,
     };
+}
+
+/// How an index file lays out each record (decisions.md 78).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryFormat {
+    /// Object u64, key length u32, key, file, offset and length u32 each:
+    /// 40 bytes for a 16-byte key (`HATBIDX1`, `HATBIDD1`, and the index
+    /// inside checkpoints before `HATBLCK3`).
+    Fixed,
+    /// Object, key length, key, file, offset and the value's length
+    /// (the record's length less its header and key), each number a LEB128
+    /// varint: 24 bytes for a 16-byte key and a 100-byte value in a file's
+    /// first 256 MiB of ids (`HATBIDX2`, `HATBIDD2`).
+    Compact,
 }
 /// Slots apply's loop looks at in one compaction step between batches
 /// (2 MiB of slots: a fraction of a millisecond, every shard locked; an
@@ -869,28 +898,6 @@ impl Parted<'_> {
         // Each change's slot is fetched LOOKAHEAD_OPS changes before it is
         // made, its hash kept from then.
         let mut ahead = std::collections::VecDeque::with_capacity(LOOKAHEAD_OPS + 1);
-        let make =
-            |(op, hash, journal, commit): (Op<'_>, u64, u32, u64)| -> Result<(), StoreError> {
-                // SAFETY: the record's shard is in this part, whose `busy` lock
-                // we hold; the reference ends with this line.
-                if !unsafe { self.shard(shard_of(hash)) }.admit(journal, commit) {
-                    return Ok(());
-                }
-                let loc = match op.kind {
-                    // SAFETY: shard `part` is in this part (part < parts), whose
-                    // `busy` lock we hold; the reference ends with this line.
-                    OpKind::Put => Some(
-                        self.tables
-                            .append(unsafe { &mut self.shard(part).lane }, &op)?,
-                    ),
-                    OpKind::Delete => None,
-                    OpKind::Probe => return Ok(()),
-                    _ => unreachable!("object-level changes are not applied in parts"),
-                };
-                // SAFETY: as above, for the record's own shard.
-                ReplicaTables::index_change(unsafe { self.shard(shard_of(hash)) }, hash, &op, loc);
-                Ok(())
-            };
         for change in mine {
             // SAFETY: the record's shard is in this part.
             unsafe { self.shard(shard_of(change.1)) }
@@ -902,12 +909,45 @@ impl Parted<'_> {
             prefetch_bytes(change.0.value);
             ahead.push_back(change);
             if ahead.len() > LOOKAHEAD_OPS {
-                make(ahead.pop_front().expect("not empty"))?;
+                self.make_change(part, ahead.pop_front().expect("not empty"))?;
             }
         }
-        ahead.into_iter().try_for_each(make)?;
-        // SAFETY: as in `make`.
+        for change in ahead {
+            self.make_change(part, change)?;
+        }
+        // SAFETY: as in `make_change`.
         unsafe { self.shard(part) }.lane.flush()
+    }
+
+    /// One change of part `part`, its slot fetched ahead. Inlined at both
+    /// of its call sites by hand: left to the compiler, an unrelated change
+    /// elsewhere in this file once moved it out of line, and apply's CPU
+    /// rose 5-8% in catch-up runs (decisions.md 78).
+    #[inline(always)]
+    fn make_change(
+        &self,
+        part: usize,
+        (op, hash, journal, commit): (Op<'_>, u64, u32, u64),
+    ) -> Result<(), StoreError> {
+        // SAFETY: the record's shard is in this part, whose `busy` lock
+        // we hold; the reference ends with this line.
+        if !unsafe { self.shard(shard_of(hash)) }.admit(journal, commit) {
+            return Ok(());
+        }
+        let loc = match op.kind {
+            // SAFETY: shard `part` is in this part (part < parts), whose
+            // `busy` lock we hold; the reference ends with this line.
+            OpKind::Put => Some(
+                self.tables
+                    .append(unsafe { &mut self.shard(part).lane }, &op)?,
+            ),
+            OpKind::Delete => None,
+            OpKind::Probe => return Ok(()),
+            _ => unreachable!("object-level changes are not applied in parts"),
+        };
+        // SAFETY: as above, for the record's own shard.
+        ReplicaTables::index_change(unsafe { self.shard(shard_of(hash)) }, hash, &op, loc);
+        Ok(())
     }
 }
 
@@ -1244,11 +1284,12 @@ fn capture_shards(
     shards: &[RwLock<Shard>],
     index: &mut Vec<u8>,
     whole: bool,
+    format: EntryFormat,
     between: &mut dyn FnMut(),
 ) -> u64 {
     index.extend_from_slice(&(shards.len() as u32).to_le_bytes());
     let mut regions_listed = 0;
-    let mut entry: EntryScratch = [0; RECORD_ENTRY_BYTES + INLINE_KEY];
+    let mut entry: EntryScratch = [0; COMPACT_NUMBERS_MAX + INLINE_KEY];
     for (s, shard) in shards.iter().enumerate().rev() {
         let mut shard = shard.write();
         let records = shard.records.len();
@@ -1259,10 +1300,12 @@ fn capture_shards(
         }
         if whole {
             shard.records.clear_dirty();
-            index.reserve(8 + records * (RECORD_ENTRY_BYTES + INLINE_KEY));
+            // Room for entries of 16-byte keys; the buffer is kept from one
+            // checkpoint to the next, so this grows it the first time only.
+            index.reserve(8 + records * (COMPACT_ENTRY_MIN + 20));
             index.extend_from_slice(&(records as u64).to_le_bytes());
             for record in shard.records.iter() {
-                put_index_entry(index, &mut entry, record);
+                put_index_entry(index, &mut entry, record, format);
             }
         } else {
             let regions = shard.records.take_dirty();
@@ -1274,7 +1317,7 @@ fn capture_shards(
                 index.extend_from_slice(&0u32.to_le_bytes());
                 let mut count = 0u32;
                 shard.records.region_entries(region, |record| {
-                    put_index_entry(index, &mut entry, record);
+                    put_index_entry(index, &mut entry, record, format);
                     count += 1;
                 });
                 index[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
@@ -1288,31 +1331,59 @@ fn capture_shards(
 
 /// A record of an index file laid out before it is copied in (a key that
 /// fits a slot fits it).
-type EntryScratch = [u8; RECORD_ENTRY_BYTES + INLINE_KEY];
+type EntryScratch = [u8; COMPACT_NUMBERS_MAX + INLINE_KEY];
 
-/// One record of an index file: object, key length, key, file, offset,
-/// length; one copy from `entry` (the caller's, made once), not six small
-/// ones.
-fn put_index_entry(index: &mut Vec<u8>, entry: &mut EntryScratch, record: IndexEntry<'_>) {
+/// One record of an index file in `format`; the key and the numbers around
+/// it gathered in `entry` (the caller's, made once) and copied in at once,
+/// not field by field.
+fn put_index_entry(
+    index: &mut Vec<u8>,
+    entry: &mut EntryScratch,
+    record: IndexEntry<'_>,
+    format: EntryFormat,
+) {
     let key = record.key;
     let loc = record.loc;
-    if key.len() > INLINE_KEY {
+    let k = key.len();
+    if format == EntryFormat::Fixed {
         index.extend_from_slice(&record.object.to_le_bytes());
-        index.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        index.extend_from_slice(&(k as u32).to_le_bytes());
         index.extend_from_slice(key);
         index.extend_from_slice(&loc.file.to_le_bytes());
         index.extend_from_slice(&loc.offset.to_le_bytes());
         index.extend_from_slice(&loc.len.to_le_bytes());
         return;
     }
-    let k = key.len();
-    entry[..8].copy_from_slice(&record.object.to_le_bytes());
-    entry[8..12].copy_from_slice(&(k as u32).to_le_bytes());
-    entry[12..12 + k].copy_from_slice(key);
-    entry[12 + k..16 + k].copy_from_slice(&loc.file.to_le_bytes());
-    entry[16 + k..20 + k].copy_from_slice(&loc.offset.to_le_bytes());
-    entry[20 + k..24 + k].copy_from_slice(&loc.len.to_le_bytes());
-    index.extend_from_slice(&entry[..RECORD_ENTRY_BYTES + k]);
+    // Every record holds its header and key (`parse_record`); what follows
+    // them is its value.
+    let value = loc.len as usize - RECORD_HEADER_BYTES - k;
+    let mut at = put_varint(entry, 0, record.object);
+    at = put_varint(entry, at, k as u64);
+    if k > INLINE_KEY {
+        index.extend_from_slice(&entry[..at]);
+        index.extend_from_slice(key);
+        at = 0;
+    } else {
+        entry[at..at + k].copy_from_slice(key);
+        at += k;
+    }
+    at = put_varint(entry, at, loc.file.into());
+    at = put_varint(entry, at, loc.offset.into());
+    at = put_varint(entry, at, value as u64);
+    index.extend_from_slice(&entry[..at]);
+}
+
+/// Writes `value` as a LEB128 varint (seven bits a byte, low bits first,
+/// the top bit set on every byte but the last) at `at`; returns where it
+/// ends.
+fn put_varint(out: &mut [u8], mut at: usize, mut value: u64) -> usize {
+    while value >= 0x80 {
+        out[at] = value as u8 | 0x80;
+        value >>= 7;
+        at += 1;
+    }
+    out[at] = value as u8;
+    at + 1
 }
 
 /// The index files a checkpoint lists: a whole index first, then the
@@ -1734,7 +1805,8 @@ impl CheckpointWrite {
         let whole = chain.wants_whole(dirty);
         let mut index = std::mem::take(&mut *durable.spare_index.lock());
         index.clear();
-        let regions = capture_shards(&self.shards, &mut index, whole, between);
+        let format = self.data.tuning.entries;
+        let regions = capture_shards(&self.shards, &mut index, whole, format, between);
         times.delta_regions = (!whole).then_some(regions);
         times.index = lap();
         let listed = list_files(&self.data.files);
@@ -1754,7 +1826,12 @@ impl CheckpointWrite {
         // follows: head (position, objects), data files, index files.
         let number = chain.next_number();
         let index_path = dir.join(index_name(number));
-        let magic = if whole { INDEX_MAGIC } else { DELTA_MAGIC };
+        let magic = match (whole, format) {
+            (true, EntryFormat::Compact) => INDEX_MAGIC,
+            (false, EntryFormat::Compact) => DELTA_MAGIC,
+            (true, EntryFormat::Fixed) => INDEX_MAGIC_FIXED,
+            (false, EntryFormat::Fixed) => DELTA_MAGIC_FIXED,
+        };
         let (index_file, index_bytes, index_crc) = write_checked(&index_path, magic, &[&index])?;
         let mut next = match whole {
             true => Chain::default(),
@@ -1908,8 +1985,16 @@ impl ReplicaTables {
                             index_path.display()
                         ))
                     })?;
-                    let magic = if file.delta { DELTA_MAGIC } else { INDEX_MAGIC };
-                    if bytes.len() as u64 != file.bytes || !bytes.starts_with(magic) {
+                    let magics = match file.delta {
+                        true => [DELTA_MAGIC, DELTA_MAGIC_FIXED],
+                        false => [INDEX_MAGIC, INDEX_MAGIC_FIXED],
+                    };
+                    let format = match magics.iter().position(|m| bytes.starts_with(*m)) {
+                        Some(0) => Some(EntryFormat::Compact),
+                        Some(_) => Some(EntryFormat::Fixed),
+                        None => None,
+                    };
+                    let Some(format) = format.filter(|_| bytes.len() as u64 == file.bytes) else {
                         return Err(corrupt_at(
                             &index_path,
                             &format!(
@@ -1918,7 +2003,7 @@ impl ReplicaTables {
                                 file.bytes
                             ),
                         ));
-                    }
+                    };
                     let body = checked_body(&index_path, &bytes)?;
                     // The body matches its header's checksum: that one must
                     // be the one listed.
@@ -1930,8 +2015,8 @@ impl ReplicaTables {
                     }
                     let mut r = Reader { bytes: body, at: 0 };
                     match file.delta {
-                        true => load.delta(&index_path, &mut r)?,
-                        false => load.whole(&index_path, &mut r, true)?,
+                        true => load.delta(&index_path, &mut r, format)?,
+                        false => load.whole(&index_path, &mut r, true, format)?,
                     }
                     end(&index_path, &r)?;
                 }
@@ -1940,7 +2025,7 @@ impl ReplicaTables {
             // The index inside the checkpoint: a group per shard, or one
             // flat group (each record in the shard of its hash).
             v => {
-                load.whole(path, &mut r, v == 1)?;
+                load.whole(path, &mut r, v == 1, EntryFormat::Fixed)?;
                 end(path, &r)?;
             }
         }
@@ -2049,7 +2134,13 @@ struct Loader<'a, 'g> {
 impl Loader<'_, '_> {
     /// A whole index: every shard's records but in the regions claimed, in
     /// groups per shard (`sharded`) or as one flat group.
-    fn whole(&mut self, path: &Path, r: &mut Reader<'_>, sharded: bool) -> Result<(), StoreError> {
+    fn whole(
+        &mut self,
+        path: &Path,
+        r: &mut Reader<'_>,
+        sharded: bool,
+        format: EntryFormat,
+    ) -> Result<(), StoreError> {
         let short = || corrupt_at(path, "ends early");
         let groups = match sharded {
             true => self.shard_count(path, r)?,
@@ -2062,16 +2153,16 @@ impl Loader<'_, '_> {
                 false => None,
             };
             let count = r.u64().ok_or_else(short)?;
-            // Each entry takes at least RECORD_ENTRY_BYTES: a count the rest
-            // cannot hold is damage, not a table to make room for.
-            if count > ((r.bytes.len() - r.at) / RECORD_ENTRY_BYTES) as u64 {
+            // A count the rest cannot hold is damage, not a table to make
+            // room for.
+            if count > ((r.bytes.len() - r.at) / format.entry_min()) as u64 {
                 return Err(short());
             }
             if let Some(s) = group {
                 self.shards[s].records.reserve(count as usize);
             }
             for _ in 0..count {
-                let (object, key, loc) = read_entry(path, r)?;
+                let (object, key, loc) = read_entry(path, r, format)?;
                 let hash = record_hash(object, key);
                 let s = shard_of(hash);
                 if group.is_some_and(|g| g != s) {
@@ -2089,7 +2180,12 @@ impl Loader<'_, '_> {
     }
 
     /// A delta: per shard, the regions it lists, each with its records.
-    fn delta(&mut self, path: &Path, r: &mut Reader<'_>) -> Result<(), StoreError> {
+    fn delta(
+        &mut self,
+        path: &Path,
+        r: &mut Reader<'_>,
+        format: EntryFormat,
+    ) -> Result<(), StoreError> {
         let short = || corrupt_at(path, "ends early");
         let mut seen = 0u64;
         for _ in 0..self.shard_count(path, r)? {
@@ -2106,13 +2202,13 @@ impl Loader<'_, '_> {
                 }
                 last = Some(region);
                 let count = r.u32().ok_or_else(short)? as usize;
-                if count > (r.bytes.len() - r.at) / RECORD_ENTRY_BYTES {
+                if count > (r.bytes.len() - r.at) / format.entry_min() {
                     return Err(short());
                 }
                 let newest = !self.is_claimed(s, region);
                 self.claimed[(s * REGIONS + region) / 64] |= 1 << (region % 64);
                 for _ in 0..count {
-                    let (object, key, loc) = read_entry(path, r)?;
+                    let (object, key, loc) = read_entry(path, r, format)?;
                     let hash = record_hash(object, key);
                     if shard_of(hash) != s || region_of(hash) != region {
                         return Err(corrupt_at(
@@ -2222,33 +2318,91 @@ impl Loader<'_, '_> {
     }
 }
 
-/// One record of an index: object, key, location.
-fn read_entry<'a>(path: &Path, r: &mut Reader<'a>) -> Result<(u64, &'a [u8], Loc), StoreError> {
+/// One record of an index in `format`: object, key, location.
+fn read_entry<'a>(
+    path: &Path,
+    r: &mut Reader<'a>,
+    format: EntryFormat,
+) -> Result<(u64, &'a [u8], Loc), StoreError> {
     let short = || corrupt_at(path, "ends early");
-    let object = r.u64().ok_or_else(short)?;
-    let n = r.u32().ok_or_else(short)? as usize;
-    if n > engine::limits::KEY_BYTES_MAX {
-        return Err(corrupt_at(
+    let (object, key, loc) = match format {
+        EntryFormat::Fixed => {
+            let object = r.u64().ok_or_else(short)?;
+            let n = r.u32().ok_or_else(short)? as usize;
+            check_key_length(path, n)?;
+            let key = r.take(n).ok_or_else(short)?;
+            let loc = Loc {
+                file: r.u32().ok_or_else(short)?,
+                offset: r.u32().ok_or_else(short)?,
+                len: r.u32().ok_or_else(short)?,
+            };
+            if (loc.len as usize) < RECORD_HEADER_BYTES + n {
+                return Err(corrupt_at(
+                    path,
+                    &format!(
+                        "an index entry's record ({} bytes) is shorter than its header and key",
+                        loc.len
+                    ),
+                ));
+            }
+            (object, key, loc)
+        }
+        EntryFormat::Compact => {
+            let mut number = |what: &str, max: u64| match r.varint() {
+                Ok(v) if v <= max => Ok(v),
+                Ok(v) => Err(corrupt_at(
+                    path,
+                    &format!("an index entry's {what} ({v}) is past {max}"),
+                )),
+                Err(e) => Err(corrupt_at(path, e)),
+            };
+            let object = number("object", u64::MAX)?;
+            let n = number("key length", u32::MAX.into())? as usize;
+            check_key_length(path, n)?;
+            let key = r.take(n).ok_or_else(short)?;
+            let mut number = |what: &str, max: u64| match r.varint() {
+                Ok(v) if v <= max => Ok(v as u32),
+                Ok(v) => Err(corrupt_at(
+                    path,
+                    &format!("an index entry's {what} ({v}) is past {max}"),
+                )),
+                Err(e) => Err(corrupt_at(path, e)),
+            };
+            let file = number("data file", u32::MAX.into())?;
+            let offset = number("offset", u32::MAX.into())?;
+            let len_max = u64::from(u32::MAX) - (RECORD_HEADER_BYTES + n) as u64;
+            let value = number("value length", len_max)?;
+            let loc = Loc {
+                file,
+                offset,
+                len: (RECORD_HEADER_BYTES + n) as u32 + value,
+            };
+            (object, key, loc)
+        }
+    };
+    Ok((object, key, loc))
+}
+
+/// An index entry's key is no longer than any key apply takes.
+fn check_key_length(path: &Path, n: usize) -> Result<(), StoreError> {
+    match n > engine::limits::KEY_BYTES_MAX {
+        true => Err(corrupt_at(
             path,
             &format!("an index entry's key of {n} bytes is longer than any key"),
-        ));
+        )),
+        false => Ok(()),
     }
-    let key = r.take(n).ok_or_else(short)?;
-    let loc = Loc {
-        file: r.u32().ok_or_else(short)?,
-        offset: r.u32().ok_or_else(short)?,
-        len: r.u32().ok_or_else(short)?,
-    };
-    if (loc.len as usize) < RECORD_HEADER_BYTES + n {
-        return Err(corrupt_at(
-            path,
-            &format!(
-                "an index entry's record ({} bytes) is shorter than its header and key",
-                loc.len
-            ),
-        ));
+}
+
+impl EntryFormat {
+    /// The fewest bytes an entry takes: a count of entries past what the
+    /// rest of a file can hold is damage.
+    fn entry_min(self) -> usize {
+        match self {
+            EntryFormat::Fixed => RECORD_ENTRY_BYTES,
+            EntryFormat::Compact => COMPACT_ENTRY_MIN,
+        }
     }
-    Ok((object, key, loc))
 }
 
 struct Reader<'a> {
@@ -2267,6 +2421,23 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    /// A LEB128 varint as `put_varint` writes it; what is wrong otherwise.
+    fn varint(&mut self) -> Result<u64, &'static str> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let byte = *self.bytes.get(self.at).ok_or("ends early")?;
+            self.at += 1;
+            // The tenth byte holds the 64th bit only.
+            if i == 9 && byte > 1 {
+                return Err("holds a number longer than 64 bits");
+            }
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err("holds a number longer than 64 bits")
     }
 }
 
@@ -2975,6 +3146,7 @@ mod tests {
         file_bytes: 1024,
         sweep_step_slots: 512,
         dead_per_index_divisor: 1 << 20,
+        entries: EntryFormat::Compact,
     };
 
     fn checkpoint(tables: &ReplicaTables, position: &AppliedPosition) {
@@ -3214,6 +3386,270 @@ mod tests {
         assert!(
             deltas >= 30 && wholes >= 1,
             "seed {seed}: {deltas} deltas, {wholes} whole indexes"
+        );
+    }
+
+    /// Numbers at the edges of each varint length, and every u64's top:
+    /// written and read back the same, in as many bytes as they need;
+    /// a number running past 64 bits or past the bytes is refused.
+    #[test]
+    fn varints_read_back_what_was_written_and_refuse_what_runs_over() {
+        let mut numbers = vec![0, 1, u64::MAX, u64::MAX - 1];
+        for bits in (7..64).step_by(7) {
+            numbers.extend([(1u64 << bits) - 1, 1 << bits]);
+        }
+        let mut bytes = [0u8; 10];
+        for &n in &numbers {
+            let end = put_varint(&mut bytes, 0, n);
+            assert_eq!(
+                end,
+                (64 - n.leading_zeros() as usize).div_ceil(7).max(1),
+                "{n}"
+            );
+            let mut r = Reader {
+                bytes: &bytes[..end],
+                at: 0,
+            };
+            assert_eq!(r.varint(), Ok(n));
+            assert_eq!(r.at, end);
+            let mut cut = Reader {
+                bytes: &bytes[..end - 1],
+                at: 0,
+            };
+            assert_eq!(cut.varint(), Err("ends early"), "{n}");
+        }
+        let long = "holds a number longer than 64 bits";
+        let mut r = Reader {
+            bytes: &[0xff; 11],
+            at: 0,
+        };
+        assert_eq!(r.varint(), Err(long));
+        let mut tenth = [0xffu8; 10];
+        tenth[9] = 2;
+        let mut r = Reader {
+            bytes: &tenth,
+            at: 0,
+        };
+        assert_eq!(r.varint(), Err(long));
+    }
+
+    /// Compact entries at the edges: the largest object, file, offset and
+    /// record length, an empty key and value, a key past what a slot holds;
+    /// each reads back as written. Damage is named: a value length past a
+    /// record's largest, a key past any key's length.
+    #[test]
+    fn compact_index_entries_read_back_and_refuse_what_no_record_has() {
+        let path = Path::new("index-test");
+        let long_key = [7u8; INLINE_KEY + 9];
+        let header = RECORD_HEADER_BYTES as u32;
+        let cases: [(u64, &[u8], Loc); 4] = [
+            (
+                0,
+                b"",
+                Loc {
+                    file: 0,
+                    offset: 0,
+                    len: header,
+                },
+            ),
+            (
+                1,
+                b"0123456789abcdef",
+                Loc {
+                    file: 3,
+                    offset: 1 << 25,
+                    len: header + 116,
+                },
+            ),
+            (
+                u64::MAX,
+                &long_key,
+                Loc {
+                    file: u32::MAX,
+                    offset: u32::MAX,
+                    len: u32::MAX,
+                },
+            ),
+            (
+                1 << 40,
+                &long_key[..INLINE_KEY],
+                Loc {
+                    file: 200,
+                    offset: 9,
+                    len: header + INLINE_KEY as u32 + 300,
+                },
+            ),
+        ];
+        let mut scratch: EntryScratch = [0; COMPACT_NUMBERS_MAX + INLINE_KEY];
+        for format in [EntryFormat::Compact, EntryFormat::Fixed] {
+            let mut index = Vec::new();
+            for &(object, key, loc) in &cases {
+                let entry = IndexEntry { object, key, loc };
+                put_index_entry(&mut index, &mut scratch, entry, format);
+            }
+            let mut r = Reader {
+                bytes: &index,
+                at: 0,
+            };
+            for &(object, key, loc) in &cases {
+                let read = read_entry(path, &mut r, format).unwrap();
+                assert_eq!(read, (object, key, loc), "{format:?}");
+            }
+            assert_eq!(r.at, index.len());
+        }
+        // The replbench record: 24 bytes, not the fixed format's 40.
+        let mut index = Vec::new();
+        let (object, key, loc) = cases[1];
+        let entry = IndexEntry { object, key, loc };
+        put_index_entry(&mut index, &mut scratch, entry, EntryFormat::Compact);
+        assert_eq!(index.len(), 24);
+        let damaged = |bytes: &[u8]| {
+            let mut r = Reader { bytes, at: 0 };
+            read_entry(path, &mut r, EntryFormat::Compact)
+                .unwrap_err()
+                .to_string()
+        };
+        // Object 1, key of 0 bytes, file 0, offset 0, value length 2^32.
+        let past = [1, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10];
+        let e = damaged(&past);
+        assert!(e.contains("value length (4294967296) is past"), "{e}");
+        let mut too_long = vec![1];
+        let n = engine::limits::KEY_BYTES_MAX as u64 + 1;
+        let end = put_varint(&mut scratch, 0, n);
+        too_long.extend_from_slice(&scratch[..end]);
+        let e = damaged(&too_long);
+        assert!(e.contains("longer than any key"), "{e}");
+        let e = damaged(&index[..20]);
+        assert!(e.contains("ends early"), "{e}");
+    }
+
+    /// Index files of the fixed format (before decisions.md 78), a whole
+    /// index and a delta, load into tables that write compact ones; a
+    /// compact delta then follows the fixed whole index in one chain and
+    /// loads with it; a compact whole index of the same records is much
+    /// smaller.
+    #[test]
+    fn fixed_index_files_still_load_and_compact_ones_follow_them() {
+        let seed = seed("tables fixed_index_files_still_load_and_compact_ones_follow_them");
+        let mut rng = Rng(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let fixed = Tuning {
+            entries: EntryFormat::Fixed,
+            ..SMALL
+        };
+        // Keys of 16 bytes, and a few past a slot's inline key; values
+        // empty to a few hundred bytes.
+        let keys: Vec<Vec<u8>> = (0..6000u32)
+            .map(|k| match k % 50 {
+                0 => vec![k as u8; INLINE_KEY + 1 + k as usize % 20],
+                _ => [k.to_be_bytes(); 4].concat(),
+            })
+            .collect();
+        let values: Vec<Vec<u8>> = [0, 1, 100, 300].iter().map(|&n| vec![n as u8; n]).collect();
+        let mut commit = 0;
+        let mut position = AppliedPosition::new(1);
+        let mut batch = TxnBatch::new();
+        let mut run = |tables: &ReplicaTables, ops: &[(OpKind, usize, usize)]| {
+            batch.clear();
+            for chunk in ops.chunks(10) {
+                commit += 1;
+                let ops = chunk.iter().map(|&(kind, k, v)| Op {
+                    kind,
+                    object_id: 1 + (k % 2) as u64,
+                    sequence: commit,
+                    key: keys[k].as_slice(),
+                    value: values[v].as_slice(),
+                });
+                batch.push(alone(0, commit), ops);
+            }
+            apply_stream(tables, &batch, 0..batch.len());
+            advance(&mut position, &batch, 0..batch.len());
+            let write = tables.checkpoint_write(&position);
+            write.finish(&tables.dir, &tables.durable).unwrap()
+        };
+        let mut changes = |n: u64| -> Vec<(OpKind, usize, usize)> {
+            (0..n)
+                .map(|_| {
+                    let kind = match rng.below(4) {
+                        0 => OpKind::Delete,
+                        _ => OpKind::Put,
+                    };
+                    let k = rng.below(keys.len() as u64) as usize;
+                    (kind, k, rng.below(4) as usize)
+                })
+                .collect()
+        };
+        let magics = |dir: &Path| -> Vec<[u8; 8]> {
+            let tables = ReplicaTables::open_with(dir, SMALL).unwrap();
+            let chain = tables.durable.chain.lock().clone();
+            (chain.files.iter())
+                .map(|f| {
+                    let bytes = std::fs::read(dir.join(index_name(f.number))).unwrap();
+                    bytes[..8].try_into().unwrap()
+                })
+                .collect()
+        };
+        let tables = ReplicaTables::open_with(dir.path(), fixed).unwrap();
+        for object in 1..=2 {
+            let mut created = TxnBatch::new();
+            let create = Op {
+                kind: OpKind::Create,
+                object_id: object,
+                sequence: object,
+                key: b"name".as_slice(),
+                value: b"".as_slice(),
+            };
+            created.push(alone(0, object), [create]);
+            tables.apply(&created.get(0)).unwrap();
+        }
+        let all: Vec<_> = (0..keys.len()).map(|k| (OpKind::Put, k, k % 4)).collect();
+        let whole_fixed = run(&tables, &all);
+        assert_eq!(whole_fixed.delta_regions, None, "seed {seed}");
+        assert!(
+            run(&tables, &changes(20)).delta_regions.is_some(),
+            "seed {seed}"
+        );
+        let want = crate::store::contents(&tables).unwrap();
+        drop(tables);
+        assert_eq!(magics(dir.path()), [*INDEX_MAGIC_FIXED, *DELTA_MAGIC_FIXED]);
+
+        let tables = ReplicaTables::open_with(dir.path(), SMALL).unwrap();
+        assert!(
+            crate::store::contents(&tables).unwrap() == want,
+            "seed {seed}: the fixed files loaded other records"
+        );
+        assert!(
+            run(&tables, &changes(20)).delta_regions.is_some(),
+            "seed {seed}"
+        );
+        let want = crate::store::contents(&tables).unwrap();
+        drop(tables);
+        assert_eq!(
+            magics(dir.path()),
+            [*INDEX_MAGIC_FIXED, *DELTA_MAGIC_FIXED, *DELTA_MAGIC]
+        );
+        let tables = ReplicaTables::open_with(dir.path(), SMALL).unwrap();
+        assert!(
+            crate::store::contents(&tables).unwrap() == want,
+            "seed {seed}: the mixed chain loaded other records"
+        );
+        // Every key written again until the deltas add up to a whole
+        // index, compact, of the records the fixed one held.
+        let whole = (0..=CHAIN_DELTAS_MAX)
+            .map(|_| run(&tables, &all))
+            .find(|times| times.delta_regions.is_none())
+            .unwrap_or_else(|| panic!("seed {seed}: no whole index"));
+        let want = crate::store::contents(&tables).unwrap();
+        drop(tables);
+        assert_eq!(magics(dir.path()), [*INDEX_MAGIC]);
+        let tables = ReplicaTables::open_with(dir.path(), SMALL).unwrap();
+        assert!(
+            crate::store::contents(&tables).unwrap() == want,
+            "seed {seed}"
+        );
+        assert!(
+            whole.file_bytes * 10 < whole_fixed.file_bytes * 7,
+            "seed {seed}: compact {whole:?} against fixed {whole_fixed:?}"
         );
     }
 
