@@ -3154,6 +3154,30 @@ mod tests {
         write.finish(&tables.dir, &tables.durable).unwrap();
     }
 
+    /// `ops` (kind, key and value by index) into `batch`, cleared first,
+    /// in transactions of ten, each its own commit after `commit`; a key's
+    /// object is 1 or 2 by its index's parity.
+    fn push_in_tens<K: AsRef<[u8]>>(
+        batch: &mut TxnBatch,
+        commit: &mut u64,
+        keys: &[K],
+        values: &[Vec<u8>],
+        ops: &[(OpKind, usize, usize)],
+    ) {
+        batch.clear();
+        for chunk in ops.chunks(10) {
+            *commit += 1;
+            let ops = chunk.iter().map(|&(kind, k, v)| Op {
+                kind,
+                object_id: 1 + (k % 2) as u64,
+                sequence: *commit,
+                key: keys[k].as_ref(),
+                value: values[v].as_slice(),
+            });
+            batch.push(alone(0, *commit), ops);
+        }
+    }
+
     /// Moves `position` past the transactions `range` of `batch`.
     fn advance(position: &mut AppliedPosition, batch: &TxnBatch, range: Range<usize>) {
         range.for_each(|i| position.advance(&batch.get(i).meta()));
@@ -3275,19 +3299,8 @@ mod tests {
         let mut position = AppliedPosition::new(1);
         let mut run =
             |batch: &mut TxnBatch, ops: &mut dyn Iterator<Item = (OpKind, usize, usize)>| {
-                batch.clear();
                 let ops: Vec<(OpKind, usize, usize)> = ops.collect();
-                for chunk in ops.chunks(10) {
-                    commit += 1;
-                    let ops = chunk.iter().map(|&(kind, k, v)| Op {
-                        kind,
-                        object_id: 1 + (k % 2) as u64,
-                        sequence: commit,
-                        key: keys[k].as_slice(),
-                        value: values[v].as_slice(),
-                    });
-                    batch.push(alone(0, commit), ops);
-                }
+                push_in_tens(batch, &mut commit, &keys, &values, &ops);
                 apply_stream(&tables, batch, 0..batch.len());
                 advance(&mut position, batch, 0..batch.len());
                 let write = tables.checkpoint_write(&position);
@@ -3550,18 +3563,7 @@ mod tests {
         let mut position = AppliedPosition::new(1);
         let mut batch = TxnBatch::new();
         let mut run = |tables: &ReplicaTables, ops: &[(OpKind, usize, usize)]| {
-            batch.clear();
-            for chunk in ops.chunks(10) {
-                commit += 1;
-                let ops = chunk.iter().map(|&(kind, k, v)| Op {
-                    kind,
-                    object_id: 1 + (k % 2) as u64,
-                    sequence: commit,
-                    key: keys[k].as_slice(),
-                    value: values[v].as_slice(),
-                });
-                batch.push(alone(0, commit), ops);
-            }
+            push_in_tens(&mut batch, &mut commit, &keys, &values, ops);
             apply_stream(tables, &batch, 0..batch.len());
             advance(&mut position, &batch, 0..batch.len());
             let write = tables.checkpoint_write(&position);
