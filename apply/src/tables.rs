@@ -183,8 +183,9 @@ enum EntryFormat {
     Fixed,
     /// Object, key length, key, file, offset and the value's length
     /// (the record's length less its header and key), each number a LEB128
-    /// varint: 24 bytes for a 16-byte key and a 100-byte value in a file's
-    /// first 256 MiB of ids (`HATBIDX2`, `HATBIDD2`).
+    /// varint: 24 bytes for a 16-byte key and a 100-byte value in a data
+    /// file numbered below 128 at an offset from 2 MiB to 256 MiB
+    /// (`HATBIDX2`, `HATBIDD2`).
     Compact,
 }
 /// Slots apply's loop looks at in one compaction step between batches
@@ -922,7 +923,7 @@ impl Parted<'_> {
     /// One change of part `part`, its slot fetched ahead. Inlined at both
     /// of its call sites by hand: left to the compiler, an unrelated change
     /// elsewhere in this file once moved it out of line, and apply's CPU
-    /// rose 5-8% in catch-up runs (decisions.md 78).
+    /// rose 3-8% in catch-up runs (decisions.md 78).
     #[inline(always)]
     fn make_change(
         &self,
@@ -1333,9 +1334,10 @@ fn capture_shards(
 /// fits a slot fits it).
 type EntryScratch = [u8; COMPACT_NUMBERS_MAX + INLINE_KEY];
 
-/// One record of an index file in `format`; the key and the numbers around
-/// it gathered in `entry` (the caller's, made once) and copied in at once,
-/// not field by field.
+/// One record of an index file in `format`. Compact: the key and the
+/// numbers around it gathered in `entry` (the caller's, made once) and
+/// copied in at once, not field by field (a key past `INLINE_KEY` goes in
+/// on its own). Fixed (the compatibility test only): field by field.
 fn put_index_entry(
     index: &mut Vec<u8>,
     entry: &mut EntryScratch,
@@ -2348,30 +2350,14 @@ fn read_entry<'a>(
             (object, key, loc)
         }
         EntryFormat::Compact => {
-            let mut number = |what: &str, max: u64| match r.varint() {
-                Ok(v) if v <= max => Ok(v),
-                Ok(v) => Err(corrupt_at(
-                    path,
-                    &format!("an index entry's {what} ({v}) is past {max}"),
-                )),
-                Err(e) => Err(corrupt_at(path, e)),
-            };
-            let object = number("object", u64::MAX)?;
-            let n = number("key length", u32::MAX.into())? as usize;
+            let object = index_number(path, r, "object", u64::MAX)?;
+            let n = index_number(path, r, "key length", u32::MAX.into())? as usize;
             check_key_length(path, n)?;
             let key = r.take(n).ok_or_else(short)?;
-            let mut number = |what: &str, max: u64| match r.varint() {
-                Ok(v) if v <= max => Ok(v as u32),
-                Ok(v) => Err(corrupt_at(
-                    path,
-                    &format!("an index entry's {what} ({v}) is past {max}"),
-                )),
-                Err(e) => Err(corrupt_at(path, e)),
-            };
-            let file = number("data file", u32::MAX.into())?;
-            let offset = number("offset", u32::MAX.into())?;
+            let file = index_number(path, r, "data file", u32::MAX.into())? as u32;
+            let offset = index_number(path, r, "offset", u32::MAX.into())? as u32;
             let len_max = u64::from(u32::MAX) - (RECORD_HEADER_BYTES + n) as u64;
-            let value = number("value length", len_max)?;
+            let value = index_number(path, r, "value length", len_max)? as u32;
             let loc = Loc {
                 file,
                 offset,
@@ -2381,6 +2367,18 @@ fn read_entry<'a>(
         }
     };
     Ok((object, key, loc))
+}
+
+/// A compact index entry's number named `what`, at most `max`.
+fn index_number(path: &Path, r: &mut Reader<'_>, what: &str, max: u64) -> Result<u64, StoreError> {
+    match r.varint() {
+        Ok(v) if v <= max => Ok(v),
+        Ok(v) => Err(corrupt_at(
+            path,
+            &format!("an index entry's {what} ({v}) is past {max}"),
+        )),
+        Err(e) => Err(corrupt_at(path, e)),
+    }
 }
 
 /// An index entry's key is no longer than any key apply takes.
