@@ -614,6 +614,58 @@ fn segments_purged_together_make_the_spares_of_the_rotations_that_follow() {
     );
 }
 
+/// Files ending in `.spare` in `dir`, by file identity.
+fn spare_files(dir: &std::path::Path) -> std::collections::HashSet<(u64, std::time::SystemTime)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "spare"))
+        .filter_map(|p| file_id(&p))
+        .collect()
+}
+
+/// An opened journal has no purged files to reuse until its backups
+/// acknowledge: its background thread makes two new ones after its first
+/// spare, so the rotations that follow take ready spares rather than
+/// waiting for new files' paced zero-fills (decisions.md 79).
+#[test]
+fn an_opened_journal_makes_files_for_its_next_spares_before_anything_is_purged() {
+    use engine::journal::list_segments;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), purging_options()).unwrap();
+    // The spare and two files for reuse.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut made = spare_files(dir.path());
+    while made.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} spare files after open, not 3",
+            made.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        made = spare_files(dir.path());
+    }
+    // No backup is recorded: nothing is purged, so every segment after
+    // the first is a file made before anything was appended, or a new one.
+    let mut appended = 0;
+    while list_segments(dir.path()).unwrap().len() < 4 {
+        appended += append_tagged(&journal, appended, 200).len() as u64;
+    }
+    let segments = list_segments(dir.path()).unwrap();
+    let from_made = segments[1..4]
+        .iter()
+        .filter(|(_, path)| file_id(path).is_some_and(|f| made.contains(&f)))
+        .count();
+    assert_eq!(
+        from_made, 3,
+        "segments 2-4 of {segments:?}: {from_made} made at open"
+    );
+    assert_eq!(read_all(dir.path()).len() as u64, appended);
+    // Closing removes what is left of them.
+    drop(journal);
+    assert!(spare_files(dir.path()).is_empty());
+}
+
 #[test]
 fn without_the_background_purge_acknowledged_segments_are_kept() {
     use engine::journal::{list_segments, AckRecord};

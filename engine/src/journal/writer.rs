@@ -849,12 +849,22 @@ struct SpareSlot {
     /// background thread makes (at most `KEPT_SPARES`; the last kept is
     /// used first).
     reusable: Vec<PathBuf>,
+    /// Files made for `reusable` since open (`SPARES_MADE_AT_OPEN`).
+    made_for_reuse: usize,
 }
 
 /// Purged segments' files kept for the spares that follow: a backup whose
 /// acknowledgement lags a rotation or two lets several segments go at once
 /// (decisions.md 47).
 const KEPT_SPARES: usize = 4;
+
+/// New files the background thread makes for reuse once the first spare
+/// is ready after open, while nothing waits for a spare: a journal in
+/// service has purged files to reuse, an opened one has none until the
+/// backups acknowledge, and an appender writing faster than a paced
+/// zero-fill of a new file (decisions.md 31) waited for its second spare
+/// (decisions.md 79).
+const SPARES_MADE_AT_OPEN: usize = 2;
 
 pub(crate) const SPARE_SUFFIX: &str = ".spare";
 
@@ -911,6 +921,45 @@ impl SpareMaker {
             MappedSegment::reuse_spare(&path, self.segment_bytes, (&self.fill, self.fill_reach))
         } else {
             MappedSegment::create_spare(&path, self.segment_bytes, zero_fill.then_some(&self.fill))
+        }
+    }
+
+    /// Whether the background thread, its spare ready, makes a new file
+    /// for `reusable` next (`SPARES_MADE_AT_OPEN`).
+    fn wants_reusable(&self, slot: &SpareSlot) -> bool {
+        self.zero_fill
+            && slot.made_for_reuse < SPARES_MADE_AT_OPEN
+            && slot.reusable.len() < KEPT_SPARES
+    }
+
+    /// Makes a new zero-filled file and keeps it in `reusable`, as a purged
+    /// segment's file would be kept. Marked as making a spare, so an
+    /// appender that takes the ready spare meanwhile waits for the next
+    /// (made at once of this file) rather than making an unfilled one.
+    fn make_reusable(&self, mut slot: parking_lot::MutexGuard<'_, SpareSlot>) {
+        slot.made_for_reuse += 1;
+        slot.creating = true;
+        let path = self.spare_path(&mut slot);
+        drop(slot);
+        self.fill.pace();
+        let made = MappedSegment::create_spare(&path, self.segment_bytes, Some(&self.fill));
+        let mut slot = self.slot.lock();
+        slot.creating = false;
+        self.changed.notify_all();
+        match made {
+            // Its map goes; the file stays, blocks written, pages cached.
+            Ok(_) if !slot.shutdown => slot.reusable.push(path),
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            // A zero-fill given up because the journal closes.
+            Err(_) if slot.shutdown => {}
+            Err(err) => {
+                slot.made_for_reuse = SPARES_MADE_AT_OPEN;
+                tracing::warn!(
+                    "HAD0127W could not make a journal segment file for reuse ahead of time: {err}"
+                );
+            }
         }
     }
 
@@ -1023,11 +1072,15 @@ impl SpareMaker {
             .spawn(move || loop {
                 {
                     let mut slot = self.slot.lock();
-                    while slot.spare.is_some() && !slot.shutdown {
+                    while slot.spare.is_some() && !self.wants_reusable(&slot) && !slot.shutdown {
                         self.changed.wait(&mut slot);
                     }
                     if slot.shutdown {
                         return;
+                    }
+                    if slot.spare.is_some() {
+                        self.make_reusable(slot);
+                        continue;
                     }
                 }
                 if self.purge {
