@@ -570,6 +570,9 @@ fn segments_purged_together_make_the_spares_of_the_rotations_that_follow() {
     use engine::journal::{list_segments, AckRecord};
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path(), purging_options()).unwrap();
+    // The files made at open (decisions.md 79) are taken by the first
+    // rotations, so the list of files for reuse is empty at the purge.
+    wait_for_spare_files(dir.path(), 3);
     let mut appended = 0;
     while list_segments(dir.path()).unwrap().len() < 7 {
         appended += append_tagged(&journal, appended, 200).len() as u64;
@@ -624,6 +627,26 @@ fn spare_files(dir: &std::path::Path) -> std::collections::HashSet<(u64, std::ti
         .collect()
 }
 
+/// Waits (up to 30 s) until `dir` holds `n` spare files; them.
+fn wait_for_spare_files(
+    dir: &std::path::Path,
+    n: usize,
+) -> std::collections::HashSet<(u64, std::time::SystemTime)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let made = spare_files(dir);
+        if made.len() >= n {
+            return made;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} spare files after open, not {n}",
+            made.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// An opened journal has no purged files to reuse until its backups
 /// acknowledge: its background thread makes two new ones after its first
 /// spare, so the rotations that follow take ready spares rather than
@@ -634,22 +657,20 @@ fn an_opened_journal_makes_files_for_its_next_spares_before_anything_is_purged()
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open(dir.path(), purging_options()).unwrap();
     // The spare and two files for reuse.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut made = spare_files(dir.path());
-    while made.len() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} spare files after open, not 3",
-            made.len()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-        made = spare_files(dir.path());
-    }
+    let made = wait_for_spare_files(dir.path(), 3);
     // No backup is recorded: nothing is purged, so every segment after
     // the first is a file made before anything was appended, or a new one.
     let mut appended = 0;
-    while list_segments(dir.path()).unwrap().len() < 4 {
+    let mut rotations = 0;
+    while rotations < 3 {
         appended += append_tagged(&journal, appended, 200).len() as u64;
+        let now = list_segments(dir.path()).unwrap().len() - 1;
+        if now > rotations {
+            rotations = now;
+            // The time a writer that does not outrun the background thread
+            // leaves it to make the next spare, as in the test above.
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let segments = list_segments(dir.path()).unwrap();
     let from_made = segments[1..4]
