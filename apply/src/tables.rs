@@ -63,7 +63,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::lock_api::RawRwLock as _;
@@ -155,8 +155,12 @@ const COMPACT_DEAD_PER_INDEX_BYTE_DIVISOR: u64 = 8;
 struct Tuning {
     /// Each data file's size.
     file_bytes: usize,
-    /// Slots a compaction step between apply's batches looks at.
+    /// Most slots a compaction step between apply's batches looks at.
     sweep_step_slots: usize,
+    /// Whether apply's steps spread a pass over most of the time between
+    /// checkpoints (`Sweep::step_slots`), or each looks at
+    /// `sweep_step_slots` (tests, whose steps must not depend on the clock).
+    sweep_paced: bool,
     /// A pass runs when the files it empties hold dead bytes of at least
     /// the index's bytes divided by this.
     dead_per_index_divisor: u64,
@@ -169,6 +173,7 @@ impl Tuning {
     const DEFAULT: Tuning = Tuning {
         file_bytes: DATA_FILE_BYTES,
         sweep_step_slots: SWEEP_SLOTS_PER_STEP,
+        sweep_paced: true,
         dead_per_index_divisor: COMPACT_DEAD_PER_INDEX_BYTE_DIVISOR,
         entries: EntryFormat::Compact,
     };
@@ -192,6 +197,19 @@ enum EntryFormat {
 /// (2 MiB of slots: a fraction of a millisecond, every shard locked; an
 /// index of 2 M slots in about 64 batches).
 const SWEEP_SLOTS_PER_STEP: usize = 32 << 10;
+/// The fewest and the most slots a paced step looks at before its span is
+/// over: fewer wait for a later batch (every shard is locked for a step
+/// however few slots it looks at); more wait too, so that when batches
+/// come far apart (apply slowed by a checkpoint) the pass falls behind
+/// rather than slowing apply further, and catches up in the quick batches
+/// after (decisions.md 81).
+const SWEEP_SLOTS_LEAST_STEP: usize = SWEEP_SLOTS_PER_STEP / 8;
+const SWEEP_SLOTS_PACED_STEP: usize = SWEEP_SLOTS_PER_STEP / 4;
+/// A pass is spread over four fifths of the time since the checkpoint
+/// before the one that picked it (`SWEEP_SPAN_FIRST` without one), and
+/// over `SWEEP_SPAN_MOST` at most.
+const SWEEP_SPAN_FIRST: Duration = Duration::from_millis(800);
+const SWEEP_SPAN_MOST: Duration = Duration::from_secs(10);
 /// Emptied data files kept for reuse, in bytes (8 files of
 /// `DATA_FILE_BYTES`), unless `ReplicaTables::reserve_data` reserved
 /// more; more are deleted.
@@ -1562,6 +1580,9 @@ struct Compaction {
     lane: Lane,
     /// Files emptied that the durable checkpoint may still list.
     emptied: Vec<Arc<DataFile>>,
+    /// When the last checkpoint ran its share (`run`): a pass is spread
+    /// over four fifths of the time since then.
+    last_run: Option<Instant>,
 }
 
 /// The files being emptied, and how far apply's loop has moved their
@@ -1575,9 +1596,41 @@ struct Sweep {
     /// The next slot apply's steps look at: shard, then slot in its table.
     shard: usize,
     slot: usize,
+    /// When it was picked, the time apply's steps spread it over (zero:
+    /// not paced), the slots of every shard then, and the slots looked at
+    /// since.
+    began: Instant,
+    span: Duration,
+    slots: usize,
+    looked: usize,
 }
 
 impl Sweep {
+    /// The slots apply's next step looks at (`most` unpaced). Paced: as
+    /// many as bring the slots looked at up to the share of them that the
+    /// time since the pick is of the span, none while that is fewer than
+    /// `SWEEP_SLOTS_LEAST_STEP` and at most `SWEEP_SLOTS_PACED_STEP`; once
+    /// the span is over, `most` (the tables may have grown since the
+    /// pick). Unpaced, a pass ran in the first 60-100 batches after each
+    /// checkpoint, a millisecond or more each on apply's loop, and apply
+    /// fell behind the changes coming in at 1.5 M entries/s for the
+    /// 200-300 ms it took (decisions.md 81).
+    fn step_slots(&self, now: Instant, most: usize) -> usize {
+        if self.span.is_zero() {
+            return most;
+        }
+        let share =
+            now.saturating_duration_since(self.began).as_secs_f64() / self.span.as_secs_f64();
+        if share >= 1.0 {
+            return most;
+        }
+        let ahead = ((self.slots as f64 * share) as usize).saturating_sub(self.looked);
+        match ahead >= SWEEP_SLOTS_LEAST_STEP {
+            true => ahead.min(SWEEP_SLOTS_PACED_STEP),
+            false => 0,
+        }
+    }
+
     fn victims(&self) -> impl Iterator<Item = &Arc<DataFile>> + '_ {
         self.victims.iter().flatten()
     }
@@ -1614,9 +1667,9 @@ fn move_out(
 }
 
 impl ReplicaTables {
-    /// Apply's share of compaction: moves the records in up to
-    /// `SWEEP_SLOTS_PER_STEP` slots, every shard locked, through shard 0's
-    /// lane. Skipped while a checkpoint looks at the sweep.
+    /// Apply's share of compaction: moves the records in the slots due
+    /// (`Sweep::step_slots`), every shard locked, through shard 0's lane.
+    /// Skipped while a checkpoint looks at the sweep.
     fn sweep_step(&self) -> Result<(), StoreError> {
         self.data.refuse_if_failed()?;
         let Some(mut sweep) = self.data.sweep.try_lock() else {
@@ -1625,13 +1678,17 @@ impl ReplicaTables {
         let Some(state) = sweep.as_mut().filter(|s| s.shard < SHARDS) else {
             return Ok(());
         };
+        let mut budget = state.step_slots(Instant::now(), self.data.tuning.sweep_step_slots);
+        if budget == 0 {
+            return Ok(());
+        }
         let mut set = ShardSet::lock(&self.shards, u64::MAX >> (64 - SHARDS));
         let mut lane = std::mem::take(&mut set.shard(0).lane);
-        let mut budget = self.data.tuning.sweep_step_slots;
         let moved = (|| {
             while budget > 0 && state.shard < SHARDS {
                 let shard = set.shard(state.shard);
                 let to = (state.slot + budget).min(shard.records.slot_count());
+                state.looked += to.saturating_sub(state.slot);
                 let Shard { records, held, .. } = shard;
                 move_out(
                     records,
@@ -1665,7 +1722,16 @@ impl Compaction {
         if let Some(state) = sweep.take() {
             self.finish(shards, data, &state)?;
         }
-        let (victims, dead) = self.victims(shards, data);
+        let now = Instant::now();
+        let span = match (data.tuning.sweep_paced, self.last_run) {
+            (false, _) => Duration::ZERO,
+            (true, None) => SWEEP_SPAN_FIRST,
+            (true, Some(last)) => {
+                (now.saturating_duration_since(last) * 4 / 5).min(SWEEP_SPAN_MOST)
+            }
+        };
+        self.last_run = Some(now);
+        let (victims, dead, slots) = self.victims(shards, data);
         if !victims.is_empty() {
             let mut by_id: Vec<Option<Arc<DataFile>>> = Vec::new();
             for file in victims {
@@ -1678,6 +1744,10 @@ impl Compaction {
                 dead,
                 shard: 0,
                 slot: 0,
+                began: now,
+                span,
+                slots,
+                looked: 0,
             });
         }
         Ok(())
@@ -1727,13 +1797,18 @@ impl Compaction {
         Ok(())
     }
 
-    /// The files to empty, and the dead bytes in them: none unless those
-    /// bytes make a pass over the index worth it. Files lanes write to are
-    /// never taken.
-    fn victims(&self, shards: &[RwLock<Shard>], data: &DataFiles) -> (Vec<Arc<DataFile>>, u64) {
+    /// The files to empty, the dead bytes in them, and the slots of every
+    /// shard: no files unless those bytes make a pass over the index worth
+    /// it. Files lanes write to are never taken.
+    fn victims(
+        &self,
+        shards: &[RwLock<Shard>],
+        data: &DataFiles,
+    ) -> (Vec<Arc<DataFile>>, u64, usize) {
         let mut held: Vec<u64> = Vec::new();
         let mut writing: Vec<u32> = self.lane.file.iter().map(|f| f.id).collect();
         let mut index_bytes = 0u64;
+        let mut slots = 0;
         for shard in shards {
             let shard = shard.read();
             held.resize(held.len().max(shard.held.len()), 0);
@@ -1742,6 +1817,7 @@ impl Compaction {
             }
             writing.extend(shard.lane.file.as_ref().map(|f| f.id));
             index_bytes += shard.records.memory_bytes() as u64;
+            slots += shard.records.slot_count();
         }
         let files = data.files.read();
         let mut dead = 0;
@@ -1762,8 +1838,8 @@ impl Compaction {
             .cloned()
             .collect();
         match dead * data.tuning.dead_per_index_divisor >= index_bytes {
-            true => (victims, dead),
-            false => (Vec::new(), 0),
+            true => (victims, dead, slots),
+            false => (Vec::new(), 0, slots),
         }
     }
 }
@@ -3143,6 +3219,7 @@ mod tests {
     const SMALL: Tuning = Tuning {
         file_bytes: 1024,
         sweep_step_slots: 512,
+        sweep_paced: false,
         dead_per_index_divisor: 1 << 20,
         entries: EntryFormat::Compact,
     };
@@ -3403,6 +3480,40 @@ mod tests {
     /// Numbers at the edges of each varint length, and every u64's top:
     /// written and read back the same, in as many bytes as they need;
     /// a number running past 64 bits or past the bytes is refused.
+    #[test]
+    fn paced_steps_follow_the_share_of_the_span_gone_and_catch_up_past_it() {
+        let began = Instant::now();
+        let at = |ms: u64| began + Duration::from_millis(ms);
+        let mut sweep = Sweep {
+            victims: Vec::new(),
+            dead: 0,
+            shard: 0,
+            slot: 0,
+            began,
+            span: Duration::from_millis(800),
+            slots: 1 << 20,
+            looked: 0,
+        };
+        let most = SWEEP_SLOTS_PER_STEP;
+        // 1 ms of 800: too few slots due for a step that locks every shard.
+        assert_eq!(sweep.step_slots(at(1), most), 0);
+        // 4 ms of 800: half a percent of the slots.
+        let due = (1 << 20) / 200;
+        assert!((SWEEP_SLOTS_LEAST_STEP..=SWEEP_SLOTS_PACED_STEP).contains(&due));
+        assert_eq!(sweep.step_slots(at(4), most), due);
+        sweep.looked = due;
+        assert_eq!(sweep.step_slots(at(4), most), 0);
+        // Far behind: a paced step's most, not more.
+        assert_eq!(sweep.step_slots(at(400), most), SWEEP_SLOTS_PACED_STEP);
+        // Past the span: `most`, whatever the count says is left.
+        sweep.looked = 1 << 20;
+        assert_eq!(sweep.step_slots(at(800), most), most);
+        // Not paced: the most, always.
+        sweep.span = Duration::ZERO;
+        sweep.looked = 0;
+        assert_eq!(sweep.step_slots(at(0), most), most);
+    }
+
     #[test]
     fn varints_read_back_what_was_written_and_refuse_what_runs_over() {
         let mut numbers = vec![0, 1, u64::MAX, u64::MAX - 1];
