@@ -1611,8 +1611,8 @@ impl Sweep {
     /// time since the pick is of the span, none while that is fewer than
     /// `SWEEP_SLOTS_LEAST_STEP` and at most `SWEEP_SLOTS_PACED_STEP`; once
     /// the span is over, `most` (the tables may have grown since the
-    /// pick). Unpaced, a pass ran in the first 60-100 batches after each
-    /// checkpoint, a millisecond or more each on apply's loop, and apply
+    /// pick). Unpaced, a pass ran in the first 60 or so batches after each
+    /// checkpoint, about a millisecond each on apply's loop, and apply
     /// fell behind the changes coming in at 1.5 M entries/s for the
     /// 200-300 ms it took (decisions.md 81).
     fn step_slots(&self, now: Instant, most: usize) -> usize {
