@@ -295,7 +295,7 @@ pub fn run(
             })?,
             frame: Vec::new(),
             next_sequence: from,
-            batch: TxnBatch::new(),
+            batch: TxnBatch::with_room(options.batch_ops, options.batch_ops * BATCH_BYTES_PER_OP),
             released: 0,
             seen_time_ns: 0,
             idle_since: None,
@@ -321,6 +321,14 @@ pub fn run(
     let quit = AtomicBool::new(false);
     let (batches, ready) = crossbeam_channel::bounded(READ_AHEAD_BATCHES);
     let (spare, spares) = crossbeam_channel::unbounded();
+    // Every batch a run passes around (the one being merged, those read
+    // ahead, the one applied, the one the loop sends back) made at once.
+    for _ in 0..READ_AHEAD_BATCHES + 3 {
+        let _ = spare.send(TxnBatch::with_room(
+            options.batch_ops,
+            options.batch_ops * BATCH_BYTES_PER_OP,
+        ));
+    }
 
     std::thread::scope(|scope| -> Result<AppliedPosition, RunError> {
         let reading = ReadLoop {
@@ -435,6 +443,11 @@ const IDLE_LOOP_WAIT: Duration = Duration::from_millis(50);
 /// reader, few enough to bound memory (each holds up to `batch_ops`
 /// changes).
 const READ_AHEAD_BATCHES: usize = 2;
+
+/// Key and value bytes a batch is made with room for, per change: a
+/// 16-byte key and a value of 100 bytes, with some to spare. Batches of
+/// larger changes grow as they fill.
+const BATCH_BYTES_PER_OP: usize = 128;
 
 /// What the staging reader tells the loop's progress messages.
 #[derive(Debug, Default)]
