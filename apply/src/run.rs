@@ -295,7 +295,7 @@ pub fn run(
             })?,
             frame: Vec::new(),
             next_sequence: from,
-            batch: TxnBatch::with_room(options.batch_ops, options.batch_ops * BATCH_BYTES_PER_OP),
+            batch: batch_with_room(options),
             released: 0,
             seen_time_ns: 0,
             idle_since: None,
@@ -324,10 +324,7 @@ pub fn run(
     // Every batch a run passes around (the one being merged, those read
     // ahead, the one applied, the one the loop sends back) made at once.
     for _ in 0..READ_AHEAD_BATCHES + 3 {
-        let _ = spare.send(TxnBatch::with_room(
-            options.batch_ops,
-            options.batch_ops * BATCH_BYTES_PER_OP,
-        ));
+        let _ = spare.send(batch_with_room(options));
     }
 
     std::thread::scope(|scope| -> Result<AppliedPosition, RunError> {
@@ -448,6 +445,11 @@ const READ_AHEAD_BATCHES: usize = 2;
 /// 16-byte key and a value of 100 bytes, with some to spare. Batches of
 /// larger changes grow as they fill.
 const BATCH_BYTES_PER_OP: usize = 128;
+
+/// A batch with room for `batch_ops` changes (decisions.md 82).
+fn batch_with_room(options: &RunOptions) -> TxnBatch {
+    TxnBatch::with_room(options.batch_ops, options.batch_ops * BATCH_BYTES_PER_OP)
+}
 
 /// What the staging reader tells the loop's progress messages.
 #[derive(Debug, Default)]
