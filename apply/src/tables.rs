@@ -206,9 +206,8 @@ const SWEEP_SLOTS_PER_STEP: usize = 32 << 10;
 /// after (decisions.md 81).
 const SWEEP_SLOTS_LEAST_STEP: usize = SWEEP_SLOTS_PER_STEP / 8;
 const SWEEP_SLOTS_PACED_STEP: usize = SWEEP_SLOTS_PER_STEP / 4;
-/// A pass is spread over four fifths of the time since the checkpoint
-/// before the one that picked it (`SWEEP_SPAN_FIRST` without one), and
-/// over `SWEEP_SPAN_MOST` at most.
+/// The span of a pass with no gap between checkpoints to go by yet, and
+/// the most any pass is spread over (`Compaction::sweep_span`).
 const SWEEP_SPAN_FIRST: Duration = Duration::from_millis(800);
 const SWEEP_SPAN_MOST: Duration = Duration::from_secs(10);
 /// Emptied data files kept for reuse, in bytes (8 files of
@@ -1581,9 +1580,11 @@ struct Compaction {
     lane: Lane,
     /// Files emptied that the durable checkpoint may still list.
     emptied: Vec<Arc<DataFile>>,
-    /// When the last checkpoint ran its share (`run`): a pass is spread
-    /// over four fifths of the time since then.
+    /// When the last checkpoint ran its share (`run`), and the time
+    /// between the two before it: a pass is spread over four fifths of the
+    /// shorter of that and the time since the last (`sweep_span`).
     last_run: Option<Instant>,
+    last_gap: Option<Duration>,
 }
 
 /// The files being emptied, and how far apply's loop has moved their
@@ -1724,14 +1725,10 @@ impl Compaction {
             self.finish(shards, data, &state)?;
         }
         let now = Instant::now();
-        let span = match (data.tuning.sweep_paced, self.last_run) {
-            (false, _) => Duration::ZERO,
-            (true, None) => SWEEP_SPAN_FIRST,
-            (true, Some(last)) => {
-                (now.saturating_duration_since(last) * 4 / 5).min(SWEEP_SPAN_MOST)
-            }
+        let span = match data.tuning.sweep_paced {
+            true => self.sweep_span(now),
+            false => Duration::ZERO,
         };
-        self.last_run = Some(now);
         let (victims, dead, slots) = self.victims(shards, data);
         if !victims.is_empty() {
             let mut by_id: Vec<Option<Arc<DataFile>>> = Vec::new();
@@ -1752,6 +1749,26 @@ impl Compaction {
             });
         }
         Ok(())
+    }
+
+    /// The time apply's steps spread the pass picked `now` over: four
+    /// fifths of the time between checkpoints, taken as the shorter of the
+    /// last two gaps between their runs, so that the first checkpoint
+    /// after apply stood idle (none begins while nothing is applied) does
+    /// not spread its pass over the idle time and leave most of it to the
+    /// next checkpoint's thread; `SWEEP_SPAN_FIRST` without a gap yet, at
+    /// most `SWEEP_SPAN_MOST`.
+    fn sweep_span(&mut self, now: Instant) -> Duration {
+        let gap = self
+            .last_run
+            .map(|last| now.saturating_duration_since(last));
+        let shorter = match (gap, self.last_gap) {
+            (Some(gap), Some(before)) => Some(gap.min(before)),
+            (gap, _) => gap,
+        };
+        self.last_run = Some(now);
+        self.last_gap = gap;
+        shorter.map_or(SWEEP_SPAN_FIRST, |g| (g * 4 / 5).min(SWEEP_SPAN_MOST))
     }
 
     /// Moves what apply's steps left in the files `state` empties, each
@@ -3513,6 +3530,35 @@ mod tests {
         sweep.span = Duration::ZERO;
         sweep.looked = 0;
         assert_eq!(sweep.step_slots(at(0), most), most);
+    }
+
+    /// A pass is spread over four fifths of the time between checkpoints:
+    /// the first without one to go by, then the shorter of the last two
+    /// gaps, so an idle stretch does not stretch the next pass.
+    #[test]
+    fn a_pass_spans_four_fifths_of_the_shorter_of_the_last_two_gaps() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut compaction = Compaction::default();
+        assert_eq!(compaction.sweep_span(at(0)), SWEEP_SPAN_FIRST);
+        assert_eq!(compaction.sweep_span(at(1000)), Duration::from_millis(800));
+        // After 60 s idle: the gap before it, not the idle time.
+        assert_eq!(
+            compaction.sweep_span(at(61_000)),
+            Duration::from_millis(800)
+        );
+        // Then the next gap is shorter than the idle one.
+        assert_eq!(
+            compaction.sweep_span(at(62_500)),
+            Duration::from_millis(1200)
+        );
+        assert_eq!(
+            compaction.sweep_span(at(64_000)),
+            Duration::from_millis(1200)
+        );
+        // Checkpoints far apart (a large index): at most the cap.
+        compaction.sweep_span(at(100_000));
+        assert_eq!(compaction.sweep_span(at(140_000)), SWEEP_SPAN_MOST);
     }
 
     /// Numbers at the edges of each varint length, and every u64's top:
