@@ -786,6 +786,93 @@ fn new_segments_are_zero_filled_only_while_apply_keeps_up() {
     assert!(filled[2..].iter().all(|f| !f), "{filled:?}");
 }
 
+/// Inode numbers of the store's segment made ahead and files kept for
+/// reuse (`*.stg-spare`).
+fn spare_inodes(dir: &std::path::Path) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "stg-spare"))
+        .map(|p| std::fs::metadata(p).unwrap().ino())
+        .collect();
+    out.sort();
+    out
+}
+
+/// `reserve_segments` files are made at open, whole and written (no
+/// hole), and the first rotations take them instead of new files; as many
+/// as the budget has room for, none without `prepare_segments`.
+#[test]
+fn segments_reserved_at_open_are_the_first_rotations_files() {
+    use std::os::unix::fs::MetadataExt;
+    let root = tempfile::tempdir().unwrap();
+    let segment_bytes = 1 << 16;
+    let options = |reserve_segments, budget_bytes, prepare_segments| StagingOptions {
+        segment_bytes,
+        budget_bytes,
+        prepare_segments,
+        reserve_segments,
+        ..StagingOptions::default()
+    };
+    let dir = root.path().join("reserved");
+    let (mut staging, _) = Staging::open(&dir, options(3, 64 << 30, true)).unwrap();
+    assert!(staging.await_prepared_segment());
+    let reserved = spare_inodes(&dir);
+    // Three made; the next segment made ahead is one of them.
+    assert_eq!(reserved.len(), 3, "{reserved:?}");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "stg-spare") {
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), segment_bytes);
+            assert!(
+                first_hole(&path) >= segment_bytes,
+                "{} has a hole",
+                path.display()
+            );
+        }
+    }
+    let mut rotated_into = Vec::new();
+    for f in frames(400) {
+        assert!(staging.await_prepared_segment());
+        staging.append(&f).unwrap();
+        let files = segment_files(&dir);
+        if files.len() > rotated_into.len() + 1 {
+            let ino = std::fs::metadata(&files.last().unwrap().0).unwrap().ino();
+            rotated_into.push(ino);
+        }
+    }
+    assert!(
+        rotated_into.len() >= 4,
+        "expected rotations: {rotated_into:?}"
+    );
+    assert!(
+        rotated_into[..3].iter().all(|ino| reserved.contains(ino)),
+        "the first three rotations' files {rotated_into:?} are the reserved {reserved:?}"
+    );
+    assert!(!reserved.contains(&rotated_into[3]), "then a new file");
+    drop(staging);
+
+    // Without the option, or with the budget full, fewer or none.
+    let dir = root.path().join("unreserved");
+    let (staging, _) = Staging::open(&dir, options(0, 64 << 30, true)).unwrap();
+    assert!(staging.await_prepared_segment());
+    assert_eq!(spare_files(&dir), 1, "only the segment made ahead");
+    drop(staging);
+    let dir = root.path().join("tight");
+    let (staging, _) = Staging::open(&dir, options(3, 5 * segment_bytes, true)).unwrap();
+    assert!(staging.await_prepared_segment());
+    assert_eq!(
+        spare_files(&dir),
+        2,
+        "room for two beside the active segment grown and the one made ahead"
+    );
+    drop(staging);
+    let dir = root.path().join("unprepared");
+    let _staging = Staging::open(&dir, options(3, 64 << 30, false)).unwrap();
+    assert_eq!(spare_files(&dir), 0);
+}
+
 /// Frames of 500 entries (about 80 KB), covering sequences 1...
 fn large_frames(n: u64) -> Vec<Vec<u8>> {
     (0..n)

@@ -19,6 +19,9 @@
 //! prepare_segments = true             # make the next segment ahead (data-only syncs):
 //!                                     # a purged segment's file reused, else a new
 //!                                     # one zero-filled (each byte written twice)
+//! reserve_segments = 0                # segments made (zero-filled) at open for the
+//!                                     # first rotations, as a backup that has run a
+//!                                     # while keeps purged ones to reuse; at most 4
 //!
 //! [transport]
 //! io = "auto"                         # auto | uring | plain
@@ -114,6 +117,7 @@ struct RawBackup {
     budget: Option<Spanned<String>>,
     segment: Option<Spanned<String>>,
     prepare_segments: Option<bool>,
+    reserve_segments: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -166,6 +170,9 @@ pub struct Backup {
     pub segment_bytes: u64,
     /// Staging makes its next segment ahead, zero-filled (decisions.md 31).
     pub prepare_segments: bool,
+    /// Segments staging makes at open for its first rotations
+    /// (decisions.md 83).
+    pub reserve_segments: usize,
 }
 
 /// How the two talk.
@@ -524,6 +531,13 @@ impl Config {
                     16 << 30,
                 )?,
                 prepare_segments: raw.backup.prepare_segments.unwrap_or(true),
+                reserve_segments: count(
+                    &raw.backup.reserve_segments,
+                    "backup.reserve_segments",
+                    0,
+                    0,
+                    engine::staging::KEPT_FILES as u64,
+                )?,
             },
             transport: Transport {
                 io,
@@ -647,6 +661,15 @@ window = "32MiB"
         let e = err(&GOOD.replace("[backup]\n", "[backup]\nprepare_segments = \"yes\"\n"));
         assert!(
             e.contains(":9:20: key `backup.prepare_segments`") && e.contains("invalid type"),
+            "{e}"
+        );
+        assert_eq!(c.backup.reserve_segments, 0);
+        let reserved = GOOD.replace("[backup]\n", "[backup]\nreserve_segments = 3\n");
+        let c = Config::parse(Path::new("/etc/repl/pair.toml"), &reserved).unwrap();
+        assert_eq!(c.backup.reserve_segments, 3);
+        let e = err(&GOOD.replace("[backup]\n", "[backup]\nreserve_segments = 5\n"));
+        assert!(
+            e.contains("key `backup.reserve_segments`") && e.contains("5 is out of range (0..=4)"),
             "{e}"
         );
     }

@@ -100,6 +100,7 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &Arc<ReceiverStatus>) -> 
             segment_bytes: config.backup.segment_bytes,
             budget_bytes: config.backup.budget_bytes,
             prepare_segments: config.backup.prepare_segments,
+            reserve_segments: config.backup.reserve_segments,
             ..StagingOptions::default()
         },
     )?;

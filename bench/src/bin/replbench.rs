@@ -125,6 +125,11 @@ struct Args {
     /// service has them: `[apply] reserve_data`).
     #[arg(long)]
     grow_data: bool,
+    /// Let staging make its first segments' files as it rotates, as a new
+    /// backup does (default: four made at open, as a backup that has run a
+    /// while keeps purged ones to reuse: `[backup] reserve_segments`).
+    #[arg(long)]
+    grow_staging: bool,
     /// Run the same workload through PostgreSQL's logical replication too
     /// (two instances made with initdb on loopback ports) and compare.
     #[arg(long, value_enum)]
@@ -223,6 +228,7 @@ fn main() -> ExitCode {
         catch_up: args.catch_up || args.peer.is_some(),
         grow_index: args.grow_index,
         grow_data: args.grow_data,
+        grow_staging: args.grow_staging,
         postgres: args
             .peer
             .map(|PeerArg::Postgres| args.peer_changes.min(args.changes)),

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use apply::check::{check, CheckOptions, Progress, Report, TcpPeer};
 use apply::{JournaledStore, ReplicaTables, SourceOptions};
-use engine::journal::{Durability, Journal, JournalOptions};
+use engine::journal::{Durability, Journal, JournalOptions, NewEntry};
+use engine::staging::StagingOptions;
 use engine::trace::monotonic_ns;
 
 use roles::{Process, Role};
@@ -75,6 +76,9 @@ pub struct Options {
     /// Leave `[apply] reserve_data` unset: apply makes its data files as
     /// it needs them.
     pub grow_data: bool,
+    /// Leave `[backup] reserve_segments` unset: staging makes its first
+    /// segments' files as it rotates.
+    pub grow_staging: bool,
     /// Run the workload through PostgreSQL logical replication too, with
     /// this many changes (per journal).
     pub postgres: Option<u64>,
@@ -182,6 +186,7 @@ impl Outcome {
             "catch_up": options.catch_up,
             "grow_index": options.grow_index,
             "grow_data": options.grow_data,
+            "grow_staging": options.grow_staging,
             "peer_changes": options.postgres,
             "compression": options.compression,
             "io": options.io,
@@ -514,6 +519,30 @@ fn reserve_data(options: &Options) -> &'static str {
     }
 }
 
+/// What `[backup] reserve_segments` says: the purged segments' files a
+/// backup that has run a while keeps for reuse (at the lag target's rate
+/// a new store's first rotations zero-filled three new 256 MiB files in
+/// its first seconds; decisions.md 83), as many as the workload would
+/// fill beyond the first segment, at most all it keeps; 0 with
+/// `--grow-staging`.
+fn reserve_segments(options: &Options) -> usize {
+    if options.grow_staging {
+        return 0;
+    }
+    let w = &options.workload;
+    let changes = match (w.changes, w.rate, w.duration) {
+        (Some(changes), _, _) => changes,
+        (None, Some(rate), Some(duration)) => (rate as f64 * duration.as_secs_f64()) as u64,
+        _ => u64::MAX,
+    };
+    // Record entries alone (not their commits): a lower bound.
+    let key = engine::workload::key(0, 0);
+    let image = vec![0; w.image_bytes];
+    let entry = NewEntry::put(1, &key, &image).padded_bytes() as u64;
+    let segments = changes.saturating_mul(entry) / StagingOptions::default().segment_bytes;
+    (segments as usize).min(engine::staging::KEPT_FILES)
+}
+
 /// The configuration of journal `j`'s pair, written into `dir`: its own
 /// journal, receiver port and staging; one [apply] section for the group
 /// (apply runs from journal 0's file).
@@ -530,9 +559,10 @@ fn write_config(dir: &Path, options: &Options, j: u64) -> anyhow::Result<PathBuf
     let text = format!(
         "# Written by replbench.\ngroup = \"BENCH\"\n\n\
          [primary]\nnode = \"primary\"\njournal = \"journals/J{j}\"\njournal_name = \"J{j}\"\n\n\
-         [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\n\n\
+         [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\nreserve_segments = {}\n\n\
          [transport]\nio = \"{}\"\ncompression = \"{}\"\nlinger_us = {}\n\n\
          [apply]\nreplica = \"replica\"\nworkers = {}\ncheckpoint_ms = {}\nexpected_records = {}\nreserve_data = \"{}\"\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
+        reserve_segments(options),
         options.io,
         options.compression,
         options.linger_us,

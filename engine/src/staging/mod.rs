@@ -61,7 +61,7 @@ const SPARE_EXTENSION: &str = "stg-spare";
 /// Purged segments' files kept for reuse at most: apply's position moves a
 /// checkpoint at a time (a second by default), which may purge several
 /// segments at once, each the next rotations can use.
-const KEPT_FILES: usize = 4;
+pub const KEPT_FILES: usize = 4;
 /// A new segment made ahead is zero-filled only while apply is within this
 /// many segments of the staged end (counting the active one): further
 /// behind, what an entry waits for is the backlog, and the fill's writes
@@ -92,6 +92,12 @@ pub struct StagingOptions {
     /// a segment (then only allocated). Off: a rotation creates an empty
     /// segment that appends grow, and purged segments are deleted.
     pub prepare_segments: bool,
+    /// Files made at open for the first rotations, each a whole segment
+    /// written full of zeros and synced, as a store that has run a while
+    /// keeps its purged segments' files (at most `KEPT_FILES`, only with
+    /// `prepare_segments`). Without them a new store's first rotations
+    /// each zero-fill a new file beside the traffic (decisions.md 83).
+    pub reserve_segments: usize,
     pub syncer: Arc<dyn SyncFile>,
 }
 
@@ -101,6 +107,7 @@ impl Default for StagingOptions {
             segment_bytes: 256 << 20,
             budget_bytes: 64 << 30,
             prepare_segments: true,
+            reserve_segments: 0,
             syncer: Arc::new(OsSync),
         }
     }
@@ -590,6 +597,7 @@ impl Staging {
             spares_started: 0,
             doorbell,
         };
+        staging.reserve();
         staging.prepare_next();
         Ok((staging, recovery))
     }
@@ -727,6 +735,48 @@ impl Staging {
         });
         self.prepare_next();
         Ok(())
+    }
+
+    /// Makes the files `reserve_segments` asks for (as many as the budget
+    /// has room for), kept like purged segments' files for the rotations
+    /// that follow. Zero-filled at once: nothing else writes yet. Only an
+    /// aid: a file that cannot be made is said (HAX0021W) and the store
+    /// opens without it.
+    fn reserve(&mut self) {
+        let wanted = match self.options.prepare_segments {
+            true => self.options.reserve_segments.min(KEPT_FILES),
+            false => 0,
+        };
+        if wanted == 0 {
+            return;
+        }
+        let began = std::time::Instant::now();
+        let bytes = self.options.segment_bytes;
+        // Room left beside the segment being written, grown to its size,
+        // and the one made ahead.
+        let room = (self.options.budget_bytes).saturating_sub(self.held_bytes() + 2 * bytes);
+        let fill = ZeroFillControl::default();
+        fill.hurry();
+        while self.free.len() < wanted.min((room / bytes) as usize) {
+            let path = self.spare_path();
+            let made = create_segment(&path).and_then(|file| {
+                crate::sys::zero_fill(&file, FILE_HEADER_BYTES, bytes, &fill, FillReach::Disk)
+                    .map_err(io("zero-fill staging segment", &path))
+            });
+            if let Err(e) = made {
+                self.not_prepared(&e);
+                let _ = std::fs::remove_file(&path);
+                break;
+            }
+            self.free.push((path, bytes));
+        }
+        let made = self.free.len();
+        tracing::info!(
+            "HAX0023I staging {}: {made} of {wanted} reserved segments made for the first rotations ({} MB zero-filled in {} ms)",
+            self.dir.display(),
+            made as u64 * bytes / 1_000_000,
+            began.elapsed().as_millis(),
+        );
     }
 
     /// Starts making the next segment ahead, from a purged segment's file
