@@ -536,9 +536,7 @@ fn reserve_segments(options: &Options) -> usize {
         _ => u64::MAX,
     };
     // Record entries alone (not their commits): a lower bound.
-    let key = engine::workload::key(0, 0);
-    let image = vec![0; w.image_bytes];
-    let entry = NewEntry::put(1, &key, &image).padded_bytes() as u64;
+    let entry = NewEntry::put(1, &[0; 16], &vec![0; w.image_bytes]).padded_bytes() as u64;
     let segments = changes.saturating_mul(entry) / StagingOptions::default().segment_bytes;
     (segments as usize).min(engine::staging::KEPT_FILES)
 }
