@@ -207,68 +207,109 @@ type PartOutcome = std::thread::Result<Result<(), StoreError>>;
 /// `&PartFn` with its lifetime erased, to cross to a part thread.
 struct PartJob(&'static PartFn<'static>);
 
+/// One value passed from one thread to another: a mutex and a condition
+/// variable, so that a waiter sleeps at once instead of spinning and
+/// yielding its CPU first as a channel's receiver does (on two CPUs
+/// shared by a whole pipeline each yield is a context switch;
+/// decisions.md 86).
+struct Slot<T> {
+    value: Mutex<Option<T>>,
+    filled: Condvar,
+}
+
+impl<T> Slot<T> {
+    fn new() -> Slot<T> {
+        Slot {
+            value: Mutex::new(None),
+            filled: Condvar::new(),
+        }
+    }
+
+    /// Leaves `value` for `take`; the slot is empty (each value put is
+    /// taken before the next is put).
+    fn put(&self, value: T) {
+        let mut slot = self.value.lock();
+        debug_assert!(slot.is_none(), "a slot's value was put twice");
+        *slot = Some(value);
+        drop(slot);
+        self.filled.notify_one();
+    }
+
+    /// Waits for a value and takes it.
+    fn take(&self) -> T {
+        let mut slot = self.value.lock();
+        loop {
+            if let Some(value) = slot.take() {
+                return value;
+            }
+            self.filled.wait(&mut slot);
+        }
+    }
+}
+
+/// What a part thread is given: a part to apply, or the end.
+enum PartWork {
+    Run(PartJob),
+    Stop,
+}
+
+/// A part thread's two slots: its work, and its answer.
+struct PartLine {
+    work: Slot<PartWork>,
+    done: Slot<PartOutcome>,
+}
+
 /// The threads that apply parts 1.. of a run while the caller applies part
 /// 0, started once with apply: a thread started per run cost its start,
 /// the mapping and unmapping of its stack and the TLB shootdowns that sends
 /// (decisions.md 27, 43).
 struct PartThreads {
-    jobs: Vec<Sender<PartJob>>,
-    done: Receiver<PartOutcome>,
+    lines: Vec<Arc<PartLine>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl PartThreads {
     fn start(parts: usize) -> PartThreads {
-        let (done_tx, done) = crossbeam_channel::unbounded();
-        let mut jobs = Vec::new();
+        let mut lines = Vec::new();
         let mut threads = Vec::new();
         for p in 1..parts {
-            let (tx, rx) = crossbeam_channel::bounded::<PartJob>(1);
-            let done_tx = done_tx.clone();
+            let line = Arc::new(PartLine {
+                work: Slot::new(),
+                done: Slot::new(),
+            });
+            let own = line.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("apply-part-{p}"))
                     .spawn(move || {
-                        for PartJob(part) in rx {
+                        while let PartWork::Run(PartJob(part)) = own.work.take() {
                             let outcome =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| part(p)));
-                            if done_tx.send(outcome).is_err() {
-                                return;
-                            }
+                            own.done.put(outcome);
                         }
                     })
                     .expect("spawn apply part thread"),
             );
-            jobs.push(tx);
+            lines.push(line);
         }
-        PartThreads {
-            jobs,
-            done,
-            threads,
-        }
+        PartThreads { lines, threads }
     }
 
     /// Applies part 0 here and every other part on its thread; returns
     /// once all are done (a panic in any is raised here, after all are).
     fn run(&self, part: &PartFn<'_>) -> Result<(), StoreError> {
-        // SAFETY: only the lifetime is erased. Every job sent is answered
-        // on `done` once its thread is finished with it (a panic is caught
-        // and answered too), and this function neither returns nor unwinds
-        // before it has received every answer, so `part` outlives each use.
+        // SAFETY: only the lifetime is erased. Every job put is answered on
+        // its line's `done` once its thread is finished with it (a panic is
+        // caught and answered too), and this function neither returns nor
+        // unwinds before it has taken every answer, so `part` outlives each
+        // use.
         let job = unsafe { std::mem::transmute::<&PartFn<'_>, &'static PartFn<'static>>(part) };
-        let sent = self
-            .jobs
-            .iter()
-            .filter(|tx| tx.send(PartJob(job)).is_ok())
-            .count();
+        for line in &self.lines {
+            line.work.put(PartWork::Run(PartJob(job)));
+        }
         let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| part(0)));
         let mut outcomes = vec![own];
-        outcomes.extend((0..sent).map(|_| {
-            self.done
-                .recv()
-                .expect("part threads answer while apply holds their queues")
-        }));
-        assert_eq!(sent, self.jobs.len(), "an apply part thread is gone");
+        outcomes.extend(self.lines.iter().map(|line| line.done.take()));
         let mut result = Ok(());
         for outcome in outcomes {
             match outcome {
@@ -290,7 +331,9 @@ impl std::fmt::Debug for PartThreads {
 
 impl Drop for PartThreads {
     fn drop(&mut self) {
-        self.jobs.clear();
+        for line in &self.lines {
+            line.work.put(PartWork::Stop);
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -860,5 +903,50 @@ mod tests {
         };
         assert!(threads.run(&part).is_err());
         assert_eq!(ran.load(Ordering::SeqCst), 0b11);
+    }
+
+    /// A slot's taker sleeps until a value is put, and values passed back
+    /// and forth between two threads arrive each once, in order.
+    #[test]
+    fn a_slot_hands_each_value_over_once_in_order() {
+        let there = Arc::new(Slot::<u32>::new());
+        let back = Arc::new(Slot::<u32>::new());
+        let (t, b) = (there.clone(), back.clone());
+        let echo = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let first = t.take();
+            let waited = start.elapsed();
+            b.put(first + 1);
+            for _ in 0..999 {
+                let v = t.take();
+                b.put(v + 1);
+            }
+            waited
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let mut v = 0;
+        for _ in 0..1000 {
+            there.put(v);
+            v = back.take();
+        }
+        assert_eq!(v, 1000, "each value went there and back once");
+        let waited = echo.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(40),
+            "the first take returned after {waited:?}, before anything was put"
+        );
+    }
+
+    /// Dropping the part threads ends and joins every one of them.
+    #[test]
+    fn dropped_part_threads_end() {
+        let threads = PartThreads::start(4);
+        let lines: Vec<_> = threads.lines.iter().map(Arc::downgrade).collect();
+        assert!(threads.run(&|_| Ok(())).is_ok());
+        drop(threads);
+        assert!(
+            lines.iter().all(|l| l.upgrade().is_none()),
+            "a part thread still holds its line"
+        );
     }
 }
