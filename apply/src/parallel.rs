@@ -282,6 +282,7 @@ impl PartThreads {
                 std::thread::Builder::new()
                     .name(format!("apply-part-{p}"))
                     .spawn(move || {
+                        engine::sys::enter_realtime();
                         while let PartWork::Run(PartJob(part)) = own.work.take() {
                             let outcome =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| part(p)));
@@ -377,7 +378,10 @@ impl ParallelApply {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("apply-{w}"))
-                    .spawn(move || worker(&*store, &shared, rx, spare_tx))
+                    .spawn(move || {
+                        engine::sys::enter_realtime();
+                        worker(&*store, &shared, rx, spare_tx)
+                    })
                     .expect("spawn apply worker"),
             );
             senders.push(tx);

@@ -339,7 +339,10 @@ pub fn run(
         };
         std::thread::Builder::new()
             .name("staging-read".into())
-            .spawn_scoped(scope, move || reading.run(batches, spares))
+            .spawn_scoped(scope, move || {
+                engine::sys::enter_realtime();
+                reading.run(batches, spares)
+            })
             .map_err(|e| StoreError::Database(format!("cannot start the staging reader: {e}")))?;
         status.running.store(true, Ordering::Relaxed);
         // The reader stops at the first of `stop`, an error of its own, or

@@ -1,5 +1,6 @@
 //! Thin wrappers over the Linux calls the journal needs beyond `std`: space
-//! preallocation and a process-shared futex.
+//! preallocation, a process-shared futex, and the pipeline threads'
+//! real-time priority.
 //!
 //! Each wrapper degrades to a no-op (or to a plain sleep) when the kernel refuses
 //! the call, because every one of them is an optimisation, never a correctness
@@ -9,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::time::Duration;
 
 /// Reserves `len` bytes of disk for `file` so later writes through a map cannot
@@ -320,4 +321,54 @@ pub fn raise_waiting(epoch: &AtomicU32, waiting: &AtomicU32) -> u32 {
 pub fn futex_wake_all(word: &AtomicU32) {
     // SAFETY: `word` is a valid aligned u32; FUTEX_WAKE does not touch memory.
     let _ = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+}
+
+/// The real-time priority (`SCHED_RR`, 1-99) this process's threads that
+/// move entries run at; 0: normal scheduling (decisions.md 87).
+static REALTIME_PRIORITY: AtomicU8 = AtomicU8::new(0);
+/// Whether `enter_realtime` has logged its outcome (once per process).
+static REALTIME_TOLD: AtomicBool = AtomicBool::new(false);
+
+/// Linux's `SCHED_RESET_ON_FORK` (not in the `libc` crate): threads and
+/// processes the caller starts begin at normal priority.
+const SCHED_RESET_ON_FORK: libc::c_int = 0x4000_0000;
+
+/// Sets the real-time priority `enter_realtime` puts threads at (the
+/// daemons' `realtime_priority`; 0: none). Call before starting threads.
+pub fn set_realtime_priority(priority: u8) {
+    REALTIME_PRIORITY.store(priority.min(99), Ordering::Relaxed);
+}
+
+/// Puts the calling thread at the process's real-time priority, if one is
+/// set: each thread an entry passes through on its way (the sender's
+/// producer and I/O loop, the receiver's session, writer and syncer,
+/// apply's reader, loop and part threads) calls it first. Threads it starts
+/// later begin at normal priority (`SCHED_RESET_ON_FORK`), so background
+/// work (segment zero-fill, checkpoints, sync-check) never runs ahead of
+/// the pipeline. A refusal (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) is
+/// logged once (DMK0007W) and the thread runs at normal priority: latency
+/// suffers, nothing else.
+pub fn enter_realtime() {
+    let priority = REALTIME_PRIORITY.load(Ordering::Relaxed);
+    if priority == 0 {
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: libc::c_int::from(priority),
+    };
+    // SAFETY: `param` is a valid sched_param for the duration of the call;
+    // pid 0 is the calling thread.
+    let refused =
+        (unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | SCHED_RESET_ON_FORK, &param) } != 0)
+            .then(io::Error::last_os_error);
+    if REALTIME_TOLD.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    if let Some(error) = refused {
+        tracing::warn!(
+            "DMK0007W real-time priority {priority} refused ({error}); running at normal priority"
+        );
+    } else {
+        tracing::info!("DMK0006I the threads that move entries run at real-time priority {priority} (SCHED_RR)");
+    }
 }

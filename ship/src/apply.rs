@@ -13,6 +13,8 @@ pub const SQLITE_FILE: &str = "replica.db";
 
 /// Opens the replica and applies until `stop` is set.
 pub fn run(config: &Config, stop: &AtomicBool, status: &apply::RunStatus) -> anyhow::Result<()> {
+    engine::sys::set_realtime_priority(config.backup.realtime_priority);
+    engine::sys::enter_realtime();
     let a = &config.apply;
     let journals: Vec<apply::StagedJournal> = a
         .journals

@@ -9,6 +9,9 @@
 //! journal = "/var/lib/repl/journal"   # relative paths are relative to this file
 //! journal_name = "J1"                 # default "main"
 //! connect = "10.0.0.2:7400"           # default: the backup's listen address
+//! realtime_priority = 0               # 1-99: the sender's threads that move entries
+//!                                     # run at this SCHED_RR priority (needs
+//!                                     # CAP_SYS_NICE or RLIMIT_RTPRIO); 0: normal
 //!
 //! [backup]
 //! node = "dr1"
@@ -22,6 +25,7 @@
 //! reserve_segments = 0                # segments made (zero-filled) at open for the
 //!                                     # first rotations, as a backup that has run a
 //!                                     # while keeps purged ones to reuse; at most 4
+//! realtime_priority = 0               # as [primary]'s, for replrecv and replapply
 //!
 //! [transport]
 //! io = "auto"                         # auto | uring | plain
@@ -106,6 +110,7 @@ struct RawPrimary {
     journal: Spanned<String>,
     journal_name: Option<Spanned<String>>,
     connect: Option<Spanned<String>>,
+    realtime_priority: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +123,7 @@ struct RawBackup {
     segment: Option<Spanned<String>>,
     prepare_segments: Option<bool>,
     reserve_segments: Option<Spanned<u64>>,
+    realtime_priority: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -157,6 +163,9 @@ pub struct Primary {
     pub journal: PathBuf,
     pub journal_name: String,
     pub connect: SocketAddr,
+    /// The sender's pipeline threads' `SCHED_RR` priority; 0: normal
+    /// (decisions.md 87).
+    pub realtime_priority: u8,
 }
 
 /// The backup node's part.
@@ -173,6 +182,9 @@ pub struct Backup {
     /// Segments staging makes at open for its first rotations
     /// (decisions.md 83).
     pub reserve_segments: usize,
+    /// The receiver's and apply's pipeline threads' `SCHED_RR` priority;
+    /// 0: normal (decisions.md 87).
+    pub realtime_priority: u8,
 }
 
 /// How the two talk.
@@ -511,6 +523,13 @@ impl Config {
                 journal: path(&raw.primary.journal, "primary.journal")?,
                 journal_name,
                 connect,
+                realtime_priority: count(
+                    &raw.primary.realtime_priority,
+                    "primary.realtime_priority",
+                    0,
+                    0,
+                    99,
+                )? as u8,
             },
             backup: Backup {
                 node: backup_node,
@@ -538,6 +557,13 @@ impl Config {
                     0,
                     engine::staging::KEPT_FILES as u64,
                 )?,
+                realtime_priority: count(
+                    &raw.backup.realtime_priority,
+                    "backup.realtime_priority",
+                    0,
+                    0,
+                    99,
+                )? as u8,
             },
             transport: Transport {
                 io,
@@ -672,6 +698,31 @@ window = "32MiB"
             e.contains("key `backup.reserve_segments`") && e.contains("5 is out of range (0..=4)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn realtime_priorities_are_per_node_and_checked() {
+        let c = Config::parse(Path::new("/etc/repl/pair.toml"), GOOD).unwrap();
+        assert_eq!(
+            (c.primary.realtime_priority, c.backup.realtime_priority),
+            (0, 0)
+        );
+        let set = GOOD
+            .replace("[primary]\n", "[primary]\nrealtime_priority = 2\n")
+            .replace("[backup]\n", "[backup]\nrealtime_priority = 99\n");
+        let c = Config::parse(Path::new("/etc/repl/pair.toml"), &set).unwrap();
+        assert_eq!(
+            (c.primary.realtime_priority, c.backup.realtime_priority),
+            (2, 99)
+        );
+        let e = err(&GOOD.replace("[backup]\n", "[backup]\nrealtime_priority = 100\n"));
+        assert!(
+            e.contains(":9:21: key `backup.realtime_priority`")
+                && e.contains("100 is out of range (0..=99)"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("[primary]\n", "[primary]\nrealtime_priority = -1\n"));
+        assert!(e.contains("key `primary.realtime_priority`"), "{e}");
     }
 
     #[test]

@@ -93,6 +93,8 @@ const SYNCERS: usize = 1;
 
 /// Runs the receiver until `stop` is set (or staging fails: the error).
 pub fn run(config: &Config, stop: &AtomicBool, status: &Arc<ReceiverStatus>) -> anyhow::Result<()> {
+    engine::sys::set_realtime_priority(config.backup.realtime_priority);
+    engine::sys::enter_realtime();
     let dir = config.staging_dir();
     let (staging, recovery) = Staging::open(
         &dir,
@@ -139,7 +141,10 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &Arc<ReceiverStatus>) -> 
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("staging-sync".into())
-                .spawn(move || sync_loop(&shared))
+                .spawn(move || {
+                    engine::sys::enter_realtime();
+                    sync_loop(&shared)
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let result = accept_loop(config, &dir, &listener, &shared, stop);
@@ -502,6 +507,7 @@ fn start_session(
     let thread = std::thread::Builder::new()
         .name("session".into())
         .spawn(move || {
+            engine::sys::enter_realtime();
             match session.run() {
                 Ok(reason) => tracing::info!("DMK0050I session {id:#x} ended: {reason}"),
                 Err(e) => tracing::warn!(

@@ -129,6 +129,8 @@ pub fn run(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
         config.backup.node,
         config.primary.connect
     );
+    engine::sys::set_realtime_priority(config.primary.realtime_priority);
+    engine::sys::enter_realtime();
     while !stop.load(Ordering::Relaxed) {
         let acked_before = status.acked.load(Ordering::Relaxed);
         match session(config, stop, status) {
@@ -264,6 +266,7 @@ fn session(config: &Config, stop: &AtomicBool, status: &SenderStatus) -> anyhow:
         let producer = std::thread::Builder::new()
             .name("produce".into())
             .spawn_scoped(scope, || {
+                engine::sys::enter_realtime();
                 let result = produce(config, scraper, journal_id, &shared, tx, status);
                 shared.waker.wake();
                 result

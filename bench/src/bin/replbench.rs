@@ -83,6 +83,12 @@ struct Args {
     /// product's default); 0: never
     #[arg(long, default_value_t = ship::config::DEFAULT_LINGER_US)]
     linger_us: u64,
+    /// Run the pipeline threads of the sender, receiver and apply at this
+    /// real-time (SCHED_RR) priority, 1-99 (`realtime_priority` in
+    /// `[primary]` and `[backup]`; needs root or CAP_SYS_NICE, else DMK0007W
+    /// in their logs); 0: normal scheduling, the product's default
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=99))]
+    realtime_priority: u8,
     /// none | zstd | zstd:<level>
     #[arg(long, default_value = "none")]
     compression: String,
@@ -219,6 +225,7 @@ fn main() -> ExitCode {
         workers: args.workers,
         checkpoint_ms: args.checkpoint_ms,
         linger_us: args.linger_us,
+        realtime_priority: args.realtime_priority,
         compression: args.compression.clone(),
         io: args.io.clone(),
         dir: args.dir.clone(),

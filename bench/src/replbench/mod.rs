@@ -55,6 +55,8 @@ pub struct Options {
     pub checkpoint_ms: u64,
     /// `[transport] linger_us`.
     pub linger_us: u64,
+    /// `[primary]` and `[backup] realtime_priority` (0: normal scheduling).
+    pub realtime_priority: u8,
     /// `[transport] compression` and `io`.
     pub compression: String,
     pub io: String,
@@ -183,6 +185,7 @@ impl Outcome {
             "workers": options.workers,
             "checkpoint_ms": options.checkpoint_ms,
             "linger_us": options.linger_us,
+            "realtime_priority": options.realtime_priority,
             "catch_up": options.catch_up,
             "grow_index": options.grow_index,
             "grow_data": options.grow_data,
@@ -551,13 +554,14 @@ fn write_config(dir: &Path, options: &Options, j: u64) -> anyhow::Result<PathBuf
             .port())
     };
     let (data, check) = (port()?, port()?);
+    let rt = options.realtime_priority;
     let journals: Vec<String> = (0..options.journals.max(1))
         .map(|j| format!("\"J{j}\""))
         .collect();
     let text = format!(
         "# Written by replbench.\ngroup = \"BENCH\"\n\n\
-         [primary]\nnode = \"primary\"\njournal = \"journals/J{j}\"\njournal_name = \"J{j}\"\n\n\
-         [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\nreserve_segments = {}\n\n\
+         [primary]\nnode = \"primary\"\njournal = \"journals/J{j}\"\njournal_name = \"J{j}\"\nrealtime_priority = {rt}\n\n\
+         [backup]\nnode = \"backup\"\nlisten = \"127.0.0.1:{data}\"\nstaging = \"staging\"\nreserve_segments = {}\nrealtime_priority = {rt}\n\n\
          [transport]\nio = \"{}\"\ncompression = \"{}\"\nlinger_us = {}\n\n\
          [apply]\nreplica = \"replica\"\nworkers = {}\ncheckpoint_ms = {}\nexpected_records = {}\nreserve_data = \"{}\"\ncheck_listen = \"127.0.0.1:{check}\"\njournals = [{}]\n",
         reserve_segments(options),
