@@ -341,7 +341,8 @@ pub fn set_realtime_priority(priority: u8) {
 
 /// Puts the calling thread at the process's real-time priority, if one is
 /// set: each thread an entry passes through on its way (the sender's
-/// producer and I/O loop, the receiver's session, writer and syncer,
+/// producer and I/O loop, the receiver's session (which receives and
+/// stages), syncer and own thread (it purges under staging's lock),
 /// apply's reader, loop and part threads) calls it first. Threads it starts
 /// later begin at normal priority (`SCHED_RESET_ON_FORK`), so background
 /// work (segment zero-fill, checkpoints, sync-check) never runs ahead of
