@@ -316,6 +316,7 @@ pub fn run(
     let mut checkpointed = position;
     let mut in_flight: Option<InFlight> = None;
     let mut spacing = Spacing::default();
+    let mut apart = options.checkpoint_every;
     let mut applied_clock = AppliedClock::default();
     let assembly = Assembly::default();
     let quit = AtomicBool::new(false);
@@ -384,6 +385,7 @@ pub fn run(
                     let times = status.last_checkpoint.lock().unwrap_or_default();
                     let spaced = spacing.after(&times, options.checkpoint_every);
                     next_checkpoint = next_checkpoint.max(done_began + spaced.apart);
+                    apart = spaced.apart;
                     if let Some(message) = spaced.change {
                         tracing::info!("{message}");
                     }
@@ -391,6 +393,7 @@ pub fn run(
                 let now = Instant::now();
                 if now >= next_checkpoint && in_flight.is_none() {
                     if *apply.submitted_position() != checkpointed {
+                        store.checkpoint_interval(apart);
                         in_flight = Some(InFlight::begin(&mut apply)?);
                     }
                     next_checkpoint = now + options.checkpoint_every;
@@ -426,6 +429,8 @@ pub fn run(
         if let Some(c) = in_flight.take() {
             c.wait(&mut applied_files, status)?;
         }
+        // The stop's checkpoint is waited for: nothing to spread it over.
+        store.checkpoint_interval(Duration::ZERO);
         let position = InFlight::begin(&mut apply)?.wait(&mut applied_files, status)?;
         apply.finish()?;
         tracing::info!(

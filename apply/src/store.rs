@@ -298,6 +298,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The position stored with the data: apply resumes after it.
     fn applied_position(&self) -> AppliedPosition;
 
+    /// The time apply's run means to leave between the beginnings of
+    /// checkpoints, told before each begins: a store that makes them
+    /// durable beside apply may spread its writes over part of it. The
+    /// default ignores it.
+    fn checkpoint_interval(&self, _every: Duration) {}
+
     /// After opening at a checkpoint whose parts were taken one after the
     /// other beside apply (replica tables, decisions.md 41): per journal of
     /// the group (by index), the last commit some part already held. Until

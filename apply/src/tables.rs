@@ -214,6 +214,11 @@ const SWEEP_SPAN_MOST: Duration = Duration::from_secs(10);
 /// `DATA_FILE_BYTES`), unless `ReplicaTables::reserve_data` reserved
 /// more; more are deleted.
 const FREE_BYTES_MAX: usize = 512 << 20;
+/// The share of the time between checkpoints (`Store::checkpoint_interval`)
+/// that a checkpoint's data files may take to write back, paced; nearer
+/// than that the pauses shrink (`WriteBackDeadline`), so that checkpoints
+/// keep up with apply's writes (decisions.md 89).
+const WRITE_BACK_SHARE: f64 = 0.75;
 const MAX_JOURNALS: usize = 4096;
 
 /// One data file, mapped for its whole size.
@@ -1509,7 +1514,7 @@ fn write_checked(
 /// Syncs a file `write_checked` wrote, its pages written back a MiB at a
 /// time first.
 fn sync_written(file: &File, bytes: u64, path: &Path) -> Result<(), StoreError> {
-    engine::sys::paced_write_back(file, 0, bytes);
+    engine::sys::paced_write_back(file, 0, bytes, None);
     file.sync_all()
         .map_err(StoreError::io("sync checkpoint", path))
 }
@@ -1564,6 +1569,10 @@ struct Durable {
     compaction: Mutex<Compaction>,
     /// The index files the last checkpoint written lists.
     chain: Mutex<Chain>,
+    /// The time apply's run means to leave between checkpoints' beginnings
+    /// (`Store::checkpoint_interval`): a checkpoint's data files are
+    /// written back within `WRITE_BACK_SHARE` of it where the disk allows.
+    interval: Mutex<Option<Duration>>,
 }
 
 /// Compaction (decisions.md 46). A checkpoint picks the mostly dead data
@@ -1906,9 +1915,17 @@ impl CheckpointWrite {
         times.delta_regions = (!whole).then_some(regions);
         times.index = lap();
         let listed = list_files(&self.data.files);
-        for file in take_dirty(&self.shards, &self.data.dirty) {
+        let dirty = take_dirty(&self.shards, &self.data.dirty);
+        let bytes = dirty
+            .iter()
+            .map(|f| f.used.load(Ordering::Acquire) as u64)
+            .sum();
+        let mut deadline = durable.interval.lock().map(|interval| {
+            engine::sys::WriteBackDeadline::new(began + interval.mul_f64(WRITE_BACK_SHARE), bytes)
+        });
+        for file in dirty {
             let used = file.used.load(Ordering::Acquire) as u64;
-            engine::sys::paced_write_back(&file.file, 0, used);
+            engine::sys::paced_write_back(&file.file, 0, used, deadline.as_mut());
             file.file
                 .sync_data()
                 .map_err(StoreError::io("sync data file", &file.path))?;
@@ -2668,6 +2685,10 @@ impl Store for ReplicaTables {
 
     fn applied_position(&self) -> AppliedPosition {
         self.durable.position.lock().clone()
+    }
+
+    fn checkpoint_interval(&self, every: Duration) {
+        *self.durable.interval.lock() = Some(every);
     }
 
     fn mixed_until(&self) -> Vec<u64> {

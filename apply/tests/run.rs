@@ -321,13 +321,15 @@ impl Store for UnsyncableTables {
 
 /// Replica tables whose checkpoints take `index_work` longer beside apply,
 /// counted as index work (a large index), noting when each began and
-/// ended.
+/// ended, and the interval the run told it before each.
 #[derive(Debug)]
 struct SlowIndexTables {
     tables: ReplicaTables,
     index_work: Duration,
     /// Per checkpoint: began, finished, and the index work it reported.
     taken: Arc<parking_lot::Mutex<Vec<(Instant, Instant, Duration)>>>,
+    /// `checkpoint_interval`'s arguments, in order.
+    told: parking_lot::Mutex<Vec<Duration>>,
 }
 
 impl Store for SlowIndexTables {
@@ -361,6 +363,11 @@ impl Store for SlowIndexTables {
         self.tables.applied_position()
     }
 
+    fn checkpoint_interval(&self, every: Duration) {
+        self.told.lock().push(every);
+        self.tables.checkpoint_interval(every);
+    }
+
     fn objects(&self) -> Result<Vec<apply::ObjectInfo>, StoreError> {
         self.tables.objects()
     }
@@ -390,6 +397,7 @@ fn a_checkpoint_with_long_index_work_spaces_the_next_one() {
         tables: ReplicaTables::open(root.path().join("replica")).unwrap(),
         index_work: Duration::from_millis(20),
         taken: Arc::clone(&taken),
+        told: Default::default(),
     });
     let stop = AtomicBool::new(false);
     let status = RunStatus::default();
@@ -435,6 +443,18 @@ fn a_checkpoint_with_long_index_work_spaces_the_next_one() {
             next.duration_since(began)
         );
     }
+    // The store is told the interval before each checkpoint: the first
+    // `checkpoint_every`, then the spaced one, over which the tables spread
+    // their data files' write-back (decisions.md 89); the stop's, which
+    // is waited for, none.
+    let told = store.told.lock();
+    assert_eq!(told.len(), taken.len(), "one interval told per checkpoint");
+    assert_eq!(told[0], options().checkpoint_every);
+    for (interval, (_, _, work)) in told[1..told.len() - 1].iter().zip(taken.iter()) {
+        let spaced = *work * apply::CHECKPOINT_SPACING;
+        assert_eq!(*interval, spaced.max(options().checkpoint_every));
+    }
+    assert_eq!(told.last(), Some(&Duration::ZERO));
     assert_eq!(store_state(&store.tables), serial_state(&entries));
 }
 

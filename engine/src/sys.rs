@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Reserves `len` bytes of disk for `file` so later writes through a map cannot
 /// fail for lack of space. Falls back to `set_len` where `fallocate` is unsupported.
@@ -187,14 +187,14 @@ impl ZeroFillControl {
 }
 
 /// Runs `piece(at, n)` over `from..to`, `ZERO_FILL_BYTES` at a time, each
-/// piece followed (when `paced`) by a pause as long as it took (unless
-/// `control` says hurry), so the work uses about half of the disk's time;
-/// stops with `Interrupted` once `control` says give up.
+/// piece followed by the pause `pause(n, took)` gives for it (unless
+/// `control` says hurry); stops with `Interrupted` once `control` says give
+/// up.
 fn in_paced_pieces(
     from: u64,
     to: u64,
     control: Option<&ZeroFillControl>,
-    paced: bool,
+    mut pause: impl FnMut(u64, Duration) -> Duration,
     mut piece: impl FnMut(u64, u64) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut at = from;
@@ -203,22 +203,77 @@ fn in_paced_pieces(
             return Err(io::ErrorKind::Interrupted.into());
         }
         let n = (ZERO_FILL_BYTES as u64).min(to - at);
-        let began = std::time::Instant::now();
+        let began = Instant::now();
         piece(at, n)?;
         at += n;
-        if paced && !control.is_some_and(|c| c.hurry.load(Ordering::Relaxed)) {
-            std::thread::sleep(began.elapsed());
+        let wait = pause(n, began.elapsed());
+        if !wait.is_zero() && !control.is_some_and(|c| c.hurry.load(Ordering::Relaxed)) {
+            std::thread::sleep(wait);
         }
     }
     Ok(())
 }
 
+/// A write-back of several files that should be over by a deadline: the
+/// pauses between its pieces shrink as it falls behind, down to none
+/// (decisions.md 89).
+#[derive(Debug)]
+pub struct WriteBackDeadline {
+    deadline: Instant,
+    /// Bytes still to write back (an upper bound: some may be clean).
+    left: u64,
+    /// Bytes written back so far, and the time that took, pauses aside.
+    done: u64,
+    busy: Duration,
+}
+
+impl WriteBackDeadline {
+    /// `bytes` to write back by `deadline`.
+    pub fn new(deadline: Instant, bytes: u64) -> WriteBackDeadline {
+        WriteBackDeadline {
+            deadline,
+            left: bytes,
+            done: 0,
+            busy: Duration::ZERO,
+        }
+    }
+
+    /// The pause after a piece of `n` bytes that took `took`: as long as
+    /// the piece took (half the disk's time), or shorter where the time
+    /// left before the deadline, less what the bytes left would take
+    /// without pauses at the speed so far, does not allow that much a
+    /// piece.
+    fn pause(&mut self, n: u64, took: Duration) -> Duration {
+        self.done += n;
+        self.busy += took;
+        self.left = self.left.saturating_sub(n);
+        let per_byte = self.busy.as_secs_f64() / self.done as f64;
+        let needed = Duration::from_secs_f64(self.left as f64 * per_byte);
+        let spare = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(needed);
+        let pieces = self.left.div_ceil(ZERO_FILL_BYTES as u64).max(1);
+        (spare / pieces.min(u32::MAX as u64) as u32).min(took)
+    }
+}
+
 /// Writes `file`'s dirty pages in `from..to` back a piece at a time with
 /// pauses (`in_paced_pieces`), so the disk keeps half its time for others'
-/// syncs (the staging store's); a `fdatasync` afterwards finds little left
-/// to write. Only pacing: the caller's sync reports any write error.
-pub fn paced_write_back(file: &File, from: u64, to: u64) {
-    let _ = in_paced_pieces(from, to, None, true, |at, n| {
+/// syncs (the staging store's), or what is left of that while `deadline`
+/// comes too near; a `fdatasync` afterwards finds little left to write.
+/// Only pacing: the caller's sync reports any write error.
+pub fn paced_write_back(
+    file: &File,
+    from: u64,
+    to: u64,
+    mut deadline: Option<&mut WriteBackDeadline>,
+) {
+    let pause = |n, took| match deadline.as_deref_mut() {
+        Some(deadline) => deadline.pause(n, took),
+        None => took,
+    };
+    let _ = in_paced_pieces(from, to, None, pause, |at, n| {
         let _ = write_back(file, at, n);
         Ok(())
     });
@@ -254,7 +309,11 @@ pub fn zero_fill(
 ) -> io::Result<()> {
     let zeros = vec![0u8; ZERO_FILL_BYTES];
     let to_disk = reach == FillReach::Disk;
-    in_paced_pieces(from, to, Some(control), to_disk, |at, n| {
+    let pause = |_, took| match to_disk {
+        true => took,
+        false => Duration::ZERO,
+    };
+    in_paced_pieces(from, to, Some(control), pause, |at, n| {
         file.write_all_at(&zeros[..n as usize], at)?;
         if to_disk {
             // Written back piece by piece, so the disk never queues a whole
@@ -371,5 +430,57 @@ pub fn enter_realtime() {
         );
     } else {
         tracing::info!("DMK0006I the threads that move entries run at real-time priority {priority} (SCHED_RR)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_write_back_with_time_to_spare_pauses_as_long_as_each_piece_took() {
+        let mut deadline =
+            WriteBackDeadline::new(Instant::now() + Duration::from_secs(3600), 64 * MIB);
+        let took = Duration::from_millis(4);
+        assert_eq!(deadline.pause(MIB, took), took);
+        assert_eq!(deadline.pause(MIB, took), took);
+    }
+
+    #[test]
+    fn a_write_back_past_its_deadline_does_not_pause() {
+        let mut deadline = WriteBackDeadline::new(Instant::now(), 64 * MIB);
+        assert_eq!(
+            deadline.pause(MIB, Duration::from_millis(4)),
+            Duration::ZERO
+        );
+        // Nor when the bytes left would take longer than the time left.
+        let mut deadline =
+            WriteBackDeadline::new(Instant::now() + Duration::from_secs(10), 1025 * MIB);
+        // 10 ms a MiB: the 1024 MiB left take 10.24 s.
+        assert_eq!(
+            deadline.pause(MIB, Duration::from_millis(10)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_write_back_near_its_deadline_spreads_the_spare_time_over_the_pieces_left() {
+        let mut deadline =
+            WriteBackDeadline::new(Instant::now() + Duration::from_secs(20), 1025 * MIB);
+        // The 1024 MiB left take 10.24 s at 10 ms a MiB: 9.76 s spare over
+        // 1024 pieces, 9.53 ms each (less the time this test takes).
+        let pause = deadline.pause(MIB, Duration::from_millis(10));
+        assert!(
+            pause > Duration::from_millis(9) && pause <= Duration::from_micros(9532),
+            "{pause:?}"
+        );
+        // The last piece: nothing left to wait for but the piece's own share.
+        let mut deadline = WriteBackDeadline::new(Instant::now() + Duration::from_secs(20), MIB);
+        assert_eq!(
+            deadline.pause(MIB, Duration::from_millis(10)),
+            Duration::from_millis(10)
+        );
     }
 }
