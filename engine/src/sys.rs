@@ -248,7 +248,8 @@ impl WriteBackDeadline {
         self.busy += took;
         self.left = self.left.saturating_sub(n);
         let per_byte = self.busy.as_secs_f64() / self.done as f64;
-        let needed = Duration::from_secs_f64(self.left as f64 * per_byte);
+        let needed =
+            Duration::try_from_secs_f64(self.left as f64 * per_byte).unwrap_or(Duration::MAX);
         let spare = self
             .deadline
             .saturating_duration_since(Instant::now())
