@@ -471,10 +471,11 @@ mod tests {
         let mut deadline =
             WriteBackDeadline::new(Instant::now() + Duration::from_secs(20), 1025 * MIB);
         // The 1024 MiB left take 10.24 s at 10 ms a MiB: 9.76 s spare over
-        // 1024 pieces, 9.53 ms each (less the time this test takes).
+        // 1024 pieces, 9.53 ms each (less the time this test takes: the
+        // lower bound leaves it 1.5 s).
         let pause = deadline.pause(MIB, Duration::from_millis(10));
         assert!(
-            pause > Duration::from_millis(9) && pause <= Duration::from_micros(9532),
+            pause > Duration::from_millis(8) && pause <= Duration::from_micros(9532),
             "{pause:?}"
         );
         // The last piece: nothing left to wait for but the piece's own share.
