@@ -906,7 +906,7 @@ mod tests {
         for step in 0..200_000u32 {
             let k = rng.below(3000);
             let object = k % 3;
-            let key: Vec<u8> = if k % 5 == 0 {
+            let key: Vec<u8> = if k.is_multiple_of(5) {
                 vec![k as u8; 40 + (k % 7) as usize]
             } else {
                 k.to_le_bytes().to_vec()
@@ -915,7 +915,7 @@ mod tests {
             // hash after the shard's bits), half at the start of the table,
             // half at its end: long runs, and runs that wrap around.
             let spot = k % 97;
-            let high = if k % 2 == 0 {
+            let high = if k.is_multiple_of(2) {
                 spot
             } else {
                 (1 << 26) - 1 - spot
@@ -972,7 +972,7 @@ mod tests {
             let mut got: Vec<Loc> = ordered.iter().map(|r| r.1).collect();
             let mut want: Vec<Loc> = model
                 .iter()
-                .filter(|((o, k), _)| *o == object && hashes[&(*o, k.clone())] % 3 != 0)
+                .filter(|((o, k), _)| *o == object && !hashes[&(*o, k.clone())].is_multiple_of(3))
                 .map(|(_, l)| *l)
                 .collect();
             got.sort_by_key(|l| (l.file, l.offset, l.len));
@@ -1014,7 +1014,7 @@ mod tests {
                 let k = rng.below(keys);
                 let object = k % 3;
                 let mut key = k.to_le_bytes().to_vec();
-                if k % 11 == 0 {
+                if k.is_multiple_of(11) {
                     key.resize(40 + (k % 5) as usize, 7);
                 }
                 // Some keys crowd a few orders at the regions' bounds (the

@@ -2655,7 +2655,7 @@ impl Store for ReplicaTables {
     /// Every shard locked, in `parts` parts of `SHARDS / parts` shards
     /// each (`parts` must divide `SHARDS`; else `None`).
     fn lock_parts(&self, parts: usize) -> Option<Box<dyn PartedApply + '_>> {
-        if parts == 0 || SHARDS % parts != 0 {
+        if parts == 0 || !SHARDS.is_multiple_of(parts) {
             return None;
         }
         let mut locked = ShardSet::lock(&self.shards, u64::MAX >> (64 - SHARDS));

@@ -242,6 +242,20 @@ fn checksum(c: &mut Criterion) {
             })
         });
     }
+    // Frame bodies and checkpoint blocks: the folding path where the CPU
+    // has it (decisions.md 90) against the crate's three streams.
+    let long: Vec<u8> = (0..(512u32 << 10) + 64)
+        .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[3])
+        .collect();
+    for len in [4 << 10, 512 << 10] {
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(format!("engine-{}KiB", len >> 10), |b| {
+            b.iter(|| engine::checksum::crc32c(std::hint::black_box(&long[1..1 + len])))
+        });
+        group.bench_function(format!("crate-{}KiB", len >> 10), |b| {
+            b.iter(|| crc32c::crc32c(std::hint::black_box(&long[1..1 + len])))
+        });
+    }
     group.finish();
 }
 

@@ -328,7 +328,7 @@ pub fn latency(
             });
         }
         tick += 1;
-        if tick % 1000 == 0 {
+        if tick.is_multiple_of(1000) {
             applied.store(pair.received.durable.load(Ordering::Relaxed))?;
         }
     }

@@ -39,14 +39,31 @@ pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
         // SAFETY: the CPU has SSE 4.2, checked just above.
         return unsafe { x86::append_short(crc, bytes) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if bytes.len() >= WIDE_MIN
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("vpclmulqdq")
+    {
+        // SAFETY: the CPU has AVX-512F and VPCLMULQDQ, checked just above
+        // (and SSE 4.2 and PCLMULQDQ, which every such CPU has).
+        return unsafe { x86::append_wide(crc, bytes) };
+    }
     crc32c::crc32c_append(crc, bytes)
 }
+
+/// Buffers from this length are folded 256 bytes a step by carry-less
+/// multiplication over 512-bit registers where the CPU can (decisions.md
+/// 90); `SHORT_MAX` keeps this at least four steps.
+const WIDE_MIN: usize = SHORT_MAX;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        _mm_clmulepi64_si128, _mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8,
-        _mm_cvtsi128_si64, _mm_cvtsi64_si128,
+        __m512i, _mm512_castsi128_si512, _mm512_clmulepi64_epi128, _mm512_extracti32x4_epi32,
+        _mm512_loadu_si512, _mm512_mask_blend_epi64, _mm512_set_epi64, _mm512_ternarylogic_epi64,
+        _mm512_xor_si512, _mm_clmulepi64_si128, _mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64,
+        _mm_crc32_u8, _mm_cvtsi128_si64, _mm_cvtsi32_si128, _mm_cvtsi64_si128, _mm_extract_epi64,
+        _mm_xor_si128,
     };
 
     /// The CRC-32C polynomial, bit-reflected (its x^0..x^31 terms).
@@ -121,6 +138,103 @@ mod x86 {
         unsafe { append_words(sum, rest) }
     }
 
+    /// The multipliers that move a 16-byte block's sum `bits` further on,
+    /// as one 128-bit lane: for its first eight bytes (the higher powers,
+    /// in the reflected order) x^(bits + 64 - 33) mod P, for its last eight
+    /// x^(bits - 33) mod P (the 33 as in `shift`).
+    const fn fold_lane(bits: u32) -> [i64; 2] {
+        [
+            x_pow_mod(bits + 64 - 33) as i64,
+            x_pow_mod(bits - 33) as i64,
+        ]
+    }
+
+    /// Every lane moved on by the same multipliers (see `fold_lane`).
+    #[target_feature(enable = "avx512f")]
+    fn every_lane([first, last]: [i64; 2]) -> __m512i {
+        _mm512_set_epi64(last, first, last, first, last, first, last, first)
+    }
+
+    /// The multipliers `append_wide` uses, computed at build time: one
+    /// step (256 bytes), one register (64 bytes), and a register's first
+    /// three blocks to its last (48, 32 and 16 bytes).
+    const BY_STEP: [i64; 2] = fold_lane(256 * 8);
+    const BY_REGISTER: [i64; 2] = fold_lane(64 * 8);
+    const BY_48: [i64; 2] = fold_lane(48 * 8);
+    const BY_32: [i64; 2] = fold_lane(32 * 8);
+    const BY_16: [i64; 2] = fold_lane(16 * 8);
+
+    /// `blocks`' sums moved on by the multipliers `k` (see `fold_lane`),
+    /// xor `next`: a block's sum is linear in its bytes, so the product of
+    /// each half with its power mod P (under 96 bits, a block's width) sums
+    /// the same as the block would at the later place.
+    #[target_feature(enable = "avx512f,vpclmulqdq")]
+    fn fold(blocks: __m512i, k: __m512i, next: __m512i) -> __m512i {
+        let first = _mm512_clmulepi64_epi128(blocks, k, 0x00);
+        let last = _mm512_clmulepi64_epi128(blocks, k, 0x11);
+        // a ^ b ^ c
+        _mm512_ternarylogic_epi64(first, last, next, 0x96)
+    }
+
+    /// Long buffers: four 512-bit registers of sixteen 16-byte blocks, each
+    /// block's sum moved on 256 bytes a step and xored into the block
+    /// there; then the registers into one, its four blocks into the last,
+    /// and that block summed by the CRC instruction from zero (the sum of
+    /// everything before it is in it). The rest word by word.
+    #[target_feature(enable = "sse4.2,pclmulqdq,avx512f,vpclmulqdq")]
+    pub(super) unsafe fn append_wide(crc: u32, bytes: &[u8]) -> u32 {
+        debug_assert!(bytes.len() >= 256);
+        let load = |at: usize| -> __m512i {
+            let chunk = &bytes[at..at + 64];
+            // SAFETY: `chunk` is 64 readable bytes; the load needs no
+            // alignment.
+            unsafe { _mm512_loadu_si512(chunk.as_ptr().cast()) }
+        };
+        // The running sum enters as the first four bytes xored with it.
+        let seed = _mm512_castsi128_si512(_mm_cvtsi32_si128(!crc as i32));
+        let mut x = [
+            _mm512_xor_si512(load(0), seed),
+            load(64),
+            load(128),
+            load(192),
+        ];
+        let mut at = 256;
+        let step = every_lane(BY_STEP);
+        while at + 256 <= bytes.len() {
+            for (i, reg) in x.iter_mut().enumerate() {
+                *reg = fold(*reg, step, load(at + 64 * i));
+            }
+            at += 256;
+        }
+        let one = every_lane(BY_REGISTER);
+        let mut acc = fold(fold(fold(x[0], one, x[1]), one, x[2]), one, x[3]);
+        while at + 64 <= bytes.len() {
+            acc = fold(acc, one, load(at));
+            at += 64;
+        }
+        // The first three blocks moved on to the last (by 48, 32 and 16
+        // bytes), which stays as it is.
+        let ([a, b], [c, d], [e, f]) = (BY_48, BY_32, BY_16);
+        let into_last = _mm512_set_epi64(0, 0, f, e, d, c, b, a);
+        let moved = fold(acc, into_last, _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, 0));
+        let all = _mm512_mask_blend_epi64(0b1100_0000, moved, acc);
+        let last = _mm_xor_si128(
+            _mm_xor_si128(
+                _mm512_extracti32x4_epi32(all, 0),
+                _mm512_extracti32x4_epi32(all, 1),
+            ),
+            _mm_xor_si128(
+                _mm512_extracti32x4_epi32(all, 2),
+                _mm512_extracti32x4_epi32(all, 3),
+            ),
+        );
+        let sum = _mm_crc32_u64(0, _mm_extract_epi64(last, 0) as u64);
+        let sum = _mm_crc32_u64(sum, _mm_extract_epi64(last, 1) as u64);
+        // SAFETY: the caller's CPU has SSE 4.2 (this function's own
+        // requirement).
+        unsafe { append_words(sum, &bytes[at..]) }
+    }
+
     /// Word by word from wherever `bytes` starts (x86 loads need no
     /// alignment), then the tail as 4, 2 and 1 bytes.
     #[target_feature(enable = "sse4.2")]
@@ -175,6 +289,30 @@ mod tests {
                 assert_eq!(
                     crc32c(part),
                     crc32c::crc32c(part),
+                    "start {start}, length {len}"
+                );
+            }
+        }
+    }
+
+    /// Long buffers: every count of 256-byte steps, 64-byte blocks and
+    /// trailing bytes up to a few steps, at alignments across a 64-byte
+    /// line, each continuing a sum of its own.
+    #[test]
+    fn long_buffers_sum_as_the_crate_does() {
+        let bytes: Vec<u8> = (0..4200u32)
+            .map(|i| i.wrapping_mul(2_246_822_519).to_le_bytes()[2])
+            .collect();
+        for start in [0, 1, 7, 8, 31, 63] {
+            for len in (WIDE_MIN..=4096)
+                .step_by(13)
+                .chain([WIDE_MIN, 1024, 1025, 4096])
+            {
+                let part = &bytes[start..start + len];
+                let seed = (len as u32).wrapping_mul(0x9E37_79B9);
+                assert_eq!(
+                    crc32c_append(seed, part),
+                    crc32c::crc32c_append(seed, part),
                     "start {start}, length {len}"
                 );
             }

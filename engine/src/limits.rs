@@ -40,8 +40,8 @@ pub const SCRAPE_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 const _: () = assert!(KEY_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(ENTRY_BYTES_MAX <= u32::MAX as usize);
-const _: () = assert!(ENTRY_HEADER_BYTES % ENTRY_ALIGN_BYTES == 0);
-const _: () = assert!(SEGMENT_HEADER_BYTES % ENTRY_ALIGN_BYTES == 0);
+const _: () = assert!(ENTRY_HEADER_BYTES.is_multiple_of(ENTRY_ALIGN_BYTES));
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(ENTRY_ALIGN_BYTES));
 const _: () = assert!(OBJECTS_MAX * 16 <= CATALOG_BYTES_MAX);
 // A fresh segment always has room for its catalog and at least two of the largest entries.
 const _: () = assert!(
@@ -70,5 +70,5 @@ pub const FRAME_RAW_BYTES_MAX: usize =
 /// Largest stored frame body: zstd's worst case for the largest raw body.
 pub const FRAME_BODY_BYTES_MAX: usize = FRAME_RAW_BYTES_MAX + FRAME_RAW_BYTES_MAX / 128 + 4096;
 
-const _: () = assert!(FRAME_HEADER_BYTES % 16 == 0); // keeps the body 16-aligned for rkyv
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(16)); // keeps the body 16-aligned for rkyv
 const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);

@@ -41,7 +41,7 @@ pub fn bucket_bits(records: u64) -> u32 {
 
 /// Whether `bits` is a bucket count both sides accept.
 pub fn valid_bucket_bits(bits: u32) -> bool {
-    (MIN_BUCKET_BITS..=MAX_BUCKET_BITS).contains(&bits) && bits % FANOUT_BITS == 0
+    (MIN_BUCKET_BITS..=MAX_BUCKET_BITS).contains(&bits) && bits.is_multiple_of(FANOUT_BITS)
 }
 
 /// The bucket of a record with hash `hash`.

@@ -258,7 +258,7 @@ fn write_pieces(file: &File, pieces: u64, piece: u64) -> io::Result<Vec<f64>> {
             block[..8].copy_from_slice(&at.to_le_bytes());
             file.write_all_at(&block[..n], at)?;
             at += n as u64;
-            if at % SYNC_BYTES == 0 || at == pieces * piece {
+            if at.is_multiple_of(SYNC_BYTES) || at == pieces * piece {
                 file.sync_data()?;
             }
         }

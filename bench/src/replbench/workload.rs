@@ -263,7 +263,7 @@ pub fn write(
             position: range.end,
             time_ns: monotonic_ns(),
         });
-        if w.object_every > 0 && txns % w.object_every == 0 {
+        if w.object_every > 0 && txns.is_multiple_of(w.object_every) {
             let (end, bytes) = scratch.step(&mut appender, w.image_bytes)?;
             out.bytes += bytes;
             out.object_ops += 1;

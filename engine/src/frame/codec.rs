@@ -469,7 +469,7 @@ impl FrameDecoder {
                 });
             }
             &self.body[..]
-        } else if body.as_ptr() as usize % BODY_ALIGN == 0 {
+        } else if (body.as_ptr() as usize).is_multiple_of(BODY_ALIGN) {
             body
         } else {
             // rkyv needs the body 16-aligned; a frame inside a received

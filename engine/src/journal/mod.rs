@@ -132,7 +132,7 @@ impl Default for JournalOptions {
 impl JournalOptions {
     pub fn validate(&self) -> Result<(), JournalError> {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes)
-            || self.segment_bytes % 4096 != 0
+            || !self.segment_bytes.is_multiple_of(4096)
         {
             return Err(JournalError::InvalidOptions {
                 detail: format!(

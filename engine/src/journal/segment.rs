@@ -130,7 +130,7 @@ impl SegmentHeader {
             return Err("segment size out of range, or file longer than its header says");
         }
         let catalog = header.catalog_bytes as usize;
-        if !(8..=CATALOG_BYTES_MAX).contains(&catalog) || catalog % 8 != 0 {
+        if !(8..=CATALOG_BYTES_MAX).contains(&catalog) || !catalog.is_multiple_of(8) {
             return Err("catalog length out of range");
         }
         if (SEGMENT_HEADER_BYTES + catalog) as u64 > header.segment_bytes {
@@ -437,7 +437,7 @@ impl MappedSegment {
 
     fn word(&self, offset: usize) -> &AtomicU32 {
         assert!(
-            offset % 4 == 0 && offset + 4 <= self.len(),
+            offset.is_multiple_of(4) && offset + 4 <= self.len(),
             "word offset {offset} outside segment"
         );
         // SAFETY: in bounds and 4-byte aligned (the map is page aligned); the

@@ -66,7 +66,7 @@ impl Doorbell {
     }
 
     fn word(&self, at: usize) -> &AtomicU32 {
-        assert!(at % 4 == 0 && at + 4 <= self.map.len());
+        assert!(at.is_multiple_of(4) && at + 4 <= self.map.len());
         // SAFETY: in bounds and 4-byte aligned (the map is page aligned);
         // the map lives as long as `self`, and every access to these words,
         // in either process, is atomic.
