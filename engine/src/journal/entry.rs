@@ -174,6 +174,7 @@ impl EntryType {
         (stored == key).then_some(entry_type)
     }
 
+    #[inline]
     pub fn is_record(self) -> bool {
         matches!(
             self,
@@ -181,6 +182,7 @@ impl EntryType {
         )
     }
 
+    #[inline]
     pub fn is_object(self) -> bool {
         matches!(
             self,
@@ -191,6 +193,7 @@ impl EntryType {
         )
     }
 
+    #[inline]
     pub fn is_commit_control(self) -> bool {
         matches!(
             self,
@@ -486,10 +489,12 @@ pub enum DecodeError {
     BadHeader { detail: &'static str },
 }
 
+#[inline]
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+#[inline]
 fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(&b[at..at + 8]);
@@ -601,36 +606,46 @@ impl<'a> Entry<'a> {
     pub(crate) fn validated_at(buf: &'a [u8]) -> Entry<'a> {
         Entry::validated(&buf[..u32_at(buf, 0) as usize])
     }
+    #[inline]
     pub fn sequence(&self) -> u64 {
         u64_at(self.bytes, 8)
     }
+    #[inline]
     pub fn timestamp_ns(&self) -> u64 {
         u64_at(self.bytes, 16)
     }
+    #[inline]
     pub fn commit_cycle(&self) -> u64 {
         u64_at(self.bytes, 24)
     }
+    #[inline]
     pub fn object_id(&self) -> u64 {
         u64_at(self.bytes, 32)
     }
+    #[inline]
     pub fn entry_type(&self) -> EntryType {
         // Validated by `decode`.
         EntryType::from_codes(self.bytes[40], [self.bytes[41], self.bytes[42]])
             .expect("entry type validated at decode")
     }
+    #[inline]
     fn key_bytes(&self) -> usize {
         u16::from_le_bytes([self.bytes[44], self.bytes[45]]) as usize
     }
+    #[inline]
     fn after_bytes(&self) -> usize {
         u32_at(self.bytes, 48) as usize
     }
+    #[inline]
     pub fn key(&self) -> &'a [u8] {
         &self.bytes[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + self.key_bytes()]
     }
+    #[inline]
     pub fn after(&self) -> &'a [u8] {
         let start = ENTRY_HEADER_BYTES + self.key_bytes();
         &self.bytes[start..start + self.after_bytes()]
     }
+    #[inline]
     pub fn before(&self) -> Option<&'a [u8]> {
         (self.bytes[43] & FLAG_BEFORE != 0)
             .then(|| &self.bytes[ENTRY_HEADER_BYTES + self.key_bytes() + self.after_bytes()..])
@@ -645,6 +660,7 @@ impl<'a> Entry<'a> {
         .flatten()
     }
     /// The entry's bytes without padding, length word included.
+    #[inline]
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
     }
