@@ -43,9 +43,11 @@ pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
     if bytes.len() >= WIDE_MIN
         && std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("vpclmulqdq")
+        && std::is_x86_feature_detected!("sse4.2")
+        && std::is_x86_feature_detected!("pclmulqdq")
     {
-        // SAFETY: the CPU has AVX-512F and VPCLMULQDQ, checked just above
-        // (and SSE 4.2 and PCLMULQDQ, which every such CPU has).
+        // SAFETY: the CPU has every feature `append_wide` enables, checked
+        // just above.
         return unsafe { x86::append_wide(crc, bytes) };
     }
     crc32c::crc32c_append(crc, bytes)
@@ -53,7 +55,7 @@ pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
 
 /// Buffers from this length are folded 256 bytes a step by carry-less
 /// multiplication over 512-bit registers where the CPU can (decisions.md
-/// 90); `SHORT_MAX` keeps this at least four steps.
+/// 90): at `SHORT_MAX`, the registers' first 256 bytes and two steps.
 const WIDE_MIN: usize = SHORT_MAX;
 
 #[cfg(target_arch = "x86_64")]
