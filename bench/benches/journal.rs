@@ -211,7 +211,9 @@ fn assemble(c: &mut Criterion) {
 /// starting at each of the eight alignments in turn: `engine::checksum`
 /// against the `crc32c` crate it replaces for short buffers (decisions.md
 /// 54), sums independent of each other and (chained) each continuing the
-/// last, which measures one sum's latency (decisions.md 65).
+/// last, which measures one sum's latency (decisions.md 65); and 4 KiB
+/// and 512 KiB (a frame's size), where the engine folds in 512-bit
+/// registers if the CPU can (decisions.md 90).
 fn checksum(c: &mut Criterion) {
     let bytes: Vec<u8> = (0..320u32).map(|i| (i * 31 + 7) as u8).collect();
     let mut group = c.benchmark_group("checksum");

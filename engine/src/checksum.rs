@@ -8,12 +8,13 @@
 //! buffers are summed here a word at a time from unaligned loads, with the
 //! last 0-7 bytes in at most three steps (decisions.md 54), and from 72
 //! bytes as three streams side by side (decisions.md 65). Longer buffers
-//! (frame bodies, checkpoint blocks) go to the crate, whose three
-//! interleaved streams win from about 1 KiB.
+//! (frame bodies, checkpoint blocks) are folded in 512-bit registers where
+//! the CPU has AVX-512 and VPCLMULQDQ (decisions.md 90), and go to the
+//! crate elsewhere, whose three interleaved streams win from about 1 KiB.
 
-/// Buffers shorter than this are summed word by word here; longer ones by
-/// the crate's interleaved streams (crossover measured between 512 bytes and
-/// 1 KiB: decisions.md 54).
+/// Buffers shorter than this are summed word by word here; longer ones
+/// folded (`WIDE_MIN`) or by the crate's interleaved streams (crossover
+/// measured between 512 bytes and 1 KiB: decisions.md 54).
 const SHORT_MAX: usize = 768;
 
 /// Short buffers from this length are summed as three interleaved streams
