@@ -85,7 +85,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             apply: ApplyOptions::default(),
-            checkpoint_every: Duration::from_secs(1),
+            checkpoint_every: Duration::from_secs(3),
             idle_wait: Duration::from_millis(1),
             merge_wait: Duration::from_millis(20),
             batch_ops: 16 * 1024,

@@ -269,10 +269,11 @@ pub fn raw_tcp_journal(dir: &Path, limit: usize) -> anyhow::Result<(u64, f64)> {
 /// for `duration` measured; each batch's latency is from its append to the
 /// first sync that covers it. As in production's steady state, the writer
 /// purges what the backup acknowledged and staging is purged as an apply
-/// that keeps up would let it (once a second, apply's default checkpoint
-/// interval), so both sides reuse their segments' files (decisions.md 34,
-/// 35); staging segments are the journal's size (64 MiB), so the run
-/// rotates through several.
+/// that keeps up would let it (once a second: apply's default checkpoint
+/// interval until decisions.md 94 made it 3 s, kept here so that the
+/// figures compare across sessions), so both sides reuse their segments'
+/// files (decisions.md 34, 35); staging segments are the journal's size
+/// (64 MiB), so the run rotates through several.
 pub fn latency(
     root: &Path,
     staging: &Path,

@@ -42,7 +42,7 @@
 //!                                     # in it); default: <staging>/<group>.replica
 //! workers = 2
 //! stripes = 1024
-//! checkpoint_ms = 1000                # bounds replay after a crash; a large
+//! checkpoint_ms = 3000                # bounds replay after a crash; a large
 //!                                     # index spaces them further (at most a
 //!                                     # third of the time taking it: HAD0228I)
 //! expected_records = 0                # size the index for this many records at
@@ -503,7 +503,7 @@ impl Config {
             },
             workers: count(&a.workers, "apply.workers", 2, 1, 64)?,
             stripes: count(&a.stripes, "apply.stripes", 1024, 1, 1 << 20)?,
-            checkpoint: millis(&a.checkpoint_ms, "apply.checkpoint_ms", 1000, 10, 3_600_000)?,
+            checkpoint: millis(&a.checkpoint_ms, "apply.checkpoint_ms", 3000, 10, 3_600_000)?,
             expected_records: count(&a.expected_records, "apply.expected_records", 0, 0, 1 << 32)?,
             reserve_data_bytes: bytes(&a.reserve_data, "apply.reserve_data", 0, 0, 1 << 40)?,
             journals,

@@ -76,7 +76,7 @@ struct Args {
     workers: usize,
     /// Apply checkpoints every this many milliseconds (bounds replay after
     /// a crash; the product's default).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 3000)]
     checkpoint_ms: u64,
     /// Most a sender's small frame waits for earlier frames'
     /// acknowledgement, in microseconds (`[transport] linger_us`; the
