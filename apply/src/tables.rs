@@ -1315,6 +1315,8 @@ fn capture_shards(
     let mut regions_listed = 0;
     let mut entry: EntryScratch = [0; COMPACT_NUMBERS_MAX + INLINE_KEY];
     for (s, shard) in shards.iter().enumerate().rev() {
+        // Apply's real-time threads wait for this shard while it is taken.
+        let section = engine::sys::realtime_section();
         let mut shard = shard.write();
         let records = shard.records.len();
         index.extend_from_slice(&(s as u32).to_le_bytes());
@@ -1348,6 +1350,7 @@ fn capture_shards(
             }
         }
         drop(shard);
+        drop(section);
         between();
     }
     regions_listed
@@ -1796,6 +1799,9 @@ impl Compaction {
                 // nothing writes to them.
                 continue;
             }
+            // As in `capture_shards`: apply waits for this shard meanwhile
+            // (declared before the shard's guard, so let go after it).
+            let _section = engine::sys::realtime_section();
             let mut shard = shard.write();
             let Shard { records, held, .. } = &mut *shard;
             let lane = &mut self.lane;

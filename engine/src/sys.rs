@@ -406,7 +406,7 @@ pub fn set_realtime_priority(priority: u8) {
 /// apply's reader, loop and part threads) calls it first. Threads it starts
 /// later begin at normal priority (`SCHED_RESET_ON_FORK`), so background
 /// work (segment zero-fill, checkpoints, sync-check) never runs ahead of
-/// the pipeline. A refusal (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) is
+/// the pipeline, except in a `realtime_section`. A refusal (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) is
 /// logged once (DMK0007W) and the thread runs at normal priority: latency
 /// suffers, nothing else.
 pub fn enter_realtime() {
@@ -431,6 +431,43 @@ pub fn enter_realtime() {
         );
     } else {
         tracing::info!("DMK0006I the threads that move entries run at real-time priority {priority} (SCHED_RR)");
+    }
+}
+
+/// A stretch of a background thread at the process's real-time priority,
+/// made by `realtime_section`; dropped, the thread is back at normal
+/// scheduling.
+#[derive(Debug)]
+#[must_use = "the thread is real-time only while the section lives"]
+pub struct RealtimeSection {
+    entered: bool,
+}
+
+/// Puts a background thread (one `enter_realtime` leaves at normal
+/// priority) at the real-time priority while it holds what the pipeline's
+/// real-time threads wait for: a checkpoint taking a shard of the replica
+/// tables, which apply's loop and part threads then wait to lock. At
+/// normal priority such a thread is kept off both CPUs by the very
+/// threads that wait for it (decisions.md 95). Nothing without a
+/// real-time priority set.
+pub fn realtime_section() -> RealtimeSection {
+    let entered = REALTIME_PRIORITY.load(Ordering::Relaxed) != 0;
+    if entered {
+        enter_realtime();
+    }
+    RealtimeSection { entered }
+}
+
+impl Drop for RealtimeSection {
+    fn drop(&mut self) {
+        if !self.entered {
+            return;
+        }
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param for the duration of the
+        // call; pid 0 is the calling thread. A refusal leaves it as it was.
+        let _ =
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER | SCHED_RESET_ON_FORK, &param) };
     }
 }
 

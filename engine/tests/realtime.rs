@@ -1,4 +1,5 @@
-//! The pipeline threads' real-time priority (`engine::sys::enter_realtime`).
+//! The pipeline threads' real-time priority (`engine::sys::enter_realtime`,
+//! `realtime_section`).
 //! A test binary of its own: the priority is set for the whole process.
 
 /// Linux's `SCHED_RESET_ON_FORK`, as `sched_getscheduler` reports it.
@@ -26,6 +27,9 @@ fn permitted() -> bool {
 fn threads_enter_the_priority_set_and_the_threads_they_start_do_not() {
     // None set: entering changes nothing.
     std::thread::spawn(|| {
+        let section = engine::sys::realtime_section();
+        assert_eq!(policy(), libc::SCHED_OTHER);
+        drop(section);
         engine::sys::enter_realtime();
         assert_eq!(policy(), libc::SCHED_OTHER);
     })
@@ -66,4 +70,24 @@ fn threads_enter_the_priority_set_and_the_threads_they_start_do_not() {
     );
     // The main test thread never entered.
     assert_eq!(policy(), libc::SCHED_OTHER);
+
+    // A section (a checkpoint holding a shard): real-time while it lives,
+    // back at normal scheduling once dropped.
+    let (inside, after) = std::thread::spawn(|| {
+        let section = engine::sys::realtime_section();
+        let inside = policy();
+        drop(section);
+        (inside, policy())
+    })
+    .join()
+    .unwrap();
+    match permitted {
+        true => assert_eq!(inside, libc::SCHED_RR | RESET_ON_FORK),
+        false => assert_eq!(inside, libc::SCHED_OTHER),
+    }
+    assert_eq!(
+        after & !RESET_ON_FORK,
+        libc::SCHED_OTHER,
+        "after the section"
+    );
 }
