@@ -406,22 +406,15 @@ pub fn set_realtime_priority(priority: u8) {
 /// apply's reader, loop and part threads) calls it first. Threads it starts
 /// later begin at normal priority (`SCHED_RESET_ON_FORK`), so background
 /// work (segment zero-fill, checkpoints, sync-check) never runs ahead of
-/// the pipeline, except in a `realtime_section`. A refusal (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) is
-/// logged once (DMK0007W) and the thread runs at normal priority: latency
-/// suffers, nothing else.
+/// the pipeline, except in a `realtime_section`. A refusal (no
+/// `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low) is logged once (DMK0007W) and
+/// the thread runs at normal priority: latency suffers, nothing else.
 pub fn enter_realtime() {
     let priority = REALTIME_PRIORITY.load(Ordering::Relaxed);
     if priority == 0 {
         return;
     }
-    let param = libc::sched_param {
-        sched_priority: libc::c_int::from(priority),
-    };
-    // SAFETY: `param` is a valid sched_param for the duration of the call;
-    // pid 0 is the calling thread.
-    let refused =
-        (unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | SCHED_RESET_ON_FORK, &param) } != 0)
-            .then(io::Error::last_os_error);
+    let refused = set_scheduler(libc::SCHED_RR, priority).err();
     if REALTIME_TOLD.swap(true, Ordering::Relaxed) {
         return;
     }
@@ -460,14 +453,23 @@ pub fn realtime_section() -> RealtimeSection {
 
 impl Drop for RealtimeSection {
     fn drop(&mut self) {
-        if !self.entered {
-            return;
+        if self.entered {
+            // Always allowed: a thread may lower its own priority.
+            let _ = set_scheduler(libc::SCHED_OTHER, 0);
         }
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` is a valid sched_param for the duration of the
-        // call; pid 0 is the calling thread. A refusal leaves it as it was.
-        let _ =
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER | SCHED_RESET_ON_FORK, &param) };
+    }
+}
+
+/// Puts the calling thread under `policy` at `priority`, reset on fork.
+fn set_scheduler(policy: libc::c_int, priority: u8) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: libc::c_int::from(priority),
+    };
+    // SAFETY: `param` is a valid sched_param for the duration of the call;
+    // pid 0 is the calling thread.
+    match unsafe { libc::sched_setscheduler(0, policy | SCHED_RESET_ON_FORK, &param) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 
