@@ -31,7 +31,7 @@
 //! io = "auto"                         # auto | uring | plain
 //! compression = "none"                # none | zstd | zstd:<level>
 //! window = "64MiB"                    # most bytes sent and not yet acknowledged
-//! linger_us = 2000                    # most a small frame waits for earlier ones'
+//! linger_us = 1000                    # most a small frame waits for earlier ones'
 //!                                     # acknowledgement, gathering what is appended
 //!                                     # meanwhile (fewer, larger frames at high rates;
 //!                                     # none waits with nothing in flight); 0: never
@@ -203,8 +203,9 @@ pub struct Transport {
     pub linger: Duration,
 }
 
-/// `[transport] linger_us` when the file does not set it (decisions.md 58).
-pub const DEFAULT_LINGER_US: u64 = 2000;
+/// `[transport] linger_us` when the file does not set it (decisions.md 58,
+/// 96).
+pub const DEFAULT_LINGER_US: u64 = 1000;
 
 /// Which store holds the replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
