@@ -442,9 +442,14 @@ pub struct RealtimeSection {
 /// tables, which apply's loop and part threads then wait to lock. At
 /// normal priority such a thread is kept off both CPUs by the very
 /// threads that wait for it (decisions.md 95). Nothing without a
-/// real-time priority set.
+/// real-time priority set, nor on a thread already at one (a pipeline
+/// thread that checkpoints itself stays real-time after the section).
 pub fn realtime_section() -> RealtimeSection {
-    let entered = REALTIME_PRIORITY.load(Ordering::Relaxed) != 0;
+    // SAFETY: pid 0 is the calling thread; the call reads nothing of ours.
+    let policy = unsafe { libc::sched_getscheduler(0) } & !SCHED_RESET_ON_FORK;
+    let entered = REALTIME_PRIORITY.load(Ordering::Relaxed) != 0
+        && policy != libc::SCHED_RR
+        && policy != libc::SCHED_FIFO;
     if entered {
         enter_realtime();
     }

@@ -90,4 +90,23 @@ fn threads_enter_the_priority_set_and_the_threads_they_start_do_not() {
         libc::SCHED_OTHER,
         "after the section"
     );
+
+    // On a thread already real-time, a section leaves it so.
+    let (inside, after) = std::thread::spawn(|| {
+        engine::sys::enter_realtime();
+        let section = engine::sys::realtime_section();
+        let inside = policy();
+        drop(section);
+        (inside, policy())
+    })
+    .join()
+    .unwrap();
+    if permitted {
+        assert_eq!(inside, libc::SCHED_RR | RESET_ON_FORK);
+        assert_eq!(
+            after,
+            libc::SCHED_RR | RESET_ON_FORK,
+            "a real-time thread after a section"
+        );
+    }
 }
