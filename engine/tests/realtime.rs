@@ -23,6 +23,22 @@ fn permitted() -> bool {
     .unwrap()
 }
 
+/// On a thread of its own (real-time first with `entered`): its policy
+/// inside a `realtime_section`, then after it.
+fn section_policies(entered: bool) -> (libc::c_int, libc::c_int) {
+    std::thread::spawn(move || {
+        if entered {
+            engine::sys::enter_realtime();
+        }
+        let section = engine::sys::realtime_section();
+        let inside = policy();
+        drop(section);
+        (inside, policy())
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn threads_enter_the_priority_set_and_the_threads_they_start_do_not() {
     // None set: entering changes nothing.
@@ -73,14 +89,7 @@ fn threads_enter_the_priority_set_and_the_threads_they_start_do_not() {
 
     // A section (a checkpoint holding a shard): real-time while it lives,
     // back at normal scheduling once dropped.
-    let (inside, after) = std::thread::spawn(|| {
-        let section = engine::sys::realtime_section();
-        let inside = policy();
-        drop(section);
-        (inside, policy())
-    })
-    .join()
-    .unwrap();
+    let (inside, after) = section_policies(false);
     match permitted {
         true => assert_eq!(inside, libc::SCHED_RR | RESET_ON_FORK),
         false => assert_eq!(inside, libc::SCHED_OTHER),
@@ -92,15 +101,7 @@ fn threads_enter_the_priority_set_and_the_threads_they_start_do_not() {
     );
 
     // On a thread already real-time, a section leaves it so.
-    let (inside, after) = std::thread::spawn(|| {
-        engine::sys::enter_realtime();
-        let section = engine::sys::realtime_section();
-        let inside = policy();
-        drop(section);
-        (inside, policy())
-    })
-    .join()
-    .unwrap();
+    let (inside, after) = section_policies(true);
     if permitted {
         assert_eq!(inside, libc::SCHED_RR | RESET_ON_FORK);
         assert_eq!(
