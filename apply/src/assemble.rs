@@ -12,6 +12,12 @@
 //! - A transaction already applied (its commit at or below the journal's
 //!   applied position) is dropped, so replay from `resume_from` applies every
 //!   transaction exactly once.
+//! - A journal's only open transaction is held in the output batch itself,
+//!   after its committed transactions (the batch's open tail), so that its
+//!   commit copies nothing: the direct transaction. Anything else pushed to
+//!   that batch first moves it into an arena of its own, where it stays as
+//!   any other open transaction. A journal writing one transaction at a time
+//!   copies each change once; interleaved ones are held as before.
 
 use std::collections::BTreeMap;
 
@@ -42,12 +48,24 @@ struct OpenTxn {
     spilled: bool,
 }
 
+/// An open transaction whose changes are the output batch's open tail.
+#[derive(Debug)]
+struct DirectTxn {
+    cycle: u64,
+    first_sequence: u64,
+    /// Changes held, and their keys' and images' bytes.
+    ops: u64,
+    bytes: usize,
+}
+
 #[derive(Debug, Default)]
 struct JournalAssembly {
     /// Transactions committed at or below this are applied already.
     applied: u64,
     last_sequence: u64,
     open: BTreeMap<u64, OpenTxn>,
+    /// Held in the output batch (its open tail), not in `open`.
+    direct: Option<DirectTxn>,
     /// Emptied arenas of finished transactions, reused for new ones.
     spare: Vec<Changes>,
 }
@@ -59,9 +77,32 @@ impl JournalAssembly {
         self.open
             .values()
             .map(|t| t.first_sequence)
+            .chain(self.direct.as_ref().map(|d| d.first_sequence))
             .min()
             .unwrap_or(sequence + 1)
             .min(sequence + 1)
+    }
+
+    /// Whether the direct transaction is that of `cycle`.
+    fn is_direct(&self, cycle: u64) -> bool {
+        self.direct.as_ref().is_some_and(|d| d.cycle == cycle)
+    }
+
+    /// Moves the direct transaction out of the batch `out` into an arena
+    /// of its own.
+    fn evict(&mut self, out: &mut TxnBatch) {
+        let direct = self.direct.take().expect("a direct transaction");
+        let mut changes = self.spare.pop().unwrap_or_default();
+        out.take_open_tail(&mut changes);
+        self.open.insert(
+            direct.cycle,
+            OpenTxn {
+                first_sequence: direct.first_sequence,
+                changes,
+                ops: direct.ops,
+                spilled: false,
+            },
+        );
     }
 
     /// The transaction committing at `sequence`, or `None` if it was applied
@@ -76,14 +117,33 @@ impl JournalAssembly {
         })
     }
 
-    fn open(&mut self, cycle: u64, sequence: u64) -> &mut OpenTxn {
-        let spare = &mut self.spare;
-        self.open.entry(cycle).or_insert_with(|| OpenTxn {
-            first_sequence: sequence,
-            changes: spare.pop().unwrap_or_default(),
-            ops: 0,
-            spilled: false,
-        })
+    /// Opens the transaction of `cycle` at `sequence` unless it is open:
+    /// as the direct one if it would be the journal's only one and `out`
+    /// holds no other journal's.
+    fn begin(&mut self, journal: u32, cycle: u64, sequence: u64, out: &mut TxnBatch) {
+        if self.is_direct(cycle) || self.open.contains_key(&cycle) {
+            return;
+        }
+        if self.direct.is_none() && self.open.is_empty() && out.open_tail_journal().is_none() {
+            out.open_tail(journal);
+            self.direct = Some(DirectTxn {
+                cycle,
+                first_sequence: sequence,
+                ops: 0,
+                bytes: 0,
+            });
+            return;
+        }
+        let changes = self.spare.pop().unwrap_or_default();
+        self.open.insert(
+            cycle,
+            OpenTxn {
+                first_sequence: sequence,
+                changes,
+                ops: 0,
+                spilled: false,
+            },
+        );
     }
 
     fn recycle(&mut self, mut changes: Changes) {
@@ -155,23 +215,45 @@ impl Assembler {
             });
         }
         state.last_sequence = sequence;
+        if state.direct.is_some() {
+            assert_eq!(
+                out.open_tail_journal(),
+                Some(journal),
+                "journal {journal}'s open transaction is no longer in its batch (a batch the assembler fills is handed on with swap_committed)"
+            );
+        }
         let before = out.len();
         let cycle = entry.commit_cycle();
-        let entry_type = entry.entry_type();
-        match entry_type {
+        match entry.entry_type() {
             EntryType::NextSegment => {}
-            EntryType::CommitStart => {
-                state.open(cycle, sequence);
-            }
+            EntryType::CommitStart => state.begin(journal, cycle, sequence, out),
             EntryType::Rollback => {
-                if let Some(txn) = state.open.remove(&cycle) {
+                if state.is_direct(cycle) {
+                    state.direct = None;
+                    out.drop_open_tail();
+                } else if let Some(txn) = state.open.remove(&cycle) {
                     state.recycle(txn.changes);
                 }
                 self.rolled_back += 1;
             }
+            EntryType::Commit if state.is_direct(cycle) => {
+                state.direct = None;
+                match state.committing(journal, entry) {
+                    None => {
+                        out.drop_open_tail();
+                        self.skipped += 1;
+                    }
+                    Some(meta) => out.commit_open_tail(meta),
+                }
+            }
             EntryType::Commit => {
                 let txn = state.open.remove(&cycle);
-                match (state.committing(journal, entry), &txn) {
+                let meta = state.committing(journal, entry);
+                if meta.is_some() {
+                    self.make_room(out);
+                }
+                let state = &mut self.journals[j];
+                match (meta, &txn) {
                     (None, _) => self.skipped += 1,
                     (Some(meta), Some(txn)) if txn.spilled => out.push_large(
                         meta,
@@ -193,25 +275,14 @@ impl Assembler {
                     return Ok(());
                 };
                 if cycle != 0 {
-                    let spill_bytes = self.spill_bytes;
-                    let txn = state.open(cycle, sequence);
-                    txn.ops += 1;
-                    if !txn.spilled {
-                        txn.changes.push(op);
-                        if txn.changes.byte_len() > spill_bytes {
-                            txn.spilled = true;
-                            // Free the arena, not just empty it.
-                            txn.changes = Changes::default();
-                            tracing::info!(
-                                "HAD0226I journal {journal}: transaction of commit cycle {cycle} (from sequence {}) passed {spill_bytes} bytes; its changes will be read back from staging at commit",
-                                txn.first_sequence
-                            );
-                        }
-                    }
+                    self.hold(journal, cycle, op, out);
                 } else {
                     match state.committing(journal, entry) {
                         None => self.skipped += 1,
-                        Some(meta) => out.push(meta, [op]),
+                        Some(meta) => {
+                            self.make_room(out);
+                            out.push(meta, [op]);
+                        }
                     }
                 }
             }
@@ -220,25 +291,91 @@ impl Assembler {
         Ok(())
     }
 
-    /// Transactions begun and not yet committed or rolled back.
-    pub fn open_transactions(&self) -> usize {
-        self.journals.iter().map(|j| j.open.len()).sum()
+    /// Moves the direct transaction `out` holds, if any, into an arena of
+    /// its own, so that a transaction can be pushed.
+    fn make_room(&mut self, out: &mut TxnBatch) {
+        if let Some(holder) = out.open_tail_journal() {
+            self.journals[holder as usize].evict(out);
+        }
     }
 
-    /// Commit cycles of the open transactions of `journal`.
-    pub fn open_cycles(&self, journal: u32) -> Vec<u64> {
+    /// Holds a change of the open transaction of `cycle` (opened here if
+    /// its C-SC was not seen), until the transaction passes the spill
+    /// limit.
+    fn hold(&mut self, journal: u32, cycle: u64, op: Op<'_>, out: &mut TxnBatch) {
+        let spill_bytes = self.spill_bytes;
+        let state = &mut self.journals[journal as usize];
+        state.begin(journal, cycle, op.sequence, out);
+        let first_sequence = match &mut state.direct {
+            Some(direct) if direct.cycle == cycle => {
+                direct.ops += 1;
+                direct.bytes += op.key.len() + op.value.len();
+                out.push_open(op);
+                if direct.bytes <= spill_bytes {
+                    return;
+                }
+                // Spilled: the changes are read back from staging at commit.
+                let direct = state.direct.take().expect("matched above");
+                out.drop_open_tail();
+                state.open.insert(
+                    cycle,
+                    OpenTxn {
+                        first_sequence: direct.first_sequence,
+                        changes: Changes::default(),
+                        ops: direct.ops,
+                        spilled: true,
+                    },
+                );
+                direct.first_sequence
+            }
+            _ => {
+                let txn = state.open.get_mut(&cycle).expect("begun above");
+                txn.ops += 1;
+                if txn.spilled {
+                    return;
+                }
+                txn.changes.push(op);
+                if txn.changes.byte_len() <= spill_bytes {
+                    return;
+                }
+                txn.spilled = true;
+                // Free the arena, not just empty it.
+                txn.changes = Changes::default();
+                txn.first_sequence
+            }
+        };
+        tracing::info!(
+            "HAD0226I journal {journal}: transaction of commit cycle {cycle} (from sequence {first_sequence}) passed {spill_bytes} bytes; its changes will be read back from staging at commit"
+        );
+    }
+
+    /// Transactions begun and not yet committed or rolled back.
+    pub fn open_transactions(&self) -> usize {
         self.journals
-            .get(journal as usize)
-            .map(|j| j.open.keys().copied().collect())
-            .unwrap_or_default()
+            .iter()
+            .map(|j| j.open.len() + usize::from(j.direct.is_some()))
+            .sum()
+    }
+
+    /// Commit cycles of the open transactions of `journal`, in order.
+    pub fn open_cycles(&self, journal: u32) -> Vec<u64> {
+        let Some(state) = self.journals.get(journal as usize) else {
+            return Vec::new();
+        };
+        let mut cycles: Vec<u64> = state.open.keys().copied().collect();
+        cycles.extend(state.direct.as_ref().map(|d| d.cycle));
+        cycles.sort_unstable();
+        cycles
     }
 
     /// Bytes of keys and images held by open transactions.
     pub fn open_bytes(&self) -> usize {
         self.journals
             .iter()
-            .flat_map(|j| j.open.values())
-            .map(|t| t.changes.byte_len())
+            .map(|j| {
+                j.open.values().map(|t| t.changes.byte_len()).sum::<usize>()
+                    + j.direct.as_ref().map_or(0, |d| d.bytes)
+            })
             .sum()
     }
 

@@ -509,7 +509,7 @@ impl ReadLoop<'_> {
             }
             if let [feed] = self.feeds.as_mut_slice() {
                 if !feed.batch.is_empty() {
-                    std::mem::swap(&mut feed.batch, &mut merged);
+                    feed.batch.swap_committed(&mut merged);
                 }
             } else {
                 release_merged(&mut self.feeds, &mut merged, self.options.merge_wait);

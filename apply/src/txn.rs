@@ -167,13 +167,51 @@ impl Changes {
     /// Appends every change of `from`, hashes and all, in one copy of its
     /// bytes.
     pub(crate) fn append(&mut self, from: &Changes) {
+        self.append_from(from, Mark::default());
+    }
+
+    /// Appends the changes of `from` from `mark` on, as `append`.
+    fn append_from(&mut self, from: &Changes, mark: Mark) {
         let base = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(&from.bytes);
-        self.ops.extend(from.ops.iter().map(|slot| OpSlot {
-            key: (slot.key.0 + base, slot.key.1 + base),
-            value: (slot.value.0 + base, slot.value.1 + base),
-            ..*slot
-        }));
+        let rebase = |(start, end): (u32, u32)| (start - mark.byte + base, end - mark.byte + base);
+        self.bytes
+            .extend_from_slice(&from.bytes[mark.byte as usize..]);
+        self.ops
+            .extend(from.ops[mark.op..].iter().map(|slot| OpSlot {
+                key: rebase(slot.key),
+                value: rebase(slot.value),
+                ..*slot
+            }));
+    }
+
+    /// Where the next change will go.
+    fn mark(&self) -> Mark {
+        Mark {
+            op: self.ops.len(),
+            byte: self.bytes.len() as u32,
+        }
+    }
+
+    /// Drops the changes from `mark` on.
+    fn truncate(&mut self, mark: Mark) {
+        self.ops.truncate(mark.op);
+        self.bytes.truncate(mark.byte as usize);
+    }
+
+    /// Moves the changes from `mark` on to the front, dropping those before.
+    fn keep_from(&mut self, mark: Mark) {
+        if mark == Mark::default() {
+            return;
+        }
+        let shift = mark.byte;
+        self.bytes.copy_within(shift as usize.., 0);
+        self.bytes.truncate(self.bytes.len() - shift as usize);
+        self.ops.copy_within(mark.op.., 0);
+        self.ops.truncate(self.ops.len() - mark.op);
+        for slot in &mut self.ops {
+            slot.key = (slot.key.0 - shift, slot.key.1 - shift);
+            slot.value = (slot.value.0 - shift, slot.value.1 - shift);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -203,6 +241,23 @@ impl Changes {
     pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = Op<'_>> + '_ {
         (0..self.ops.len()).map(move |i| self.op(i))
     }
+}
+
+/// A point in a `Changes`: its changes before it and the bytes they hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Mark {
+    op: usize,
+    byte: u32,
+}
+
+/// The open transaction a batch holds the changes of (after those of every
+/// committed transaction, in no transaction yet): the assembler's direct
+/// transaction of `journal`, whose changes go straight into the batch so
+/// that its commit copies nothing (`Assembler`).
+#[derive(Clone, Copy, Debug)]
+struct OpenTail {
+    journal: u32,
+    from: Mark,
 }
 
 #[derive(Clone, Debug)]
@@ -241,10 +296,19 @@ pub trait LargeTxn {
 }
 
 /// Committed transactions, in commit order, in one arena.
+///
+/// A batch the `Assembler` fills may also hold the changes of one open
+/// transaction after them (its open tail), which is not a transaction of
+/// the batch until it commits. `clear` keeps the open tail, and a batch
+/// with one is handed on with `swap_committed`, which leaves the tail
+/// behind: a batch the assembler fills must not be dropped or replaced
+/// while it holds one (the assembler panics at the next change of that
+/// transaction).
 #[derive(Clone, Debug, Default)]
 pub struct TxnBatch {
     changes: Changes,
     txns: Vec<TxnSlot>,
+    open: Option<OpenTail>,
 }
 
 impl TxnBatch {
@@ -277,6 +341,7 @@ impl TxnBatch {
 
     /// Appends a transaction made of `ops`.
     pub fn push<'o>(&mut self, meta: TxnMeta, ops: impl IntoIterator<Item = Op<'o>>) {
+        self.assert_no_open_tail();
         let start = self.changes.len();
         for op in ops {
             self.changes.push(op);
@@ -291,6 +356,7 @@ impl TxnBatch {
     /// Appends a transaction made of the changes an open transaction
     /// gathered (their hashes kept, their bytes copied at once).
     pub(crate) fn push_changes(&mut self, meta: TxnMeta, changes: &Changes) {
+        self.assert_no_open_tail();
         let start = self.changes.len();
         self.changes.append(changes);
         self.txns.push(TxnSlot {
@@ -303,6 +369,7 @@ impl TxnBatch {
     /// Appends a large transaction: no changes here, only where to read
     /// them back.
     pub fn push_large(&mut self, meta: TxnMeta, large: LargeRef) {
+        self.assert_no_open_tail();
         let at = self.changes.len();
         self.txns.push(TxnSlot {
             meta,
@@ -319,6 +386,57 @@ impl TxnBatch {
         }
     }
 
+    fn assert_no_open_tail(&self) {
+        assert!(
+            self.open.is_none(),
+            "a transaction pushed behind an open one (the assembler takes the open tail out first)"
+        );
+    }
+
+    /// Starts an open tail for `journal`'s direct transaction.
+    pub(crate) fn open_tail(&mut self, journal: u32) {
+        assert!(self.open.is_none(), "a batch holds one open tail at most");
+        self.open = Some(OpenTail {
+            journal,
+            from: self.changes.mark(),
+        });
+    }
+
+    /// The journal whose open transaction the batch holds, if any.
+    pub(crate) fn open_tail_journal(&self) -> Option<u32> {
+        self.open.map(|t| t.journal)
+    }
+
+    /// Adds a change to the open tail.
+    pub(crate) fn push_open(&mut self, op: Op<'_>) {
+        debug_assert!(self.open.is_some());
+        self.changes.push(op);
+    }
+
+    /// The open tail commits: it becomes the batch's last transaction.
+    pub(crate) fn commit_open_tail(&mut self, meta: TxnMeta) {
+        let tail = self.open.take().expect("an open tail to commit");
+        self.txns.push(TxnSlot {
+            meta,
+            ops: tail.from.op..self.changes.len(),
+            large: None,
+        });
+    }
+
+    /// Drops the open tail's changes (rolled back, replayed or spilled).
+    pub(crate) fn drop_open_tail(&mut self) {
+        let tail = self.open.take().expect("an open tail to drop");
+        self.changes.truncate(tail.from);
+    }
+
+    /// Moves the open tail's changes to the end of `into`.
+    pub(crate) fn take_open_tail(&mut self, into: &mut Changes) {
+        let tail = self.open.take().expect("an open tail to take");
+        into.append_from(&self.changes, tail.from);
+        self.changes.truncate(tail.from);
+    }
+
+    /// Committed transactions in the batch.
     pub fn len(&self) -> usize {
         self.txns.len()
     }
@@ -327,19 +445,49 @@ impl TxnBatch {
         self.txns.is_empty()
     }
 
-    /// Changes in the batch, over all its transactions.
+    /// Changes in the batch, over all its transactions (an open tail's are
+    /// not counted).
     pub fn op_count(&self) -> usize {
-        self.changes.len()
+        self.open.map_or(self.changes.len(), |t| t.from.op)
     }
 
-    /// Bytes of keys and values held.
+    /// Bytes of keys and values held (an open tail's included).
     pub fn byte_len(&self) -> usize {
         self.changes.byte_len()
     }
 
+    /// Drops the committed transactions; an open tail stays.
     pub fn clear(&mut self) {
-        self.changes.clear();
         self.txns.clear();
+        match &mut self.open {
+            Some(tail) => {
+                self.changes.keep_from(tail.from);
+                tail.from = Mark::default();
+            }
+            None => self.changes.clear(),
+        }
+    }
+
+    /// Hands the committed transactions to `empty` (a batch with nothing
+    /// in it, whose room this one takes over) and keeps only the open
+    /// tail, copied: `mem::swap` for a batch the assembler fills.
+    pub fn swap_committed(&mut self, empty: &mut TxnBatch) {
+        assert!(
+            empty.txns.is_empty()
+                && empty.changes.byte_len() == 0
+                && empty.changes.len() == 0
+                && empty.open.is_none(),
+            "swap_committed takes an empty batch"
+        );
+        std::mem::swap(self, empty);
+        if let Some(tail) = empty.open.take() {
+            self.changes.append_from(&empty.changes, tail.from);
+            empty.changes.truncate(tail.from);
+            self.open = Some(OpenTail {
+                journal: tail.journal,
+                from: Mark::default(),
+            });
+        }
     }
 
     pub fn get(&self, i: usize) -> Txn<'_> {

@@ -1,14 +1,16 @@
 //! The assembler against a plain model of match and merge: random journals
 //! with interleaved cycles, rollbacks, large transactions and object
 //! operations, several journals into batches of their own, batches cleared
-//! and swapped at random points. Whatever happens to the batch between
-//! entries, every transaction must come out whole, once, in commit order,
-//! with the resume point the model gives it.
+//! and handed on (`swap_committed`) at random points, also in the middle of
+//! a transaction held in the batch itself (the direct transaction). Whatever
+//! happens to the batch between entries, every transaction must come out
+//! whole, once, in commit order, with the resume point the model gives it.
 
 use std::collections::BTreeMap;
 
 use apply::{AppliedPosition, Assembler, OpKind, TxnBatch};
-use engine::journal::{decode, Entry, EntryType};
+use engine::journal::entry::encode_to_vec;
+use engine::journal::{decode, Entry, EntryType, NewEntry};
 
 mod common;
 use common::{journal_workload, seed, Rng};
@@ -120,14 +122,61 @@ fn drain(batch: &TxnBatch, out: &mut Vec<Committed>) {
     }
 }
 
-/// Assembles three random journals (entries taken from them in turn at
-/// random) with the batches cleared, or swapped for new ones, at random
-/// points.
-fn assemble_against_model(seed: u64, spill: usize) {
+/// A journal written one transaction at a time, as replbench's writer
+/// does: each is its C-SC, 1-12 changes (now and then 40-120 of them) and
+/// a commit or (one in ten) a rollback, with changes outside commitment
+/// control between some of them. Each journal's only open transaction is
+/// the assembler's direct one.
+fn one_at_a_time_workload(seed: u64, entries: usize, object_base: u64) -> Vec<Vec<u8>> {
     let mut rng = Rng(seed);
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let push = |out: &mut Vec<Vec<u8>>, e: NewEntry<'_>| {
+        let mut buf = Vec::new();
+        let seq = out.len() as u64 + 1;
+        encode_to_vec(&e, seq, seq, &mut buf);
+        out.push(buf);
+    };
+    push(&mut out, NewEntry::create_object(object_base + 1, "A"));
+    let mut cycle = 0;
+    while out.len() < entries {
+        cycle += 1;
+        push(&mut out, NewEntry::commit_start(cycle));
+        let changes = match rng.below(20) {
+            0 => 40 + rng.below(80),
+            _ => 1 + rng.below(12),
+        };
+        for _ in 0..changes {
+            let key = rng.below(64).to_be_bytes();
+            let image = rng.next().to_le_bytes().repeat(1 + rng.below(4) as usize);
+            let entry = match rng.below(5) {
+                0 => NewEntry::delete(object_base + 1, &key, None),
+                _ => NewEntry::put(object_base + 1, &key, &image),
+            };
+            push(&mut out, entry.in_cycle(cycle));
+        }
+        match rng.below(10) {
+            0 => push(&mut out, NewEntry::rollback(cycle)),
+            _ => push(&mut out, NewEntry::commit(cycle)),
+        }
+        if rng.below(4) == 0 {
+            let key = rng.below(64).to_be_bytes();
+            push(&mut out, NewEntry::put(object_base + 1, &key, b"single"));
+        }
+    }
+    out
+}
+
+/// Assembles three random journals (entries taken from them in turn at
+/// random) with the batches cleared, or handed on, at random points.
+fn assemble_against_model(seed: u64, spill: usize) {
     let journals: Vec<Vec<Vec<u8>>> = (0..3)
         .map(|j| journal_workload(seed ^ j, 3_000, j * 100, |s| s))
         .collect();
+    assemble_journals_against_model(seed, spill, &journals);
+}
+
+fn assemble_journals_against_model(seed: u64, spill: usize, journals: &[Vec<Vec<u8>>]) {
+    let mut rng = Rng(seed);
     let mut assembler = Assembler::new(&AppliedPosition::default());
     assembler.set_spill_bytes(spill);
     let mut models: Vec<Model> = journals.iter().map(|_| Model::default()).collect();
@@ -151,8 +200,9 @@ fn assemble_against_model(seed: u64, spill: usize) {
             }
             // Handed on and replaced, as the staging reader does.
             1 => {
-                drain(&batches[j], &mut got);
-                batches[j] = TxnBatch::new();
+                let mut handed = TxnBatch::new();
+                batches[j].swap_committed(&mut handed);
+                drain(&handed, &mut got);
             }
             _ => {}
         }
@@ -193,9 +243,89 @@ fn transactions_come_out_whole_whatever_happens_to_the_batch_between_entries() {
 }
 
 #[test]
+fn transactions_written_one_at_a_time_come_out_whole_from_the_batch_they_were_held_in() {
+    let seed = seed("assemble_one_at_a_time");
+    for (round, spill) in [usize::MAX, 2048, usize::MAX, 1024].into_iter().enumerate() {
+        let seed = seed.wrapping_add(round as u64);
+        let journals: Vec<Vec<Vec<u8>>> = (0..3)
+            .map(|j| one_at_a_time_workload(seed ^ j, 3_000, j * 100))
+            .collect();
+        assemble_journals_against_model(seed, spill, &journals);
+    }
+}
+
+#[test]
 fn transactions_past_the_spill_limit_come_out_as_large_ones() {
     let seed = seed("assemble_spill");
     for round in 0..8 {
         assemble_against_model(seed.wrapping_add(round), 2048);
     }
+}
+
+/// The transaction held in the batch counts as open as the others do: in
+/// the open counts and cycles, in the bytes held and in the resume point of
+/// what commits meanwhile.
+#[test]
+fn the_transaction_held_in_the_batch_is_open_like_any_other() {
+    let entries = [
+        NewEntry::commit_start(5),
+        NewEntry::put(1, b"k", b"abc").in_cycle(5),
+        NewEntry::commit_start(6),
+        NewEntry::put(1, b"kk", b"abcdef").in_cycle(6),
+        NewEntry::put(1, b"z", b"outside"),
+        NewEntry::commit(6),
+        NewEntry::put(1, b"k2", b"x").in_cycle(5),
+        NewEntry::commit(5),
+    ];
+    let encoded: Vec<Vec<u8>> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut buf = Vec::new();
+            encode_to_vec(e, i as u64 + 1, 1, &mut buf);
+            buf
+        })
+        .collect();
+    let mut assembler = Assembler::new(&AppliedPosition::default());
+    let mut batch = TxnBatch::new();
+    let push = |i: usize, assembler: &mut Assembler, batch: &mut TxnBatch| {
+        assembler
+            .push(0, &decode(&encoded[i]).unwrap(), batch)
+            .unwrap();
+    };
+    push(0, &mut assembler, &mut batch);
+    push(1, &mut assembler, &mut batch);
+    assert_eq!(assembler.open_transactions(), 1);
+    assert_eq!(assembler.open_cycles(0), vec![5]);
+    assert_eq!(assembler.open_bytes(), 4);
+    assert_eq!(
+        batch.op_count(),
+        0,
+        "an open transaction is not in the count"
+    );
+    push(2, &mut assembler, &mut batch);
+    push(3, &mut assembler, &mut batch);
+    assert_eq!(assembler.open_cycles(0), vec![5, 6]);
+    assert_eq!(assembler.open_bytes(), 4 + 8);
+    // A change outside commitment control commits at once: behind it the
+    // oldest open transaction (cycle 5, from sequence 1) is still needed.
+    push(4, &mut assembler, &mut batch);
+    push(5, &mut assembler, &mut batch);
+    let resume: Vec<(u64, u64)> = batch
+        .iter()
+        .map(|t| (t.meta().commit_sequence, t.meta().resume_from))
+        .collect();
+    assert_eq!(resume, vec![(5, 1), (6, 1)]);
+    assert_eq!(assembler.open_cycles(0), vec![5]);
+    push(6, &mut assembler, &mut batch);
+    push(7, &mut assembler, &mut batch);
+    let last = batch.get(2);
+    assert_eq!(
+        (last.meta().commit_sequence, last.meta().resume_from),
+        (8, 9)
+    );
+    let keys: Vec<&[u8]> = last.ops().map(|op| op.key).collect();
+    assert_eq!(keys, vec![&b"k"[..], &b"k2"[..]]);
+    assert_eq!(assembler.open_transactions(), 0);
+    assert_eq!(assembler.open_bytes(), 0);
 }

@@ -194,7 +194,7 @@ fn assemble(c: &mut Criterion) {
             for entry in &entries {
                 assembler.push(0, entry, &mut batch).unwrap();
                 if batch.op_count() >= 16 * 1024 {
-                    std::mem::swap(&mut batch, &mut handed);
+                    batch.swap_committed(&mut handed);
                     txns += handed.len();
                     handed.clear();
                 }
