@@ -31,7 +31,7 @@
 //! io = "auto"                         # auto | uring | plain
 //! compression = "none"                # none | zstd | zstd:<level>
 //! window = "64MiB"                    # most bytes sent and not yet acknowledged
-//! linger_us = 1000                    # most a small frame waits for earlier ones'
+//! linger_us = 500                     # most a small frame waits for earlier ones'
 //!                                     # acknowledgement, gathering what is appended
 //!                                     # meanwhile (fewer, larger frames at high rates;
 //!                                     # none waits with nothing in flight); 0: never
@@ -204,8 +204,8 @@ pub struct Transport {
 }
 
 /// `[transport] linger_us` when the file does not set it (decisions.md 58,
-/// 96).
-pub const DEFAULT_LINGER_US: u64 = 1000;
+/// 96, 98).
+pub const DEFAULT_LINGER_US: u64 = 500;
 
 /// Which store holds the replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -671,9 +671,9 @@ window = "32MiB"
         assert_eq!(c.apply.spill_bytes, 64 << 20);
         assert!(c.backup.prepare_segments);
         assert_eq!(c.transport.linger, Duration::from_micros(DEFAULT_LINGER_US));
-        let lingers = GOOD.replace("window = \"32MiB\"", "window = \"32MiB\"\nlinger_us = 500");
+        let lingers = GOOD.replace("window = \"32MiB\"", "window = \"32MiB\"\nlinger_us = 250");
         let c = Config::parse(Path::new("/etc/repl/pair.toml"), &lingers).unwrap();
-        assert_eq!(c.transport.linger, Duration::from_micros(500));
+        assert_eq!(c.transport.linger, Duration::from_micros(250));
         let e = err(&GOOD.replace(
             "window = \"32MiB\"",
             "window = \"32MiB\"\nlinger_us = 200000",
