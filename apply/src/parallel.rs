@@ -776,8 +776,8 @@ fn worker(store: &dyn Store, shared: &Shared, rx: Receiver<Work>, spare: Sender<
 /// object-level changes (which act on every shard) or probes (whose outcome
 /// is noted as it is applied).
 fn needs_alone(txn: &Txn<'_>) -> bool {
-    txn.ops()
-        .any(|op| op.is_object_level() || op.kind == OpKind::Probe)
+    txn.kinds()
+        .any(|(kind, ..)| kind.is_object_level() || kind == OpKind::Probe)
 }
 
 /// Transactions a worker has the store prefetch ahead of the one it

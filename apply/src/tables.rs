@@ -880,16 +880,16 @@ impl Parted<'_> {
 impl PartedApply for Parted<'_> {
     fn refusal(&self, txn: &Txn<'_>) -> Option<StoreError> {
         let mut known = u64::MAX;
-        for op in txn.ops() {
-            if op.object_id != known && op.kind != OpKind::Probe {
-                if self.live.binary_search(&op.object_id).is_err() {
+        for (kind, object_id, sequence) in txn.kinds() {
+            if object_id != known && kind != OpKind::Probe {
+                if self.live.binary_search(&object_id).is_err() {
                     return Some(StoreError::UnknownObject {
-                        sequence: op.sequence,
-                        label: op.kind.label(),
-                        object_id: op.object_id,
+                        sequence,
+                        label: kind.label(),
+                        object_id,
                     });
                 }
-                known = op.object_id;
+                known = object_id;
             }
         }
         None

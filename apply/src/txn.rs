@@ -531,6 +531,15 @@ impl<'a> Txn<'a> {
         self.ops.clone().map(move |i| changes.op(i))
     }
 
+    /// Each change's kind, object and journal sequence, read without
+    /// making its key and value (the passes over a batch that look at no
+    /// more: `needs_alone`, `PartedApply::refusal`).
+    pub fn kinds(&self) -> impl ExactSizeIterator<Item = (OpKind, u64, u64)> + 'a {
+        self.changes.ops[self.ops.clone()]
+            .iter()
+            .map(|slot| (slot.kind, slot.object_id, slot.sequence))
+    }
+
     /// The changes whose `record_hash` `keep` accepts, each with its hash
     /// (taken when the change was added: a part of a parted apply skips
     /// the others' changes without reading their keys).
@@ -616,6 +625,9 @@ mod tests {
         assert_eq!(txns[0].meta().commit_sequence, 3);
         let ops: Vec<_> = txns[0].ops().collect();
         assert_eq!(ops, vec![put(b"a", b"1"), put(b"bb", b"22")]);
+        let kinds: Vec<_> = txns[0].kinds().collect();
+        assert_eq!(kinds, vec![(OpKind::Put, 7, 1), (OpKind::Put, 7, 1)]);
+        assert_eq!(txns[2].kinds().len(), 1);
         assert!(txns[1].is_empty());
         assert_eq!(txns[2].ops().next().unwrap().key, b"c");
         assert!(!txns[2].has_object_ops());
@@ -650,6 +662,12 @@ mod tests {
         };
         batch.push(meta, ops.iter().copied());
         let txn = batch.get(0);
+        let kinds: Vec<_> = txn.kinds().collect();
+        let expected: Vec<_> = ops
+            .iter()
+            .map(|op| (op.kind, op.object_id, op.sequence))
+            .collect();
+        assert_eq!(kinds, expected);
         let mut seen = 0;
         for part in 0..3u64 {
             let chosen: Vec<_> = txn.ops_by_hash(move |h| h % 3 == part).collect();
