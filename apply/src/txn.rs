@@ -451,9 +451,11 @@ impl TxnBatch {
         self.open.map_or(self.changes.len(), |t| t.from.op)
     }
 
-    /// Bytes of keys and values held (an open tail's included).
+    /// Bytes of keys and values of the batch's transactions (an open
+    /// tail's are not counted).
     pub fn byte_len(&self) -> usize {
-        self.changes.byte_len()
+        self.open
+            .map_or(self.changes.byte_len(), |t| t.from.byte as usize)
     }
 
     /// Drops the committed transactions; an open tail stays.
@@ -480,13 +482,10 @@ impl TxnBatch {
             "swap_committed takes an empty batch"
         );
         std::mem::swap(self, empty);
-        if let Some(tail) = empty.open.take() {
-            self.changes.append_from(&empty.changes, tail.from);
-            empty.changes.truncate(tail.from);
-            self.open = Some(OpenTail {
-                journal: tail.journal,
-                from: Mark::default(),
-            });
+        if let Some(journal) = empty.open_tail_journal() {
+            // The tail starts this (empty) batch.
+            self.open_tail(journal);
+            empty.take_open_tail(&mut self.changes);
         }
     }
 

@@ -303,6 +303,7 @@ fn the_transaction_held_in_the_batch_is_open_like_any_other() {
         0,
         "an open transaction is not in the count"
     );
+    assert_eq!(batch.byte_len(), 0, "nor in the bytes");
     push(2, &mut assembler, &mut batch);
     push(3, &mut assembler, &mut batch);
     assert_eq!(assembler.open_cycles(0), vec![5, 6]);
