@@ -35,6 +35,8 @@
 //!                                     # acknowledgement, gathering what is appended
 //!                                     # meanwhile (fewer, larger frames at high rates;
 //!                                     # none waits with nothing in flight); 0: never
+//!                                     # (every small frame goes alone: on 2 cores
+//!                                     # far behind at high rates, decisions.md 98)
 //!
 //! [apply]                             # replapply, on the backup node
 //! store = "tables"                    # tables (replica tables) | sqlite

@@ -80,7 +80,8 @@ struct Args {
     checkpoint_ms: u64,
     /// Most a sender's small frame waits for earlier frames'
     /// acknowledgement, in microseconds (`[transport] linger_us`; the
-    /// product's default); 0: never
+    /// product's default); 0: never (every small frame goes alone: on 2
+    /// cores far behind at high rates, decisions.md 98)
     #[arg(long, default_value_t = ship::config::DEFAULT_LINGER_US)]
     linger_us: u64,
     /// Run the pipeline threads of the sender, receiver and apply at this
