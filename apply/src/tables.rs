@@ -423,17 +423,17 @@ impl Lane {
     /// Where a record of `len` bytes gathered next goes: after what the
     /// lane holds, in its file, or at the start of the next one
     /// (`DataFiles::next`) when this one has no room.
+    ///
+    /// Inlined, with the move to a new file out of line: a `Loc` returned
+    /// through memory from a call was read back before its stores had
+    /// reached the cache, a stall at every record (decisions.md 99).
+    #[inline(always)]
     fn place(&mut self, data: &DataFiles, len: usize) -> Result<Loc, StoreError> {
-        assert!(
-            len <= data.tuning.file_bytes,
-            "a {len}-byte record fits no data file"
-        );
         let fits = |file: &DataFile| {
             file.used.load(Ordering::Relaxed) as usize + self.pending.len() + len <= file.bytes
         };
         if !self.file.as_deref().is_some_and(fits) {
-            self.flush()?;
-            self.file = Some(data.next()?);
+            self.next_file(data, len)?;
         }
         let file = self.file.as_deref().expect("a lane with room has a file");
         Ok(Loc {
@@ -441,6 +441,20 @@ impl Lane {
             offset: (file.used.load(Ordering::Relaxed) as usize + self.pending.len()) as u32,
             len: len as u32,
         })
+    }
+
+    /// Writes what the lane holds and takes a new file for a record of
+    /// `len` bytes.
+    #[cold]
+    #[inline(never)]
+    fn next_file(&mut self, data: &DataFiles, len: usize) -> Result<(), StoreError> {
+        assert!(
+            len <= data.tuning.file_bytes,
+            "a {len}-byte record fits no data file"
+        );
+        self.flush()?;
+        self.file = Some(data.next()?);
+        Ok(())
     }
 
     /// Writes the gathered records once they make a buffer's worth.
@@ -912,11 +926,14 @@ impl Parted<'_> {
         txns: &[u32],
     ) -> Result<(), StoreError> {
         let _busy = self.busy[part].lock();
-        let parts = self.parts as u64;
+        // `parts` divides SHARDS, a power of two (`lock_parts`): the part
+        // of a hash is its low bits. A `%` here was a 64-bit division for
+        // every change of the batch on each part's thread.
+        let mask = self.parts as u64 - 1;
         let mine = txns.iter().flat_map(|&i| {
             let txn = batch.get(i as usize);
             let meta = txn.meta();
-            txn.ops_by_hash(move |hash| hash % parts == part as u64)
+            txn.ops_by_hash(move |hash| hash & mask == part as u64)
                 .map(move |(op, hash)| (op, hash, meta.journal, meta.commit_sequence))
         });
         // Each change's slot is fetched LOOKAHEAD_OPS changes before it is
@@ -2664,6 +2681,7 @@ impl Store for ReplicaTables {
         if parts == 0 || !SHARDS.is_multiple_of(parts) {
             return None;
         }
+        debug_assert!(parts.is_power_of_two());
         let mut locked = ShardSet::lock(&self.shards, u64::MAX >> (64 - SHARDS));
         let live = locked.shard(0).live.clone();
         Some(Box::new(Parted {

@@ -104,6 +104,7 @@ impl<'a> Op<'a> {
 
     /// The change a journal entry makes, or `None` for entries that change
     /// no data (commit control, next segment).
+    #[inline(always)]
     pub fn of_entry(entry: &Entry<'a>) -> Option<Op<'a>> {
         let kind = OpKind::of(entry.entry_type())?;
         Some(Op {
@@ -151,6 +152,9 @@ impl Changes {
         (start as u32, self.bytes.len() as u32)
     }
 
+    /// Inlined: an `Op` handed through memory to a call was read back
+    /// before its stores had reached the cache (decisions.md 99).
+    #[inline(always)]
     pub(crate) fn push(&mut self, op: Op<'_>) {
         let key = self.push_bytes(op.key);
         let value = self.push_bytes(op.value);
@@ -408,6 +412,7 @@ impl TxnBatch {
     }
 
     /// Adds a change to the open tail.
+    #[inline(always)]
     pub(crate) fn push_open(&mut self, op: Op<'_>) {
         debug_assert!(self.open.is_some());
         self.changes.push(op);

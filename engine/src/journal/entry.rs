@@ -504,7 +504,18 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Decodes and fully validates the entry at the start of `buf` (which may hold
 /// more bytes after it). Checks the length against the limits before anything
 /// else, then the checksum, then the header's internal consistency.
+///
+/// Inlined, with the checks out of line: an `Entry` returned through memory
+/// from a call was read back before its stores had reached the cache, a
+/// stall at every entry (decisions.md 99).
+#[inline]
 pub fn decode(buf: &[u8]) -> Result<Entry<'_>, DecodeError> {
+    let len = checked_len(buf)?;
+    Ok(Entry { bytes: &buf[..len] })
+}
+
+/// `decode`'s checks: the length of the valid entry at the start of `buf`.
+fn checked_len(buf: &[u8]) -> Result<usize, DecodeError> {
     if buf.len() < 4 {
         return Err(DecodeError::Truncated {
             needed: 4,
@@ -557,13 +568,14 @@ pub fn decode(buf: &[u8]) -> Result<Entry<'_>, DecodeError> {
     if ENTRY_HEADER_BYTES + key + after + before != len {
         return bad("field lengths do not add up to the length word");
     }
-    Ok(Entry { bytes })
+    Ok(len)
 }
 
 /// Decodes an entry that this process already validated with `decode`: checks
 /// only what keeps accessors in bounds (length and field sizes), not the
 /// checksum. A wrong offset yields an error or a structurally sound entry,
-/// never a panic or an out-of-bounds read.
+/// never a panic or an out-of-bounds read. Inlined, as `decode`.
+#[inline]
 pub fn decode_validated(buf: &[u8]) -> Result<Entry<'_>, DecodeError> {
     let frame_bytes = u32_at(buf.get(..4).ok_or(DecodeError::Unpublished)?, 0) as usize;
     if !(ENTRY_HEADER_BYTES..=ENTRY_BYTES_MAX).contains(&frame_bytes) || buf.len() < frame_bytes {

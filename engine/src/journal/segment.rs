@@ -493,6 +493,7 @@ impl MappedSegment {
 
     /// The published, validated entry at `offset`, `Ok(None)` if the slot is not
     /// yet published, or the reason the bytes there are not a valid entry.
+    #[inline]
     pub fn entry_at(&self, offset: usize) -> Result<Option<Entry<'_>>, DecodeError> {
         if offset + 8 > self.len() {
             return Err(DecodeError::Truncated {
