@@ -8,9 +8,11 @@
 //! its slot keeps the WAL. The workload's transactions are written into the
 //! publisher through psql (one per journal, in parallel); then the
 //! subscription is enabled and timed until the subscriber has applied a
-//! marker row written last. PostgreSQL's figure is therefore its
-//! replication alone, unhindered by its writers; ours runs with the writer
-//! on the same two cores. Both instances are stopped afterwards.
+//! marker row written last, with the publisher checkpointed and the
+//! filesystem synced first. PostgreSQL's figure is therefore its
+//! replication alone, unhindered by its writers, as ours is (`--peer`
+//! implies `--catch-up`: our backlog is written and synced before the
+//! senders start). Both instances are stopped afterwards.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::process::CommandExt;
