@@ -1196,7 +1196,9 @@ impl ReplicaTables {
     /// Appends one record through `lane`, opening a new data file when the
     /// current one is full. The record is in the file only once the lane is
     /// flushed (`Lane::flush`), which every writer does before it lets go
-    /// of the lane's shard.
+    /// of the lane's shard. Inlined, as `Lane::place`: its `Loc` came back
+    /// through memory and was read at once (decisions.md 99).
+    #[inline(always)]
     fn append(&self, lane: &mut Lane, op: &Op<'_>) -> Result<Loc, StoreError> {
         let loc = lane.place(
             &self.data,
