@@ -432,14 +432,18 @@ impl Index {
         }
     }
 
-    /// Starts loading the home slot of `hash` into cache, and the word of
-    /// the dirty map a change there marks: read at every change, the map
-    /// (2 KiB a shard) is evicted by the records streaming through the
-    /// cache between two changes of its line, and its load was half of
-    /// `put`'s time (decisions.md 99).
+    /// Starts loading the home slot of `hash` into cache, the slot after
+    /// it (a line of its own: a probe that passes the home, and a removal
+    /// closing its hole, read it), and the word of the dirty map a change
+    /// there marks: read at every change, the map (2 KiB a shard) is
+    /// evicted by the records streaming through the cache between two
+    /// changes of its line, and its load was half of `put`'s time
+    /// (decisions.md 99).
     pub fn prefetch(&self, hash: u64) {
         if !self.slots.is_empty() {
-            prefetch_line((&self.slots[self.home(hash)] as *const Slot).cast());
+            let home = self.home(hash);
+            prefetch_line((&self.slots[home] as *const Slot).cast());
+            prefetch_line((&self.slots[(home + 1) & self.mask()] as *const Slot).cast());
         }
         if let Some(word) = self.dirty.get(region_of(hash) / 64) {
             prefetch_line((word as *const u64).cast());
