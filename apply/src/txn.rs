@@ -66,6 +66,9 @@ impl OpKind {
     }
 }
 
+/// How many change slots ahead `Txn::ops_by_hash` starts loading.
+const SLOTS_AHEAD: usize = 16;
+
 /// One change; its key and value live in the owning arena's bytes.
 #[derive(Clone, Copy, Debug)]
 struct OpSlot {
@@ -553,6 +556,13 @@ impl<'a> Txn<'a> {
     ) -> impl Iterator<Item = (Op<'a>, u64)> + 'a {
         let changes = self.changes;
         self.ops.clone().filter_map(move |i| {
+            // The slots were written on the staging reader's core, and each
+            // part's first look at one waited for its line: the line some
+            // changes on is asked for now (past this transaction's end
+            // too, where the batch's next ones are).
+            if let Some(ahead) = changes.ops.get(i + SLOTS_AHEAD) {
+                crate::index::prefetch_line((ahead as *const OpSlot).cast());
+            }
             let hash = changes.ops[i].hash;
             keep(hash).then(|| (changes.op(i), hash))
         })
