@@ -30,7 +30,9 @@
 //! [transport]
 //! io = "auto"                         # auto | uring | plain
 //! compression = "none"                # none | zstd | zstd:<level>
-//! window = "64MiB"                    # most bytes sent and not yet acknowledged
+//! window = "256MiB"                   # most bytes sent and not yet acknowledged
+//!                                     # (a larger window lets staging's syncs
+//!                                     # gather more while frames flow: decisions.md 101)
 //! linger_us = 500                     # most a small frame waits for earlier ones'
 //!                                     # acknowledgement, gathering what is appended
 //!                                     # meanwhile (fewer, larger frames at high rates;
@@ -208,6 +210,9 @@ pub struct Transport {
 /// `[transport] linger_us` when the file does not set it (decisions.md 58,
 /// 96, 98).
 pub const DEFAULT_LINGER_US: u64 = 500;
+
+/// `[transport] window` when the file does not set it (decisions.md 101).
+pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
 
 /// Which store holds the replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -435,7 +440,13 @@ impl Config {
             4096,
             engine::limits::SCRAPE_BATCH_BYTES_MAX as u64,
         )? as usize;
-        let window_bytes = bytes(&t.window, "transport.window", 64 << 20, 1 << 20, 1 << 40)?;
+        let window_bytes = bytes(
+            &t.window,
+            "transport.window",
+            DEFAULT_WINDOW_BYTES,
+            1 << 20,
+            1 << 40,
+        )?;
         if window_bytes < 2 * (frame_bytes as u64 + engine::limits::ENTRY_BYTES_MAX as u64) {
             return Err(at(
                 t.window.as_ref().map_or(0..0, |s| s.span()),
@@ -673,6 +684,12 @@ window = "32MiB"
         assert_eq!(c.apply.spill_bytes, 64 << 20);
         assert!(c.backup.prepare_segments);
         assert_eq!(c.transport.linger, Duration::from_micros(DEFAULT_LINGER_US));
+        let unset = Config::parse(
+            Path::new("/etc/repl/pair.toml"),
+            &GOOD.replace("window = \"32MiB\"", ""),
+        )
+        .unwrap();
+        assert_eq!(unset.transport.window_bytes, DEFAULT_WINDOW_BYTES);
         let lingers = GOOD.replace("window = \"32MiB\"", "window = \"32MiB\"\nlinger_us = 250");
         let c = Config::parse(Path::new("/etc/repl/pair.toml"), &lingers).unwrap();
         assert_eq!(c.transport.linger, Duration::from_micros(250));
