@@ -31,8 +31,8 @@
 //! io = "auto"                         # auto | uring | plain
 //! compression = "none"                # none | zstd | zstd:<level>
 //! window = "256MiB"                   # most bytes sent and not yet acknowledged
-//!                                     # (a larger window lets staging's syncs
-//!                                     # gather more while frames flow: decisions.md 101)
+//!                                     # (catch-ups ran faster and used less CPU
+//!                                     # with 256 than with 64 MiB: decisions.md 101)
 //! linger_us = 500                     # most a small frame waits for earlier ones'
 //!                                     # acknowledgement, gathering what is appended
 //!                                     # meanwhile (fewer, larger frames at high rates;
