@@ -573,10 +573,11 @@ fn summary(o: &Outcome) -> String {
         );
         let _ = writeln!(
             s,
-            "ratio: {times:.1}x PostgreSQL (its writers loaded the publisher in {:.1} s first; its subscriber {} the publisher: {} rows)",
+            "ratio: {times:.1}x PostgreSQL (its writers loaded the publisher in {:.1} s first; its subscriber {} the publisher: {} rows; {} row changes replicated, deletes of absent rows changing none)",
             pg.load_seconds,
             if pg.equal { "equals" } else { "DIFFERS FROM" },
-            pg.rows
+            pg.rows,
+            pg.row_changes
         );
     }
     for (j, report) in o.checks.iter().enumerate() {
