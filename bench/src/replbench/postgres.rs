@@ -501,8 +501,9 @@ fn write(
                 .collect();
             statement.clear();
             if workload.txn_changes == 0 {
-                for (c, (o, k, v)) in changes.iter().zip(&rows) {
-                    statement.push_str(&one_change(c.kind, *o, k, v));
+                // Each change a statement of its own, committed alone.
+                for i in 0..changes.len() {
+                    txn_statements(&changes[i..=i], &rows[i..=i], &mut statement);
                 }
             } else {
                 statement.push_str("BEGIN;\n");
@@ -523,16 +524,6 @@ fn write(
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(generator.made)
-}
-
-fn one_change(kind: Kind, o: u64, k: &str, v: &str) -> String {
-    match kind {
-        // An update is a put, as apply makes it (`txn_statements`).
-        Kind::Put | Kind::Update => format!(
-            "INSERT INTO bench VALUES ({o}, '\\x{k}', '\\x{v}') ON CONFLICT (o, k) DO UPDATE SET v = EXCLUDED.v;\n"
-        ),
-        Kind::Delete => format!("DELETE FROM bench WHERE o = {o} AND k = '\\x{k}';\n"),
-    }
 }
 
 /// A transaction's changes as at most two statements, with the effect our
