@@ -122,6 +122,37 @@ fn catch_up_mode_times_the_senders_from_their_start_without_lag_figures() {
 }
 
 #[test]
+fn an_offered_rate_the_writers_cannot_hold_is_said_with_the_rate_they_held() {
+    // A billion changes a second for each of two journals' writers: no
+    // writer holds that.
+    let (status, o, stderr) = replbench(&[
+        "--changes",
+        "10000",
+        "--journals",
+        "2",
+        "--rate",
+        "1000000000",
+        "--no-baseline",
+        "--no-check",
+    ]);
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(o["offered_changes_per_s"], 2e9);
+    let held = o["written_changes_per_s"].as_f64().unwrap();
+    assert!(held > 0.0 && held < 2e9, "{held}");
+    let warned = stderr
+        .lines()
+        .find(|l| l.contains("RBN0008W"))
+        .unwrap_or_else(|| panic!("no RBN0008W in {stderr}"));
+    assert!(
+        warned.contains(&format!(
+            "held {:.3} M changes/s of the 2000.000 M offered",
+            held / 1e6
+        )),
+        "{warned}"
+    );
+}
+
+#[test]
 fn several_runs_end_with_the_median_of_their_figures() {
     let (status, o, stderr) = replbench(&[
         "--changes",

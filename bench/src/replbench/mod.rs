@@ -137,6 +137,10 @@ pub struct Outcome {
     /// First append to everything applied.
     pub seconds: f64,
     pub changes_per_s: f64,
+    /// With `--rate`: the changes/s offered (the rate times the journals),
+    /// and what the writers held, first append to last.
+    pub offered_changes_per_s: Option<f64>,
+    pub written_changes_per_s: f64,
     pub stages: Vec<StageFigure>,
     pub lag: Vec<Lag>,
     /// Per stage, the p99 and maximum lag of the entries appended in each
@@ -412,6 +416,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     let journal_bytes = written.iter().map(|w| w.bytes).sum();
     let mut outcome = figures(&written, &board, journal_bytes, cpu, pipeline_started_ns)?;
     outcome.directory = dir.display().to_string();
+    outcome.offered_changes_per_s = options.workload.rate.map(|rate| (rate * journals) as f64);
     outcome.disk = disk_written
         .transpose()
         .context("reading the disk's statistics")?;
@@ -423,6 +428,11 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         outcome.seconds,
         outcome.changes_per_s / 1e6
     ));
+    if let Some(note) =
+        behind_the_offered_rate(outcome.offered_changes_per_s, outcome.written_changes_per_s)
+    {
+        say.note(&note);
+    }
 
     let mut rewritten = Vec::new();
     if options.check || options.baseline {
@@ -633,6 +643,24 @@ fn await_serving(board: &Board, processes: &mut [Process]) -> anyhow::Result<u12
 /// its time counts from the first append, or in catch-up mode from the
 /// pipeline's start (`pipeline_started_ns`), and then there is no lag to
 /// speak of (entries waited for the pipeline to start).
+/// Writers that held less than this share of the offered rate fell behind.
+const HELD_SHARE_MIN: f64 = 0.98;
+
+/// RBN0008W when the writers held less of the offered rate than
+/// `HELD_SHARE_MIN`: the pacer sends the changes that came due meanwhile
+/// at once, so the lag figures are of a lower rate with bursts in it.
+fn behind_the_offered_rate(offered: Option<f64>, held: f64) -> Option<String> {
+    let offered = offered?;
+    (held < offered * HELD_SHARE_MIN).then(|| {
+        format!(
+            "RBN0008W the writers held {:.3} M changes/s of the {:.3} M offered ({:.0}%): the lag figures are of that rate, with the changes that came due while they were behind sent in bursts; a lower --rate measures a rate they hold",
+            held / 1e6,
+            offered / 1e6,
+            100.0 * held / offered
+        )
+    })
+}
+
 fn figures(
     written: &[Written],
     board: &Board,
@@ -709,6 +737,8 @@ fn figures(
         journal_bytes,
         seconds,
         changes_per_s: changes as f64 / seconds.max(1e-9),
+        offered_changes_per_s: None,
+        written_changes_per_s: changes as f64 / writing.max(1e-9),
         stages,
         lag,
         lag_by_second,
@@ -836,4 +866,23 @@ fn sync_check(
     };
     let mut progress = |p: &Progress<'_>| say.progress(&format!("sync-check J{j}: {p}"));
     Ok(check(&source, &mut peer, &options, &mut progress)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_are_behind_the_offered_rate_only_below_the_share_they_must_hold() {
+        assert_eq!(behind_the_offered_rate(None, 10.0), None);
+        assert_eq!(behind_the_offered_rate(Some(1e6), 1e6), None);
+        assert_eq!(behind_the_offered_rate(Some(1e6), 0.98e6), None);
+        let note = behind_the_offered_rate(Some(1.5e6), 1.2e6).unwrap();
+        assert!(
+            note.starts_with(
+                "RBN0008W the writers held 1.200 M changes/s of the 1.500 M offered (80%)"
+            ),
+            "{note}"
+        );
+    }
 }
