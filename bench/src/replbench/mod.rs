@@ -416,7 +416,10 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     let journal_bytes = written.iter().map(|w| w.bytes).sum();
     let mut outcome = figures(&written, &board, journal_bytes, cpu, pipeline_started_ns)?;
     outcome.directory = dir.display().to_string();
-    outcome.offered_changes_per_s = options.workload.rate.map(|rate| (rate * journals) as f64);
+    outcome.offered_changes_per_s = options
+        .workload
+        .rate
+        .map(|rate| rate as f64 * journals as f64);
     outcome.disk = disk_written
         .transpose()
         .context("reading the disk's statistics")?;
@@ -638,11 +641,6 @@ fn await_serving(board: &Board, processes: &mut [Process]) -> anyhow::Result<u12
     Ok(started.elapsed().as_millis())
 }
 
-/// Throughput and lag per stage, from the writers' and the processes'
-/// events. A stage is done when it has passed the end of every journal;
-/// its time counts from the first append, or in catch-up mode from the
-/// pipeline's start (`pipeline_started_ns`), and then there is no lag to
-/// speak of (entries waited for the pipeline to start).
 /// Writers that held less than this share of the offered rate fell behind.
 const HELD_SHARE_MIN: f64 = 0.98;
 
@@ -661,6 +659,11 @@ fn behind_the_offered_rate(offered: Option<f64>, held: f64) -> Option<String> {
     })
 }
 
+/// Throughput and lag per stage, from the writers' and the processes'
+/// events. A stage is done when it has passed the end of every journal;
+/// its time counts from the first append, or in catch-up mode from the
+/// pipeline's start (`pipeline_started_ns`), and then there is no lag to
+/// speak of (entries waited for the pipeline to start).
 fn figures(
     written: &[Written],
     board: &Board,
