@@ -137,9 +137,9 @@ pub struct Outcome {
     /// First append to everything applied.
     pub seconds: f64,
     pub changes_per_s: f64,
-    /// With `--rate`: the changes/s offered (the rate times the journals),
-    /// and what the writers held, first append to last.
+    /// With `--rate`: the changes/s offered (the rate times the journals).
     pub offered_changes_per_s: Option<f64>,
+    /// The changes/s the writers held, first append to last.
     pub written_changes_per_s: f64,
     pub stages: Vec<StageFigure>,
     pub lag: Vec<Lag>,
