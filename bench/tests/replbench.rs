@@ -2,6 +2,7 @@
 //! processes, its JSON figures, its sync-check verdict and its exit status;
 //! and the PostgreSQL peer where PostgreSQL is installed.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 const REPLBENCH: &str = env!("CARGO_BIN_EXE_replbench");
@@ -240,4 +241,156 @@ fn the_postgresql_peer_replicates_the_same_workload_or_says_how_to_install_it() 
     let row_changes = pg["row_changes"].as_u64().unwrap();
     assert!((2550..=3000).contains(&row_changes), "{pg}");
     assert!(o["times_postgres"].as_f64().unwrap() > 0.0);
+}
+
+/// A long run started in a directory of its own (in a process group of its
+/// own, as a terminal's foreground job), returned once its pipeline serves
+/// and its writers have begun (its stderr read on by a thread, the lines
+/// sent on).
+fn a_run_under_way(
+    root: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    Vec<String>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(REPLBENCH)
+        .args(["--changes", "500000000", "--no-baseline", "--no-check"])
+        .arg("--dir")
+        .arg(root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // The writers start at RBN0006I; the first progress line follows a
+    // second into the run.
+    while !seen.iter().any(|l: &String| l.contains("written")) {
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!(
+                "no progress line ({e}); stderr so far:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+    (child, rx, seen)
+}
+
+/// Processes whose command line names `root` (the pipeline's, started with
+/// a config file in it): pid and command line.
+fn processes_naming(root: &std::path::Path) -> Vec<(i32, String)> {
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&root).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Kills, when dropped, whatever still names the directory: a failed
+/// assertion leaves no pipeline running behind the test.
+struct Reap<'a>(&'a std::path::Path);
+
+impl Drop for Reap<'_> {
+    fn drop(&mut self) {
+        for (pid, _) in processes_naming(self.0) {
+            // SAFETY: kill takes any pid; these are the test's run's.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; its exit status.
+fn exit_within(child: &mut std::process::Child, limit: std::time::Duration) -> i32 {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("replbench did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Interrupts a run with `signal`, sent to replbench alone (`timeout`, a
+/// service manager) or to its process group (a terminal's Ctrl-C, which
+/// the pipeline's processes get too), and checks that it says so, stops
+/// everything and leaves nothing behind.
+fn interrupted_by(signal: libc::c_int, group: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let _reap = Reap(root.path());
+    let (mut child, rx, mut seen) = a_run_under_way(root.path());
+    assert!(
+        !processes_naming(root.path()).is_empty(),
+        "the pipeline's processes are not found by their directory"
+    );
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signals the child this test started, or its group.
+    unsafe { libc::kill(if group { -pid } else { pid }, signal) };
+    let status = exit_within(&mut child, std::time::Duration::from_secs(60));
+    seen.extend(rx.iter());
+    let stderr = seen.join("\n");
+    assert_eq!(status, 130, "{stderr}");
+    assert!(stderr.contains("RBN0009W interrupted"), "{stderr}");
+    assert!(!stderr.contains("RBN0101E"), "{stderr}");
+    let left = processes_naming(root.path());
+    assert!(left.is_empty(), "still running: {left:?}");
+    let entries: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+    assert!(
+        entries.is_empty(),
+        "the run's directory is left: {entries:?}"
+    );
+}
+
+#[test]
+fn a_sigterm_stops_the_run_with_its_processes_and_removes_its_directory() {
+    interrupted_by(libc::SIGTERM, false);
+}
+
+#[test]
+fn ctrl_c_stops_the_run_without_blaming_the_processes_it_stopped_too() {
+    interrupted_by(libc::SIGINT, true);
+}
+
+#[test]
+fn a_replbench_killed_outright_takes_its_pipeline_processes_with_it() {
+    let root = tempfile::tempdir().unwrap();
+    let _reap = Reap(root.path());
+    let (mut child, _rx, _) = a_run_under_way(root.path());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Each gets SIGTERM from the kernel and stops as it would at the end of
+    // a run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = processes_naming(root.path());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 30 s after replbench was killed: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -204,6 +204,7 @@ fn main() -> ExitCode {
         eprintln!("replbench: RBN0105E {e}");
         return ExitCode::from(2);
     }
+    bench::replbench::interrupt::catch();
     let options = Options {
         workload: Workload {
             changes: Some(args.changes),
@@ -267,6 +268,16 @@ fn main() -> ExitCode {
                     print!("{}", summary(&outcome));
                 }
                 outcomes.push(outcome);
+            }
+            // Whatever failed once SIGINT or SIGTERM came (a psql or a
+            // pipeline process the terminal's Ctrl-C stopped first) failed
+            // for it.
+            Err(_) if bench::replbench::interrupt::interrupted() => {
+                terminal.note(&format!(
+                    "replbench: {}",
+                    bench::replbench::interrupt::Interrupted
+                ));
+                return ExitCode::from(130);
             }
             Err(e) => {
                 terminal.note(&format!("replbench: {}", engine::report::describe(&e)));

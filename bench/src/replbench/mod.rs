@@ -11,6 +11,7 @@
 //! baseline, on request, shows what one synced stream and several get.
 
 pub mod disk;
+pub mod interrupt;
 pub mod machine;
 pub mod postgres;
 pub mod roles;
@@ -453,6 +454,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     if options.check {
         let started = Instant::now();
         for j in 0..journals {
+            interrupt::check()?;
             let report = sync_check(&dir, &rewritten[j as usize], j, journals, say)?;
             outcome.checks.push(report);
         }
@@ -795,8 +797,10 @@ fn rewrite(
         index: j,
         of: journals,
     };
-    let (stop, progress) = (AtomicBool::new(false), AtomicU64::new(0));
-    let rewritten = workload::write(&journal, lane, &again, &stop, &progress)?;
+    let progress = AtomicU64::new(0);
+    let rewritten = workload::write(&journal, lane, &again, interrupt::flag(), &progress)?;
+    // Stopped short by SIGINT or SIGTERM, not a different workload.
+    interrupt::check()?;
     anyhow::ensure!(
         (rewritten.first, rewritten.end, rewritten.bytes) == (written.first, written.end, written.bytes),
         "RBN0107E journal J{j}'s workload written again spans {}..{} ({} bytes), the run's {}..{} ({} bytes): the sync-check would compare against another source",

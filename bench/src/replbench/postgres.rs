@@ -347,11 +347,12 @@ pub fn run(
         "PostgreSQL {version}: writing the workload into the publisher"
     ));
     let started = Instant::now();
-    let stop = AtomicBool::new(false);
+    // psql stops taking the workload at SIGINT or SIGTERM.
+    let stop = super::interrupt::flag();
     let changes = std::thread::scope(|scope| -> anyhow::Result<u64> {
         let writers: Vec<_> = (0..journals)
             .map(|j| {
-                let (publisher, stop) = (&publisher, &stop);
+                let publisher = &publisher;
                 scope.spawn(move || {
                     write(
                         publisher,
@@ -371,6 +372,7 @@ pub fn run(
         }
         Ok(total)
     })?;
+    super::interrupt::check()?;
     let load_seconds = started.elapsed().as_secs_f64();
     publisher.query("INSERT INTO bench_marker VALUES (1, 'written')")?;
     // The backlog on disk before the window, as ours is (decisions.md 67):
@@ -387,6 +389,7 @@ pub fn run(
     let started = Instant::now();
     subscriber.query("ALTER SUBSCRIPTION bench ENABLE")?;
     while watch.scalar("SELECT count(*) FROM bench_marker")? == "0" {
+        super::interrupt::check()?;
         anyhow::ensure!(
             started.elapsed() < CATCH_UP_LIMIT,
             "RBN0124E the PostgreSQL subscriber did not catch up within {CATCH_UP_LIMIT:?}; logs in {}",

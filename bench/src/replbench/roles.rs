@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::Ordering;
@@ -143,7 +144,28 @@ impl Process {
     ) -> anyhow::Result<Process> {
         let log = logs.join(format!("{}-{journal}.log", role.name()));
         let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        // SIGTERM when replbench dies, even by SIGKILL, which it cannot
+        // catch (`interrupt`): a pipeline process left running would apply
+        // into a directory nobody removes. The kernel sends it when the
+        // thread that started the process ends, which is `run`'s, the
+        // caller's, for the whole run; a parent gone before the prctl is
+        // caught by its pid.
+        let parent = std::process::id();
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (prctl, getppid), and nothing is allocated.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            })
+        };
+        let mut child = command
             .arg("role")
             .arg(role.name())
             .arg("--config")
@@ -179,7 +201,10 @@ impl Process {
     }
 
     /// Fails with the log's last lines if the process has exited.
+    /// Fails with `Interrupted` once SIGINT or SIGTERM came (Ctrl-C
+    /// signals the processes too, and their exits are not failures).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
+        super::interrupt::check()?;
         match self.child.try_wait()? {
             Some(status) => Err(self.exited(status)),
             None => Ok(()),
