@@ -168,15 +168,23 @@ impl<'w> Generator<'w> {
         changes.clear();
         images.resize(n as usize * w.image_bytes, 0);
         for i in 0..n {
+            // Ranges by multiplying, not dividing (decisions.md 107): a
+            // 64-bit division for the key, the object and the kind took a
+            // sixth of the writer.
             let k = match w.keys {
-                Keys::Uniform => self.rng.next() % w.key_space,
+                Keys::Uniform => below(self.rng.next(), w.key_space),
                 Keys::Zipf => {
                     let u = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
                     ((w.key_space as f64).powf(u) as u64).saturating_sub(1) % w.key_space
                 }
             };
-            let object = self.objects[(k % w.objects) as usize].0;
-            let roll = (self.rng.next() % 100) as u8;
+            let of_object = if w.objects.is_power_of_two() {
+                k & (w.objects - 1)
+            } else {
+                k % w.objects
+            };
+            let object = self.objects[of_object as usize].0;
+            let roll = below(self.rng.next(), 100) as u8;
             let kind = if roll < w.delete_percent {
                 Kind::Delete
             } else if roll < w.delete_percent + w.update_percent {
@@ -199,6 +207,12 @@ impl<'w> Generator<'w> {
         self.made += n;
         true
     }
+}
+
+/// `x` (uniform over the 64-bit values) taken to `0..n`, uniform as `x % n`
+/// is (both off by at most `n / 2^64`) but by a multiplication.
+fn below(x: u64, n: u64) -> u64 {
+    ((u128::from(x) * u128::from(n)) >> 64) as u64
 }
 
 /// Creates the journal's record objects, then writes `w` into `journal`
