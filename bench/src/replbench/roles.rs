@@ -148,9 +148,9 @@ impl Process {
         // SIGTERM when replbench dies, even by SIGKILL, which it cannot
         // catch (`interrupt`): a pipeline process left running would apply
         // into a directory nobody removes. The kernel sends it when the
-        // thread that started the process ends, which is `run`'s, the
-        // caller's, for the whole run; a parent gone before the prctl is
-        // caught by its pid.
+        // thread that started the process ends: the thread that called
+        // `run`, which outlives the run. A parent gone before the prctl
+        // is caught by its pid.
         let parent = std::process::id();
         // SAFETY: between fork and exec only async-signal-safe calls
         // (prctl, getppid), and nothing is allocated.
@@ -200,9 +200,9 @@ impl Process {
         })
     }
 
-    /// Fails with the log's last lines if the process has exited.
-    /// Fails with `Interrupted` once SIGINT or SIGTERM came (Ctrl-C
-    /// signals the processes too, and their exits are not failures).
+    /// Fails with the log's last lines if the process has exited, and
+    /// with `Interrupted` once SIGINT or SIGTERM came (Ctrl-C signals the
+    /// processes too, and their exits are not failures then).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         super::interrupt::check()?;
         match self.child.try_wait()? {

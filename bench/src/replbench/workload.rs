@@ -168,9 +168,9 @@ impl<'w> Generator<'w> {
         changes.clear();
         images.resize(n as usize * w.image_bytes, 0);
         for i in 0..n {
-            // Ranges by multiplying, not dividing (decisions.md 107): a
-            // 64-bit division for the key, the object and the kind took a
-            // sixth of the writer.
+            // Ranges by multiplying, not dividing (decisions.md 107): the
+            // 64-bit divisions for the key, the object and the kind were
+            // where much of the draw's time went.
             let k = match w.keys {
                 Keys::Uniform => below(self.rng.next(), w.key_space),
                 Keys::Zipf => {
