@@ -465,8 +465,9 @@ impl Drop for RealtimeSection {
     }
 }
 
-/// Puts the calling thread under `policy` at `priority`, reset on fork.
-fn set_scheduler(policy: libc::c_int, priority: u8) -> io::Result<()> {
+/// Puts the calling thread under `policy` (`SCHED_RR`, `SCHED_FIFO`) at
+/// real-time `priority`, reset on fork.
+pub fn set_scheduler(policy: libc::c_int, priority: u8) -> io::Result<()> {
     let param = libc::sched_param {
         sched_priority: libc::c_int::from(priority),
     };

@@ -465,6 +465,20 @@ fn summary(o: &Outcome) -> String {
                 .collect();
             let _ = writeln!(s, "{:<8} {}", l.stage, ms.join(" "));
         }
+        if let Some(stalls) = o.stalls.as_ref().filter(|s| !s.stalls.is_empty()) {
+            let seconds = o
+                .lag_by_second
+                .iter()
+                .map(|l| l.p99_us.len())
+                .max()
+                .unwrap_or(0);
+            let ms: Vec<String> = stalls
+                .by_second(seconds)
+                .iter()
+                .map(|ms| format!("{ms:.1}"))
+                .collect();
+            let _ = writeln!(s, "{:<8} {} (longest CPU stall)", "stall", ms.join(" "));
+        }
     }
     let cpu: Vec<String> = o
         .cpu
@@ -488,6 +502,9 @@ fn summary(o: &Outcome) -> String {
             m.idle_percent,
             m.steal_percent
         );
+    }
+    if let Some(stalls) = &o.stalls {
+        let _ = writeln!(s, "{}", stalls.summary());
     }
     if o.dropped_events > 0 {
         let _ = writeln!(

@@ -16,6 +16,7 @@ pub mod machine;
 pub mod postgres;
 pub mod roles;
 pub mod stages;
+pub mod stalls;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -165,6 +166,10 @@ pub struct Outcome {
     /// How the machine's CPUs spent the timed window (steal: the host's
     /// share), from `/proc/stat`.
     pub machine: Option<machine::MachineFigure>,
+    /// Stretches in which a CPU ran nothing, not even a probe pinned there
+    /// above the pipeline's priority (`stalls`): the host's or the
+    /// kernel's, not the pipeline's.
+    pub stalls: Option<stalls::StallFigure>,
     /// The raw-disk baseline, when asked for.
     pub raw_disk: Option<disk::RawDisk>,
     /// The same workload through PostgreSQL logical replication, and our
@@ -309,6 +314,9 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     // the pipeline (started again below).
     let mut disk_window = disk::DiskWindow::start(&dir);
     let mut machine_window = machine::MachineWindow::start();
+    // Above the pipeline's threads, so a late probe means a stopped CPU.
+    let stall_watch =
+        stalls::StallWatch::start(options.realtime_priority.saturating_add(1).min(99));
     let started = Instant::now();
     let written = std::thread::scope(|scope| -> anyhow::Result<Vec<Written>> {
         let writers: Vec<_> = opened
@@ -400,6 +408,7 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     let writer_cpu = workload::process_cpu().since(cpu_before);
     let disk_written = disk_window.map(|w| w.finish(written.iter().map(|w| w.changes).sum()));
     let machine_time = machine_window.map(|w| w.finish());
+    let cpu_stalls = stall_watch.map(|w| w.finish());
     let mut cpu = vec![CpuFigure::new("writer".into(), writer_cpu)];
     for (i, p) in processes.iter().enumerate() {
         // Processes started in the window (catch-up's senders) count from 0.
@@ -425,6 +434,11 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
         .transpose()
         .context("reading the disk's statistics")?;
     outcome.machine = machine_time.transpose().context("reading /proc/stat")?;
+    if let Some((watched, raw)) = cpu_stalls {
+        let origin = pipeline_started_ns
+            .unwrap_or_else(|| written.iter().map(|w| w.started_ns).min().unwrap_or(0));
+        outcome.stalls = stalls::StallFigure::of(watched, &raw, origin);
+    }
     say.note(&format!(
         "RBN0002I {} changes ({} entries) applied in {:.2} s: {:.2} M changes/s",
         outcome.changes,
@@ -435,6 +449,9 @@ pub fn run(exe: &Path, options: &Options, say: &mut dyn Reporter) -> anyhow::Res
     if let Some(note) =
         behind_the_offered_rate(outcome.offered_changes_per_s, outcome.written_changes_per_s)
     {
+        say.note(&note);
+    }
+    if let Some(note) = outcome.stalls.as_ref().and_then(|s| s.warning()) {
         say.note(&note);
     }
 
@@ -755,6 +772,7 @@ fn figures(
         percent_of_raw_tcp: None,
         disk: None,
         machine: None,
+        stalls: None,
         raw_disk: None,
         postgres: None,
         times_postgres: None,
