@@ -22,10 +22,13 @@ use std::thread::JoinHandle;
 use engine::trace::monotonic_ns;
 use parking_lot::Mutex;
 
-/// How often each probe wakes.
-pub const PERIOD_NS: u64 = 5_000_000;
-/// The lateness that counts as a stall.
-pub const STALL_MIN_NS: u64 = 10_000_000;
+/// How often each probe wakes: a stop of a CPU shows as a wake-up late
+/// by its length less up to one period.
+pub const PERIOD_NS: u64 = 2_000_000;
+/// The lateness that counts as a stall: the lag target's (5 ms), far
+/// above what a probe at the top priority waits otherwise (under 0.1 ms
+/// in traced runs).
+pub const STALL_MIN_NS: u64 = 5_000_000;
 
 /// One probe's late wake-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,11 +298,11 @@ mod tests {
         assert_eq!(f.by_second(4), [0.0, 0.0, 97.0, 0.0]);
         assert_eq!(
             f.summary(),
-            "CPU stalls (a probe on each of CPUs [0, 1] above the pipeline's priority, every 5 ms, late 10 ms or more): 2: CPU 0 97.0 ms at 2.25 s, CPU 1 96.0 ms at 2.25 s"
+            "CPU stalls (a probe on each of CPUs [0, 1] above the pipeline's priority, every 2 ms, late 5 ms or more): 2: CPU 0 97.0 ms at 2.25 s, CPU 1 96.0 ms at 2.25 s"
         );
         let warning = f.warning().unwrap();
         assert!(
-            warning.starts_with("RBN0010W CPU 0 ran nothing for 97 ms at 2.25 s (2 stalls of 10 ms or more, 193 ms in all)"),
+            warning.starts_with("RBN0010W CPU 0 ran nothing for 97 ms at 2.25 s (2 stalls of 5 ms or more, 193 ms in all)"),
             "{warning}"
         );
         let calm = StallFigure::of(vec![0, 1], &raw[..1], 1_000 * MS).unwrap();

@@ -255,9 +255,21 @@ impl Spare {
 
     /// Stops it (a zero-fill under way gives up) and removes its file.
     fn discard(self) {
+        let path = self.stop();
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// `discard`, the file shrunk a piece at a time first
+    /// (`sys::remove_paced`): for a caller that does not hold the store.
+    fn discard_paced(self) {
+        let path = self.stop();
+        let _ = crate::sys::remove_paced(&path);
+    }
+
+    fn stop(self) -> PathBuf {
         self.fill.give_up();
         let _ = self.thread.join();
-        let _ = std::fs::remove_file(&self.path);
+        self.path
     }
 }
 
@@ -1078,11 +1090,14 @@ pub struct Cleanup {
 
 impl Cleanup {
     pub fn run(self) -> Result<(), StagingError> {
+        // Shrunk a piece at a time before each removal: the disk's discard
+        // of a whole segment's blocks at once held the syncer's syncs
+        // (decisions.md 109).
         for spare in self.spares {
-            spare.discard();
+            spare.discard_paced();
         }
         for path in &self.files {
-            std::fs::remove_file(path).map_err(io("remove staging segment", path))?;
+            crate::sys::remove_paced(path).map_err(io("remove staging segment", path))?;
         }
         Ok(())
     }
