@@ -437,11 +437,6 @@ pub fn enter_realtime() {
         return;
     }
     let refused = set_scheduler(libc::SCHED_RR, priority).err();
-    if refused.is_none() {
-        // Only pacing: the block layer's queue takes this thread's
-        // requests first where it orders by class (mq-deadline).
-        let _ = set_realtime_io();
-    }
     if REALTIME_TOLD.swap(true, Ordering::Relaxed) {
         return;
     }
@@ -489,22 +484,6 @@ impl Drop for RealtimeSection {
             // Always allowed: a thread may lower its own priority.
             let _ = set_scheduler(libc::SCHED_OTHER, 0);
         }
-    }
-}
-
-/// Gives the calling thread's disk requests the real-time I/O class
-/// (`ioprio_set`, `IOPRIO_CLASS_RT`, level 4): a block queue that orders by
-/// class (mq-deadline) dispatches them before the normal class's, such as
-/// a checkpoint's write-back of the replica's data files (decisions.md 110).
-pub fn set_realtime_io() -> io::Result<()> {
-    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
-    const IOPRIO_CLASS_RT: libc::c_int = 1;
-    const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
-    let ioprio = (IOPRIO_CLASS_RT << IOPRIO_CLASS_SHIFT) | 4;
-    // SAFETY: ioprio_set takes plain integers; who 0 is the calling thread.
-    match unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, ioprio) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
     }
 }
 
