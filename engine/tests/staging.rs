@@ -1349,3 +1349,51 @@ fn ringing_the_doorbell_on_a_full_disk_is_not_a_fault() {
     let mut reader = StagingReader::open(&dir, 1).unwrap();
     assert_eq!(read_available(&mut reader), [small]);
 }
+
+/// A purge's removal shrinks a file from its end before the unlink
+/// (`sys::remove_paced`, decisions.md 109); a crash in between leaves a
+/// purged segment cut short under its name. Reopening passes it by, a
+/// reader from the applied position never goes there, and the next purge
+/// removes it.
+#[test]
+fn a_purged_segment_left_cut_short_by_a_crash_is_passed_by_and_purged_again() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(40);
+    let options = StagingOptions {
+        prepare_segments: false,
+        ..small()
+    };
+    drop(staged_store(&dir, &all, options.clone()));
+    // Apply is past the first two segments: the purge would remove them.
+    let segments = segment_files(&dir);
+    assert!(segments.len() > 3, "{segments:?}");
+    let start_of = |path: &std::path::Path| -> u64 {
+        path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+    };
+    let applied = start_of(&segments[2].0);
+    // The crash: the first one's removal cut short halfway through.
+    let (cut, len) = &segments[0];
+    File::options()
+        .write(true)
+        .open(cut)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let (mut staging, recovery) = Staging::open(&dir, options).unwrap();
+    assert_eq!(recovery.staged_position, 401);
+    assert_eq!(recovery.truncated_bytes, 0);
+    let mut reader = StagingReader::open(&dir, applied).unwrap();
+    let from = all.iter().position(|f| {
+        engine::frame::FrameHeader::decode(f)
+            .unwrap()
+            .start_position
+            == applied
+    });
+    assert_eq!(read_available(&mut reader), all[from.unwrap()..]);
+    assert!(staging.purge_through(applied).unwrap() > 0);
+    let left = segment_files(&dir);
+    assert!(!left.iter().any(|(p, _)| p == cut), "{left:?}");
+    assert_eq!(start_of(&left[0].0), applied);
+}
