@@ -392,6 +392,11 @@ fn a_reader_refuses_purged_positions_and_damage_in_a_finished_segment() {
     );
 }
 
+/// The start position a segment file is named by.
+fn start_of(path: &std::path::Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
 /// The segment files in `dir`, oldest first, with their lengths.
 fn segment_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
@@ -446,17 +451,35 @@ fn segments_made_ahead_are_begun_at_rotation_and_their_zero_ends_read_as_nothing
         8 * 1024,
         "the active segment was made ahead, full length"
     );
-    // Finished segments were cut to their frames: each holds a whole run
-    // of frames and nothing else.
-    let mut frames_in_order = all[..20].iter();
-    for (path, len) in &files[..files.len() - 1] {
-        let mut left = len - 16;
-        while left > 0 {
-            let frame = frames_in_order.next().expect("more frames than staged");
-            left = left
-                .checked_sub(frame.len() as u64)
-                .unwrap_or_else(|| panic!("{} does not end after a frame", path.display()));
+    // Finished segments keep their made-ahead length: a whole run of
+    // frames up to the successor's name, then zeros (no cut at rotation,
+    // decisions.md 111).
+    let mut next_frame = 0;
+    for (i, (path, len)) in files[..files.len() - 1].iter().enumerate() {
+        if i > 0 {
+            // The first grew by appends until a segment made ahead was ready.
+            assert_eq!(*len, 8 * 1024, "{} keeps its length", path.display());
         }
+        let successor = start_of(&files[i + 1].0);
+        let bytes = std::fs::read(path).unwrap();
+        let mut at = 16;
+        // Frame k covers positions 1 + 10k .. 11 + 10k.
+        while 1 + 10 * next_frame as u64 != successor {
+            let frame = &all[next_frame];
+            assert_eq!(
+                &bytes[at..at + frame.len()],
+                &frame[..],
+                "{}",
+                path.display()
+            );
+            at += frame.len();
+            next_frame += 1;
+        }
+        assert!(
+            bytes[at..].iter().all(|b| *b == 0),
+            "{} holds only zeros after its frames",
+            path.display()
+        );
     }
     assert!(staging.held_bytes() >= files.iter().map(|(_, len)| len).sum::<u64>() + 8 * 1024);
     assert!(staging.await_prepared_segment());
@@ -1396,4 +1419,83 @@ fn a_purged_segment_left_cut_short_by_a_crash_is_passed_by_and_purged_again() {
     let left = segment_files(&dir);
     assert!(!left.iter().any(|(p, _)| p == cut), "{left:?}");
     assert_eq!(start_of(&left[0].0), applied);
+}
+
+/// Finished segments keep their unused end (decisions.md 111): a reused
+/// file's earlier frames after its last frame are passed by, at the
+/// successor its last frame's end names, by a reader from the oldest
+/// position, by `read_all` and by reopening, which finds nothing torn.
+#[test]
+fn finished_segments_keep_a_reused_files_earlier_frames_after_their_own_and_read_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    // Frames of 1 to 61 entries (up to 8 KiB, more than the page an
+    // append pads with zeros), so a reused file's frames end elsewhere than
+    // its earlier ones did and its old ones show past the new ones' page.
+    let mut starts = vec![1u64];
+    let mut all = Vec::new();
+    for i in 0..1000u64 {
+        let (start, count) = (*starts.last().unwrap(), 1 + i * 7 % 61);
+        all.push(frame(start, count, start + count));
+        starts.push(start + count);
+    }
+    let index_of = |position: u64| starts.iter().position(|s| *s == position).unwrap();
+    let options = || StagingOptions {
+        segment_bytes: 64 << 10,
+        ..small()
+    };
+    let (mut staging, _) = Staging::open(&dir, options()).unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    let mut staged = 0;
+    // Finished segments with earlier frames (non-zero bytes) after their own.
+    let with_old_frames = |dir: &std::path::Path| {
+        let files = segment_files(dir);
+        let mut count = 0;
+        for (i, (path, _)) in files[..files.len().saturating_sub(1)].iter().enumerate() {
+            let own = index_of(start_of(path))..index_of(start_of(&files[i + 1].0));
+            let end = 16 + all[own].iter().map(|f| f.len()).sum::<usize>();
+            if std::fs::read(path).unwrap()[end..].iter().any(|b| *b != 0) {
+                count += 1;
+            }
+        }
+        count
+    };
+    while with_old_frames(&dir) < 2 {
+        assert!(
+            staged < all.len(),
+            "no finished segments with earlier frames"
+        );
+        staging.await_prepared_segment();
+        staging.append(&all[staged]).unwrap();
+        staged += 1;
+        staging.sync().unwrap();
+        read_available(&mut reader);
+        // Purged only up to two segments behind, so finished reused
+        // segments stay.
+        let files = segment_files(&dir);
+        if files.len() > 4 {
+            staging
+                .purge_through(start_of(&files[files.len() - 3].0))
+                .unwrap();
+        }
+    }
+    let kept = index_of(start_of(&segment_files(&dir)[0].0));
+    assert_eq!(staging.read_all().unwrap(), all[kept..staged]);
+    drop(staging);
+
+    let (mut staging, recovery) = Staging::open(&dir, options()).unwrap();
+    assert_eq!(
+        (recovery.staged_position, recovery.truncated_bytes),
+        (starts[staged], 0)
+    );
+    assert_eq!(staging.read_all().unwrap(), all[kept..staged]);
+    let mut from_oldest = StagingReader::open(&dir, starts[kept]).unwrap();
+    assert_eq!(read_available(&mut from_oldest), all[kept..staged]);
+    for f in &all[staged..staged + 20] {
+        staging.await_prepared_segment();
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    assert_eq!(read_available(&mut from_oldest), all[staged..staged + 20]);
+    assert_eq!(staging.read_all().unwrap(), all[kept..staged + 20]);
 }

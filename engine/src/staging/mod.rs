@@ -19,9 +19,10 @@
 //! Zeros cannot start a frame (the magic is not zero); a frame from the
 //! earlier use starts below the segment's start position (positions only
 //! grow), so it is told apart by its header. Both read as "nothing more
-//! yet". A segment is finished before the next one is begun: its unused
-//! end is cut off and it is synced, so a segment that has a successor ends
-//! exactly after its last frame.
+//! yet". A segment is finished before the next one is begun: it is synced
+//! (its unused end kept), and the successor is named by the position its
+//! last frame ends at, so a segment that has a successor ends where its
+//! frames reach its successor's name; what follows is not read.
 //!
 //! Positions are "next sequence" values, like a frame's `next_sequence`:
 //! every entry below the staged position is staged; an empty store is at 1.
@@ -336,6 +337,9 @@ pub struct Staging {
     staged_position: u64,
     durable_position: u64,
     poisoned: bool,
+    /// An append into the active segment failed since it was begun: what
+    /// it wrote past the frames is cut off when the segment is finished.
+    append_cut_short: bool,
     /// The next segment, made ahead (`prepare_segments`).
     spare: Option<Spare>,
     /// Purged segments' files kept to be made into next segments (path,
@@ -605,6 +609,7 @@ impl Staging {
             durable_position: recovery.staged_position,
             segments,
             poisoned: false,
+            append_cut_short: false,
             spare: None,
             free: Vec::new(),
             spares_started: 0,
@@ -681,8 +686,12 @@ impl Staging {
             .min(active.allocated.max(end))
             - end) as usize;
         let mut parts = [IoSlice::new(frame), IoSlice::new(&ZEROS[..pad])];
-        crate::sys::write_all_vectored_at(&self.active, &mut parts, active.bytes)
-            .map_err(io("write staging segment", &active.path))?;
+        if let Err(source) =
+            crate::sys::write_all_vectored_at(&self.active, &mut parts, active.bytes)
+        {
+            self.append_cut_short = true;
+            return Err(io("write staging segment", &active.path)(source));
+        }
         active.bytes = end;
         if !self.unsynced.contains(&active.path) {
             self.unsynced.push(active.path.clone());
@@ -700,17 +709,23 @@ impl Staging {
     /// position: the one made ahead when it is ready, else a new empty one.
     fn rotate(&mut self) -> Result<(), StagingError> {
         // Finished before a successor exists (readers and recovery take a
-        // segment with a successor as complete): its frames and length
-        // durable, and whatever lies past its frames cut off: the unused
-        // end of a segment made ahead, or what an append cut short (a full
-        // disk) wrote, which in a finished segment would read as damage.
+        // segment with a successor as complete): its frames durable. What
+        // lies past its frames stays: the unused end of a segment made
+        // ahead (zeros, or a reused file's earlier frames) reads as the
+        // end, and readers move on at the successor, which the position
+        // its last frame ends at names. Cutting it off had the filesystem
+        // free (and, mounted with `discard`, discard) its blocks on the
+        // receiver's session thread, with an inode to write back in the
+        // sync: 9-13 ms each on a busy disk (decisions.md 111). Only what
+        // an append cut short (a full disk) left there is cut off: it may
+        // hold a whole frame that the successor holds too.
         let old = self.segments.last_mut().expect("active");
         let len = self
             .active
             .metadata()
             .map_err(io("stat staging segment", &old.path))?
             .len();
-        if len > old.bytes {
+        if self.append_cut_short || len > old.disk_bytes() {
             self.active
                 .set_len(old.bytes)
                 .map_err(io("cut the unused end of staging segment", &old.path))?;
@@ -723,6 +738,7 @@ impl Staging {
                 source,
             });
         }
+        self.append_cut_short = false;
         let old_path = old.path.clone();
         self.unsynced.retain(|p| *p != old_path);
 
@@ -1028,15 +1044,24 @@ impl Staging {
     }
 
     /// Every frame staged (durable or not), in order, each as its full bytes.
-    /// Sequential reads; apply builds on this.
+    /// Sequential reads; apply builds on this. A segment with a successor
+    /// ends where its frames reach the successor's start: what lies past
+    /// them is its unused end (`rotate`).
     pub fn read_all(&self) -> Result<Vec<Vec<u8>>, StagingError> {
         let mut frames = Vec::new();
-        for segment in &self.segments {
+        for (i, segment) in self.segments.iter().enumerate() {
+            let successor = self.segments.get(i + 1).map(|s| s.start_position);
             let file =
                 File::open(&segment.path).map_err(io("open staging segment", &segment.path))?;
             let mut offset = FILE_HEADER_BYTES;
+            let mut position = segment.start_position;
             let mut buf = Vec::new();
-            loop {
+            while successor != Some(position) {
+                let corrupt = |detail: String| StagingError::Corrupt {
+                    path: segment.path.clone(),
+                    offset,
+                    detail,
+                };
                 match read_frame(
                     &file,
                     &segment.path,
@@ -1045,27 +1070,30 @@ impl Staging {
                     segment.start_position,
                     &mut buf,
                 )? {
-                    FrameAt::Frame(_) => {
+                    FrameAt::Frame(h) if h.start_position == position => {
                         offset += buf.len() as u64;
+                        position = h.next_sequence;
                         frames.push(buf.clone());
                     }
-                    FrameAt::End => break,
+                    FrameAt::Frame(h) => {
+                        return Err(corrupt(format!(
+                            "frame covers {}..{} but the previous frame ended at {position}",
+                            h.start_position, h.next_sequence
+                        )))
+                    }
+                    FrameAt::End if successor.is_none() => break,
+                    FrameAt::End => {
+                        return Err(corrupt(format!(
+                            "the segment ends at position {position}, before its successor's start"
+                        )))
+                    }
                     FrameAt::Earlier => {
-                        return Err(StagingError::Corrupt {
-                            path: segment.path.clone(),
-                            offset,
-                            detail:
-                                "a frame from before the segment's start position among its frames"
-                                    .into(),
-                        })
+                        return Err(corrupt(
+                            "a frame from before the segment's start position among its frames"
+                                .into(),
+                        ))
                     }
-                    FrameAt::Broken(detail) => {
-                        return Err(StagingError::Corrupt {
-                            path: segment.path.clone(),
-                            offset,
-                            detail,
-                        })
-                    }
+                    FrameAt::Broken(detail) => return Err(corrupt(detail)),
                 }
             }
         }

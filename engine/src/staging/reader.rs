@@ -9,12 +9,14 @@
 //!   checksum matches. A partial or damaged frame at the end of the newest
 //!   segment is a write in progress (or a torn tail the receiver will cut
 //!   off when it restarts): the reader waits for it.
-//! - A segment is finished once a later segment exists: the receiver cuts
-//!   off a segment's unused (zero-filled) end and syncs it before it begins
-//!   a new segment (named by the staged position), and never appends to an
-//!   older one. A partial or damaged frame in a finished segment is
-//!   corruption (HAX0002E); what was read before the later segment was seen
-//!   is read again first, as it may predate the finishing.
+//! - A segment is finished once a later segment exists: the receiver syncs
+//!   a segment before it begins a new one (named by the staged position),
+//!   and never appends to an older one. A finished segment keeps its unused
+//!   end (zeros, or a reused file's earlier frames): the reader leaves it
+//!   at the successor its position names (below). A partial or damaged
+//!   frame in a finished segment short of that is corruption (HAX0002E);
+//!   what was read before the later segment was seen is read again first,
+//!   as it may predate the finishing.
 //! - In the newest segment, a frame whose header is whole but whose body
 //!   does not match its checksum, followed by the header of the frame that
 //!   continues it, is damage too: the receiver writes a frame wholly before
@@ -235,7 +237,7 @@ impl StagingReader {
                     }
                     if !finished {
                         // Read again: the segment may have been finished
-                        // since (its zero-filled end cut off).
+                        // since (its last frame written).
                         finished = true;
                         continue;
                     }
