@@ -397,12 +397,14 @@ fn start_of(path: &std::path::Path) -> u64 {
     path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
 }
 
-/// The segment files in `dir`, oldest first, with their lengths.
+/// The segment files in `dir`, oldest first, with their lengths: those
+/// under their names and those a rotation began and the next sync names
+/// (`*.stg-next`).
 fn segment_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
     let mut out: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "stg"))
+        .filter(|p| p.extension().is_some_and(|e| e == "stg" || e == "stg-next"))
         .map(|p| {
             let len = std::fs::metadata(&p).unwrap().len();
             (p, len)
@@ -1498,4 +1500,216 @@ fn finished_segments_keep_a_reused_files_earlier_frames_after_their_own_and_read
     staging.sync().unwrap();
     assert_eq!(read_available(&mut from_oldest), all[staged..staged + 20]);
     assert_eq!(staging.read_all().unwrap(), all[kept..staged + 20]);
+}
+
+/// Counts `fdatasync` calls, and those made while a segment a rotation
+/// began was still unnamed (`*.stg-next` in the directory).
+#[derive(Debug)]
+struct WatchingSync {
+    dir: std::path::PathBuf,
+    calls: AtomicUsize,
+    while_unnamed: AtomicUsize,
+}
+
+impl SyncFile for WatchingSync {
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if unnamed_files(&self.dir) > 0 {
+            self.while_unnamed.fetch_add(1, Ordering::Relaxed);
+        }
+        file.sync_data()
+    }
+}
+
+fn unnamed_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "stg-next")
+        })
+        .count()
+}
+
+/// A rotation waits for no disk (decisions.md 112): it syncs nothing and
+/// begins the next segment under a name of its own, which a reader finds
+/// at once; the next sync makes the segments durable and only then names
+/// them.
+#[test]
+fn a_rotation_syncs_nothing_and_the_sync_after_it_names_the_segment_it_began() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    std::fs::create_dir_all(&dir).unwrap();
+    let syncer = Arc::new(WatchingSync {
+        dir: dir.clone(),
+        calls: AtomicUsize::new(0),
+        while_unnamed: AtomicUsize::new(0),
+    });
+    let options = StagingOptions {
+        syncer: syncer.clone(),
+        ..small()
+    };
+    let (mut staging, _) = Staging::open(&dir, options).unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    let all = frames(40);
+    let mut seen = Vec::new();
+    for f in &all[..20] {
+        assert!(staging.await_prepared_segment());
+        let before = syncer.calls.load(Ordering::Relaxed);
+        staging.append(f).unwrap();
+        assert_eq!(
+            syncer.calls.load(Ordering::Relaxed),
+            before,
+            "an append synced (a rotation's sync on the session thread)"
+        );
+        seen.extend(read_available(&mut reader));
+    }
+    assert_eq!(seen, all[..20], "read across segments not yet named");
+    let files = segment_files(&dir);
+    assert!(files.len() >= 3, "expected rotations: {files:?}");
+    assert!(
+        files[1..]
+            .iter()
+            .all(|(p, _)| p.extension().unwrap() == "stg-next"),
+        "segments begun since the last sync are unnamed: {files:?}"
+    );
+    // The oldest segment stays while its successor is unnamed: a crash
+    // would leave the store without the segment its position is in.
+    assert_eq!(staging.purge_through(u64::MAX).unwrap(), 0);
+
+    let calls = syncer.calls.load(Ordering::Relaxed);
+    let while_unnamed = syncer.while_unnamed.load(Ordering::Relaxed);
+    assert_eq!(staging.sync().unwrap(), 201);
+    let synced = syncer.calls.load(Ordering::Relaxed) - calls;
+    assert!(synced >= files.len() - 1, "{synced} syncs for {files:?}");
+    assert_eq!(
+        syncer.while_unnamed.load(Ordering::Relaxed) - while_unnamed,
+        synced,
+        "every segment synced before any was named"
+    );
+    assert_eq!(unnamed_files(&dir), 0, "the sync named them");
+    assert!(staging.purge_through(start_of(&files[2].0)).unwrap() > 0);
+    for f in &all[20..] {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    seen.extend(read_available(&mut reader));
+    assert_eq!(seen, all);
+}
+
+/// A crash after a rotation and before the sync that would have named the
+/// segment it began: nothing in it was acknowledged; opening removes it
+/// (HAX0024I) and the store goes on from the end of the last named
+/// segment's frames, where the primary sends again.
+#[test]
+fn a_segment_begun_but_never_named_is_removed_at_open_and_its_frames_staged_again() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(60);
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    let mut staged = 0;
+    while segment_files(&dir).len() < 2 {
+        assert!(staging.await_prepared_segment());
+        staging.append(&all[staged]).unwrap();
+        staged += 1;
+    }
+    staging.sync().unwrap();
+    // Into the next segments, unsynced.
+    let durable = staging.durable_position();
+    let named_end = loop {
+        assert!(staging.await_prepared_segment());
+        let files = segment_files(&dir);
+        staging.append(&all[staged]).unwrap();
+        staged += 1;
+        if segment_files(&dir).len() > files.len() {
+            break start_of(&segment_files(&dir).last().unwrap().0);
+        }
+    };
+    for f in &all[staged..staged + 3] {
+        staging.append(f).unwrap();
+    }
+    staged += 3;
+    assert!(unnamed_files(&dir) >= 1);
+    drop(staging);
+
+    let (mut staging, recovery) = Staging::open(&dir, small()).unwrap();
+    assert_eq!(unnamed_files(&dir), 0, "removed at open");
+    assert!(recovery.staged_position >= durable);
+    assert_eq!(
+        recovery.staged_position, named_end,
+        "the last named segment's frames end where its successor began"
+    );
+    let resend_from = (named_end as usize - 1) / 10;
+    assert!(resend_from < staged);
+    for f in &all[resend_from..] {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    assert_eq!(staging.read_all().unwrap(), all);
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader), all);
+}
+
+/// A reader that has the receiver's doorbell looks for a successor's file
+/// only when the receiver has rotated since its last look (or every 20 ms):
+/// each rotation counts, so it finds every successor at once, named or not
+/// yet named, while the files are looked for only at rotations.
+#[test]
+fn a_reader_with_the_doorbell_finds_each_successor_as_soon_as_it_is_begun() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(80);
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert!(reader.prepare_wait().is_some(), "the doorbell is there");
+    let mut seen = Vec::new();
+    for (i, f) in all.iter().enumerate() {
+        assert!(staging.await_prepared_segment());
+        staging.append(f).unwrap();
+        if i % 9 == 4 {
+            // Every few frames the successors are named; the rest are
+            // read while unnamed.
+            staging.sync().unwrap();
+        }
+        seen.extend(read_available(&mut reader));
+        assert_eq!(seen, all[..=i], "frame {i} not read at once");
+    }
+    assert!(segment_files(&dir).len() > 6, "expected rotations");
+}
+
+/// A reader with the doorbell that falls several segments behind finds
+/// each successor as it reaches it: the rotation count it saw on moving on
+/// already counts the later rotations, so it is not the mark to wait for
+/// (apply stopped with a false HAX0002E when it was).
+#[test]
+fn a_reader_with_the_doorbell_several_segments_behind_reads_through_them_all() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(80);
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert!(reader.prepare_wait().is_some(), "the doorbell is there");
+    let mut staged = 0;
+    // Caught up at the end of the first segment, having looked for its
+    // successor and found none.
+    for f in &all[..3] {
+        assert!(staging.await_prepared_segment());
+        staging.append(f).unwrap();
+        staged += 1;
+    }
+    let mut seen = read_available(&mut reader);
+    assert_eq!(seen, all[..staged]);
+    // Then four rotations while it sleeps, the segments named.
+    let before = segment_files(&dir).len();
+    while segment_files(&dir).len() < before + 4 {
+        assert!(staging.await_prepared_segment());
+        staging.append(&all[staged]).unwrap();
+        staged += 1;
+    }
+    staging.sync().unwrap();
+    seen.extend(read_available(&mut reader));
+    assert_eq!(seen, all[..staged], "read through every segment at once");
 }

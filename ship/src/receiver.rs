@@ -176,6 +176,9 @@ fn sync_in_order(
     let outcome = pending.run();
     // Lock order: a turn, then `staging` (preparing takes `staging` alone).
     shared.turns.in_turn(ticket, || {
+        // Named in turn: a segment's name is made durable only after every
+        // segment before it is (an earlier sync may still hold one).
+        let outcome = outcome.and_then(|()| pending.name_segments());
         let result = shared.staging.lock().complete_sync(pending, outcome);
         if let Ok(durable) = result {
             shared.durable.store(durable, Ordering::Relaxed);

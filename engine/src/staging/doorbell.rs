@@ -13,6 +13,11 @@
 //!
 //! Only a hint: a doorbell that cannot be made or mapped leaves the reader
 //! looking every `idle_wait`, as before.
+//!
+//! A third word counts the receiver's rotations, so that a reader at the
+//! end of its segment looks for a successor's file only when one may have
+//! been begun (and every `LIST_EVERY` in any case), not at every look for
+//! a frame (decisions.md 112).
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -26,6 +31,7 @@ const DOORBELL_FILE: &str = "doorbell";
 const FILE_BYTES: u64 = 4096;
 const EPOCH_AT: usize = 0;
 const WAITING_AT: usize = 4;
+const ROTATIONS_AT: usize = 8;
 
 #[derive(Debug)]
 pub(crate) struct Doorbell {
@@ -76,6 +82,19 @@ impl Doorbell {
     /// After an append: wakes a reader that said it sleeps, once.
     pub(crate) fn ring(&self) {
         crate::sys::ring(self.word(EPOCH_AT), self.word(WAITING_AT));
+    }
+
+    /// After a rotation has begun the next segment's file.
+    pub(crate) fn rotated(&self) {
+        self.word(ROTATIONS_AT)
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Rotations so far (wrapping): the reader looks for a successor's
+    /// file when this has changed since its last look.
+    pub(crate) fn rotations(&self) -> u32 {
+        self.word(ROTATIONS_AT)
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Before the reader's last look: the epoch to `wait` on.

@@ -19,10 +19,15 @@
 //! Zeros cannot start a frame (the magic is not zero); a frame from the
 //! earlier use starts below the segment's start position (positions only
 //! grow), so it is told apart by its header. Both read as "nothing more
-//! yet". A segment is finished before the next one is begun: it is synced
-//! (its unused end kept), and the successor is named by the position its
-//! last frame ends at, so a segment that has a successor ends where its
-//! frames reach its successor's name; what follows is not read.
+//! yet". A rotation begins the next segment, named by the position the
+//! old one's last frame ends at, under a name of its own
+//! (`<start position>.stg-next`) and waits for no disk: the next group
+//! commit syncs the old segment and the new one, then renames the new one
+//! into place and syncs the directory (decisions.md 112). So a segment
+//! under its name has every frame up to its successor's start durable,
+//! and its frames end there; what follows (its unused end, kept:
+//! decisions.md 111) is not read. A `*.stg-next` left by a crash holds
+//! nothing acknowledged and is removed at open (HAX0024I).
 //!
 //! Positions are "next sequence" values, like a frame's `next_sequence`:
 //! every entry below the staged position is staged; an empty store is at 1.
@@ -59,6 +64,10 @@ pub const STAGING_MAGIC: [u8; 8] = *b"REPLSTG1";
 const FILE_HEADER_BYTES: u64 = 16;
 const EXTENSION: &str = "stg";
 const SPARE_EXTENSION: &str = "stg-spare";
+/// A segment begun by a rotation and not yet named: it takes its name
+/// (`<start>.stg`) in the group commit, once it and every segment before
+/// it are durable (decisions.md 112).
+const UNNAMED_EXTENSION: &str = "stg-next";
 /// Purged segments' files kept for reuse at most: apply's position moves a
 /// checkpoint at a time (3 s apart by default: about three 256 MiB
 /// segments at 1.5 M entries/s), which may purge several segments at once,
@@ -178,6 +187,9 @@ struct Segment {
     /// The file's length when it was opened or made (a prepared segment's
     /// zero-filled end): what it holds on disk is the larger of the two.
     allocated: u64,
+    /// Under its name: false from the rotation that began it to the sync
+    /// that named it (`path` is then the `*.stg-next` one).
+    named: bool,
 }
 
 impl Segment {
@@ -287,6 +299,10 @@ pub enum Appended {
 #[derive(Debug)]
 pub struct PendingSync {
     files: Vec<(File, PathBuf)>,
+    /// Segments begun since the last sync, to be named once durable
+    /// (from, to), in the order they were begun.
+    names: Vec<(PathBuf, PathBuf)>,
+    dir: PathBuf,
     position: u64,
     syncer: Arc<dyn SyncFile>,
 }
@@ -304,6 +320,24 @@ impl PendingSync {
             self.syncer.sync_data(file).map_err(|e| (path.clone(), e))?;
         }
         Ok(())
+    }
+
+    /// After `run` succeeded, and after every sync prepared before this one
+    /// has named its segments: names the segments begun since the last
+    /// sync and syncs the directory, so that a segment's name is durable
+    /// only once it and every segment before it are. Until then a crash
+    /// leaves a `*.stg-next` file, whose frames nobody acknowledged, and
+    /// opening removes it.
+    pub fn name_segments(&self) -> Result<(), (PathBuf, std::io::Error)> {
+        if self.names.is_empty() {
+            return Ok(());
+        }
+        for (from, to) in &self.names {
+            std::fs::rename(from, to).map_err(|e| (to.clone(), e))?;
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| (self.dir.clone(), e))
     }
 }
 
@@ -332,8 +366,13 @@ pub struct Staging {
     options: StagingOptions,
     segments: Vec<Segment>,
     active: File,
-    /// Segments written since the last sync (the active one included).
-    unsynced: Vec<PathBuf>,
+    /// Finished segments written since the last sync, with their files.
+    unsynced: Vec<(File, PathBuf)>,
+    /// The active segment was written (or begun) since the last sync.
+    active_unsynced: bool,
+    /// Segments begun since the last sync, to be named by the next one
+    /// (from, to).
+    unnamed: Vec<(PathBuf, PathBuf)>,
     staged_position: u64,
     durable_position: u64,
     poisoned: bool,
@@ -353,6 +392,10 @@ pub struct Staging {
 
 fn segment_name(start_position: u64) -> String {
     format!("{start_position:020}.{EXTENSION}")
+}
+
+fn unnamed_name(start_position: u64) -> String {
+    format!("{start_position:020}.{UNNAMED_EXTENSION}")
 }
 
 fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StagingError> {
@@ -488,6 +531,7 @@ impl Staging {
                 path: path.clone(),
                 bytes,
                 allocated: bytes,
+                named: true,
             });
         }
         let last = segments.last_mut().expect("at least one segment");
@@ -605,6 +649,8 @@ impl Staging {
             options,
             active: file,
             unsynced: Vec::new(),
+            active_unsynced: false,
+            unnamed: Vec::new(),
             staged_position: recovery.staged_position,
             durable_position: recovery.staged_position,
             segments,
@@ -693,9 +739,7 @@ impl Staging {
             return Err(io("write staging segment", &active.path)(source));
         }
         active.bytes = end;
-        if !self.unsynced.contains(&active.path) {
-            self.unsynced.push(active.path.clone());
-        }
+        self.active_unsynced = true;
         self.staged_position = header.next_sequence;
         if let Some(doorbell) = &self.doorbell {
             doorbell.ring();
@@ -707,18 +751,18 @@ impl Staging {
 
     /// Finishes the active segment and begins the next, at the staged
     /// position: the one made ahead when it is ready, else a new empty one.
+    /// Nothing here waits for the disk (decisions.md 112): the old segment
+    /// is synced, and the new one named, by the next group commit.
     fn rotate(&mut self) -> Result<(), StagingError> {
-        // Finished before a successor exists (readers and recovery take a
-        // segment with a successor as complete): its frames durable. What
-        // lies past its frames stays: the unused end of a segment made
-        // ahead (zeros, or a reused file's earlier frames) reads as the
-        // end, and readers move on at the successor, which the position
-        // its last frame ends at names. Cutting it off had the filesystem
-        // free (and, mounted with `discard`, discard) its blocks on the
-        // receiver's session thread, with an inode to write back in the
-        // sync: 9-13 ms each on a busy disk (decisions.md 111). Only what
-        // an append cut short (a full disk) left there is cut off: it may
-        // hold a whole frame that the successor holds too.
+        // What lies past the old segment's frames stays: the unused end of
+        // a segment made ahead (zeros, or a reused file's earlier frames)
+        // reads as the end, and readers move on at the successor, which
+        // the position its last frame ends at names. Cutting it off had the
+        // filesystem free (and, mounted with `discard`, discard) its blocks
+        // on the receiver's session thread (decisions.md 111). Only what an
+        // append cut short (a full disk) left there is cut off: it may hold
+        // a whole frame that the successor holds too. The sync that names
+        // the successor makes the cut durable first.
         let old = self.segments.last_mut().expect("active");
         let len = self
             .active
@@ -730,37 +774,41 @@ impl Staging {
                 .set_len(old.bytes)
                 .map_err(io("cut the unused end of staging segment", &old.path))?;
             old.allocated = old.bytes;
-        }
-        if let Err(source) = self.options.syncer.sync_data(&self.active) {
-            self.poisoned = true;
-            return Err(StagingError::SyncFailed {
-                path: old.path.clone(),
-                source,
-            });
+            self.active_unsynced = true;
         }
         self.append_cut_short = false;
         let old_path = old.path.clone();
-        self.unsynced.retain(|p| *p != old_path);
 
-        let path = self.dir.join(segment_name(self.staged_position));
+        // Begun under a name of its own (`*.stg-next`): the group commit
+        // renames it into place once it and the segments before it are
+        // durable, so a segment under its name always has every frame up
+        // to its successor's name, as recovery (which reads the last
+        // segment only) and readers take it to. Readers look for the
+        // successor under both names.
+        let unnamed = self.dir.join(unnamed_name(self.staged_position));
+        let named = self.dir.join(segment_name(self.staged_position));
         let (file, allocated) = match self.take_spare() {
             Some((file, spare_path)) => {
-                std::fs::rename(&spare_path, &path)
-                    .map_err(io("rename prepared staging segment to", &path))?;
+                std::fs::rename(&spare_path, &unnamed)
+                    .map_err(io("rename prepared staging segment to", &unnamed))?;
                 (file, self.options.segment_bytes)
             }
-            None => (create_segment(&path)?, FILE_HEADER_BYTES),
+            None => (create_segment(&unnamed)?, FILE_HEADER_BYTES),
         };
-        // The new name must survive a crash before anything in it is acked.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync staging directory", &self.dir))?;
-        self.active = file;
+        let old_file = std::mem::replace(&mut self.active, file);
+        if std::mem::replace(&mut self.active_unsynced, true) {
+            self.unsynced.push((old_file, old_path));
+        }
+        if let Some(doorbell) = &self.doorbell {
+            doorbell.rotated();
+        }
+        self.unnamed.push((unnamed.clone(), named));
         self.segments.push(Segment {
             start_position: self.staged_position,
-            path,
+            path: unnamed,
             bytes: FILE_HEADER_BYTES,
             allocated,
+            named: false,
         });
         self.prepare_next();
         Ok(())
@@ -935,30 +983,34 @@ impl Staging {
     /// one to acknowledge). A failure poisons the store.
     pub fn sync(&mut self) -> Result<u64, StagingError> {
         let pending = self.prepare_sync()?;
-        let result = pending.run();
+        let result = pending.run().and_then(|()| pending.name_segments());
         self.complete_sync(pending, result)
     }
 
     /// The first half of `sync`, for a caller that runs the fsyncs without
     /// holding the store (group commit: frames keep arriving meanwhile). Run
-    /// the returned `PendingSync`, then hand its result to `complete_sync`.
+    /// the returned `PendingSync`, then (in the order the syncs were
+    /// prepared) its `name_segments`, then hand the result to
+    /// `complete_sync`.
     pub fn prepare_sync(&mut self) -> Result<PendingSync, StagingError> {
         if self.poisoned {
             return Err(StagingError::Poisoned {
                 dir: self.dir.clone(),
             });
         }
-        let mut files = Vec::new();
-        for path in std::mem::take(&mut self.unsynced) {
-            let file = if self.segments.last().is_some_and(|s| s.path == path) {
-                self.active.try_clone()
-            } else {
-                File::open(&path)
-            };
-            files.push((file.map_err(io("open staging segment", &path))?, path));
+        let mut files = std::mem::take(&mut self.unsynced);
+        if std::mem::take(&mut self.active_unsynced) {
+            let active = self.segments.last().expect("active");
+            let file = self
+                .active
+                .try_clone()
+                .map_err(io("open staging segment", &active.path))?;
+            files.push((file, active.path.clone()));
         }
         Ok(PendingSync {
             files,
+            names: std::mem::take(&mut self.unnamed),
+            dir: self.dir.clone(),
             position: self.staged_position,
             syncer: Arc::clone(&self.options.syncer),
         })
@@ -984,6 +1036,12 @@ impl Staging {
                 dir: self.dir.clone(),
             });
         }
+        for (from, to) in pending.names {
+            if let Some(segment) = self.segments.iter_mut().find(|s| s.path == from) {
+                segment.path = to;
+                segment.named = true;
+            }
+        }
         self.durable_position = self.durable_position.max(pending.position);
         Ok(self.durable_position)
     }
@@ -1007,7 +1065,13 @@ impl Staging {
     ) -> Result<(u64, Cleanup), StagingError> {
         let mut freed = 0;
         let mut cleanup = Cleanup::default();
-        while self.segments.len() > 1 && self.segments[1].start_position <= applied_position {
+        // A segment goes only once its successor is named: until then a
+        // crash would leave the successor unnamed, removed at open, and
+        // the store without the segment that holds its staged position.
+        while self.segments.len() > 1
+            && self.segments[1].named
+            && self.segments[1].start_position <= applied_position
+        {
             let segment = self.segments.remove(0);
             if !self.keep_for_reuse(&segment, &mut cleanup)? {
                 cleanup.files.push(segment.path.clone());
@@ -1133,12 +1197,20 @@ impl Cleanup {
 
 /// Removes segments made ahead by an earlier run, and purged segments'
 /// files kept for reuse (never renamed into place, so they hold no frame
-/// anyone needs).
+/// anyone needs), and segments begun by a rotation but never named: the
+/// sync that would have named them did not end, so nothing in them was
+/// acknowledged, and the primary sends it again.
 fn remove_leftover_spares(dir: &Path) -> Result<(), StagingError> {
     for item in std::fs::read_dir(dir).map_err(io("list staging", dir))? {
         let path = item.map_err(io("list staging", dir))?.path();
         if path.extension().is_some_and(|e| e == SPARE_EXTENSION) {
             std::fs::remove_file(&path).map_err(io("remove leftover staging spare", &path))?;
+        } else if path.extension().is_some_and(|e| e == UNNAMED_EXTENSION) {
+            tracing::info!(
+                "HAX0024I staging segment {} was begun but never named (the sync that would have named it did not end; nothing in it was acknowledged): removed, the primary sends its frames again",
+                path.display()
+            );
+            std::fs::remove_file(&path).map_err(io("remove unnamed staging segment", &path))?;
         }
     }
     Ok(())

@@ -9,8 +9,9 @@
 //!   checksum matches. A partial or damaged frame at the end of the newest
 //!   segment is a write in progress (or a torn tail the receiver will cut
 //!   off when it restarts): the reader waits for it.
-//! - A segment is finished once a later segment exists: the receiver syncs
-//!   a segment before it begins a new one (named by the staged position),
+//! - A segment is finished once a later segment exists: the receiver
+//!   begins a new one (named by the staged position; `*.stg-next` until
+//!   the group commit names it) only after the last frame of the old one,
 //!   and never appends to an older one. A finished segment keeps its unused
 //!   end (zeros, or a reused file's earlier frames): the reader leaves it
 //!   at the successor its position names (below). A partial or damaged
@@ -25,8 +26,8 @@
 //!   itself) cannot be told from a write in progress and is waited on.
 //! - Frames follow each other without gap: a frame that does not start
 //!   where the previous one ended is corruption too.
-//! - A segment named by the reader's position, once it exists, means the
-//!   segment being read is finished and wholly read: the reader goes on
+//! - A segment named by the reader's position (under either name), once
+//!   it exists, means the segment being read is finished and wholly read: the reader goes on
 //!   there whatever else the open file holds. Purged segments' files are
 //!   reused as new segments (decisions.md 34), possibly under a reader
 //!   that has not yet moved on; a new segment's earlier frames start
@@ -38,8 +39,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{
-    list, read_frame, segment_name, Doorbell, FrameAt, StagingError, FILE_HEADER_BYTES,
-    STAGING_MAGIC,
+    list, read_frame, segment_name, unnamed_name, Doorbell, FrameAt, StagingError,
+    FILE_HEADER_BYTES, STAGING_MAGIC,
 };
 use crate::frame::{CheckedBody, FrameHeader};
 use crate::limits::FRAME_HEADER_BYTES;
@@ -60,6 +61,11 @@ pub struct StagingReader {
     doorbell: Option<Doorbell>,
     /// When the directory was last listed for a later segment.
     listed_at: Option<Instant>,
+    /// The doorbell's rotation count at the last look for the successor's
+    /// file that found none, and when that was (`successor_may_exist`).
+    /// Cleared on moving to the successor: the count may have passed
+    /// several rotations by then (a reader a few segments behind).
+    looked_for_successor: Option<(u32, Instant)>,
 }
 
 #[derive(Debug)]
@@ -100,6 +106,7 @@ impl StagingReader {
             from,
             doorbell: None,
             listed_at: None,
+            looked_for_successor: None,
         };
         reader.find_start(from)?;
         Ok(reader)
@@ -166,7 +173,8 @@ impl StagingReader {
             };
         };
         self.position = *start;
-        self.segment = Some(open_segment(*start, path)?);
+        let file = File::open(path).map_err(super::io("open staging segment", path))?;
+        self.segment = Some(open_segment(*start, path, file)?);
         Ok(())
     }
 
@@ -194,13 +202,17 @@ impl StagingReader {
                 return Ok(Some(CheckedBody::new(header)));
             }
             let current = self.segment.as_ref().expect("open").start;
-            let next = self.dir.join(segment_name(self.position));
-            if current != self.position && next.exists() {
-                // Finished (and durable) before its successor was made.
-                self.segment.as_ref().expect("open").release_rest();
-                self.segment = Some(open_segment(self.position, &next)?);
-                finished = false;
-                continue;
+            // Looked for at once on a second pass (`finished`: a later
+            // segment was listed).
+            if current != self.position && (finished || self.successor_may_exist()) {
+                if let Some(next) = self.open_successor()? {
+                    // Finished before its successor was begun.
+                    self.segment.as_ref().expect("open").release_rest();
+                    self.segment = Some(next);
+                    self.looked_for_successor = None;
+                    finished = false;
+                    continue;
+                }
             }
             match found {
                 Found::Frame(_) => unreachable!("handed out above"),
@@ -252,6 +264,44 @@ impl StagingReader {
                 }
             }
         }
+    }
+
+    /// Whether to look for the successor's file now: when the receiver has
+    /// rotated since the last look that found none (a rotation bumps the
+    /// count after the file is there), or `LIST_EVERY` has passed (a
+    /// doorbell made by a receiver that counts no rotations), or there is
+    /// no doorbell. Each look is two or three failed path lookups while the
+    /// reader keeps up with the receiver: at every look for a frame, they
+    /// cost apply 10% more CPU in lag runs (decisions.md 112).
+    fn successor_may_exist(&mut self) -> bool {
+        let Some(doorbell) = &self.doorbell else {
+            return true;
+        };
+        let rotations = doorbell.rotations();
+        let due = self
+            .looked_for_successor
+            .is_none_or(|(seen, at)| seen != rotations || at.elapsed() >= LIST_EVERY);
+        if due {
+            self.looked_for_successor = Some((rotations, Instant::now()));
+        }
+        due
+    }
+
+    /// The segment that begins at the reader's position, if the receiver
+    /// has begun it: under its name, or under the name it has from its
+    /// rotation until the group commit renames it (decisions.md 112). A
+    /// rename between two looks is looked through once more.
+    fn open_successor(&self) -> Result<Option<OpenSegment>, StagingError> {
+        let named = self.dir.join(segment_name(self.position));
+        let unnamed = self.dir.join(unnamed_name(self.position));
+        for path in [&named, &unnamed, &named] {
+            match File::open(path) {
+                Ok(file) => return open_segment(self.position, path, file).map(Some),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(super::io("open staging segment", path)(e)),
+            }
+        }
+        Ok(None)
     }
 
     fn read_at_offset(&mut self, buf: &mut Vec<u8>) -> Result<Found, StagingError> {
@@ -349,8 +399,7 @@ impl OpenSegment {
     }
 }
 
-fn open_segment(start: u64, path: &Path) -> Result<OpenSegment, StagingError> {
-    let file = File::open(path).map_err(super::io("open staging segment", path))?;
+fn open_segment(start: u64, path: &Path, file: File) -> Result<OpenSegment, StagingError> {
     // Read-ahead from the frames being read runs on past the receiver's
     // last write, into the zeros or earlier frames of the file's made-ahead
     // length: disk reads of what the receiver overwrites moments later
