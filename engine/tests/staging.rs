@@ -414,7 +414,8 @@ fn segment_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
     out
 }
 
-fn spare_files(dir: &std::path::Path) -> usize {
+/// Files in `dir` whose name ends in `.<extension>`.
+fn files_ending(dir: &std::path::Path, extension: &str) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
         .filter(|e| {
@@ -422,9 +423,14 @@ fn spare_files(dir: &std::path::Path) -> usize {
                 .unwrap()
                 .path()
                 .extension()
-                .is_some_and(|e| e == "stg-spare")
+                .is_some_and(|e| e == extension)
         })
         .count()
+}
+
+/// Segments made ahead and purged files kept for reuse.
+fn spare_files(dir: &std::path::Path) -> usize {
+    files_ending(dir, "stg-spare")
 }
 
 #[test]
@@ -1521,17 +1527,9 @@ impl SyncFile for WatchingSync {
     }
 }
 
+/// Segments a rotation began that no sync has named yet.
 fn unnamed_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|e| e == "stg-next")
-        })
-        .count()
+    files_ending(dir, "stg-next")
 }
 
 /// A rotation waits for no disk (decisions.md 112): it syncs nothing and
@@ -1600,57 +1598,77 @@ fn a_rotation_syncs_nothing_and_the_sync_after_it_names_the_segment_it_began() {
     assert_eq!(seen, all);
 }
 
-/// A crash after a rotation and before the sync that would have named the
-/// segment it began: nothing in it was acknowledged; opening removes it
-/// (HAX0024I) and the store goes on from the end of the last named
-/// segment's frames, where the primary sends again.
+/// A receiver stopped after a rotation and before the sync that would have
+/// named the segment it began. Killed, its frames are all there: opening
+/// names the segment (HAX0025I) and nothing is sent again. After a power
+/// loss that took the old segment's unsynced tail, the frames before the
+/// unnamed segment do not reach it: opening removes it (HAX0024I), and the
+/// store goes on from the end of the old segment's frames, where the
+/// primary sends again (nothing past it was acknowledged).
 #[test]
-fn a_segment_begun_but_never_named_is_removed_at_open_and_its_frames_staged_again() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("staging");
-    let all = frames(60);
-    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
-    let mut staged = 0;
-    while segment_files(&dir).len() < 2 {
-        assert!(staging.await_prepared_segment());
-        staging.append(&all[staged]).unwrap();
-        staged += 1;
-    }
-    staging.sync().unwrap();
-    // Into the next segments, unsynced.
-    let durable = staging.durable_position();
-    let named_end = loop {
-        assert!(staging.await_prepared_segment());
-        let files = segment_files(&dir);
-        staging.append(&all[staged]).unwrap();
-        staged += 1;
-        if segment_files(&dir).len() > files.len() {
-            break start_of(&segment_files(&dir).last().unwrap().0);
+fn a_segment_begun_but_never_named_is_named_at_open_or_removed_when_a_hole_precedes_it() {
+    for tail_lost in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("staging");
+        let all = frames(60);
+        let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+        let mut staged = 0;
+        while segment_files(&dir).len() < 2 {
+            assert!(staging.await_prepared_segment());
+            staging.append(&all[staged]).unwrap();
+            staged += 1;
         }
-    };
-    for f in &all[staged..staged + 3] {
-        staging.append(f).unwrap();
-    }
-    staged += 3;
-    assert!(unnamed_files(&dir) >= 1);
-    drop(staging);
+        staging.sync().unwrap();
+        let durable = staging.durable_position();
+        // Into the next segment, unsynced.
+        while unnamed_files(&dir) == 0 {
+            assert!(staging.await_prepared_segment());
+            staging.append(&all[staged]).unwrap();
+            staged += 1;
+        }
+        for f in &all[staged..staged + 3] {
+            staging.append(f).unwrap();
+        }
+        staged += 3;
+        drop(staging);
+        let files = segment_files(&dir);
+        let (old, unnamed_start) = (&files[1].0, start_of(&files[2].0));
+        if tail_lost {
+            // The old segment's last frame lost: cut inside it.
+            let last = &all[(unnamed_start as usize - 1) / 10 - 1];
+            let end = 16
+                + all[(start_of(old) as usize - 1) / 10..(unnamed_start as usize - 1) / 10]
+                    .iter()
+                    .map(|f| f.len())
+                    .sum::<usize>();
+            let cut = end - last.len() / 2;
+            let file = File::options().write(true).open(old).unwrap();
+            file.set_len(cut as u64).unwrap();
+        }
 
-    let (mut staging, recovery) = Staging::open(&dir, small()).unwrap();
-    assert_eq!(unnamed_files(&dir), 0, "removed at open");
-    assert!(recovery.staged_position >= durable);
-    assert_eq!(
-        recovery.staged_position, named_end,
-        "the last named segment's frames end where its successor began"
-    );
-    let resend_from = (named_end as usize - 1) / 10;
-    assert!(resend_from < staged);
-    for f in &all[resend_from..] {
-        staging.append(f).unwrap();
+        let (mut staging, recovery) = Staging::open(&dir, small()).unwrap();
+        assert_eq!(unnamed_files(&dir), 0, "named or removed at open");
+        assert!(recovery.staged_position >= durable);
+        let expected = match tail_lost {
+            false => 1 + 10 * staged as u64,
+            true => unnamed_start - 10,
+        };
+        assert_eq!(recovery.staged_position, expected, "tail lost: {tail_lost}");
+        assert_eq!(
+            segment_files(&dir).len(),
+            if tail_lost { 2 } else { 3 },
+            "{:?}",
+            segment_files(&dir)
+        );
+        let resend_from = (expected as usize - 1) / 10;
+        for f in &all[resend_from..] {
+            staging.append(f).unwrap();
+        }
+        staging.sync().unwrap();
+        assert_eq!(staging.read_all().unwrap(), all);
+        let mut reader = StagingReader::open(&dir, 1).unwrap();
+        assert_eq!(read_available(&mut reader), all);
     }
-    staging.sync().unwrap();
-    assert_eq!(staging.read_all().unwrap(), all);
-    let mut reader = StagingReader::open(&dir, 1).unwrap();
-    assert_eq!(read_available(&mut reader), all);
 }
 
 /// A reader that has the receiver's doorbell looks for a successor's file
@@ -1712,4 +1730,50 @@ fn a_reader_with_the_doorbell_several_segments_behind_reads_through_them_all() {
     staging.sync().unwrap();
     seen.extend(read_available(&mut reader));
     assert_eq!(seen, all[..staged], "read through every segment at once");
+}
+
+/// Two rotations between two syncs, then a power loss in the sync that
+/// would have named both, after the later name reached the disk and before
+/// the earlier did: the named segment after an unnamed one goes (its
+/// frames are sent again), so the store never claims frames with a hole
+/// before them; the unnamed one, whose predecessor's frames reach it, is
+/// named.
+#[test]
+fn a_named_segment_after_one_never_named_is_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("staging");
+    let all = frames(80);
+    let (mut staging, _) = Staging::open(&dir, small()).unwrap();
+    let mut staged = 0;
+    while segment_files(&dir).len() < 2 {
+        assert!(staging.await_prepared_segment());
+        staging.append(&all[staged]).unwrap();
+        staged += 1;
+    }
+    staging.sync().unwrap();
+    while unnamed_files(&dir) < 2 {
+        assert!(staging.await_prepared_segment());
+        staging.append(&all[staged]).unwrap();
+        staged += 1;
+    }
+    drop(staging);
+    let later = segment_files(&dir).pop().unwrap().0;
+    assert_eq!(later.extension().unwrap(), "stg-next");
+    let later_start = start_of(&later);
+    std::fs::rename(&later, later.with_extension("stg")).unwrap();
+
+    let (mut staging, recovery) = Staging::open(&dir, small()).unwrap();
+    assert_eq!(unnamed_files(&dir), 0);
+    let files = segment_files(&dir);
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(files.iter().all(|(p, _)| start_of(p) < later_start));
+    assert_eq!(recovery.staged_position, later_start);
+    let resend_from = (later_start as usize - 1) / 10;
+    for f in &all[resend_from..] {
+        staging.append(f).unwrap();
+    }
+    staging.sync().unwrap();
+    assert_eq!(staging.read_all().unwrap(), all);
+    let mut reader = StagingReader::open(&dir, 1).unwrap();
+    assert_eq!(read_available(&mut reader), all);
 }

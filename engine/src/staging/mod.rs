@@ -26,8 +26,9 @@
 //! into place and syncs the directory (decisions.md 112). So a segment
 //! under its name has every frame up to its successor's start durable,
 //! and its frames end there; what follows (its unused end, kept:
-//! decisions.md 111) is not read. A `*.stg-next` left by a crash holds
-//! nothing acknowledged and is removed at open (HAX0024I).
+//! decisions.md 111) is not read. A `*.stg-next` left by a stopped
+//! receiver holds nothing acknowledged: opening names it when the frames
+//! before it reach it (HAX0025I), else removes it (HAX0024I).
 //!
 //! Positions are "next sequence" values, like a frame's `next_sequence`:
 //! every entry below the staged position is staged; an empty store is at 1.
@@ -508,12 +509,18 @@ fn valid_frame_after_first(bytes: &[u8], segment_start: u64) -> bool {
 impl Staging {
     /// Opens (creating if needed) the store in `dir`, recovering the last
     /// segment: a torn tail is truncated; damage before it is refused.
+    /// A segment a rotation began and no sync named (`*.stg-next`: the
+    /// receiver stopped in between) is named and recovered in turn when the
+    /// frames before it end where it begins (a killed process: its frames
+    /// are all there); otherwise it, and whatever follows it, is removed
+    /// (HAX0024I: nothing from its start on was acknowledged).
     pub fn open(
         dir: impl AsRef<Path>,
         options: StagingOptions,
     ) -> Result<(Staging, StagingRecovery), StagingError> {
         let dir = dir.as_ref().to_owned();
         std::fs::create_dir_all(&dir).map_err(io("create staging directory", &dir))?;
+        let mut unnamed = take_unnamed(&dir)?;
         let mut found = list(&dir)?;
         if found.is_empty() {
             // Positions are "next sequence" values: nothing staged is 1.
@@ -534,113 +541,48 @@ impl Staging {
                 named: true,
             });
         }
-        let last = segments.last_mut().expect("at least one segment");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&last.path)
-            .map_err(io("open staging segment", &last.path))?;
-        if last.bytes < FILE_HEADER_BYTES {
-            // Created by a rotation that crashed before its header was durable:
-            // it holds no frame; write the header again.
-            file.set_len(0)
-                .map_err(io("reset staging segment", &last.path))?;
-            drop(file);
-            std::fs::remove_file(&last.path).map_err(io("reset staging segment", &last.path))?;
-            file = create_segment(&last.path)?;
-            file.seek(SeekFrom::Start(0))
-                .map_err(io("seek staging segment", &last.path))?;
-            last.bytes = FILE_HEADER_BYTES;
-            last.allocated = FILE_HEADER_BYTES;
-        }
-        let mut header = [0u8; FILE_HEADER_BYTES as usize];
-        let corrupt = |offset: u64, detail: String| StagingError::Corrupt {
-            path: last.path.clone(),
-            offset,
-            detail,
-        };
-        if file.read_exact(&mut header).is_err() || header[..8] != STAGING_MAGIC {
-            return Err(corrupt(
-                0,
-                "not a staging segment (bad or short file header)".into(),
-            ));
-        }
-        let mut recovery = StagingRecovery {
-            staged_position: last.start_position,
-            ..StagingRecovery::default()
-        };
-        let mut offset = FILE_HEADER_BYTES;
-        let mut buf = Vec::new();
-        loop {
-            let detail = match read_frame(
-                &file,
-                &last.path,
-                offset,
-                last.bytes,
-                last.start_position,
-                &mut buf,
-            )? {
-                FrameAt::Frame(h) if h.start_position == recovery.staged_position => {
-                    offset += buf.len() as u64;
-                    recovery.frames += 1;
-                    recovery.staged_position = h.next_sequence;
-                    continue;
-                }
-                FrameAt::Frame(h) => {
-                    return Err(corrupt(
-                        offset,
-                        format!(
-                            "frame covers {}..{} but the previous frame ended at {}",
-                            h.start_position, h.next_sequence, recovery.staged_position
-                        ),
-                    ))
-                }
-                FrameAt::End => break,
-                FrameAt::Broken(_)
-                    if crate::sys::is_zero(&file, offset, last.bytes)
-                        .map_err(io("read staging segment", &last.path))? =>
-                {
-                    // The unused end of a segment made ahead.
-                    break;
-                }
-                FrameAt::Broken(detail) => detail,
-                FrameAt::Earlier => "a frame from the file's earlier use".to_owned(),
-            };
-            // Not a frame of this segment and not zeros to the end: a torn
-            // tail, or what a reused file held before. Either way the end,
-            // unless a frame of this segment follows.
-            let mut rest = Vec::new();
-            file.seek(SeekFrom::Start(offset))
-                .and_then(|_| file.read_to_end(&mut rest))
-                .map_err(io("read staging segment", &last.path))?;
-            if valid_frame_after_first(&rest, last.start_position) {
-                return Err(corrupt(
-                    offset,
-                    format!("{detail}; valid frames follow, so this is not a torn tail"),
-                ));
-            }
-            let torn = rest.len() < FRAME_HEADER_BYTES
-                || FrameHeader::decode(&rest)
-                    .is_ok_and(|h| h.start_position == recovery.staged_position);
-            if !torn {
-                tracing::info!("HAX0022I staging segment {}: its frames end at offset {offset}; the {} bytes after are not frames of it (the reused file's earlier frames, or a write cut short) and will be overwritten", last.path.display(), last.bytes - offset);
-                break;
-            }
-            tracing::warn!("HAX0005W staging segment {} had a torn tail at offset {offset} ({detail}): {} bytes truncated", last.path.display(), last.bytes - offset);
-            recovery.truncated_bytes = last.bytes - offset;
-            file.set_len(offset)
-                .map_err(io("truncate staging segment", &last.path))?;
+        let (mut file, mut recovery) = recover_last(&mut segments, &options)?;
+        while unnamed
+            .first()
+            .is_some_and(|(start, _)| *start == recovery.staged_position)
+        {
+            let (start, from) = unnamed.remove(0);
+            let to = dir.join(segment_name(start));
+            // Named only once what precedes it is durable, as a sync would.
             options
                 .syncer
                 .sync_data(&file)
                 .map_err(|source| StagingError::SyncFailed {
-                    path: last.path.clone(),
+                    path: segments.last().expect("a segment").path.clone(),
                     source,
                 })?;
-            last.allocated = offset;
-            break;
+            std::fs::rename(&from, &to).map_err(io("name staging segment", &to))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("sync staging directory", &dir))?;
+            tracing::info!(
+                "HAX0025I staging segment {} was begun but not yet named when the receiver stopped; the frames before it end where it begins: named and recovered",
+                to.display()
+            );
+            let bytes = std::fs::metadata(&to)
+                .map_err(io("stat staging segment", &to))?
+                .len();
+            segments.push(Segment {
+                start_position: start,
+                path: to,
+                bytes,
+                allocated: bytes,
+                named: true,
+            });
+            (file, recovery) = recover_last(&mut segments, &options)?;
         }
-        last.bytes = offset;
+        for (_, path) in unnamed {
+            tracing::info!(
+                "HAX0024I staging segment {} was begun but never named, and the frames before it do not reach it (the sync that would have named it did not end; nothing from its start on was acknowledged): removed, the primary sends its frames again",
+                path.display()
+            );
+            std::fs::remove_file(&path).map_err(io("remove unnamed staging segment", &path))?;
+        }
         remove_leftover_spares(&dir)?;
         // Only a hint: without it the reader polls.
         let doorbell = Doorbell::create(&dir).ok();
@@ -1197,23 +1139,171 @@ impl Cleanup {
 
 /// Removes segments made ahead by an earlier run, and purged segments'
 /// files kept for reuse (never renamed into place, so they hold no frame
-/// anyone needs), and segments begun by a rotation but never named: the
-/// sync that would have named them did not end, so nothing in them was
-/// acknowledged, and the primary sends it again.
+/// anyone needs).
 fn remove_leftover_spares(dir: &Path) -> Result<(), StagingError> {
     for item in std::fs::read_dir(dir).map_err(io("list staging", dir))? {
         let path = item.map_err(io("list staging", dir))?.path();
         if path.extension().is_some_and(|e| e == SPARE_EXTENSION) {
             std::fs::remove_file(&path).map_err(io("remove leftover staging spare", &path))?;
-        } else if path.extension().is_some_and(|e| e == UNNAMED_EXTENSION) {
-            tracing::info!(
-                "HAX0024I staging segment {} was begun but never named (the sync that would have named it did not end; nothing in it was acknowledged): removed, the primary sends its frames again",
-                path.display()
-            );
-            std::fs::remove_file(&path).map_err(io("remove unnamed staging segment", &path))?;
         }
     }
     Ok(())
+}
+
+/// The segments a rotation began and no sync named (`*.stg-next`), by
+/// start position, for `Staging::open` to name or remove. Named segments
+/// after the first of them are removed first: a sync names several
+/// segments when several rotations came between two syncs, and after a
+/// power loss any of those names may have reached the disk without the
+/// others; nothing from the first one's start on was acknowledged.
+fn take_unnamed(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StagingError> {
+    let mut unnamed = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(io("list staging", dir))? {
+        let path = item.map_err(io("list staging", dir))?.path();
+        if path.extension().is_none_or(|e| e != UNNAMED_EXTENSION) {
+            continue;
+        }
+        match path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(start) => unnamed.push((start, path)),
+            None => {
+                std::fs::remove_file(&path).map_err(io("remove unnamed staging segment", &path))?
+            }
+        }
+    }
+    unnamed.sort();
+    if let Some((first, _)) = unnamed.first() {
+        for (start, path) in list(dir)? {
+            if start > *first {
+                tracing::info!(
+                    "HAX0024I staging segment {} follows one begun but never named (the sync that would have named both did not end; nothing in it was acknowledged): removed, the primary sends its frames again",
+                    path.display()
+                );
+                std::fs::remove_file(&path).map_err(io("remove staging segment", &path))?;
+            }
+        }
+    }
+    Ok(unnamed)
+}
+
+/// Recovers the last of `segments` (opened by `Staging::open`): reads its
+/// frames, cuts a torn tail, gives a segment torn at creation its header
+/// back. Returns its file and what was found.
+fn recover_last(
+    segments: &mut [Segment],
+    options: &StagingOptions,
+) -> Result<(File, StagingRecovery), StagingError> {
+    let last = segments.last_mut().expect("at least one segment");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&last.path)
+        .map_err(io("open staging segment", &last.path))?;
+    if last.bytes < FILE_HEADER_BYTES {
+        // Created by a rotation that crashed before its header was durable:
+        // it holds no frame; write the header again.
+        file.set_len(0)
+            .map_err(io("reset staging segment", &last.path))?;
+        drop(file);
+        std::fs::remove_file(&last.path).map_err(io("reset staging segment", &last.path))?;
+        file = create_segment(&last.path)?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(io("seek staging segment", &last.path))?;
+        last.bytes = FILE_HEADER_BYTES;
+        last.allocated = FILE_HEADER_BYTES;
+    }
+    let mut header = [0u8; FILE_HEADER_BYTES as usize];
+    let corrupt = |offset: u64, detail: String| StagingError::Corrupt {
+        path: last.path.clone(),
+        offset,
+        detail,
+    };
+    if file.read_exact(&mut header).is_err() || header[..8] != STAGING_MAGIC {
+        return Err(corrupt(
+            0,
+            "not a staging segment (bad or short file header)".into(),
+        ));
+    }
+    let mut recovery = StagingRecovery {
+        staged_position: last.start_position,
+        ..StagingRecovery::default()
+    };
+    let mut offset = FILE_HEADER_BYTES;
+    let mut buf = Vec::new();
+    loop {
+        let detail = match read_frame(
+            &file,
+            &last.path,
+            offset,
+            last.bytes,
+            last.start_position,
+            &mut buf,
+        )? {
+            FrameAt::Frame(h) if h.start_position == recovery.staged_position => {
+                offset += buf.len() as u64;
+                recovery.frames += 1;
+                recovery.staged_position = h.next_sequence;
+                continue;
+            }
+            FrameAt::Frame(h) => {
+                return Err(corrupt(
+                    offset,
+                    format!(
+                        "frame covers {}..{} but the previous frame ended at {}",
+                        h.start_position, h.next_sequence, recovery.staged_position
+                    ),
+                ))
+            }
+            FrameAt::End => break,
+            FrameAt::Broken(_)
+                if crate::sys::is_zero(&file, offset, last.bytes)
+                    .map_err(io("read staging segment", &last.path))? =>
+            {
+                // The unused end of a segment made ahead.
+                break;
+            }
+            FrameAt::Broken(detail) => detail,
+            FrameAt::Earlier => "a frame from the file's earlier use".to_owned(),
+        };
+        // Not a frame of this segment and not zeros to the end: a torn
+        // tail, or what a reused file held before. Either way the end,
+        // unless a frame of this segment follows.
+        let mut rest = Vec::new();
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_to_end(&mut rest))
+            .map_err(io("read staging segment", &last.path))?;
+        if valid_frame_after_first(&rest, last.start_position) {
+            return Err(corrupt(
+                offset,
+                format!("{detail}; valid frames follow, so this is not a torn tail"),
+            ));
+        }
+        let torn = rest.len() < FRAME_HEADER_BYTES
+            || FrameHeader::decode(&rest)
+                .is_ok_and(|h| h.start_position == recovery.staged_position);
+        if !torn {
+            tracing::info!("HAX0022I staging segment {}: its frames end at offset {offset}; the {} bytes after are not frames of it (the reused file's earlier frames, or a write cut short) and will be overwritten", last.path.display(), last.bytes - offset);
+            break;
+        }
+        tracing::warn!("HAX0005W staging segment {} had a torn tail at offset {offset} ({detail}): {} bytes truncated", last.path.display(), last.bytes - offset);
+        recovery.truncated_bytes = last.bytes - offset;
+        file.set_len(offset)
+            .map_err(io("truncate staging segment", &last.path))?;
+        options
+            .syncer
+            .sync_data(&file)
+            .map_err(|source| StagingError::SyncFailed {
+                path: last.path.clone(),
+                source,
+            })?;
+        last.allocated = offset;
+        break;
+    }
+    last.bytes = offset;
+    Ok((file, recovery))
 }
 
 fn create_segment(path: &Path) -> Result<File, StagingError> {

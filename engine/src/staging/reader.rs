@@ -27,8 +27,10 @@
 //! - Frames follow each other without gap: a frame that does not start
 //!   where the previous one ended is corruption too.
 //! - A segment named by the reader's position (under either name), once
-//!   it exists, means the segment being read is finished and wholly read: the reader goes on
-//!   there whatever else the open file holds. Purged segments' files are
+//!   it exists, means the segment being read is finished and wholly read:
+//!   the reader goes on there whatever else the open file holds (the look
+//!   for it waits for the doorbell's rotation count to move, decisions.md
+//!   112). Purged segments' files are
 //!   reused as new segments (decisions.md 34), possibly under a reader
 //!   that has not yet moved on; a new segment's earlier frames start
 //!   below its name and read as "nothing more yet".
