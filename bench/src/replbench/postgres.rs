@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -298,6 +298,29 @@ fn run_quiet(command: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the load into the publisher says how far it is: at psql's
+/// pace, the workload of a default run takes minutes.
+const LOAD_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// The progress line of the load: `written` changes handed to psql of
+/// `total`, after `elapsed`.
+fn load_progress(written: u64, total: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = written as f64 / secs.max(1e-9);
+    let left = match total.checked_sub(written) {
+        Some(left) if rate > 0.0 && total > 0 => {
+            format!(", about {:.0} s left", left as f64 / rate)
+        }
+        _ => String::new(),
+    };
+    format!(
+        "PostgreSQL: {:.2} of {:.2} M changes written into the publisher in {secs:.0} s ({:.1} k changes/s{left})",
+        written as f64 / 1e6,
+        total as f64 / 1e6,
+        rate / 1e3,
+    )
+}
+
 /// Settings of the publisher: logical decoding, and commits that do not
 /// wait for their WAL flush (our journal does not fsync in replbench
 /// either); a WAL size that keeps checkpoints out of a short run.
@@ -305,6 +328,36 @@ const PUBLISHER_SETTINGS: &str = "-c wal_level=logical -c synchronous_commit=off
 /// The subscriber: the same WAL size (its apply commits asynchronously by
 /// default: a subscription's synchronous_commit is off).
 const SUBSCRIBER_SETTINGS: &str = "-c max_wal_size=8GB";
+
+/// Most buffer cache an instance is given: the whole workload's table and
+/// index with room to spare, where initdb's 128 MB held a third of them
+/// (decisions.md 113).
+const SHARED_BUFFERS_MAX_MB: u64 = 4 << 10;
+
+/// Each instance's `shared_buffers`: `SHARED_BUFFERS_MAX_MB`, or a sixth of
+/// the machine's memory where that is less (two instances and our own
+/// pipeline share it), but never below initdb's 128 MB.
+fn shared_buffers_mb(memory_bytes: u64) -> u64 {
+    ((memory_bytes / 6) >> 20).clamp(128, SHARED_BUFFERS_MAX_MB)
+}
+
+/// The machine's memory (`sysconf`), if it says.
+fn machine_memory() -> Option<u64> {
+    // SAFETY: sysconf reads system values; no memory is passed.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+/// `base` with the buffer cache for this machine.
+fn with_buffers(base: &str) -> String {
+    let mb = shared_buffers_mb(machine_memory().unwrap_or(0));
+    format!("{base} -c shared_buffers={mb}MB")
+}
 
 const SCHEMA: &str = "CREATE TABLE bench (o bigint, k bytea, v bytea, PRIMARY KEY (o, k)); \
                       CREATE TABLE bench_marker (id int PRIMARY KEY, note text);";
@@ -329,9 +382,13 @@ pub fn run(
         }
     }
     say.progress("PostgreSQL: initdb and start of the publisher and the subscriber");
-    let mut publisher = Instance::start(&programs, run_as, root, "publisher", PUBLISHER_SETTINGS)?;
+    let (publisher_settings, subscriber_settings) = (
+        with_buffers(PUBLISHER_SETTINGS),
+        with_buffers(SUBSCRIBER_SETTINGS),
+    );
+    let mut publisher = Instance::start(&programs, run_as, root, "publisher", &publisher_settings)?;
     let mut subscriber =
-        Instance::start(&programs, run_as, root, "subscriber", SUBSCRIBER_SETTINGS)?;
+        Instance::start(&programs, run_as, root, "subscriber", &subscriber_settings)?;
     let version = publisher.query("SHOW server_version")?;
     let version = version.split_whitespace().next().unwrap_or("?").to_owned();
     publisher.query(SCHEMA)?;
@@ -349,10 +406,11 @@ pub fn run(
     let started = Instant::now();
     // psql stops taking the workload at SIGINT or SIGTERM.
     let stop = super::interrupt::flag();
+    let written = AtomicU64::new(0);
     let changes = std::thread::scope(|scope| -> anyhow::Result<u64> {
         let writers: Vec<_> = (0..journals)
             .map(|j| {
-                let publisher = &publisher;
+                let (publisher, written) = (&publisher, &written);
                 scope.spawn(move || {
                     write(
                         publisher,
@@ -362,10 +420,23 @@ pub fn run(
                             of: journals,
                         },
                         stop,
+                        written,
                     )
                 })
             })
             .collect();
+        let mut shown = Instant::now();
+        while !writers.iter().all(|w| w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+            if shown.elapsed() >= LOAD_PROGRESS_EVERY {
+                shown = Instant::now();
+                say.progress(&load_progress(
+                    written.load(Ordering::Relaxed),
+                    workload.changes.unwrap_or(0) * journals,
+                    started.elapsed(),
+                ));
+            }
+        }
         let mut total = 0;
         for w in writers {
             total += w.join().expect("a PostgreSQL writer panicked")?;
@@ -427,7 +498,7 @@ pub fn run(
         rows,
         row_changes,
         equal: ours == theirs,
-        settings: format!("publisher: {PUBLISHER_SETTINGS}; subscriber: {SUBSCRIBER_SETTINGS}"),
+        settings: format!("publisher: {publisher_settings}; subscriber: {subscriber_settings}"),
     })
 }
 
@@ -483,6 +554,7 @@ fn write(
     workload: &Workload,
     lane: Lane,
     stop: &AtomicBool,
+    written: &AtomicU64,
 ) -> anyhow::Result<u64> {
     let mut child = publisher
         .psql()
@@ -495,6 +567,7 @@ fn write(
     let mut generator = Generator::new(workload, lane);
     let (mut changes, mut images) = (Vec::new(), Vec::new());
     let mut statement = String::new();
+    let mut grouped = 0;
     let result = (|| -> anyhow::Result<()> {
         while generator.next_txn(stop, &mut changes, &mut images) {
             let rows: Vec<(u64, String, String)> = changes
@@ -502,19 +575,26 @@ fn write(
                 .zip(images.chunks_exact(workload.image_bytes))
                 .map(|(c, image)| (c.object, hex(&c.key), hex(image)))
                 .collect();
-            statement.clear();
             if workload.txn_changes == 0 {
                 // Each change a statement of its own, committed alone.
+                statement.clear();
                 for i in 0..changes.len() {
                     txn_statements(&changes[i..=i], &rows[i..=i], &mut statement);
                 }
+                sql.write_all(statement.as_bytes())?;
             } else {
                 statement.push_str("BEGIN;\n");
                 txn_statements(&changes, &rows, &mut statement);
                 statement.push_str("COMMIT;\n");
+                grouped += 1;
+                if grouped == TXNS_PER_REQUEST {
+                    send_request(&mut sql, &mut statement)?;
+                    grouped = 0;
+                }
             }
-            sql.write_all(statement.as_bytes())?;
+            written.fetch_add(changes.len() as u64, Ordering::Relaxed);
         }
+        send_request(&mut sql, &mut statement)?;
         sql.flush()?;
         Ok(())
     })();
@@ -527,6 +607,35 @@ fn write(
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(generator.made)
+}
+
+/// Transactions psql sends the publisher in one request. psql sends each
+/// statement on its own and waits for its answer, four round trips a
+/// transaction: the load took 25-27 k changes/s. Statements joined by
+/// psql's `\;` go as one request, a simple-query string in which each
+/// `BEGIN` ... `COMMIT` is still a transaction of its own, as its WAL and
+/// its replication show (decisions.md 113).
+const TXNS_PER_REQUEST: usize = 64;
+
+/// Writes `statements` (whole statements, each ending in `;` and a
+/// newline) as one request of psql's: every statement's end but the
+/// last escaped as `\;`. Empties `statements`.
+fn send_request(sql: &mut impl Write, statements: &mut String) -> std::io::Result<()> {
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let request = joined_request(statements);
+    statements.clear();
+    sql.write_all(request.as_bytes())
+}
+
+/// `statements` as one psql request (see `send_request`). The statements'
+/// text has no `;` and newline inside it: values are hex.
+fn joined_request(statements: &str) -> String {
+    let body = statements
+        .strip_suffix(";\n")
+        .expect("statements end in a semicolon and a newline");
+    format!("{};\n", body.replace(";\n", "\\;\n"))
 }
 
 /// A transaction's changes as at most two statements, with the effect our
@@ -587,6 +696,46 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transactions_go_to_psql_as_one_request_each_commit_its_own() {
+        let statements = "BEGIN;\nINSERT INTO bench VALUES (1, '\\x01'::bytea, '\\x02'::bytea);\nCOMMIT;\nBEGIN;\nDELETE FROM bench WHERE (o, k) IN ((1, '\\x01'::bytea));\nCOMMIT;\n";
+        assert_eq!(
+            joined_request(statements),
+            "BEGIN\\;\nINSERT INTO bench VALUES (1, '\\x01'::bytea, '\\x02'::bytea)\\;\nCOMMIT\\;\nBEGIN\\;\nDELETE FROM bench WHERE (o, k) IN ((1, '\\x01'::bytea))\\;\nCOMMIT;\n"
+        );
+        let mut sent = Vec::new();
+        let mut pending = statements.to_owned();
+        send_request(&mut sent, &mut pending).unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(sent, joined_request(statements).into_bytes());
+        // Nothing gathered: nothing sent.
+        send_request(&mut sent, &mut pending).unwrap();
+        assert_eq!(sent.len(), joined_request(statements).len());
+    }
+
+    #[test]
+    fn each_instance_gets_a_sixth_of_the_memory_for_buffers_up_to_4_gib() {
+        assert_eq!(shared_buffers_mb(24 << 30), 4096);
+        assert_eq!(shared_buffers_mb(64 << 30), 4096);
+        assert_eq!(shared_buffers_mb(12 << 30), 2048);
+        // A small or unknown machine keeps initdb's default.
+        assert_eq!(shared_buffers_mb(512 << 20), 128);
+        assert_eq!(shared_buffers_mb(0), 128);
+        assert!(with_buffers("-c max_wal_size=8GB")
+            .starts_with("-c max_wal_size=8GB -c shared_buffers="));
+    }
+
+    #[test]
+    fn the_loads_progress_says_how_far_how_fast_and_how_long_is_left() {
+        let line = load_progress(500_000, 2_000_000, Duration::from_secs(20));
+        assert_eq!(
+            line,
+            "PostgreSQL: 0.50 of 2.00 M changes written into the publisher in 20 s (25.0 k changes/s, about 60 s left)"
+        );
+        // Nothing written yet: no rate to reckon the rest by.
+        assert!(!load_progress(0, 2_000_000, Duration::from_secs(2)).contains("left"));
+    }
 
     #[test]
     fn without_postgresql_the_error_says_how_to_install_it() {
