@@ -143,7 +143,7 @@ struct Args {
     peer: Option<PeerArg>,
     /// Record changes per journal for the peer, at most --changes
     /// [default: --changes, the same workload]. Fewer give the first of
-    /// the workload's changes: quicker (psql loads PostgreSQL at some 25 k
+    /// the workload's changes: quicker (psql loads PostgreSQL at some 70 k
     /// changes/s before its timed replication), but a smaller table than
     /// ours, on which PostgreSQL runs faster (decisions.md 113).
     #[arg(long)]

@@ -330,8 +330,9 @@ const PUBLISHER_SETTINGS: &str = "-c wal_level=logical -c synchronous_commit=off
 const SUBSCRIBER_SETTINGS: &str = "-c max_wal_size=8GB";
 
 /// Most buffer cache an instance is given: the whole workload's table and
-/// index with room to spare, where initdb's 128 MB held a third of them
-/// (decisions.md 113).
+/// index with room to spare. initdb's 128 MB held less than half of what
+/// a full-size run touches (its subscriber's shutdown checkpoint alone
+/// wrote 276 MB), and that run was 18% slower (decisions.md 113).
 const SHARED_BUFFERS_MAX_MB: u64 = 4 << 10;
 
 /// Each instance's `shared_buffers`: `SHARED_BUFFERS_MAX_MB`, or a sixth of
