@@ -204,6 +204,12 @@ fn bad_arguments_are_refused_with_exit_status_2() {
     let (status, _, stderr) = replbench(&["--updates", "80", "--deletes", "30"]);
     assert_eq!(status, 2);
     assert!(stderr.contains("RBN0105E"), "{stderr}");
+    let (status, _, stderr) = replbench(&["--peer", "postgres", "--peer-changes", "0"]);
+    assert_eq!(status, 2);
+    assert!(stderr.contains("--peer-changes"), "{stderr}");
+    let (status, _, stderr) = replbench(&["--peer", "postgres", "--duration", "5"]);
+    assert_eq!(status, 2);
+    assert!(stderr.contains("--duration"), "{stderr}");
     let (status, _, stderr) = replbench(&["--runs", "0"]);
     assert_eq!(status, 2);
     assert!(stderr.contains("--runs 0"), "{stderr}");

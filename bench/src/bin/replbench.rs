@@ -392,6 +392,12 @@ fn validate(args: &Args) -> Result<(), String> {
     if args.peer_changes == Some(0) {
         return Err("--peer-changes must be at least 1".into());
     }
+    if args.peer.is_some() && args.duration.is_some() {
+        return Err(
+            "--peer runs the same --changes on both sides; --duration would stop ours and PostgreSQL's writers at different counts"
+                .into(),
+        );
+    }
     if args.rate == Some(0) {
         return Err("--rate must be at least 1 change per second".into());
     }
